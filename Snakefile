@@ -1,0 +1,27 @@
+# peftstudy: the PEFT study of Mai et al. (CVPR 2025) as one DAG. Stages in data-flow order.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# The embedded mini study is the default; a --configfile (studies/*.yaml) replaces it, not merged into it.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/tune.smk"
+include: "workflow/rules/select.smk"
+include: "workflow/rules/final.smk"
+include: "workflow/rules/ensemble.smk"
+include: "workflow/rules/robustness.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        get_final_outputs,
+        get_all_selected_finals,

@@ -1,0 +1,221 @@
+"""`peftstudy <stage> ...`: the entry points the Snakemake rules call.
+
+Every input a stage needs is an argument, so any job can be rerun by hand from its log's command line.
+Heavy imports happen inside each stage, so a job pays only for what it uses (CPU_FIGURES.md §2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text[:80]}") from err
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from peftstudy.data import synthetic
+
+    synthetic.generate(args.dataset, args.spec, args.seed, args.out, args.manifest)
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from peftstudy.data import layout
+
+    layout.prepare(args.source, args.manifest, args.split, args.out, args.image_size)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from peftstudy.train import pretrain
+
+    _threads(args.threads)
+    pretrain.run(args)
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from peftstudy.train import runs
+
+    _threads(args.threads)
+    runs.tune(args)
+
+
+def cmd_final(args: argparse.Namespace) -> None:
+    from peftstudy.train import runs
+
+    _threads(args.threads)
+    runs.final(args)
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    from peftstudy import select
+
+    select.run(args)
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    from peftstudy import collect
+
+    collect.run(args)
+
+
+def cmd_ensemble(args: argparse.Namespace) -> None:
+    from peftstudy import ensemble
+
+    ensemble.run(args)
+
+
+def cmd_robustness(args: argparse.Namespace) -> None:
+    from peftstudy import robustness
+
+    _threads(args.threads)
+    robustness.run(args)
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    from peftstudy.report import tables
+
+    tables.run(args)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from peftstudy.report import render
+
+    render.run(args)
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by tune and final runs."""
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--hp", type=_json, required=True, help="the grid point, e.g. '{\"lr\": 0.001, \"r\": 8}'")
+    p.add_argument("--gp", required=True, help="the grid point's id")
+    p.add_argument("--recipe", type=_json, required=True)
+    p.add_argument("--backbone", type=_json, required=True, help="arch, weights, sha256, keep_head")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--train", required=True, help="prepared cache of the training split")
+    p.add_argument("--manifest", required=True, help="the dataset's manifest.json (provenance)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="peftstudy", description=__doc__)
+    sub = top.add_subparsers(dest="stage", required=True)
+
+    p = sub.add_parser("generate", help="render a synthetic dataset in the processed-VTAB layout")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--spec", type=_json, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True, help="the source folder")
+    p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("prepare", help="decode one split's list into a uint8 tensor cache")
+    p.add_argument("--source", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--split", required=True, choices=["train", "val", "trainval", "test"])
+    p.add_argument("--image-size", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("pretrain", help="pretrain a backbone from scratch (the mini study's own weights)")
+    p.add_argument("--arch", required=True)
+    p.add_argument("--train", required=True)
+    p.add_argument("--val", required=True)
+    p.add_argument("--recipe", type=_json, required=True)
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--wd", type=float, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", required=True)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("tune", help="train one grid point on train, score it on val")
+    _run_args(p)
+    p.add_argument("--val", required=True)
+    p.add_argument("--out", required=True, help="metrics.json")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("final", help="train the selected grid point on train+val, test once at the end")
+    _run_args(p)
+    p.add_argument("--test", required=True)
+    p.add_argument("--out-metrics", required=True)
+    p.add_argument("--out-logits", required=True)
+    p.add_argument("--out-weights", required=True)
+    p.set_defaults(func=cmd_final)
+
+    p = sub.add_parser("select", help="choose a grid point from tune results (val only)")
+    p.add_argument("--grid", type=_json, required=True, help="grid-point ids in grid order")
+    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--tie-break", choices=["last", "first"], default="last")
+    p.add_argument("--out", required=True, help="selected.json")
+    p.add_argument("--out-summary", required=True, help="tune.csv: every grid point's val scores")
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("collect", help="record the selected finals of one (experiment, dataset, method)")
+    p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of each seed's final run")
+    p.add_argument("--out", required=True, help="final.json")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("ensemble", help="ensembles and agreement of the methods' final test logits")
+    p.add_argument("--finals", nargs="+", required=True, help="final.json of each method on the dataset")
+    p.add_argument("--out-ensembles", required=True)
+    p.add_argument("--out-agreement", required=True)
+    p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("robustness", help="ID/OOD accuracy and WiSE curves of one method's finals")
+    p.add_argument("--method", required=True)
+    p.add_argument("--backbone", type=_json, required=True)
+    p.add_argument("--final", required=True, help="final.json of the method on the in-distribution dataset")
+    p.add_argument("--eval", nargs="+", required=True, help="NAME=path/to/test.npz; the first is in-distribution")
+    p.add_argument("--alphas", type=_json, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out-ood", required=True)
+    p.add_argument("--out-wise", required=True)
+    p.set_defaults(func=cmd_robustness)
+
+    p = sub.add_parser("tables", help="tidy CSV tables of a study's results")
+    p.add_argument("--study", required=True)
+    p.add_argument("--config-hash", required=True)
+    p.add_argument("--tune", nargs="+", required=True, help="tune.csv of every (experiment, dataset, method)")
+    p.add_argument("--finals", nargs="+", required=True, help="final.json of every (experiment, dataset, method)")
+    p.add_argument("--analysis", nargs="*", default=[], help="ensembles.json and agreement.json files")
+    p.add_argument("--robustness", nargs="*", default=[], help="ood.json and wise.json files")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("report", help="figures (papermill) and the HTML page (Jinja)")
+    p.add_argument("--tables", required=True)
+    p.add_argument("--notebook", required=True)
+    p.add_argument("--template", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--out-notebook", required=True)
+    p.set_defaults(func=cmd_report)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    # The exact command, quoted, so a job can be rerun by hand from its log.
+    print(shlex.join(["peftstudy", *(sys.argv[1:] if argv is None else argv)]), file=sys.stderr, flush=True)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""One record per (experiment, dataset, method) of its selected finals: what analysis and tables read.
+
+`final.json` lists each seed's run folder with the sha256 of its metrics, logits and weights, so a
+consumer reruns exactly when a final's outputs change, and each consumer job resolves its own
+selection checkpoint (Snakemake stops an input function at the first unresolved one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+from peftstudy.io import read_json, write_json
+
+FILES = ("metrics.json", "logits.npz", "peft.safetensors")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run(args: argparse.Namespace) -> None:
+    runs = []
+    for path in args.metrics:
+        folder = Path(path).parent
+        metrics = read_json(path, schema="metrics")
+        if metrics["phase"] != "final":
+            raise ValueError(f"{path}: not a final run")
+        runs.append(
+            {
+                "seed": metrics["seed"],
+                "dir": str(folder),
+                "status": metrics["status"],
+                "test_top1": metrics["metrics"].get("test_top1"),
+                "sha256": {name: sha256(folder / name) for name in FILES},
+            }
+        )
+    first = read_json(args.metrics[0], schema="metrics")
+    if len({(r["dir"].rsplit("/", 2)[0]) for r in runs}) != 1:
+        raise ValueError("collect takes the seeds of one grid point")
+    write_json(
+        args.out,
+        {key: first[key] for key in ("experiment", "dataset", "method", "gp", "hp", "trainable_params")}
+        | {"runs": sorted(runs, key=lambda r: r["seed"])},
+        schema="final",
+    )

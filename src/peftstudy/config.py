@@ -1,0 +1,132 @@
+"""Study configs: cross-checks the JSON schema cannot express, grid expansion, stable grid-point ids.
+
+`snakemake.utils.validate` checks types and key names against workflow/schemas/config.schema.yaml
+first; :func:`check` then checks what refers to what (an experiment's datasets and methods, the
+grids' keys) and raises :class:`ConfigError` naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Mapping
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def normalise(value: Any) -> Any:
+    """Numbers in one canonical form (an integral float becomes an int), so 1e-3 and 0.001 share an id."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def canonical(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        obj = {k: canonical_value(v) for k, v in obj.items()}
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def canonical_value(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {k: canonical_value(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [canonical_value(x) for x in v]
+    return normalise(v)
+
+
+def gp_id(hp: Mapping[str, Any]) -> str:
+    """Short stable id of a grid point: sha1 of its canonical JSON, 8 hex digits."""
+    return hashlib.sha1(canonical(hp).encode()).hexdigest()[:8]
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical(canonical_value(dict(config))).encode()).hexdigest()[:16]
+
+
+def expand_grid(grid: Mapping[str, list]) -> list[dict[str, Any]]:
+    """Cartesian product in sklearn ParameterGrid order: keys sorted, the last key varying fastest."""
+    keys = sorted(grid)
+    return [
+        {k: normalise(v) for k, v in zip(keys, values, strict=True)}
+        for values in itertools.product(*(grid[k] for k in keys))
+    ]
+
+
+def method_grid(experiment: Mapping[str, Any], method: str) -> list[dict[str, Any]]:
+    """The experiment's common grid, with the method's own grid keys added or overriding (e.g. full's lr)."""
+    grid = dict(experiment["grid"])
+    grid.update(experiment.get("method_grids", {}).get(method, {}))
+    return expand_grid(grid)
+
+
+def grids(config: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+    """(experiment, method) -> {gp id: hp}, in grid order."""
+    out = {}
+    for exp_name, exp in config["experiments"].items():
+        for method in exp["methods"]:
+            points = method_grid(exp, method)
+            ids = {gp_id(hp): hp for hp in points}
+            if len(ids) != len(points):
+                raise ConfigError(f"experiments.{exp_name}: the grid of {method} repeats a grid point")
+            out[exp_name, method] = ids
+    return out
+
+
+def check(config: Mapping[str, Any]) -> None:
+    """Cross-references: every dataset and method an experiment names exists; every grid key is taken."""
+    from peftstudy import methods
+
+    known_methods = methods.names()
+    datasets = config["datasets"]
+    for exp_name, exp in config["experiments"].items():
+        for i, name in enumerate(exp["datasets"]):
+            if name not in datasets:
+                raise ConfigError(
+                    f"experiments.{exp_name}.datasets[{i}]: unknown dataset {name!r}; "
+                    f"defined under datasets: {', '.join(datasets)}"
+                )
+            if datasets[name].get("train", 0) < 1 or datasets[name].get("val", 0) < 1:
+                raise ConfigError(f"datasets.{name}: experiment {exp_name} trains on it, so it needs train and val sizes")
+        for i, name in enumerate(exp["methods"]):
+            if name not in known_methods:
+                raise ConfigError(
+                    f"experiments.{exp_name}.methods[{i}]: unknown method {name!r}; known: {', '.join(known_methods)}"
+                )
+        for name in exp.get("method_grids", {}):
+            if name not in exp["methods"]:
+                raise ConfigError(
+                    f"experiments.{exp_name}.method_grids.{name}: {name!r} is not one of this experiment's methods "
+                    f"({', '.join(exp['methods'])})"
+                )
+        for method in exp["methods"]:
+            keys = set(exp["grid"]) | set(exp.get("method_grids", {}).get(method, {}))
+            allowed = set(methods.RECIPE_KEYS) | set(methods.get(method).keys())
+            unknown = sorted(keys - allowed)
+            if unknown:
+                raise ConfigError(
+                    f"experiments.{exp_name}: method {method!r} takes no grid key {', '.join(map(repr, unknown))}; "
+                    f"allowed: {', '.join(sorted(allowed))}"
+                )
+    rob = config.get("robustness")
+    if rob:
+        exp = config["experiments"].get(rob["experiment"])
+        if exp is None:
+            raise ConfigError(
+                f"robustness.experiment: unknown experiment {rob['experiment']!r}; "
+                f"defined: {', '.join(config['experiments'])}"
+            )
+        if rob["dataset"] not in exp["datasets"]:
+            raise ConfigError(f"robustness.dataset: {rob['dataset']!r} is not a dataset of experiment {rob['experiment']}")
+        for i, name in enumerate(rob["ood"]):
+            if name not in datasets:
+                raise ConfigError(f"robustness.ood[{i}]: unknown dataset {name!r}; defined: {', '.join(datasets)}")
+            if datasets[name]["classes"] != datasets[rob["dataset"]]["classes"]:
+                raise ConfigError(f"robustness.ood[{i}]: {name} has another label space than {rob['dataset']}")
+    backbone = config["backbone"]
+    if backbone.get("pretrain") and config.get("pretrain", {}).get("dataset") not in datasets:
+        raise ConfigError("backbone.pretrain is true, so pretrain.dataset must name a dataset under datasets")

@@ -1,0 +1,83 @@
+"""The processed-VTAB on-disk layout and the prepared tensor cache.
+
+A source directory holds ``images/<pool>/NNNNNN.png`` and four lists, ``relative_path label`` per line,
+named as in VTAB-1K whatever their size: ``train800.txt``, ``val200.txt``, ``train800val200.txt`` and
+``test.txt``. Its ``manifest.json``, written beside the folder, records the sha256 of every list. ``prepare`` decodes one list once into
+a ``.npz`` cache of uint8 images (N, H, W, 3) and int64 labels that training reads whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from peftstudy.io import atomic_dir, read_json, save_npz, write_json
+
+# Cache split name -> VTAB-1K list file.
+SPLIT_LISTS = {"train": "train800.txt", "val": "val200.txt", "trainval": "train800val200.txt", "test": "test.txt"}
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_source(
+    out_dir: str | Path,
+    pool: tuple[np.ndarray, np.ndarray],
+    n_train: int,
+    n_val: int,
+    test: tuple[np.ndarray, np.ndarray],
+    info: dict,
+    manifest_path: str | Path,
+) -> None:
+    """Write a train pool (first n_train = train800, next n_val = val200) and a test set in the layout."""
+    from PIL import Image
+
+    with atomic_dir(out_dir) as tmp:
+        lists: dict[str, list[str]] = {name: [] for name in SPLIT_LISTS.values()}
+        for folder, (images, labels) in (("train", pool), ("test", test)):
+            (tmp / "images" / folder).mkdir(parents=True)
+            for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+                rel = f"images/{folder}/{i:06d}.png"
+                Image.fromarray(img).save(tmp / rel)
+                if folder == "test":
+                    lists["test.txt"].append(f"{rel} {label}")
+                elif i < n_train + n_val:
+                    lists["train800.txt" if i < n_train else "val200.txt"].append(f"{rel} {label}")
+        lists["train800val200.txt"] = lists["train800.txt"] + lists["val200.txt"]
+        checksums = {}
+        for name, lines in lists.items():
+            data = "".join(line + "\n" for line in lines).encode()
+            (tmp / name).write_bytes(data)
+            checksums[name] = sha256_bytes(data)
+        manifest = dict(info, lists=checksums, sizes={name: len(lines) for name, lines in lists.items()})
+    write_json(manifest_path, manifest, schema="manifest")
+
+
+def prepare(source_dir: str | Path, manifest_path: str | Path, split: str, out: str | Path, image_size: int) -> None:
+    """Decode the images of one split's list into a uint8 cache, resized to `image_size` (bicubic) if needed."""
+    from PIL import Image
+
+    source_dir = Path(source_dir)
+    list_path = source_dir / SPLIT_LISTS[split]
+    if not list_path.exists():
+        raise FileNotFoundError(f"{list_path}: missing; the source is not in the processed-VTAB layout")
+    raw = list_path.read_bytes()
+    manifest = read_json(manifest_path, schema="manifest")
+    expected = manifest["lists"][list_path.name]
+    if sha256_bytes(raw) != expected:
+        raise ValueError(f"{list_path}: sha256 {sha256_bytes(raw)} differs from the manifest's {expected}; regenerate it")
+    rows = [line.split() for line in raw.decode().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{list_path}: the list is empty, so split {split!r} cannot be prepared")
+    images = np.empty((len(rows), image_size, image_size, 3), dtype=np.uint8)
+    for i, (rel, _) in enumerate(rows):
+        with Image.open(source_dir / rel) as img:
+            img = img.convert("RGB")
+            if img.size != (image_size, image_size):
+                img = img.resize((image_size, image_size), Image.BICUBIC)
+            images[i] = np.asarray(img)
+    labels = np.array([int(label) for _, label in rows], dtype=np.int64)
+    save_npz(out, images=images, labels=labels, list_sha256=np.array(expected), num_classes=np.array(manifest["classes"]))

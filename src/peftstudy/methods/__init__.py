@@ -1,0 +1,119 @@
+"""The method registry: one module per PEFT method, in the spirit of HF peft's tuners.
+
+A method module defines a frozen dataclass ``Config`` (its grid keys, with help text, checked in
+``__post_init__``) and ``inject(model, cfg) -> list[str]``, which adds its modules and returns the exact
+names of the parameters it trains (the head is always trained and never listed). It registers itself
+with one ``register(...)`` call at import. Nothing outside this package names a method: the pipeline
+discovers them here, so adding a method is one file plus one row in the tests' method table.
+
+Modules that add a branch give it a ``merge_factor`` attribute (1.0 = the trained branch, 0.0 = the
+backbone alone), which WiSE sets through :func:`set_merge_factor`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+PACKAGE_DIR = Path(__file__).parent
+# Grid keys that belong to the training recipe rather than to a method.
+RECIPE_KEYS = ("lr", "wd", "drop_path")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config: type
+    inject: Callable[[nn.Module, Any], list[str]]
+
+    def keys(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self.config)]
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(name: str, config: type, inject: Callable[[nn.Module, Any], list[str]]) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"method {name!r} is registered twice")
+    if name != name.lower() or not name.isidentifier():
+        raise ValueError(f"method name {name!r} must be a lowercase identifier")
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"method {name!r}: Config must be a dataclass")
+    _REGISTRY[name] = Method(name, config, inject)
+
+
+def names() -> list[str]:
+    """Every method module in this package, found without importing any of them (cheap at DAG build)."""
+    return sorted(m.name for m in pkgutil.iter_modules([str(PACKAGE_DIR)]) if not m.name.startswith("_"))
+
+
+def source_file(name: str) -> Path:
+    """The method's own module: an input of its jobs, so editing it reruns exactly them."""
+    return PACKAGE_DIR / f"{name}.py"
+
+
+def get(name: str) -> Method:
+    if name not in names():
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(names())}")
+    importlib.import_module(f"{__name__}.{name}")
+    return _REGISTRY[name]
+
+
+def split_hp(name: str, hp: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Split a grid point into recipe settings and the method's Config; unknown keys name what is allowed."""
+    method = get(name)
+    unknown = sorted(set(hp) - set(RECIPE_KEYS) - set(method.keys()))
+    if unknown:
+        raise ValueError(
+            f"method {name!r} takes no grid key {', '.join(map(repr, unknown))}; "
+            f"its keys: {', '.join(method.keys()) or '(none)'}; recipe keys: {', '.join(RECIPE_KEYS)}"
+        )
+    recipe = {k: v for k, v in hp.items() if k in RECIPE_KEYS}
+    return recipe, method.config(**{k: v for k, v in hp.items() if k not in RECIPE_KEYS})
+
+
+def head_names(model: nn.Module) -> list[str]:
+    head = model.get_classifier()
+    by_module = {id(m): prefix for prefix, m in model.named_modules()}
+    return [f"{by_module[id(head)]}.{n}" for n, _ in head.named_parameters()]
+
+
+def apply(model: nn.Module, name: str, cfg: Any) -> list[str]:
+    """Inject method `name` into `model`, freeze everything else; return every trainable name (head last)."""
+    trainable = get(name).inject(model, cfg)
+    params = dict(model.named_parameters())
+    missing = [n for n in trainable if n not in params]
+    if missing:
+        raise RuntimeError(f"method {name!r} returned parameter names the model does not have: {missing[:5]}")
+    model.requires_grad_(False)
+    names_ = list(dict.fromkeys([*trainable, *head_names(model)]))
+    for n in names_:
+        params[n].requires_grad_(True)
+    return names_
+
+
+def set_merge_factor(model: nn.Module, alpha: float) -> int:
+    """Scale every added branch by `alpha`; returns how many branches were scaled."""
+    touched = 0
+    for module in model.modules():
+        if hasattr(module, "merge_factor"):
+            module.merge_factor = float(alpha)
+            touched += 1
+    return touched
+
+
+def exact(model: nn.Module, predicate: Callable[[str], bool], what: str) -> list[str]:
+    """Names of parameters (outside the head) for which `predicate(name)` holds; matching nothing is an error."""
+    head = set(head_names(model))
+    found = [n for n, _ in model.named_parameters() if n not in head and predicate(n)]
+    if not found:
+        raise RuntimeError(f"{what}: no parameter of the model matched")
+    return found

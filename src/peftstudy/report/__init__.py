@@ -1,0 +1,1 @@
+"""The report: tidy tables -> a papermill-executed notebook (figures) -> a Jinja page."""

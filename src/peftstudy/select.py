@@ -1,0 +1,59 @@
+"""Selection: the tune results of one (experiment, dataset, method) -> the chosen grid point (val only).
+
+The rule is the authors' (STUDY.md C.3): the highest last-epoch val top-1 wins; ties go to the last
+tied point in grid order (`tie_break="last"`), or to the first. Diverged runs never win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from peftstudy.io import atomic_path, read_json, write_json
+
+SUMMARY_COLUMNS = ("experiment", "dataset", "method", "gp", "hp", "status", "val_top1", "val_loss", "train_loss", "trainable_params", "wall_seconds")
+
+
+def choose(results: Sequence[dict[str, Any]], order: Sequence[str], tie_break: str = "last") -> dict[str, Any]:
+    """The winning result among tune `results`, given the grid order of their `gp` ids. Pure."""
+    if tie_break not in ("last", "first"):
+        raise ValueError(f"tie_break {tie_break!r}: use last or first")
+    position = {gp: i for i, gp in enumerate(order)}
+    missing = [r["gp"] for r in results if r["gp"] not in position]
+    if missing:
+        raise ValueError(f"tune results for grid points not in the grid: {missing}")
+    ok = [r for r in results if r["status"] == "ok" and r["metrics"].get("val_top1") is not None]
+    if not ok:
+        raise ValueError(
+            f"every one of the {len(results)} grid points diverged or has no val score; widen the grid (e.g. lower lr)"
+        )
+    ranked = sorted(ok, key=lambda r: position[r["gp"]])
+    if tie_break == "last":
+        ranked.reverse()
+    return max(ranked, key=lambda r: r["metrics"]["val_top1"])  # max keeps the first of equals in `ranked`
+
+
+def run(args: argparse.Namespace) -> None:
+    results = [read_json(path, schema="metrics") for path in args.metrics]
+    if any(r["phase"] != "tune" for r in results):
+        raise ValueError("select reads tune results only")
+    best = choose(results, args.grid, args.tie_break)
+    rule = f"max last-epoch val top-1; ties to the {args.tie_break} grid point in grid order; diverged runs excluded"
+    write_json(
+        args.out,
+        {"gp": best["gp"], "hp": best["hp"], "val_top1": best["metrics"]["val_top1"], "rule": rule},
+        schema="selected",
+    )
+    with atomic_path(args.out_summary) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SUMMARY_COLUMNS)
+        for r in sorted(results, key=lambda r: args.grid.index(r["gp"])):
+            m = r["metrics"]
+            writer.writerow(
+                [r["experiment"], r["dataset"], r["method"], r["gp"], json.dumps(r["hp"], sort_keys=True), r["status"], m.get("val_top1"), m.get("val_loss"),
+                 m.get("train_loss"), r["trainable_params"], r["wall_seconds"]]
+            )
+    print(f"selected {best['gp']} {best['hp']} (val top1 {best['metrics']['val_top1']:.2f})", flush=True)

@@ -1,0 +1,40 @@
+"""Pretraining of the mini study's backbone from scratch on the generated pretraining set.
+
+The whole model (head included: it is the mini study's "zero-shot" head) is saved as safetensors,
+with the val accuracy and the settings in its metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from peftstudy.io import load_npz, save_safetensors, write_json
+from peftstudy.models import create_backbone
+from peftstudy.train.engine import Recipe, fit, predict, scores, seed_everything, to_input
+from peftstudy.train.runs import pick_device
+
+
+def run(args: argparse.Namespace) -> None:
+    device = pick_device(args.device)
+    seed_everything(args.seed)
+    train, val = load_npz(args.train), load_npz(args.val)
+    classes = int(train["num_classes"])
+    recipe = Recipe(**args.recipe)
+    model = create_backbone(args.arch, classes, keep_head=False, device=device)
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    x, y = to_input(train["images"], mean, std, device), torch.from_numpy(train["labels"]).to(device)
+    start = time.time()
+    result = fit(model, x, y, lr=args.lr, wd=args.wd, recipe=recipe, seed=args.seed)
+    val_scores = scores(predict(model, to_input(val["images"], mean, std, device), 256), torch.from_numpy(val["labels"]))
+    settings = {"arch": args.arch, "lr": args.lr, "wd": args.wd, "seed": args.seed, "recipe": args.recipe}
+    metadata = {"settings": json.dumps(settings, sort_keys=True), "val_top1": f"{val_scores['top1']:.2f}"}
+    save_safetensors(args.out, model.state_dict(), metadata)
+    write_json(
+        args.metrics,
+        {"val": val_scores, "train_loss": result.train_loss, "seconds": time.time() - start, **settings},
+    )
+    print(f"pretrained {args.arch}: val top1 {val_scores['top1']:.2f}", flush=True)

@@ -1,0 +1,147 @@
+"""Tune and final runs: one grid point of one method on one dataset.
+
+A tune run sees train and val caches only; a final run sees train+val and test, and evaluates test
+once, after the last epoch. Both write a schema-checked metrics.json; a final also writes the test
+logits and the trained (PEFT-only) tensors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from peftstudy import methods, provenance
+from peftstudy.config import config_hash
+from peftstudy.io import load_npz, save_npz, save_safetensors, write_json
+from peftstudy.models import create_backbone, sha256_file
+from peftstudy.train.engine import Recipe, fit, predict, scores, seed_everything, to_input
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else the CPU (a GPU request on a machine without one still runs)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build(
+    method: str, hp: dict[str, Any], backbone: dict[str, Any], num_classes: int, recipe: Recipe, device: torch.device
+) -> tuple[nn.Module, list[str], dict[str, Any]]:
+    """Backbone with its weights, the method injected, everything but the method's tensors and the head frozen."""
+    recipe_hp, cfg = methods.split_hp(method, hp)
+    model = create_backbone(
+        backbone["arch"],
+        num_classes,
+        weights=backbone.get("weights"),
+        sha256=backbone.get("sha256"),
+        keep_head=backbone.get("keep_head", False),
+        drop_path=recipe_hp.get("drop_path", recipe.drop_path),
+        device=device,
+    )
+    trainable = methods.apply(model, method, cfg)
+    return model, trainable, recipe_hp
+
+
+def count(model: nn.Module, names: list[str]) -> tuple[int, int]:
+    """(trainable parameters outside the head, head parameters)."""
+    params = dict(model.named_parameters())
+    head = set(methods.head_names(model))
+    return sum(params[n].numel() for n in names if n not in head), sum(params[n].numel() for n in head)
+
+
+def _train(args: argparse.Namespace, train_path: str):
+    device = pick_device(args.device)
+    recipe = Recipe(**args.recipe)
+    train = load_npz(train_path)
+    classes = int(train["num_classes"])
+    seed_everything(args.seed)
+    model, trainable, recipe_hp = build(args.method, args.hp, args.backbone, classes, recipe, device)
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    x, y = to_input(train["images"], mean, std, device), torch.from_numpy(train["labels"]).to(device)
+    start = time.time()
+    result = fit(model, x, y, lr=recipe_hp["lr"], wd=recipe_hp["wd"], recipe=recipe, seed=args.seed)
+    return model, trainable, result, device, recipe, start
+
+
+def _evaluate(model: nn.Module, path: str, recipe: Recipe, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+    data = load_npz(path)
+    x = to_input(data["images"], model.pretrained_cfg["mean"], model.pretrained_cfg["std"], device)
+    return predict(model, x, recipe.eval_batch_size), data["labels"]
+
+
+def _metrics(args, phase, model, trainable, result, device, start, held_out: dict[str, float]) -> dict[str, Any]:
+    diverged = result.diverged or not all(np.isfinite(v) for v in held_out.values())
+    trainable_params, head_params = count(model, trainable)
+    return {
+        "status": "diverged" if diverged else "ok",
+        "phase": phase,
+        "experiment": args.experiment,
+        "dataset": args.dataset,
+        "method": args.method,
+        "gp": args.gp,
+        "hp": args.hp,
+        "seed": args.seed,
+        "metrics": {
+            "train_loss": result.train_loss if np.isfinite(result.train_loss) else None,
+            "train_top1": result.train_top1 if np.isfinite(result.train_top1) else None,
+            **{k: (v if np.isfinite(v) else None) for k, v in held_out.items()},
+        },
+        "trainable_params": trainable_params,
+        "head_params": head_params,
+        "epochs_run": result.epochs_run,
+        "skipped_batches": result.skipped_batches,
+        "wall_seconds": round(time.time() - start, 3),
+        "device": str(device),
+        "precision": "fp32",
+        "provenance": provenance.record(
+            # The hash of the settings this run depends on, not of the whole study config: an unrelated edit
+            # elsewhere in the config must not make a result look different (or rerun it).
+            config_hash=config_hash({k: vars(args)[k] for k in ("method", "hp", "recipe", "backbone", "seed")}),
+            data_manifest=args.manifest,
+            backbone_sha256=sha256_file(args.backbone["weights"]) if args.backbone.get("weights") else None,
+        ),
+    }
+
+
+def tune(args: argparse.Namespace) -> None:
+    model, trainable, result, device, recipe, start = _train(args, args.train)
+    logits, labels = _evaluate(model, args.val, recipe, device)
+    val = scores(logits, torch.from_numpy(labels))
+    metrics = _metrics(args, "tune", model, trainable, result, device, start, {"val_top1": val["top1"], "val_loss": val["loss"]})
+    write_json(args.out, metrics, schema="metrics")
+    print(f"{args.method} {args.hp}: val top1 {val['top1']:.2f} ({metrics['status']})", flush=True)
+
+
+def final(args: argparse.Namespace) -> None:
+    model, trainable, result, device, recipe, start = _train(args, args.train)
+    # The test split is read here, after training, and evaluated exactly once.
+    logits, labels = _evaluate(model, args.test, recipe, device)
+    test = scores(logits, torch.from_numpy(labels))
+    metrics = _metrics(args, "final", model, trainable, result, device, start, {"test_top1": test["top1"], "test_loss": test["loss"]})
+    params = dict(model.named_parameters())
+    save_safetensors(args.out_weights, {n: params[n] for n in trainable}, {"method": args.method, "gp": args.gp})
+    save_npz(args.out_logits, logits=logits.numpy().astype(np.float32), labels=labels)
+    write_json(args.out_metrics, metrics, schema="metrics")
+    print(f"{args.method} {args.hp} seed {args.seed}: test top1 {test['top1']:.2f} ({metrics['status']})", flush=True)
+
+
+def load_trained(
+    method: str, hp: dict[str, Any], backbone: dict[str, Any], weights: str, num_classes: int, device: torch.device
+) -> tuple[nn.Module, nn.Module, list[str]]:
+    """(the model as it was before training, the trained model, trainable names), both built the same way."""
+    from safetensors.torch import load_file
+
+    recipe = Recipe(epochs=1, batch_size=1)
+    seed_everything(0)
+    initial, trainable, _ = build(method, hp, backbone, num_classes, recipe, device)
+    trained, _, _ = build(method, hp, backbone, num_classes, recipe, device)
+    state = load_file(weights, device=str(device))
+    if sorted(state) != sorted(trainable):
+        raise ValueError(f"{weights}: holds {sorted(state)[:3]}..., expected the {len(trainable)} tensors {method} trains")
+    trained.load_state_dict(state, strict=False)
+    return initial.eval(), trained.eval(), trainable

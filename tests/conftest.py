@@ -1,0 +1,122 @@
+"""Shared fixtures: a scratch copy of the workflow, and Snakemake runs whose executed jobs can be read back."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+COPIED = ("Snakefile", "workflow", "config.yaml", "src", "report", "resources")
+JOB_LINE = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
+
+
+@dataclass
+class Workflow:
+    """A copy of the repository (code included, so tests may edit a method) with its own results/."""
+
+    root: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(self.root / "src")  # the copy's package, not the checkout's
+        env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+        return env
+
+    def config(self, overrides: dict | None = None, name: str = "test.yaml") -> Path:
+        path = self.root / name
+        path.write_text(yaml.safe_dump(overrides or {}, sort_keys=False))
+        return path
+
+    def snakemake(self, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [str(BIN / "snakemake"), *args],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+        return proc
+
+
+def jobs(output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job Snakemake announced in its output (a run, or a dry run's plan)."""
+    found: list[tuple[str, dict[str, str]]] = []
+    for line in output.splitlines():
+        match = JOB_LINE.match(line.strip())
+        if match:
+            found.append((match[1], {}))
+        elif found and line.strip().startswith("wildcards:"):
+            pairs = line.strip()[len("wildcards:") :].split(",")
+            found[-1][1].update(dict(p.strip().split("=", 1) for p in pairs if "=" in p))
+    return found
+
+
+def copy_repo(dest: Path) -> Workflow:
+    for name in COPIED:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dest / name)
+    (dest / "profiles").symlink_to("workflow/profiles")
+    return Workflow(dest)
+
+
+@pytest.fixture
+def workflow(tmp_path: Path) -> Workflow:
+    return copy_repo(tmp_path)
+
+
+def tiny_config() -> dict:
+    """A study small enough for tests: every stage, two VTAB-like tasks, robustness with one shifted set."""
+    default = yaml.safe_load((REPO / "config.yaml").read_text())
+    recipe = {"epochs": 2, "batch_size": 16, "warmup_epochs": 1, "eval_batch_size": 128, "lr_step": "authors"}
+    shapes = dict(default["datasets"]["shapes"], train=48, val=32, test=64)
+    return {
+        "study": "tiny",
+        "seed": 0,
+        "threads": 1,
+        "device": "cpu",
+        "backbone": default["backbone"],
+        "datasets": {
+            "count": {"source": "synthetic", "task": "count", "classes": 6, "train": 48, "val": 32, "test": 64},
+            "digits": {"source": "synthetic", "task": "digits", "classes": 10, "train": 48, "val": 32, "test": 64},
+            "shapes": shapes,
+            "shapes_sketch": dict(default["datasets"]["shapes_sketch"], test=64),
+        },
+        "experiments": {
+            "vtab": {
+                "datasets": ["count", "digits"],
+                "methods": ["linear", "lora"],
+                "grid": {"lr": [0.005], "wd": [0.0001]},
+                "method_grids": {"lora": {"r": [2, 4]}},
+                "recipe": recipe,
+                "seeds": [0],
+                "head": "new",
+                "selection": {"tie_break": "last"},
+            },
+            "robustness": {
+                "datasets": ["shapes"],
+                "methods": ["linear", "bitfit"],
+                "grid": {"lr": [0.001], "wd": [0.0001]},
+                "recipe": recipe,
+                "seeds": [0],
+                "head": "pretrained",
+                "selection": {"tie_break": "last"},
+            },
+        },
+        "robustness": {"experiment": "robustness", "dataset": "shapes", "ood": ["shapes_sketch"], "alphas": [0.0, 0.5, 1.0]},
+    }

@@ -1,0 +1,163 @@
+"""The whole DAG on a tiny study, from a clean directory to the report, and what reruns when something changes.
+
+Rerun behaviour is asserted on the jobs Snakemake reports (its plan or its run log), never on timestamps.
+One workflow copy is shared by the tests of this module, in order: each scenario starts from the state the
+previous one left, as a user's edits would.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import copy_repo, jobs, tiny_config
+
+from peftstudy.io import read_json
+
+pytestmark = pytest.mark.slow
+
+RESULTS = "results/tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    wf = copy_repo(tmp_path_factory.mktemp("tiny"))
+    config = wf.config(tiny_config(), "tiny.yaml")
+    return wf, config
+
+
+def run(wf, config, *extra):
+    proc = wf.snakemake("--configfile", str(config), *extra)
+    return jobs(proc.stdout + proc.stderr)
+
+
+def counts(executed):
+    return Counter(rule for rule, _ in executed if rule != "all")
+
+
+def test_full_dag_from_clean_directory_to_report(tiny):
+    wf, config = tiny
+    executed = run(wf, config)
+    c = counts(executed)
+    # 2 VTAB tasks x (linear 1 + lora 2 grid points) + shapes x (linear 1 + bitfit 1) = 8 tune jobs.
+    assert c["tune"] == 8
+    assert c["select"] == 6 and c["collect"] == 6
+    assert c["final"] == 6  # one seed per selected point
+    assert c["ensemble"] == 3 and c["robustness"] == 2 and c["report"] == 1
+    root = wf.root / RESULTS
+    html = (root / "report/index.html").read_text()
+    for expected in ("Test accuracy", "vtab", "count", "digits", "lora", "WiSE", "data:image/png;base64,"):
+        assert expected in html
+    # Every result file is valid against its schema.
+    metrics = sorted(root.glob("*/*/*/tune/*/metrics.json")) + sorted(root.glob("*/*/*/final/*/seed*/metrics.json"))
+    assert len(metrics) == 14
+    for path in metrics:
+        m = read_json(path, schema="metrics")
+        assert m["status"] == "ok" and m["provenance"]["config_hash"]
+    for path in root.glob("*/*/*/selected.json"):
+        read_json(path, schema="selected")
+    for path in root.glob("*/*/analysis/ensembles.json"):
+        read_json(path, schema="ensembles")
+    for method in ("linear", "bitfit"):
+        wise = read_json(root / f"robustness/{method}/wise.json", schema="wise")
+        assert [p["alpha"] for p in wise["points"]] == [0.0, 0.5, 1.0]
+    # Both methods start from the same zero-shot model, so their alpha = 0 points coincide.
+    zero = {m: read_json(root / f"robustness/{m}/wise.json", schema="wise")["points"][0]["id"] for m in ("linear", "bitfit")}
+    assert zero["linear"] == zero["bitfit"]
+
+
+def test_second_run_has_nothing_to_do(tiny):
+    wf, config = tiny
+    proc = wf.snakemake("--configfile", str(config), "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    assert counts(run(wf, config)) == Counter()
+
+
+def planned_inputs(wf, config, *args) -> dict[str, list[str]]:
+    """rule -> every input path of the jobs a dry run plans."""
+    proc = wf.snakemake("--configfile", str(config), "-n", *args)
+    inputs_by_rule: dict[str, list[str]] = {}
+    rule = None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        line = line.strip()
+        if line.startswith(("rule ", "checkpoint ", "localrule ")) and line.endswith(":"):
+            rule = line.split()[1].rstrip(":")
+        elif line.startswith("input:") and rule:
+            inputs_by_rule.setdefault(rule, []).extend(p.strip() for p in line[6:].split(","))
+    return inputs_by_rule
+
+
+def test_no_tune_or_select_job_reads_the_test_split(tiny):
+    wf, config = tiny
+    inputs_by_rule = planned_inputs(wf, config, "--forceall")
+    assert inputs_by_rule["tune"] and inputs_by_rule["select"]
+    for rule in ("tune", "select"):
+        assert not [p for p in inputs_by_rule[rule] if p.endswith("test.npz")], rule
+    # The finals hide behind the selection checkpoint in a fresh plan; with selections made they show.
+    assert any(p.endswith("test.npz") for p in planned_inputs(wf, config, "--forcerun", "final")["final"])
+
+
+def test_adding_a_grid_point_reruns_only_its_tune_select_and_dependants(tiny):
+    wf, config = tiny
+    root = wf.root / RESULTS
+    before = {d: read_json(root / f"vtab/{d}/lora/selected.json")["gp"] for d in ("count", "digits")}
+    cfg = yaml.safe_load(config.read_text())
+    cfg["experiments"]["vtab"]["method_grids"]["lora"]["r"].append(1)
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    executed = run(wf, config)
+    tunes = [wc for rule, wc in executed if rule == "tune"]
+    assert len(tunes) == 2 and {wc["method"] for wc in tunes} == {"lora"}
+    assert {wc["dataset"] for wc in tunes} == {"count", "digits"}
+    selects = [wc for rule, wc in executed if rule == "select"]
+    assert sorted(wc["dataset"] for wc in selects) == ["count", "digits"] and {wc["method"] for wc in selects} == {"lora"}
+    after = {d: read_json(root / f"vtab/{d}/lora/selected.json")["gp"] for d in ("count", "digits")}
+    changed = {d for d in after if after[d] != before[d]}
+    finals = [wc for rule, wc in executed if rule == "final"]
+    assert {(wc["dataset"], wc["gp"]) for wc in finals} == {(d, after[d]) for d in changed}
+    collects = {wc["dataset"] for rule, wc in executed if rule == "collect"}
+    assert collects == changed
+    allowed = {"tune", "select", "final", "collect", "ensemble", "tables", "report"}
+    assert set(counts(executed)) <= allowed
+    assert not [wc for rule, wc in executed if rule in ("tune", "final") and wc.get("method") != "lora"]
+
+
+def test_editing_a_method_module_reruns_only_that_method(tiny):
+    wf, config = tiny
+    module = wf.root / "src/peftstudy/methods/bitfit.py"
+    module.write_text(module.read_text() + "\n# an edit\n")
+    executed = run(wf, config)
+    trained = {(rule, wc["method"]) for rule, wc in executed if rule in ("tune", "final", "select", "collect")}
+    assert trained == {(r, "bitfit") for r in ("tune", "final", "select", "collect")}
+    assert [wc for rule, wc in executed if rule == "robustness"] == [{"method": "bitfit"}]
+    assert {wc["experiment"] for rule, wc in executed if rule == "tune"} == {"robustness"}
+    assert "ensemble" in counts(executed) and "report" in counts(executed)
+
+
+def test_a_deleted_final_output_is_rebuilt_alone(tiny):
+    wf, config = tiny
+    root = wf.root / RESULTS
+    gp = read_json(root / "vtab/count/linear/selected.json")["gp"]
+    target = root / f"vtab/count/linear/final/{gp}/seed0/logits.npz"
+    original = target.read_bytes()
+    target.unlink()
+    executed = run(wf, config)
+    finals = [wc for rule, wc in executed if rule == "final"]
+    assert finals == [{"experiment": "vtab", "dataset": "count", "method": "linear", "gp": gp, "seed": "0"}]
+    assert not [r for r, _ in executed if r in ("tune", "select", "generate", "prepare")]
+    # Training is deterministic on the CPU: the rebuilt logits are the same bytes.
+    assert target.read_bytes() == original
+
+
+def test_report_tables_are_written_beside_the_page(tiny):
+    wf, _ = tiny
+    root = wf.root / RESULTS
+    results = (root / "report/tables/results.csv").read_text().splitlines()
+    header = results[0].split(",")
+    assert header[:4] == ["experiment", "dataset", "method", "test_top1"]
+    assert len(results) == 1 + 2 * 2 + 2  # vtab: 2 tasks x 2 methods; robustness: 1 task x 2 methods
+    selected = json.loads((root / "vtab/count/lora/selected.json").read_text())
+    assert set(selected) == {"gp", "hp", "val_top1", "rule"}
+    assert Path(root / "report/figures.ipynb").exists()

@@ -1,0 +1,221 @@
+import json
+import os
+
+from snakemake.utils import validate
+
+from peftstudy import config as study
+from peftstudy import methods as method_registry
+
+validate(config, schema="../schemas/config.schema.yaml")
+study.check(config)
+
+R = f"results/{config['study']}"
+GRIDS = study.grids(config)
+CONFIG_HASH = study.config_hash(config)
+EXPERIMENTS = config["experiments"]
+DATASETS = config["datasets"]
+ROBUSTNESS = config.get("robustness")
+RESOURCES = {"mem_mb": 4000, "runtime": 60}
+TABLES = ("tune", "final", "results", "ensembles", "agreement", "ood", "wise")
+
+
+wildcard_constraints:
+    experiment="|".join(EXPERIMENTS),
+    dataset="|".join(sorted(DATASETS, key=len, reverse=True)),
+    method="|".join(method_registry.names()),
+    gp="[0-9a-f]{8}",
+    seed=r"\d+",
+    split="train|val|trainval|test",
+
+
+def as_json(obj):
+    """A JSON argument for the shell: single-quoted, so JSON never needs escaping."""
+    text = json.dumps(obj, sort_keys=True)
+    if "'" in text:
+        raise ValueError(
+            f"a quote in a config value cannot be passed to the shell: {text}"
+        )
+    return f"'{text}'"
+
+
+def get_backbone_weights():
+    if config["backbone"]["pretrain"]:
+        return f"{R}/pretrain/backbone.safetensors"
+    return config["backbone"]["weights"]
+
+
+def get_backbone(experiment):
+    """The --backbone argument: what to build and which weights to load (checked against sha256)."""
+    backbone = config["backbone"]
+    return as_json(
+        {
+            "arch": backbone["arch"],
+            "weights": get_backbone_weights(),
+            "sha256": None if backbone["pretrain"] else backbone["sha256"],
+            "keep_head": EXPERIMENTS[experiment]["head"] == "pretrained",
+        }
+    )
+
+
+def get_method_module(wildcards):
+    """A method's own module is an input of its jobs: editing it reruns exactly them."""
+    return os.path.relpath(method_registry.source_file(wildcards.method))
+
+
+def get_hp(wildcards):
+    try:
+        return GRIDS[wildcards.experiment, wildcards.method][wildcards.gp]
+    except KeyError:
+        raise ValueError(
+            f"grid point {wildcards.gp} is not in the grid of {wildcards.method} in experiment "
+            f"{wildcards.experiment}; request only points of the current config"
+        ) from None
+
+
+def data(dataset, split):
+    return f"{R}/data/{dataset}/{split}.npz"
+
+
+def manifest(dataset):
+    return f"{R}/data/{dataset}/manifest.json"
+
+
+def get_tune_inputs(wildcards):
+    """Train and val only: no tune job can see the test split."""
+    return {
+        "train": data(wildcards.dataset, "train"),
+        "val": data(wildcards.dataset, "val"),
+        "manifest": manifest(wildcards.dataset),
+        "weights": get_backbone_weights(),
+        "code": get_method_module(wildcards),
+    }
+
+
+def get_final_inputs(wildcards):
+    return {
+        "train": data(wildcards.dataset, "trainval"),
+        "test": data(wildcards.dataset, "test"),
+        "manifest": manifest(wildcards.dataset),
+        "weights": get_backbone_weights(),
+        "code": get_method_module(wildcards),
+    }
+
+
+def get_tune_metrics(wildcards):
+    base = f"{R}/{wildcards.experiment}/{wildcards.dataset}/{wildcards.method}/tune"
+    return [
+        f"{base}/{gp}/metrics.json"
+        for gp in GRIDS[wildcards.experiment, wildcards.method]
+    ]
+
+
+def get_grid_order(wildcards):
+    return as_json(list(GRIDS[wildcards.experiment, wildcards.method]))
+
+
+def selected_finals(experiment, dataset, method):
+    """The final runs (every seed) of the grid point `select` chose: known once that checkpoint has run."""
+    selected = checkpoints.select.get(
+        experiment=experiment, dataset=dataset, method=method
+    ).output.selected
+    with open(selected) as handle:
+        gp = json.load(handle)["gp"]
+    base = f"{R}/{experiment}/{dataset}/{method}/final/{gp}"
+    return [
+        f"{base}/seed{seed}/{name}"
+        for seed in EXPERIMENTS[experiment]["seeds"]
+        for name in ("metrics.json", "logits.npz", "peft.safetensors")
+    ]
+
+
+def get_selected_finals(wildcards):
+    """Each collect job resolves its own checkpoint: Snakemake stops an input function at its first
+    unresolved checkpoint, so one function resolving many would serialise the selections.
+    """
+    return selected_finals(wildcards.experiment, wildcards.dataset, wildcards.method)
+
+
+def final_record(experiment, dataset, method):
+    return f"{R}/{experiment}/{dataset}/{method}/final.json"
+
+
+def get_final_records():
+    return [
+        final_record(name, dataset, method)
+        for name, exp in EXPERIMENTS.items()
+        for dataset in exp["datasets"]
+        for method in exp["methods"]
+    ]
+
+
+def get_ensemble_inputs(wildcards):
+    exp = EXPERIMENTS[wildcards.experiment]
+    return [
+        final_record(wildcards.experiment, wildcards.dataset, m) for m in exp["methods"]
+    ]
+
+
+def get_robustness_inputs(wildcards):
+    sets = {
+        name: data(name, "test") for name in [ROBUSTNESS["dataset"], *ROBUSTNESS["ood"]]
+    }
+    return {
+        "final": final_record(
+            ROBUSTNESS["experiment"], ROBUSTNESS["dataset"], wildcards.method
+        ),
+        "weights": get_backbone_weights(),
+        "code": get_method_module(wildcards),
+        **sets,
+    }
+
+
+def get_analysis_outputs():
+    """Ensembles need two methods or more."""
+    return [
+        f"{R}/{name}/{dataset}/analysis/{kind}.json"
+        for name, exp in EXPERIMENTS.items()
+        if len(exp["methods"]) > 1
+        for dataset in exp["datasets"]
+        for kind in ("ensembles", "agreement")
+    ]
+
+
+def get_robustness_outputs():
+    if not ROBUSTNESS:
+        return []
+    methods = EXPERIMENTS[ROBUSTNESS["experiment"]]["methods"]
+    return [
+        f"{R}/robustness/{m}/{kind}.json" for m in methods for kind in ("ood", "wise")
+    ]
+
+
+def get_table_inputs(wildcards):
+    return {
+        "tune": [
+            f"{R}/{name}/{dataset}/{method}/tune.csv"
+            for name, exp in EXPERIMENTS.items()
+            for dataset in exp["datasets"]
+            for method in exp["methods"]
+        ],
+        "finals": get_final_records(),
+        "analysis": get_analysis_outputs(),
+        "robustness": get_robustness_outputs(),
+    }
+
+
+def get_final_outputs(wildcards):
+    return [f"{R}/report/index.html", *get_final_records()]
+
+
+def get_all_selected_finals(wildcards):
+    """Every selected final, asked for by the target itself: Snakemake rebuilds a deleted intermediate only
+    when the target asks for it (CHECKPOINTS.md). Kept apart from get_final_outputs because this function
+    stops at the first selection not yet made; the collect jobs meanwhile run the others in parallel.
+    """
+    return [
+        path
+        for name, exp in EXPERIMENTS.items()
+        for dataset in exp["datasets"]
+        for method in exp["methods"]
+        for path in selected_finals(name, dataset, method)
+    ]

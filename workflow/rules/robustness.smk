@@ -1,0 +1,25 @@
+rule robustness:
+    """One method's finals on the in-distribution and shifted test sets, and its WiSE curve."""
+    input:
+        unpack(get_robustness_inputs),
+    output:
+        ood=f"{R}/robustness/{{method}}/ood.json",
+        wise=f"{R}/robustness/{{method}}/wise.json",
+    log:
+        f"{R}/robustness/{{method}}/log.txt",
+    benchmark:
+        f"{R}/robustness/{{method}}/benchmark.tsv"
+    threads: config["threads"]
+    resources:
+        **RESOURCES,
+    params:
+        backbone=lambda wc: get_backbone(ROBUSTNESS["experiment"]),
+        sets=lambda wc: " ".join(
+            f"{name}={data(name, 'test')}"
+            for name in [ROBUSTNESS["dataset"], *ROBUSTNESS["ood"]]
+        ),
+        alphas=lambda wc: as_json(ROBUSTNESS["alphas"]),
+    shell:
+        "peftstudy robustness --method {wildcards.method} --backbone {params.backbone}"
+        " --final {input.final} --eval {params.sets} --alphas {params.alphas} --threads {threads}"
+        " --out-ood {output.ood} --out-wise {output.wise} > {log} 2>&1"
