@@ -27,8 +27,16 @@ def val_top1(arch, weights, sha256, method, train, val, lr, wd, recipe, seed=0):
     model = create_backbone(arch, int(train["num_classes"]), weights=weights, sha256=sha256, drop_path=recipe.drop_path)
     methods.apply(model, method, methods.get(method).config())
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    fit(model, to_input(train["images"], mean, std, "cpu"), torch.from_numpy(train["labels"]), lr=lr, wd=wd,
-        recipe=recipe, seed=seed, log_every=0)
+    fit(
+        model,
+        to_input(train["images"], mean, std, "cpu"),
+        torch.from_numpy(train["labels"]),
+        lr=lr,
+        wd=wd,
+        recipe=recipe,
+        seed=seed,
+        log_every=0,
+    )
     logits = predict(model, to_input(val["images"], mean, std, "cpu"), 256)
     return scores(logits, torch.from_numpy(val["labels"]))["top1"]
 
@@ -37,7 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="config.yaml")
     args = parser.parse_args()
-    config = yaml.safe_load(open(args.config))
+    with open(args.config) as handle:
+        config = yaml.safe_load(handle)
     torch.set_num_threads(config["threads"])
     exp, backbone = config["experiments"]["vtab"], config["backbone"]
     recipe = Recipe(**exp["recipe"])
@@ -48,14 +57,19 @@ def main() -> None:
         train, val = load_npz(f"{root}/{dataset}/train.npz"), load_npz(f"{root}/{dataset}/val.npz")
         for method in ("linear", "bitfit"):
             best = {}
-            for label, weights, sha in (("pretrained", backbone["weights"], backbone["sha256"]), ("random", None, None)):
+            for label, weights, sha in (
+                ("pretrained", backbone["weights"], backbone["sha256"]),
+                ("random", None, None),
+            ):
                 best[label] = max(
                     val_top1(backbone["arch"], weights, sha, method, train, val, lr, exp["grid"]["wd"][0], recipe)
                     for lr in exp["grid"]["lr"]
                 )
             margins.append(best["pretrained"] - best["random"])
-            print(f"{dataset:12s} {method:8s} {best['pretrained']:10.1f} {best['random']:8.1f} {margins[-1]:+7.1f}",
-                  flush=True)
+            print(
+                f"{dataset:12s} {method:8s} {best['pretrained']:10.1f} {best['random']:8.1f} {margins[-1]:+7.1f}",
+                flush=True,
+            )
     print(f"min_margin={min(margins):.1f}")
 
 

@@ -118,5 +118,10 @@ def tiny_config() -> dict:
                 "selection": {"tie_break": "last"},
             },
         },
-        "robustness": {"experiment": "robustness", "dataset": "shapes", "ood": ["shapes_sketch"], "alphas": [0.0, 0.5, 1.0]},
+        "robustness": {
+            "experiment": "robustness",
+            "dataset": "shapes",
+            "ood": ["shapes_sketch"],
+            "alphas": [0.0, 0.5, 1.0],
+        },
     }

@@ -65,7 +65,9 @@ def test_full_dag_from_clean_directory_to_report(tiny):
         wise = read_json(root / f"robustness/{method}/wise.json", schema="wise")
         assert [p["alpha"] for p in wise["points"]] == [0.0, 0.5, 1.0]
     # Both methods start from the same zero-shot model, so their alpha = 0 points coincide.
-    zero = {m: read_json(root / f"robustness/{m}/wise.json", schema="wise")["points"][0]["id"] for m in ("linear", "bitfit")}
+    zero = {
+        m: read_json(root / f"robustness/{m}/wise.json", schema="wise")["points"][0]["id"] for m in ("linear", "bitfit")
+    }
     assert zero["linear"] == zero["bitfit"]
 
 
@@ -112,7 +114,9 @@ def test_adding_a_grid_point_reruns_only_its_tune_select_and_dependants(tiny):
     assert len(tunes) == 2 and {wc["method"] for wc in tunes} == {"lora"}
     assert {wc["dataset"] for wc in tunes} == {"count", "digits"}
     selects = [wc for rule, wc in executed if rule == "select"]
-    assert sorted(wc["dataset"] for wc in selects) == ["count", "digits"] and {wc["method"] for wc in selects} == {"lora"}
+    assert sorted(wc["dataset"] for wc in selects) == ["count", "digits"] and {wc["method"] for wc in selects} == {
+        "lora"
+    }
     after = {d: read_json(root / f"vtab/{d}/lora/selected.json")["gp"] for d in ("count", "digits")}
     changed = {d for d in after if after[d] != before[d]}
     finals = [wc for rule, wc in executed if rule == "final"]

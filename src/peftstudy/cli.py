@@ -101,7 +101,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--method", required=True)
-    p.add_argument("--hp", type=_json, required=True, help="the grid point, e.g. '{\"lr\": 0.001, \"r\": 8}'")
+    p.add_argument("--hp", type=_json, required=True, help='the grid point, e.g. \'{"lr": 0.001, "r": 8}\'')
     p.add_argument("--gp", required=True, help="the grid point's id")
     p.add_argument("--recipe", type=_json, required=True)
     p.add_argument("--backbone", type=_json, required=True, help="arch, weights, sha256, keep_head")

@@ -91,7 +91,9 @@ def check(config: Mapping[str, Any]) -> None:
                     f"defined under datasets: {', '.join(datasets)}"
                 )
             if datasets[name].get("train", 0) < 1 or datasets[name].get("val", 0) < 1:
-                raise ConfigError(f"datasets.{name}: experiment {exp_name} trains on it, so it needs train and val sizes")
+                raise ConfigError(
+                    f"datasets.{name}: experiment {exp_name} trains on it, so it needs train and val sizes"
+                )
         for i, name in enumerate(exp["methods"]):
             if name not in known_methods:
                 raise ConfigError(
@@ -121,7 +123,9 @@ def check(config: Mapping[str, Any]) -> None:
                 f"defined: {', '.join(config['experiments'])}"
             )
         if rob["dataset"] not in exp["datasets"]:
-            raise ConfigError(f"robustness.dataset: {rob['dataset']!r} is not a dataset of experiment {rob['experiment']}")
+            raise ConfigError(
+                f"robustness.dataset: {rob['dataset']!r} is not a dataset of experiment {rob['experiment']}"
+            )
         for i, name in enumerate(rob["ood"]):
             if name not in datasets:
                 raise ConfigError(f"robustness.ood[{i}]: unknown dataset {name!r}; defined: {', '.join(datasets)}")

@@ -68,13 +68,16 @@ def analyse(logits: Mapping[str, Mapping[int, np.ndarray]], labels: np.ndarray) 
         ]
         best = max(members[m] for m in combo)
         ensembles.append(
-            {"members": list(combo), "top1": float(np.mean(acc)), "best_member_top1": best,
-             "gain": float(np.mean(acc)) - best, "oracle_top1": float(np.mean(oracle))}
+            {
+                "members": list(combo),
+                "top1": float(np.mean(acc)),
+                "best_member_top1": best,
+                "gain": float(np.mean(acc)) - best,
+                "oracle_top1": float(np.mean(oracle)),
+            }
         )
     controls = {
-        m: top1(prob_average([logits[m][s] for s in sorted(logits[m])]), labels)
-        for m in methods
-        if len(logits[m]) > 1
+        m: top1(prob_average([logits[m][s] for s in sorted(logits[m])]), labels) for m in methods if len(logits[m]) > 1
     }
     pairs = []
     for a, b in itertools.combinations(methods, 2):
@@ -86,8 +89,13 @@ def analyse(logits: Mapping[str, Mapping[int, np.ndarray]], labels: np.ndarray) 
             stats["wrong_jaccard"].append(jaccard(pa != labels, pb != labels))
         pairs.append({"a": a, "b": b, **{k: float(np.mean(v)) for k, v in stats.items()}})
     ensembles_out = {
-        "methods": methods, "seeds": seeds, "n_test": int(len(labels)), "combination": "probability averaging",
-        "members": members, "ensembles": ensembles, "seed_ensembles": controls,
+        "methods": methods,
+        "seeds": seeds,
+        "n_test": len(labels),
+        "combination": "probability averaging",
+        "members": members,
+        "ensembles": ensembles,
+        "seed_ensembles": controls,
     }
     return ensembles_out, {"methods": methods, "seeds": seeds, "pairs": pairs}
 

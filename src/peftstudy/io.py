@@ -91,9 +91,8 @@ def read_json(path: str | Path, schema: str | None = None) -> Any:
 def save_npz(path: str | Path, **arrays: Any) -> None:
     import numpy as np
 
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def load_npz(path: str | Path) -> dict[str, Any]:

@@ -73,18 +73,34 @@ def run(args: argparse.Namespace) -> None:
 
     def summarise(rows: list[dict]) -> dict:
         out = {name: float(np.mean([r[name] for r in rows])) for name in [id_name, *ood_names]}
-        return {"id": out[id_name], "ood": {n: out[n] for n in ood_names}, "ood_mean": float(np.mean([out[n] for n in ood_names]))}
+        return {
+            "id": out[id_name],
+            "ood": {n: out[n] for n in ood_names},
+            "ood_mean": float(np.mean([out[n] for n in ood_names])),
+        }
 
     write_json(
         args.out_ood,
-        {"method": args.method, "id_set": id_name, "ood_sets": ood_names, "seeds": [r["seed"] for r in per_seed_ood],
-         **summarise(per_seed_ood), "per_seed": per_seed_ood},
+        {
+            "method": args.method,
+            "id_set": id_name,
+            "ood_sets": ood_names,
+            "seeds": [r["seed"] for r in per_seed_ood],
+            **summarise(per_seed_ood),
+            "per_seed": per_seed_ood,
+        },
         schema="ood",
     )
     points = [{"alpha": a, **summarise([c for c in curves if c["alpha"] == a])} for a in args.alphas]
     write_json(
         args.out_wise,
-        {"method": args.method, "id_set": id_name, "ood_sets": ood_names, "alphas": list(args.alphas), "points": points,
-         "procedure": "interpolate tensors the zero-shot model has; scale added branches by merge_factor"},
+        {
+            "method": args.method,
+            "id_set": id_name,
+            "ood_sets": ood_names,
+            "alphas": list(args.alphas),
+            "points": points,
+            "procedure": "interpolate tensors the zero-shot model has; scale added branches by merge_factor",
+        },
         schema="wise",
     )

@@ -14,7 +14,19 @@ from typing import Any
 
 from peftstudy.io import atomic_path, read_json, write_json
 
-SUMMARY_COLUMNS = ("experiment", "dataset", "method", "gp", "hp", "status", "val_top1", "val_loss", "train_loss", "trainable_params", "wall_seconds")
+SUMMARY_COLUMNS = (
+    "experiment",
+    "dataset",
+    "method",
+    "gp",
+    "hp",
+    "status",
+    "val_top1",
+    "val_loss",
+    "train_loss",
+    "trainable_params",
+    "wall_seconds",
+)
 
 
 def choose(results: Sequence[dict[str, Any]], order: Sequence[str], tie_break: str = "last") -> dict[str, Any]:
@@ -53,7 +65,18 @@ def run(args: argparse.Namespace) -> None:
         for r in sorted(results, key=lambda r: args.grid.index(r["gp"])):
             m = r["metrics"]
             writer.writerow(
-                [r["experiment"], r["dataset"], r["method"], r["gp"], json.dumps(r["hp"], sort_keys=True), r["status"], m.get("val_top1"), m.get("val_loss"),
-                 m.get("train_loss"), r["trainable_params"], r["wall_seconds"]]
+                [
+                    r["experiment"],
+                    r["dataset"],
+                    r["method"],
+                    r["gp"],
+                    json.dumps(r["hp"], sort_keys=True),
+                    r["status"],
+                    m.get("val_top1"),
+                    m.get("val_loss"),
+                    m.get("train_loss"),
+                    r["trainable_params"],
+                    r["wall_seconds"],
+                ]
             )
     print(f"selected {best['gp']} {best['hp']} (val top1 {best['metrics']['val_top1']:.2f})", flush=True)

@@ -11,6 +11,8 @@ rule generate:
         manifest=f"{R}/data/{{dataset}}/manifest.json",
     log:
         f"{R}/data/{{dataset}}/generate.log",
+    conda:
+        "../../envs/data.yaml"
     params:
         spec=lambda wc: as_json(
             dict(DATASETS[wc.dataset], image_size=config["backbone"]["image_size"])
@@ -30,6 +32,8 @@ rule prepare:
         cache=f"{R}/data/{{dataset}}/{{split}}.npz",
     log:
         f"{R}/data/{{dataset}}/prepare_{{split}}.log",
+    conda:
+        "../../envs/data.yaml"
     params:
         image_size=config["backbone"]["image_size"],
     shell:

@@ -7,6 +7,8 @@ rule ensemble:
         agreement=f"{R}/{{experiment}}/{{dataset}}/analysis/agreement.json",
     log:
         f"{R}/{{experiment}}/{{dataset}}/analysis/ensemble.log",
+    conda:
+        "../../envs/train.yaml"
     shell:
         "peftstudy ensemble --finals {input.finals} --out-ensembles {output.ensembles}"
         " --out-agreement {output.agreement} > {log} 2>&1"

@@ -10,6 +10,8 @@ rule final:
         f"{R}/{{experiment}}/{{dataset}}/{{method}}/final/{{gp}}/seed{{seed}}/log.txt",
     benchmark:
         f"{R}/{{experiment}}/{{dataset}}/{{method}}/final/{{gp}}/seed{{seed}}/benchmark.tsv"
+    conda:
+        "../../envs/train.yaml"
     threads: config["threads"]
     resources:
         **RESOURCES,
@@ -35,6 +37,8 @@ rule collect:
         record=f"{R}/{{experiment}}/{{dataset}}/{{method}}/final.json",
     log:
         f"{R}/{{experiment}}/{{dataset}}/{{method}}/collect.log",
+    conda:
+        "../../envs/train.yaml"
     params:
         metrics=lambda wc, input: [p for p in input if p.endswith("metrics.json")],
     shell:

@@ -10,6 +10,8 @@ rule pretrain:
         f"{R}/pretrain/log.txt",
     benchmark:
         f"{R}/pretrain/benchmark.tsv"
+    conda:
+        "../../envs/train.yaml"
     threads: config["threads"]
     resources:
         **RESOURCES,

@@ -6,10 +6,12 @@ rule tables:
         tables=expand(f"{R}/tables/{{table}}.csv", table=TABLES),
     log:
         f"{R}/tables/tables.log",
+    conda:
+        "../../envs/report.yaml"
     params:
         study=config["study"],
         config_hash=CONFIG_HASH,
-        out_dir=f"{R}/tables",
+        out_dir=lambda wc, output: os.path.dirname(output.tables[0]),
     shell:
         "peftstudy tables --study {params.study} --config-hash {params.config_hash}"
         " --tune {input.tune} --finals {input.finals} --analysis {input.analysis}"
@@ -31,8 +33,10 @@ rule report:
         notebook=f"{R}/report/figures.ipynb",
     log:
         f"{R}/report/report.log",
+    conda:
+        "../../envs/report.yaml"
     params:
-        tables=f"{R}/tables",
+        tables=lambda wc, input: os.path.dirname(input.tables[0]),
     shell:
         "peftstudy report --tables {params.tables} --notebook {input.notebook}"
         " --template {input.template} --out {output.html} --out-notebook {output.notebook} > {log} 2>&1"

@@ -9,6 +9,8 @@ rule robustness:
         f"{R}/robustness/{{method}}/log.txt",
     benchmark:
         f"{R}/robustness/{{method}}/benchmark.tsv"
+    conda:
+        "../../envs/train.yaml"
     threads: config["threads"]
     resources:
         **RESOURCES,

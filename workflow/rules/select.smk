@@ -7,6 +7,8 @@ checkpoint select:
         summary=f"{R}/{{experiment}}/{{dataset}}/{{method}}/tune.csv",
     log:
         f"{R}/{{experiment}}/{{dataset}}/{{method}}/select.log",
+    conda:
+        "../../envs/train.yaml"
     params:
         grid=get_grid_order,
         tie_break=lambda wc: EXPERIMENTS[wc.experiment]["selection"]["tie_break"],

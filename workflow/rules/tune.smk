@@ -8,6 +8,8 @@ rule tune:
         f"{R}/{{experiment}}/{{dataset}}/{{method}}/tune/{{gp}}/log.txt",
     benchmark:
         f"{R}/{{experiment}}/{{dataset}}/{{method}}/tune/{{gp}}/benchmark.tsv"
+    conda:
+        "../../envs/train.yaml"
     threads: config["threads"]
     resources:
         **RESOURCES,

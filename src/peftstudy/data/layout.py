@@ -2,8 +2,9 @@
 
 A source directory holds ``images/<pool>/NNNNNN.png`` and four lists, ``relative_path label`` per line,
 named as in VTAB-1K whatever their size: ``train800.txt``, ``val200.txt``, ``train800val200.txt`` and
-``test.txt``. Its ``manifest.json``, written beside the folder, records the sha256 of every list. ``prepare`` decodes one list once into
-a ``.npz`` cache of uint8 images (N, H, W, 3) and int64 labels that training reads whole.
+``test.txt``. Its ``manifest.json``, written beside the folder, records the sha256 of every list.
+``prepare`` decodes one list once into a ``.npz`` cache of uint8 images (N, H, W, 3) and int64 labels
+that training reads whole.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ def prepare(source_dir: str | Path, manifest_path: str | Path, split: str, out: 
     manifest = read_json(manifest_path, schema="manifest")
     expected = manifest["lists"][list_path.name]
     if sha256_bytes(raw) != expected:
-        raise ValueError(f"{list_path}: sha256 {sha256_bytes(raw)} differs from the manifest's {expected}; regenerate it")
+        raise ValueError(
+            f"{list_path}: sha256 {sha256_bytes(raw)} differs from the manifest's {expected}; regenerate it"
+        )
     rows = [line.split() for line in raw.decode().splitlines() if line.strip()]
     if not rows:
         raise ValueError(f"{list_path}: the list is empty, so split {split!r} cannot be prepared")
@@ -80,4 +83,6 @@ def prepare(source_dir: str | Path, manifest_path: str | Path, split: str, out: 
                 img = img.resize((image_size, image_size), Image.BICUBIC)
             images[i] = np.asarray(img)
     labels = np.array([int(label) for _, label in rows], dtype=np.int64)
-    save_npz(out, images=images, labels=labels, list_sha256=np.array(expected), num_classes=np.array(manifest["classes"]))
+    save_npz(
+        out, images=images, labels=labels, list_sha256=np.array(expected), num_classes=np.array(manifest["classes"])
+    )

@@ -88,10 +88,14 @@ def create_backbone(
     if state is not None:
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"backbone weights {weights} do not fit {arch}: missing {missing}, unexpected {unexpected}")
+            raise ValueError(
+                f"backbone weights {weights} do not fit {arch}: missing {missing}, unexpected {unexpected}"
+            )
     if keep_head:
         if model.num_classes != num_classes:
-            raise ValueError(f"keep_head: the pretrained head of {arch} has {model.num_classes} classes, the task {num_classes}")
+            raise ValueError(
+                f"keep_head: the pretrained head of {arch} has {model.num_classes} classes, the task {num_classes}"
+            )
     else:
         model.reset_classifier(num_classes)
     return model

@@ -28,12 +28,23 @@ def final_table(records: list[str]) -> pd.DataFrame:
         m = read_json(path, schema="metrics")
         rows.append(
             {
-                "experiment": m["experiment"], "dataset": m["dataset"], "method": m["method"], "gp": m["gp"],
-                "hp": m["hp"], "seed": m["seed"], "status": m["status"], "test_top1": m["metrics"].get("test_top1"),
-                "test_loss": m["metrics"].get("test_loss"), "trainable_params": m["trainable_params"],
-                "head_params": m["head_params"], "wall_seconds": m["wall_seconds"], "device": m["device"],
-                "precision": m["precision"], "code_version": m["provenance"]["code_version"],
-                "code_hash": m["provenance"]["code_hash"], "config_hash": m["provenance"]["config_hash"],
+                "experiment": m["experiment"],
+                "dataset": m["dataset"],
+                "method": m["method"],
+                "gp": m["gp"],
+                "hp": m["hp"],
+                "seed": m["seed"],
+                "status": m["status"],
+                "test_top1": m["metrics"].get("test_top1"),
+                "test_loss": m["metrics"].get("test_loss"),
+                "trainable_params": m["trainable_params"],
+                "head_params": m["head_params"],
+                "wall_seconds": m["wall_seconds"],
+                "device": m["device"],
+                "precision": m["precision"],
+                "code_version": m["provenance"]["code_version"],
+                "code_hash": m["provenance"]["code_hash"],
+                "config_hash": m["provenance"]["config_hash"],
             }
         )
     return pd.DataFrame(rows)
@@ -78,7 +89,10 @@ def robustness_tables(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
             ood += [{"method": d["method"], "set": k, "kind": "ood", "top1": v} for k, v in d["ood"].items()]
         else:
             d = read_json(path, schema="wise")
-            wise += [{"method": d["method"], "alpha": p["alpha"], "id_top1": p["id"], "ood_mean_top1": p["ood_mean"]} for p in d["points"]]
+            wise += [
+                {"method": d["method"], "alpha": p["alpha"], "id_top1": p["id"], "ood_mean_top1": p["ood_mean"]}
+                for p in d["points"]
+            ]
     return (
         pd.DataFrame(ood, columns=["method", "set", "kind", "top1"]),
         pd.DataFrame(wise, columns=["method", "alpha", "id_top1", "ood_mean_top1"]),

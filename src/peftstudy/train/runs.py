@@ -112,7 +112,9 @@ def tune(args: argparse.Namespace) -> None:
     model, trainable, result, device, recipe, start = _train(args, args.train)
     logits, labels = _evaluate(model, args.val, recipe, device)
     val = scores(logits, torch.from_numpy(labels))
-    metrics = _metrics(args, "tune", model, trainable, result, device, start, {"val_top1": val["top1"], "val_loss": val["loss"]})
+    metrics = _metrics(
+        args, "tune", model, trainable, result, device, start, {"val_top1": val["top1"], "val_loss": val["loss"]}
+    )
     write_json(args.out, metrics, schema="metrics")
     print(f"{args.method} {args.hp}: val top1 {val['top1']:.2f} ({metrics['status']})", flush=True)
 
@@ -122,7 +124,9 @@ def final(args: argparse.Namespace) -> None:
     # The test split is read here, after training, and evaluated exactly once.
     logits, labels = _evaluate(model, args.test, recipe, device)
     test = scores(logits, torch.from_numpy(labels))
-    metrics = _metrics(args, "final", model, trainable, result, device, start, {"test_top1": test["top1"], "test_loss": test["loss"]})
+    metrics = _metrics(
+        args, "final", model, trainable, result, device, start, {"test_top1": test["top1"], "test_loss": test["loss"]}
+    )
     params = dict(model.named_parameters())
     save_safetensors(args.out_weights, {n: params[n] for n in trainable}, {"method": args.method, "gp": args.gp})
     save_npz(args.out_logits, logits=logits.numpy().astype(np.float32), labels=labels)
@@ -142,6 +146,8 @@ def load_trained(
     trained, _, _ = build(method, hp, backbone, num_classes, recipe, device)
     state = load_file(weights, device=str(device))
     if sorted(state) != sorted(trainable):
-        raise ValueError(f"{weights}: holds {sorted(state)[:3]}..., expected the {len(trainable)} tensors {method} trains")
+        raise ValueError(
+            f"{weights}: holds {sorted(state)[:3]}..., expected the {len(trainable)} tensors {method} trains"
+        )
     trained.load_state_dict(state, strict=False)
     return initial.eval(), trained.eval(), trainable

@@ -1,0 +1,100 @@
+"""Selection, ensembles and WiSE: pure functions on hand-built inputs whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from peftstudy import ensemble, methods
+from peftstudy.robustness import wise
+from peftstudy.select import choose
+
+
+def result(gp, top1, status="ok"):
+    return {"gp": gp, "status": status, "metrics": {"val_top1": top1}}
+
+
+def test_selection_takes_the_best_val_score():
+    order = ["a", "b", "c"]
+    assert choose([result("a", 50), result("b", 70), result("c", 60)], order)["gp"] == "b"
+
+
+def test_ties_go_to_the_last_grid_point_as_the_authors_or_the_first():
+    results = [result("c", 70), result("a", 70), result("b", 60)]
+    assert choose(results, ["a", "b", "c"], "last")["gp"] == "c"
+    assert choose(results, ["a", "b", "c"], "first")["gp"] == "a"
+
+
+def test_diverged_runs_never_win_and_all_diverged_is_an_error():
+    assert choose([result("a", 90, "diverged"), result("b", 10)], ["a", "b"])["gp"] == "b"
+    with pytest.raises(ValueError, match="every one of the 1 grid points diverged"):
+        choose([result("a", 90, "diverged")], ["a"])
+
+
+def one_hot_logits(pred, classes=3, scale=5.0):
+    return np.eye(classes)[pred] * scale
+
+
+def test_agreement_kappa_and_wrong_overlap_on_known_predictions():
+    a, b = np.array([0, 1, 2, 0]), np.array([0, 1, 1, 1])
+    assert ensemble.agreement(a, b) == 0.5
+    # p_o = 0.5; p_e = P(0)P(0) + P(1)P(1) + P(2)P(2) = .5*.25 + .25*.75 + .25*0 = 0.3125
+    assert ensemble.cohen_kappa(a, b) == pytest.approx((0.5 - 0.3125) / (1 - 0.3125))
+    assert ensemble.cohen_kappa(a, a) == 1.0
+    labels = np.array([0, 1, 2, 2])
+    assert ensemble.jaccard(a != labels, b != labels) == pytest.approx(1 / 2)  # wrong: {3} and {2, 3}
+
+
+def test_probability_averaging_fixes_a_split_vote():
+    labels = np.array([0, 1])
+    # Method x is confidently right on sample 0 and barely wrong on 1; y the other way round.
+    x = np.log(np.array([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25]]))
+    y = np.log(np.array([[0.35, 0.4, 0.25], [0.05, 0.9, 0.05]]))
+    ens, pairs = ensemble.analyse({"x": {0: x}, "y": {0: y}}, labels)
+    assert ens["members"] == {"x": 50.0, "y": 50.0}
+    (pair_ensemble,) = ens["ensembles"]
+    assert pair_ensemble["top1"] == 100.0 and pair_ensemble["gain"] == 50.0 and pair_ensemble["oracle_top1"] == 100.0
+    assert pairs["pairs"][0]["agreement"] == 0.0
+
+
+def test_analysis_pairs_seeds_and_reports_the_seed_ensemble_control():
+    labels = np.array([0, 1, 2])
+    logits = {"x": {0: one_hot_logits([0, 1, 1]), 1: one_hot_logits([0, 1, 2])}, "y": {0: one_hot_logits([0, 0, 2])}}
+    ens, _ = ensemble.analyse(logits, labels)
+    assert ens["seeds"] == [0]
+    assert ens["members"]["x"] == pytest.approx(200 / 3)
+    assert set(ens["seed_ensembles"]) == {"x"}
+
+
+def lora_pair():
+    from peftstudy.models import create_backbone
+
+    torch.manual_seed(0)
+    zero_shot = create_backbone("peftstudy_vit_test", 3).eval()
+    initial = create_backbone("peftstudy_vit_test", 3).eval()
+    initial.load_state_dict(zero_shot.state_dict())
+    trained = create_backbone("peftstudy_vit_test", 3).eval()
+    trained.load_state_dict(zero_shot.state_dict())
+    return zero_shot, initial, trained
+
+
+@pytest.mark.parametrize("name", ["lora", "bitfit", "full", "linear"])
+def test_wise_end_points_are_the_zero_shot_and_the_fine_tuned_models(name):
+    zero_shot, initial, trained = lora_pair()
+    cfg = methods.get(name).config()
+    methods.apply(initial, name, cfg)
+    trainable = methods.apply(trained, name, cfg)
+    params = dict(trained.named_parameters())
+    with torch.no_grad():
+        for n in trainable:
+            params[n].add_(torch.randn_like(params[n]) * 0.2)
+    initial.eval()
+    trained.eval()
+    x = torch.rand(4, 3, 16, 16)
+    fine_tuned = trained(x)
+    added = set(trainable) - set(dict(zero_shot.named_parameters()))
+    torch.testing.assert_close(wise(initial, trained, trainable, added, 0.0)(x), zero_shot(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(wise(initial, trained, trainable, added, 1.0)(x), fine_tuned, rtol=0, atol=1e-6)
+    midway = wise(initial, trained, trainable, added, 0.5)(x)
+    assert not torch.allclose(midway, fine_tuned) and not torch.allclose(midway, zero_shot(x))

@@ -1,0 +1,86 @@
+"""Config validation (schema + cross-references), grid expansion and grid-point ids."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from conftest import REPO
+
+from peftstudy import config as study
+
+DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_grid_order_is_sklearn_parameter_grid_order():
+    grid = study.expand_grid({"wd": [1, 2], "lr": [0.1, 0.2], "r": [4]})
+    assert [(g["lr"], g["r"], g["wd"]) for g in grid] == [(0.1, 4, 1), (0.1, 4, 2), (0.2, 4, 1), (0.2, 4, 2)]
+
+
+def test_grid_point_ids_are_stable_and_normalise_numbers():
+    assert study.gp_id({"lr": 0.001, "wd": 1}) == study.gp_id({"wd": 1.0, "lr": 1e-3})
+    assert study.gp_id({"lr": 0.001}) != study.gp_id({"lr": 0.002})
+    assert study.gp_id({"lr": 0.001, "r": 8}) == "c446bbfa"  # fixed forever: results on disk are keyed by it
+
+
+def test_method_grid_overrides_the_common_grid():
+    exp = {"grid": {"lr": [0.1, 0.2], "wd": [0.0]}, "method_grids": {"full": {"lr": [0.01]}, "lora": {"r": [1, 2]}}}
+    assert study.method_grid(exp, "full") == [{"lr": 0.01, "wd": 0}]
+    assert len(study.method_grid(exp, "lora")) == 4
+    assert study.method_grid(exp, "bitfit") == [{"lr": 0.1, "wd": 0}, {"lr": 0.2, "wd": 0}]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["experiments"]["vtab"]["methods"].append("lorra"), "unknown method 'lorra'; known: bitfit, full"),
+        (
+            lambda c: c["experiments"]["vtab"]["datasets"].append("svhn"),
+            "experiments.vtab.datasets[5]: unknown dataset",
+        ),
+        (lambda c: c["experiments"]["vtab"]["method_grids"]["lora"].update(rank=[4]), "takes no grid key 'rank'"),
+        (lambda c: c["experiments"]["vtab"]["method_grids"].update(ssf={"lr": [1]}), "method_grids.ssf"),
+        (lambda c: c["robustness"]["ood"].append("count"), "another label space"),
+    ],
+)
+def test_cross_reference_errors_name_the_key_and_what_is_allowed(edit, message):
+    config = copy.deepcopy(DEFAULT)
+    edit(config)
+    with pytest.raises(study.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        study.check(config)
+
+
+def test_the_default_config_is_valid():
+    study.check(DEFAULT)
+    grids = study.grids(DEFAULT)
+    assert len(grids["vtab", "lora"]) == 4 and len(grids["vtab", "full"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"thredas": 2}, "Additional properties are not allowed ('thredas' was unexpected)"),
+        ({"threads": "two"}, "'two' is not of type 'integer'"),
+        (
+            {"experiments": {"vtab": {"methods": ["lorra"]}}},
+            "unknown method 'lorra'; known: bitfit, full, linear, lora",
+        ),
+        (
+            {"experiments": {"vtab": {"recipe": {"epochs": 8, "batch_size": 32, "lr_stpe": "x"}}}},
+            "'lr_stpe' was unexpected",
+        ),
+    ],
+)
+def test_snakemake_stops_before_any_job_on_a_bad_config(workflow, override, message):
+    config = copy.deepcopy(DEFAULT)
+    for key, value in override.items():
+        if isinstance(value, dict) and key == "experiments":
+            config["experiments"]["vtab"].update(value["vtab"])
+        else:
+            config[key] = value
+    path = workflow.config(config)
+    proc = workflow.snakemake("--configfile", str(path), "-n", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert not (workflow.root / "results").exists()

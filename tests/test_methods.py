@@ -1,0 +1,139 @@
+"""One table of methods x generic checks (HF peft's test_custom_models pattern)."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from peftstudy import methods
+from peftstudy.models import create_backbone
+
+# name, method settings, trainable count outside the head on ViT-B/16 (STUDY.md A.3), on the mini ViT,
+# and whether the method's own init leaves the backbone's function unchanged.
+# Mini ViT: width D=128, 4 blocks, patch 8 on 3 channels, 16 tokens + CLS.
+MINI_FULL = (
+    (3 * 8 * 8 * 128 + 128)
+    + 128
+    + 17 * 128
+    + 4 * (2 * 256 + (128 * 384 + 384) + (128 * 128 + 128) + (128 * 512 + 512) + (512 * 128 + 128))
+    + 256
+)
+METHODS = [
+    ("linear", {}, 0, 0, True),
+    ("full", {}, 85_798_656, MINI_FULL, True),
+    ("bitfit", {}, 102_912, 4 * (384 + 128 + 512 + 128 + 2 * 128) + 128 + 128, True),
+    ("lora", {"r": 8}, 36_864 * 8, 4 * 8 * (128 + 3 * 128), True),
+    ("lora", {"r": 32}, 1_179_648, 4 * 32 * (128 + 3 * 128), True),
+]
+IDS = [f"{name}-{cfg}" for name, cfg, *_ in METHODS]
+
+
+def test_table_covers_the_registry():
+    assert {row[0] for row in METHODS} == set(methods.names())
+
+
+def inject(model, name, cfg):
+    trainable = methods.apply(model, name, methods.get(name).config(**cfg))
+    head = set(methods.head_names(model))
+    params = dict(model.named_parameters())
+    return trainable, sum(params[n].numel() for n in trainable if n not in head)
+
+
+@pytest.mark.parametrize(("name", "cfg", "vitb", "mini", "identity"), METHODS, ids=IDS)
+def test_trainable_count_on_vit_b16_matches_the_study(name, cfg, vitb, mini, identity):
+    with torch.device("meta"):
+        model = timm.create_model("vit_base_patch16_224", num_classes=100)
+    assert inject(model, name, cfg)[1] == vitb
+
+
+@pytest.mark.parametrize(("name", "cfg", "vitb", "mini", "identity"), METHODS, ids=IDS)
+def test_trainable_count_on_the_mini_vit(name, cfg, vitb, mini, identity):
+    model = create_backbone("peftstudy_vit_mini", 5, device="meta")
+    assert inject(model, name, cfg)[1] == mini
+
+
+@pytest.mark.parametrize(("name", "cfg", "vitb", "mini", "identity"), METHODS, ids=IDS)
+def test_only_the_intended_parameters_receive_gradients(name, cfg, vitb, mini, identity):
+    torch.manual_seed(0)
+    model = create_backbone("peftstudy_vit_test", 3)
+    trainable, _ = inject(model, name, cfg)
+    model(torch.rand(4, 3, 16, 16)).sum().backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == set(trainable)
+    assert {"head.weight", "head.bias"} <= with_grad
+
+
+def backbone_and_copy(name, cfg, seed=1):
+    """A test-size backbone and a copy of it with the method injected (its own init drawn from `seed`)."""
+    torch.manual_seed(0)
+    base = create_backbone("peftstudy_vit_test", 3)
+    model = create_backbone("peftstudy_vit_test", 3)
+    model.load_state_dict(base.state_dict())
+    torch.manual_seed(seed)
+    trainable, _ = inject(model, name, cfg)
+    return base.eval(), model.eval(), trainable
+
+
+def perturb(model, names):
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n in names:
+            params[n].add_(torch.randn_like(params[n]) * 0.1)
+
+
+@pytest.mark.parametrize(("name", "cfg", "vitb", "mini", "identity"), METHODS, ids=IDS)
+def test_own_init_gives_the_backbone_and_merge_factor_zero_removes_the_branch(name, cfg, vitb, mini, identity):
+    base, model, trainable = backbone_and_copy(name, cfg)
+    x = torch.rand(4, 3, 16, 16)
+    if identity:
+        torch.testing.assert_close(model(x), base(x), rtol=0, atol=0)
+    added = set(trainable) - set(dict(base.named_parameters()))
+    perturb(model, added)  # a "trained" branch
+    if methods.set_merge_factor(model, 0.0):
+        torch.testing.assert_close(model(x), base(x))
+        methods.set_merge_factor(model, 1.0)
+        assert not torch.allclose(model(x), base(x))
+    else:
+        assert not added  # a method that adds tensors must expose a merge_factor (WiSE needs it)
+
+
+@pytest.mark.parametrize(("name", "cfg", "vitb", "mini", "identity"), METHODS, ids=IDS)
+def test_peft_weights_round_trip(name, cfg, vitb, mini, identity, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, model, trainable = backbone_and_copy(name, cfg, seed=1)
+    perturb(model, trainable)
+    params = dict(model.named_parameters())
+    save_file({n: params[n].detach().contiguous() for n in trainable}, tmp_path / "peft.safetensors")
+    _, fresh, _ = backbone_and_copy(name, cfg, seed=2)
+    result = fresh.load_state_dict(load_file(tmp_path / "peft.safetensors"), strict=False)
+    assert result.unexpected_keys == []
+    x = torch.rand(4, 3, 16, 16)
+    torch.testing.assert_close(fresh(x), model(x))
+
+
+@pytest.mark.parametrize(("name", "cfg", "vitb", "mini", "identity"), METHODS, ids=IDS)
+def test_a_few_steps_lower_the_loss(name, cfg, vitb, mini, identity):
+    from peftstudy.train.engine import Recipe, fit
+
+    torch.manual_seed(0)
+    model = create_backbone("peftstudy_vit_test", 3)
+    inject(model, name, cfg)
+    x, y = torch.rand(32, 3, 16, 16), torch.randint(0, 3, (32,))
+    before = torch.nn.functional.cross_entropy(model.eval()(x), y).item()
+    fit(model, x, y, lr=0.01, wd=0.0, recipe=Recipe(epochs=10, batch_size=16, lr_step="standard"), seed=0, log_every=0)
+    after = torch.nn.functional.cross_entropy(model.eval()(x), y).item()
+    assert after < before
+
+
+def test_unknown_grid_key_names_the_method_keys():
+    with pytest.raises(ValueError, match="method 'lora' takes no grid key 'rank'; its keys: r, dropout"):
+        methods.split_hp("lora", {"lr": 0.1, "rank": 4})
+
+
+def test_selection_is_by_exact_name():
+    model = create_backbone("peftstudy_vit_test", 3, device="meta")
+    trainable = methods.get("bitfit").inject(model, methods.get("bitfit").config())
+    assert all(n.rsplit(".", 1)[-1] == "bias" for n in trainable) and "head.bias" not in trainable
+    assert "blocks.1.attn.qkv.bias" in trainable and "blocks.1.attn.qkv.weight" not in trainable
