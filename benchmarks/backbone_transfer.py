@@ -41,6 +41,25 @@ def val_top1(arch, weights, sha256, method, train, val, lr, wd, recipe, seed=0):
     return scores(logits, torch.from_numpy(val["labels"]))["top1"]
 
 
+def margins(config: dict, data_root: str) -> list[dict]:
+    """Per (dataset, method): best val top-1 over the common lr grid, pretrained and random-init."""
+    exp, backbone = config["experiments"]["vtab"], config["backbone"]
+    recipe = Recipe(**exp["recipe"])
+    rows = []
+    for dataset in exp["datasets"]:
+        train, val = load_npz(f"{data_root}/{dataset}/train.npz"), load_npz(f"{data_root}/{dataset}/val.npz")
+        for method in ("linear", "bitfit"):
+            best = {}
+            candidates = (("pretrained", backbone["weights"], backbone["sha256"]), ("random", None, None))
+            for label, weights, sha in candidates:
+                best[label] = max(
+                    val_top1(backbone["arch"], weights, sha, method, train, val, lr, exp["grid"]["wd"][0], recipe)
+                    for lr in exp["grid"]["lr"]
+                )
+            rows.append({"dataset": dataset, "method": method, **best, "margin": best["pretrained"] - best["random"]})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="config.yaml")
@@ -48,29 +67,11 @@ def main() -> None:
     with open(args.config) as handle:
         config = yaml.safe_load(handle)
     torch.set_num_threads(config["threads"])
-    exp, backbone = config["experiments"]["vtab"], config["backbone"]
-    recipe = Recipe(**exp["recipe"])
-    root = f"results/{config['study']}/data"
-    margins = []
     print(f"{'dataset':12s} {'method':8s} {'pretrained':>10s} {'random':>8s} {'margin':>7s}")
-    for dataset in exp["datasets"]:
-        train, val = load_npz(f"{root}/{dataset}/train.npz"), load_npz(f"{root}/{dataset}/val.npz")
-        for method in ("linear", "bitfit"):
-            best = {}
-            for label, weights, sha in (
-                ("pretrained", backbone["weights"], backbone["sha256"]),
-                ("random", None, None),
-            ):
-                best[label] = max(
-                    val_top1(backbone["arch"], weights, sha, method, train, val, lr, exp["grid"]["wd"][0], recipe)
-                    for lr in exp["grid"]["lr"]
-                )
-            margins.append(best["pretrained"] - best["random"])
-            print(
-                f"{dataset:12s} {method:8s} {best['pretrained']:10.1f} {best['random']:8.1f} {margins[-1]:+7.1f}",
-                flush=True,
-            )
-    print(f"min_margin={min(margins):.1f}")
+    rows = margins(config, f"results/{config['study']}/data")
+    for r in rows:
+        print(f"{r['dataset']:12s} {r['method']:8s} {r['pretrained']:10.1f} {r['random']:8.1f} {r['margin']:+7.1f}")
+    print(f"min_margin={min(r['margin'] for r in rows):.1f}")
 
 
 if __name__ == "__main__":

@@ -67,34 +67,26 @@ def test_analysis_pairs_seeds_and_reports_the_seed_ensemble_control():
     assert set(ens["seed_ensembles"]) == {"x"}
 
 
-def lora_pair():
+@pytest.mark.parametrize("name", ["lora", "bitfit", "full", "linear"])
+def test_wise_end_points_are_the_zero_shot_and_the_fine_tuned_models(name):
     from peftstudy.models import create_backbone
 
     torch.manual_seed(0)
-    zero_shot = create_backbone("peftstudy_vit_test", 3).eval()
-    initial = create_backbone("peftstudy_vit_test", 3).eval()
-    initial.load_state_dict(zero_shot.state_dict())
-    trained = create_backbone("peftstudy_vit_test", 3).eval()
-    trained.load_state_dict(zero_shot.state_dict())
-    return zero_shot, initial, trained
-
-
-@pytest.mark.parametrize("name", ["lora", "bitfit", "full", "linear"])
-def test_wise_end_points_are_the_zero_shot_and_the_fine_tuned_models(name):
-    zero_shot, initial, trained = lora_pair()
-    cfg = methods.get(name).config()
-    methods.apply(initial, name, cfg)
-    trainable = methods.apply(trained, name, cfg)
-    params = dict(trained.named_parameters())
+    zero_shot_model = create_backbone("peftstudy_vit_test", 3).eval()
+    model = create_backbone("peftstudy_vit_test", 3)
+    model.load_state_dict(zero_shot_model.state_dict())
+    trainable = methods.apply(model, name, methods.get(name).config())
+    params = dict(model.named_parameters())
+    zero_shot = {n: params[n].detach().clone() for n in trainable}
     with torch.no_grad():
         for n in trainable:
             params[n].add_(torch.randn_like(params[n]) * 0.2)
-    initial.eval()
-    trained.eval()
+    fine_tuned = {n: params[n].detach().clone() for n in trainable}
+    model.eval()
     x = torch.rand(4, 3, 16, 16)
-    fine_tuned = trained(x)
-    added = set(trainable) - set(dict(zero_shot.named_parameters()))
-    torch.testing.assert_close(wise(initial, trained, trainable, added, 0.0)(x), zero_shot(x), rtol=0, atol=1e-6)
-    torch.testing.assert_close(wise(initial, trained, trainable, added, 1.0)(x), fine_tuned, rtol=0, atol=1e-6)
-    midway = wise(initial, trained, trainable, added, 0.5)(x)
-    assert not torch.allclose(midway, fine_tuned) and not torch.allclose(midway, zero_shot(x))
+    fine_tuned_out = model(x)
+    added = set(trainable) - set(dict(zero_shot_model.named_parameters()))
+    torch.testing.assert_close(wise(model, zero_shot, fine_tuned, added, 0.0)(x), zero_shot_model(x), rtol=0, atol=0)
+    torch.testing.assert_close(wise(model, zero_shot, fine_tuned, added, 1.0)(x), fine_tuned_out, rtol=0, atol=0)
+    midway = wise(model, zero_shot, fine_tuned, added, 0.5)(x)
+    assert not torch.allclose(midway, fine_tuned_out) and not torch.allclose(midway, zero_shot_model(x))

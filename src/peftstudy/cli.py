@@ -186,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", nargs="+", required=True, help="NAME=path/to/test.npz; the first is in-distribution")
     p.add_argument("--alphas", type=_json, required=True)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto")
     p.add_argument("--out-ood", required=True)
     p.add_argument("--out-wise", required=True)
     p.set_defaults(func=cmd_robustness)

@@ -23,19 +23,22 @@ from peftstudy.train.runs import load_trained, pick_device
 
 
 @torch.no_grad()
-def wise(initial: nn.Module, trained: nn.Module, trainable: list[str], added: set[str], alpha: float) -> nn.Module:
-    """Set `trained` to the WiSE mixture at `alpha`, in place; `added` are the tensors the method created.
+def wise(
+    model: nn.Module,
+    zero_shot: Mapping[str, torch.Tensor],
+    fine_tuned: Mapping[str, torch.Tensor],
+    added: set[str],
+    alpha: float,
+) -> nn.Module:
+    """Set `model` to the WiSE mixture at `alpha`, in place, from its trained tensors at both end points.
 
-    The fine-tuned end point is kept aside on first use, so the same model can be mixed at every alpha.
+    `added` are the tensors the method created: kept fine-tuned, their branch scaled by merge_factor.
     """
-    init_params, params = dict(initial.named_parameters()), dict(trained.named_parameters())
-    if not hasattr(trained, "_wise_end"):
-        trained._wise_end = {n: params[n].detach().clone() for n in trainable}
-    for name in trainable:
-        end = trained._wise_end[name]
-        params[name].copy_(end if name in added else (1 - alpha) * init_params[name] + alpha * end)
-    methods.set_merge_factor(trained, alpha)
-    return trained
+    params = dict(model.named_parameters())
+    for name, end in fine_tuned.items():
+        params[name].copy_(end if name in added else (1 - alpha) * zero_shot[name] + alpha * end)
+    methods.set_merge_factor(model, alpha)
+    return model
 
 
 def added_names(arch: str, trainable: list[str]) -> set[str]:
@@ -51,7 +54,7 @@ def evaluate(model: nn.Module, sets: Mapping[str, tuple[torch.Tensor, torch.Tens
 
 
 def run(args: argparse.Namespace) -> None:
-    device = pick_device("auto")
+    device = pick_device(args.device)
     named = [item.split("=", 1) for item in args.eval]
     id_name, ood_names = named[0][0], [n for n, _ in named[1:]]
     raw = {name: load_npz(path) for name, path in named}
@@ -60,15 +63,15 @@ def run(args: argparse.Namespace) -> None:
     record = read_json(args.final, schema="final")
     for final_dir in (r["dir"] for r in record["runs"]):
         meta = read_json(f"{final_dir}/metrics.json", schema="metrics")
-        initial, trained, trainable = load_trained(
+        model, zero_shot, fine_tuned = load_trained(
             args.method, meta["hp"], args.backbone, f"{final_dir}/peft.safetensors", classes, device
         )
-        mean, std = trained.pretrained_cfg["mean"], trained.pretrained_cfg["std"]
+        mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
         sets = {n: (to_input(d["images"], mean, std, device), torch.from_numpy(d["labels"])) for n, d in raw.items()}
-        added = added_names(args.backbone["arch"], trainable)
-        per_seed_ood.append({"seed": meta["seed"], **evaluate(trained, sets, 256)})
+        added = added_names(args.backbone["arch"], list(fine_tuned))
+        per_seed_ood.append({"seed": meta["seed"], **evaluate(model, sets, 256)})
         for alpha in args.alphas:
-            acc = evaluate(wise(initial, trained, trainable, added, alpha), sets, 256)
+            acc = evaluate(wise(model, zero_shot, fine_tuned, added, alpha), sets, 256)
             curves.append({"seed": meta["seed"], "alpha": alpha, **acc})
 
     def summarise(rows: list[dict]) -> dict:

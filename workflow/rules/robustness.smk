@@ -21,7 +21,9 @@ rule robustness:
             for name in [ROBUSTNESS["dataset"], *ROBUSTNESS["ood"]]
         ),
         alphas=lambda wc: as_json(ROBUSTNESS["alphas"]),
+        device=config["device"],
     shell:
         "peftstudy robustness --method {wildcards.method} --backbone {params.backbone}"
         " --final {input.final} --eval {params.sets} --alphas {params.alphas} --threads {threads}"
+        " --device {params.device}"
         " --out-ood {output.ood} --out-wise {output.wise} > {log} 2>&1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def final_table(records: list[str]) -> pd.DataFrame:
                 "dataset": m["dataset"],
                 "method": m["method"],
                 "gp": m["gp"],
-                "hp": m["hp"],
+                "hp": json.dumps(m["hp"], sort_keys=True),
                 "seed": m["seed"],
                 "status": m["status"],
                 "test_top1": m["metrics"].get("test_top1"),

@@ -136,18 +136,16 @@ def final(args: argparse.Namespace) -> None:
 
 def load_trained(
     method: str, hp: dict[str, Any], backbone: dict[str, Any], weights: str, num_classes: int, device: torch.device
-) -> tuple[nn.Module, nn.Module, list[str]]:
-    """(the model as it was before training, the trained model, trainable names), both built the same way."""
+) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A final run's model in eval mode, with its trained tensors before training and after (from `weights`)."""
     from safetensors.torch import load_file
 
-    recipe = Recipe(epochs=1, batch_size=1)
     seed_everything(0)
-    initial, trainable, _ = build(method, hp, backbone, num_classes, recipe, device)
-    trained, _, _ = build(method, hp, backbone, num_classes, recipe, device)
+    model, trainable, _ = build(method, hp, backbone, num_classes, Recipe(epochs=1, batch_size=1), device)
+    params = dict(model.named_parameters())
+    before = {n: params[n].detach().clone() for n in trainable}
     state = load_file(weights, device=str(device))
     if sorted(state) != sorted(trainable):
-        raise ValueError(
-            f"{weights}: holds {sorted(state)[:3]}..., expected the {len(trainable)} tensors {method} trains"
-        )
-    trained.load_state_dict(state, strict=False)
-    return initial.eval(), trained.eval(), trainable
+        raise ValueError(f"{weights}: holds {len(state)} tensors, not the {len(trainable)} that {method} trains")
+    model.load_state_dict(state, strict=False)
+    return model.eval(), before, {n: params[n].detach().clone() for n in trainable}

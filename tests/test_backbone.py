@@ -1,0 +1,52 @@
+"""The committed mini backbone: its checksum, strict loading, and that it transfers (CPU_FIGURES.md §4)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import REPO
+
+from peftstudy.data import layout, synthetic
+from peftstudy.models import create_backbone
+
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+BACKBONE = CONFIG["backbone"]
+WEIGHTS = REPO / BACKBONE["weights"]
+
+
+def test_committed_weights_match_their_checksum_and_load_strictly():
+    model = create_backbone(BACKBONE["arch"], 16, weights=WEIGHTS, sha256=BACKBONE["sha256"], keep_head=True)
+    assert model.num_classes == 16
+    with pytest.raises(ValueError, match=r"sha256 is [0-9a-f]+, expected 0+\."):
+        create_backbone(BACKBONE["arch"], 16, weights=WEIGHTS, sha256="0" * 64)
+
+
+def test_weights_for_another_architecture_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(create_backbone("peftstudy_vit_test", 3).state_dict(), tmp_path / "w.safetensors")
+    with pytest.raises(ValueError, match="do not fit peftstudy_vit_mini"):
+        create_backbone("peftstudy_vit_mini", 3, weights=tmp_path / "w.safetensors")
+
+
+@pytest.mark.slow
+def test_frozen_feature_methods_beat_a_random_backbone_on_every_mini_task(tmp_path, monkeypatch):
+    """Linear probing and BitFit on the committed weights against the same on timm's random init."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from backbone_transfer import margins
+
+    monkeypatch.chdir(REPO)
+    torch.set_num_threads(2)
+    for name in CONFIG["experiments"]["vtab"]["datasets"]:
+        spec = dict(CONFIG["datasets"][name], image_size=BACKBONE["image_size"])
+        out = tmp_path / name
+        synthetic.generate(name, spec, CONFIG["seed"], str(out / "source"), str(out / "manifest.json"))
+        for split in ("train", "val"):
+            layout.prepare(out / "source", out / "manifest.json", split, out / f"{split}.npz", BACKBONE["image_size"])
+    rows = margins(CONFIG, str(tmp_path))
+    assert len(rows) == 2 * len(CONFIG["experiments"]["vtab"]["datasets"])
+    losing = [r for r in rows if r["margin"] <= 0]
+    assert not losing, losing
