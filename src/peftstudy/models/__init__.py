@@ -86,11 +86,15 @@ def create_backbone(
     with torch.device(device):
         model = timm.create_model(arch, pretrained=False, drop_path_rate=drop_path, num_classes=head_classes)
     if state is not None:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
+        expected = model.state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        reshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+        if missing or unexpected or reshaped:
             raise ValueError(
-                f"backbone weights {weights} do not fit {arch}: missing {missing}, unexpected {unexpected}"
+                f"backbone weights {weights} do not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                f"other shapes {reshaped[:5]}; check backbone.arch against the weights file"
             )
+        model.load_state_dict(state)
     if keep_head:
         if model.num_classes != num_classes:
             raise ValueError(
