@@ -7,6 +7,7 @@ Heavy imports happen inside each stage, so a job pays only for what it uses (CPU
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shlex
 import sys
@@ -20,80 +21,18 @@ def _json(text: str):
         raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text[:80]}") from err
 
 
-def _threads(n: int) -> None:
-    import torch
+def _stage(target: str, uses_torch: bool = False):
+    """A stage's entry: `module:function`, imported only when that stage runs."""
 
-    torch.set_num_threads(n)
+    def call(args: argparse.Namespace) -> None:
+        if uses_torch:
+            import torch
 
+            torch.set_num_threads(args.threads)
+        module, function = target.split(":")
+        getattr(importlib.import_module(module), function)(args)
 
-def cmd_generate(args: argparse.Namespace) -> None:
-    from peftstudy.data import synthetic
-
-    synthetic.generate(args.dataset, args.spec, args.seed, args.out, args.manifest)
-
-
-def cmd_prepare(args: argparse.Namespace) -> None:
-    from peftstudy.data import layout
-
-    layout.prepare(args.source, args.manifest, args.split, args.out, args.image_size)
-
-
-def cmd_pretrain(args: argparse.Namespace) -> None:
-    from peftstudy.train import pretrain
-
-    _threads(args.threads)
-    pretrain.run(args)
-
-
-def cmd_tune(args: argparse.Namespace) -> None:
-    from peftstudy.train import runs
-
-    _threads(args.threads)
-    runs.tune(args)
-
-
-def cmd_final(args: argparse.Namespace) -> None:
-    from peftstudy.train import runs
-
-    _threads(args.threads)
-    runs.final(args)
-
-
-def cmd_select(args: argparse.Namespace) -> None:
-    from peftstudy import select
-
-    select.run(args)
-
-
-def cmd_collect(args: argparse.Namespace) -> None:
-    from peftstudy import collect
-
-    collect.run(args)
-
-
-def cmd_ensemble(args: argparse.Namespace) -> None:
-    from peftstudy import ensemble
-
-    ensemble.run(args)
-
-
-def cmd_robustness(args: argparse.Namespace) -> None:
-    from peftstudy import robustness
-
-    _threads(args.threads)
-    robustness.run(args)
-
-
-def cmd_tables(args: argparse.Namespace) -> None:
-    from peftstudy.report import tables
-
-    tables.run(args)
-
-
-def cmd_report(args: argparse.Namespace) -> None:
-    from peftstudy.report import render
-
-    render.run(args)
+    return call
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -122,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="the source folder")
     p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
-    p.set_defaults(func=cmd_generate)
+    p.set_defaults(func=_stage("peftstudy.data.synthetic:run"))
 
     p = sub.add_parser("prepare", help="decode one split's list into a uint8 tensor cache")
     p.add_argument("--source", required=True)
@@ -130,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True, choices=["train", "val", "trainval", "test"])
     p.add_argument("--image-size", type=int, required=True)
     p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_prepare)
+    p.set_defaults(func=_stage("peftstudy.data.layout:run"))
 
     p = sub.add_parser("pretrain", help="pretrain a backbone from scratch (the mini study's own weights)")
     p.add_argument("--arch", required=True)
@@ -144,13 +83,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
     p.add_argument("--metrics", required=True)
-    p.set_defaults(func=cmd_pretrain)
+    p.set_defaults(func=_stage("peftstudy.train.pretrain:run", uses_torch=True))
 
     p = sub.add_parser("tune", help="train one grid point on train, score it on val")
     _run_args(p)
     p.add_argument("--val", required=True)
     p.add_argument("--out", required=True, help="metrics.json")
-    p.set_defaults(func=cmd_tune)
+    p.set_defaults(func=_stage("peftstudy.train.runs:tune", uses_torch=True))
 
     p = sub.add_parser("final", help="train the selected grid point on train+val, test once at the end")
     _run_args(p)
@@ -158,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out-metrics", required=True)
     p.add_argument("--out-logits", required=True)
     p.add_argument("--out-weights", required=True)
-    p.set_defaults(func=cmd_final)
+    p.set_defaults(func=_stage("peftstudy.train.runs:final", uses_torch=True))
 
     p = sub.add_parser("select", help="choose a grid point from tune results (val only)")
     p.add_argument("--grid", type=_json, required=True, help="grid-point ids in grid order")
@@ -166,18 +105,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tie-break", choices=["last", "first"], default="last")
     p.add_argument("--out", required=True, help="selected.json")
     p.add_argument("--out-summary", required=True, help="tune.csv: every grid point's val scores")
-    p.set_defaults(func=cmd_select)
+    p.set_defaults(func=_stage("peftstudy.select:run"))
 
     p = sub.add_parser("collect", help="record the selected finals of one (experiment, dataset, method)")
     p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of each seed's final run")
     p.add_argument("--out", required=True, help="final.json")
-    p.set_defaults(func=cmd_collect)
+    p.set_defaults(func=_stage("peftstudy.collect:run"))
 
     p = sub.add_parser("ensemble", help="ensembles and agreement of the methods' final test logits")
     p.add_argument("--finals", nargs="+", required=True, help="final.json of each method on the dataset")
     p.add_argument("--out-ensembles", required=True)
     p.add_argument("--out-agreement", required=True)
-    p.set_defaults(func=cmd_ensemble)
+    p.set_defaults(func=_stage("peftstudy.ensemble:run"))
 
     p = sub.add_parser("robustness", help="ID/OOD accuracy and WiSE curves of one method's finals")
     p.add_argument("--method", required=True)
@@ -189,7 +128,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out-ood", required=True)
     p.add_argument("--out-wise", required=True)
-    p.set_defaults(func=cmd_robustness)
+    p.set_defaults(func=_stage("peftstudy.robustness:run", uses_torch=True))
 
     p = sub.add_parser("tables", help="tidy CSV tables of a study's results")
     p.add_argument("--study", required=True)
@@ -199,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--analysis", nargs="*", default=[], help="ensembles.json and agreement.json files")
     p.add_argument("--robustness", nargs="*", default=[], help="ood.json and wise.json files")
     p.add_argument("--out-dir", required=True)
-    p.set_defaults(func=cmd_tables)
+    p.set_defaults(func=_stage("peftstudy.report.tables:run"))
 
     p = sub.add_parser("report", help="figures (papermill) and the HTML page (Jinja)")
     p.add_argument("--tables", required=True)
@@ -207,7 +146,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--template", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--out-notebook", required=True)
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=_stage("peftstudy.report.render:run"))
     return top
 
 

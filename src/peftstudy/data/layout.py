@@ -86,3 +86,8 @@ def prepare(source_dir: str | Path, manifest_path: str | Path, split: str, out: 
     save_npz(
         out, images=images, labels=labels, list_sha256=np.array(expected), num_classes=np.array(manifest["classes"])
     )
+
+
+def run(args) -> None:
+    """`peftstudy prepare`."""
+    prepare(args.source, args.manifest, args.split, args.out, args.image_size)

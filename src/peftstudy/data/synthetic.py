@@ -280,3 +280,8 @@ def generate(name: str, spec: dict, seed: int, out_dir: str, manifest: str) -> N
         test = _render_styles(spec["task"], n_test, size, classes, derived_seed(seed, name, "test"), styles)
     info = {"dataset": name, "source": "synthetic", "classes": classes, "spec": dict(spec, seed=seed)}
     write_source(out_dir, pool, n_train, n_val, test, info, manifest)
+
+
+def run(args) -> None:
+    """`peftstudy generate`."""
+    generate(args.dataset, args.spec, args.seed, args.out, args.manifest)

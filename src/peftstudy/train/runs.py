@@ -54,30 +54,24 @@ def count(model: nn.Module, names: list[str]) -> tuple[int, int]:
     return sum(params[n].numel() for n in names if n not in head), sum(params[n].numel() for n in head)
 
 
-def _train(args: argparse.Namespace, train_path: str):
+def _run(args: argparse.Namespace, phase: str, held_out: str, split: str):
+    """Train on args.train, then score the held-out split once: (model, trainable names, metrics, logits, labels)."""
     device = pick_device(args.device)
     recipe = Recipe(**args.recipe)
-    train = load_npz(train_path)
-    classes = int(train["num_classes"])
+    train = load_npz(args.train)
     seed_everything(args.seed)
-    model, trainable, recipe_hp = build(args.method, args.hp, args.backbone, classes, recipe, device)
+    model, trainable, recipe_hp = build(args.method, args.hp, args.backbone, int(train["num_classes"]), recipe, device)
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     x, y = to_input(train["images"], mean, std, device), torch.from_numpy(train["labels"]).to(device)
     start = time.time()
     result = fit(model, x, y, lr=recipe_hp["lr"], wd=recipe_hp["wd"], recipe=recipe, seed=args.seed)
-    return model, trainable, result, device, recipe, start
-
-
-def _evaluate(model: nn.Module, path: str, recipe: Recipe, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
-    data = load_npz(path)
-    x = to_input(data["images"], model.pretrained_cfg["mean"], model.pretrained_cfg["std"], device)
-    return predict(model, x, recipe.eval_batch_size), data["labels"]
-
-
-def _metrics(args, phase, model, trainable, result, device, start, held_out: dict[str, float]) -> dict[str, Any]:
-    diverged = result.diverged or not all(np.isfinite(v) for v in held_out.values())
+    # The held-out split is read only now, after training, and evaluated exactly once.
+    data = load_npz(held_out)
+    logits = predict(model, to_input(data["images"], mean, std, device), recipe.eval_batch_size)
+    score = scores(logits, torch.from_numpy(data["labels"]))
     trainable_params, head_params = count(model, trainable)
-    return {
+    diverged = result.diverged or not np.isfinite(score["loss"])
+    metrics = {
         "status": "diverged" if diverged else "ok",
         "phase": phase,
         "experiment": args.experiment,
@@ -87,9 +81,10 @@ def _metrics(args, phase, model, trainable, result, device, start, held_out: dic
         "hp": args.hp,
         "seed": args.seed,
         "metrics": {
-            "train_loss": result.train_loss if np.isfinite(result.train_loss) else None,
-            "train_top1": result.train_top1 if np.isfinite(result.train_top1) else None,
-            **{k: (v if np.isfinite(v) else None) for k, v in held_out.items()},
+            "train_loss": _finite(result.train_loss),
+            "train_top1": _finite(result.train_top1),
+            f"{split}_top1": _finite(score["top1"]),
+            f"{split}_loss": _finite(score["loss"]),
         },
         "trainable_params": trainable_params,
         "head_params": head_params,
@@ -106,32 +101,25 @@ def _metrics(args, phase, model, trainable, result, device, start, held_out: dic
             backbone_sha256=sha256_file(args.backbone["weights"]) if args.backbone.get("weights") else None,
         ),
     }
+    print(f"{args.method} {args.hp} seed {args.seed}: {split} top1 {score['top1']:.2f} ({metrics['status']})")
+    return model, trainable, metrics, logits, data["labels"]
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None
 
 
 def tune(args: argparse.Namespace) -> None:
-    model, trainable, result, device, recipe, start = _train(args, args.train)
-    logits, labels = _evaluate(model, args.val, recipe, device)
-    val = scores(logits, torch.from_numpy(labels))
-    metrics = _metrics(
-        args, "tune", model, trainable, result, device, start, {"val_top1": val["top1"], "val_loss": val["loss"]}
-    )
+    _, _, metrics, _, _ = _run(args, "tune", args.val, "val")
     write_json(args.out, metrics, schema="metrics")
-    print(f"{args.method} {args.hp}: val top1 {val['top1']:.2f} ({metrics['status']})", flush=True)
 
 
 def final(args: argparse.Namespace) -> None:
-    model, trainable, result, device, recipe, start = _train(args, args.train)
-    # The test split is read here, after training, and evaluated exactly once.
-    logits, labels = _evaluate(model, args.test, recipe, device)
-    test = scores(logits, torch.from_numpy(labels))
-    metrics = _metrics(
-        args, "final", model, trainable, result, device, start, {"test_top1": test["top1"], "test_loss": test["loss"]}
-    )
+    model, trainable, metrics, logits, labels = _run(args, "final", args.test, "test")
     params = dict(model.named_parameters())
     save_safetensors(args.out_weights, {n: params[n] for n in trainable}, {"method": args.method, "gp": args.gp})
     save_npz(args.out_logits, logits=logits.numpy().astype(np.float32), labels=labels)
     write_json(args.out_metrics, metrics, schema="metrics")
-    print(f"{args.method} {args.hp} seed {args.seed}: test top1 {test['top1']:.2f} ({metrics['status']})", flush=True)
 
 
 def load_trained(
