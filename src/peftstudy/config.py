@@ -26,9 +26,8 @@ def normalise(value: Any) -> Any:
 
 
 def canonical(obj: Any) -> str:
-    if isinstance(obj, Mapping):
-        obj = {k: canonical_value(v) for k, v in obj.items()}
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    """JSON with sorted keys, no spaces and normalised numbers: equal settings give equal text."""
+    return json.dumps(canonical_value(obj), sort_keys=True, separators=(",", ":"))
 
 
 def canonical_value(v: Any) -> Any:
@@ -45,7 +44,7 @@ def gp_id(hp: Mapping[str, Any]) -> str:
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
-    return hashlib.sha256(canonical(canonical_value(dict(config))).encode()).hexdigest()[:16]
+    return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
 
 
 def expand_grid(grid: Mapping[str, list]) -> list[dict[str, Any]]:

@@ -94,10 +94,10 @@ def apply(model: nn.Module, name: str, cfg: Any) -> list[str]:
     if missing:
         raise RuntimeError(f"method {name!r} returned parameter names the model does not have: {missing[:5]}")
     model.requires_grad_(False)
-    names_ = list(dict.fromkeys([*trainable, *head_names(model)]))
-    for n in names_:
+    selected = list(dict.fromkeys([*trainable, *head_names(model)]))
+    for n in selected:
         params[n].requires_grad_(True)
-    return names_
+    return selected
 
 
 def set_merge_factor(model: nn.Module, alpha: float) -> int:

@@ -15,10 +15,11 @@ ANALYSIS_PATH = re.compile(r"(?P<experiment>[^/]+)/(?P<dataset>[^/]+)/analysis/(
 
 
 def tune_table(paths: list[str]) -> pd.DataFrame:
-    frames = [pd.read_csv(p).assign(selected=lambda d: False) for p in paths]
-    for path, frame in zip(paths, frames, strict=True):
-        selected = read_json(Path(path).with_name("selected.json"), schema="selected")
-        frame["selected"] = frame["gp"] == selected["gp"]
+    frames = []
+    for path in paths:
+        frame = pd.read_csv(path)
+        frame["selected"] = frame["gp"] == read_json(Path(path).with_name("selected.json"), schema="selected")["gp"]
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
