@@ -67,7 +67,7 @@ def test_analysis_pairs_seeds_and_reports_the_seed_ensemble_control():
     assert set(ens["seed_ensembles"]) == {"x"}
 
 
-@pytest.mark.parametrize("name", ["lora", "bitfit", "full", "linear"])
+@pytest.mark.parametrize("name", methods.names())
 def test_wise_end_points_are_the_zero_shot_and_the_fine_tuned_models(name):
     from peftstudy.models import create_backbone
 

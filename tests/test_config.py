@@ -9,6 +9,9 @@ import yaml
 from conftest import REPO
 
 from peftstudy import config as study
+from peftstudy import methods
+
+KNOWN = ", ".join(methods.names())
 
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 
@@ -34,7 +37,7 @@ def test_method_grid_overrides_the_common_grid():
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda c: c["experiments"]["vtab"]["methods"].append("lorra"), "unknown method 'lorra'; known: bitfit, full"),
+        (lambda c: c["experiments"]["vtab"]["methods"].append("lorra"), f"unknown method 'lorra'; known: {KNOWN}"),
         (
             lambda c: c["experiments"]["vtab"]["datasets"].append("svhn"),
             "experiments.vtab.datasets[5]: unknown dataset",
@@ -64,7 +67,7 @@ def test_the_default_config_is_valid():
         ({"threads": "two"}, "'two' is not of type 'integer'"),
         (
             {"experiments": {"vtab": {"methods": ["lorra"]}}},
-            "unknown method 'lorra'; known: bitfit, full, linear, lora",
+            f"unknown method 'lorra'; known: {KNOWN}",
         ),
         (
             {"experiments": {"vtab": {"recipe": {"epochs": 8, "batch_size": 32, "lr_stpe": "x"}}}},

@@ -19,10 +19,15 @@ MINI_FULL = (
     + 4 * (2 * 256 + (128 * 384 + 384) + (128 * 128 + 128) + (128 * 512 + 512) + (512 * 128 + 128))
     + 256
 )
+MINI_BITFIT = 4 * (384 + 128 + 512 + 128 + 2 * 128) + 128 + 128
+MINI_LN = 4 * 2 * 2 * 128 + 2 * 128
 METHODS = [
     ("linear", {}, 0, 0, True),
     ("full", {}, 85_798_656, MINI_FULL, True),
-    ("bitfit", {}, 102_912, 4 * (384 + 128 + 512 + 128 + 2 * 128) + 128 + 128, True),
+    ("bitfit", {}, 102_912, MINI_BITFIT, True),
+    ("ln", {}, 38_400, MINI_LN, True),
+    ("difffit", {}, 140_544, MINI_BITFIT + MINI_LN // 2 + 4 * 2 * 128, True),
+    ("ssf", {}, 205_824, 2 * (4 * (128 + 384 + 128 + 128 + 512 + 128) + 2 * 128), False),
     ("lora", {"r": 8}, 36_864 * 8, 4 * 8 * (128 + 3 * 128), True),
     ("lora", {"r": 32}, 1_179_648, 4 * 32 * (128 + 3 * 128), True),
 ]
@@ -125,6 +130,14 @@ def test_a_few_steps_lower_the_loss(name, cfg, vitb, mini, identity):
     fit(model, x, y, lr=0.01, wd=0.0, recipe=Recipe(epochs=10, batch_size=16, lr_step="standard"), seed=0, log_every=0)
     after = torch.nn.functional.cross_entropy(model.eval()(x), y).item()
     assert after < before
+
+
+@pytest.mark.parametrize(("name", "count"), [("ln", 39_936), ("difffit", 141_312), ("bitfit", 102_912)])
+def test_trainable_count_on_clip_vit_b16(name, count):
+    """CLIP's visual tower: QuickGELU, ln_pre (norm_pre) and no patch-embedding bias (STUDY.md A.3)."""
+    with torch.device("meta"):
+        model = timm.create_model("vit_base_patch16_clip_quickgelu_224", num_classes=1000)
+    assert inject(model, name, {})[1] == count
 
 
 def test_unknown_grid_key_names_the_method_keys():

@@ -117,3 +117,18 @@ def exact(model: nn.Module, predicate: Callable[[str], bool], what: str) -> list
     if not found:
         raise RuntimeError(f"{what}: no parameter of the model matched")
     return found
+
+
+def layer_norm_names(model: nn.Module) -> list[str]:
+    """Weight and bias of every LayerNorm outside the head (blocks' norm1/norm2, the final norm, CLIP's norm_pre)."""
+    head = set(head_names(model))
+    found = [
+        f"{prefix}.{name}"
+        for prefix, module in model.named_modules()
+        if isinstance(module, nn.LayerNorm)
+        for name, _ in module.named_parameters(recurse=False)
+        if f"{prefix}.{name}" not in head
+    ]
+    if not found:
+        raise RuntimeError("the model has no LayerNorm")
+    return found
