@@ -10,7 +10,8 @@ from peftstudy import methods
 from peftstudy.models import create_backbone
 
 # name, method settings, trainable count outside the head on ViT-B/16 (STUDY.md A.3), on the mini ViT,
-# and whether the method's own init leaves the backbone's function unchanged.
+# and whether the method's own init leaves the backbone's function unchanged. Methods whose added tensors
+# cannot be scaled by a merge_factor (prompts) are listed in NO_MERGE.
 # Mini ViT: width D=128, 4 blocks, patch 8 on 3 channels, 16 tokens + CLS.
 MINI_FULL = (
     (3 * 8 * 8 * 128 + 128)
@@ -28,10 +29,14 @@ METHODS = [
     ("ln", {}, 38_400, MINI_LN, True),
     ("difffit", {}, 140_544, MINI_BITFIT + MINI_LN // 2 + 4 * 2 * 128, True),
     ("ssf", {}, 205_824, 2 * (4 * (128 + 384 + 128 + 128 + 512 + 128) + 2 * 128), False),
+    ("vpt_shallow", {"num_tokens": 10}, 768 * 10, 128 * 10, False),
+    ("vpt_shallow", {"num_tokens": 10, "variant": "original"}, 768 * 10, 128 * 10, False),
+    ("vpt_deep", {"num_tokens": 5}, 46_080, 4 * 5 * 128, False),
     ("lora", {"r": 8}, 36_864 * 8, 4 * 8 * (128 + 3 * 128), True),
     ("lora", {"r": 32}, 1_179_648, 4 * 32 * (128 + 3 * 128), True),
 ]
 IDS = [f"{name}-{cfg}" for name, cfg, *_ in METHODS]
+NO_MERGE = {"vpt_shallow", "vpt_deep"}
 
 
 def test_table_covers_the_registry():
@@ -100,7 +105,8 @@ def test_own_init_gives_the_backbone_and_merge_factor_zero_removes_the_branch(na
         methods.set_merge_factor(model, 1.0)
         assert not torch.allclose(model(x), base(x))
     else:
-        assert not added  # a method that adds tensors must expose a merge_factor (WiSE needs it)
+        # A method that adds tensors must expose a merge_factor (WiSE needs it), unless it cannot (prompts).
+        assert not added or name in NO_MERGE
 
 
 @pytest.mark.parametrize(("name", "cfg", "vitb", "mini", "identity"), METHODS, ids=IDS)
@@ -138,6 +144,17 @@ def test_trainable_count_on_clip_vit_b16(name, count):
     with torch.device("meta"):
         model = timm.create_model("vit_base_patch16_clip_quickgelu_224", num_classes=1000)
     assert inject(model, name, {})[1] == count
+
+
+# The test ViT sees (16 / 4)^2 = 16 patches + CLS = 17 tokens; VPT-shallow adds 10.
+@pytest.mark.parametrize(("variant", "tokens_after_block0"), [("authors", 17), ("original", 17 + 10)])
+def test_vpt_shallow_prompts_leave_after_block_0_as_the_authors_or_stay_as_the_original(variant, tokens_after_block0):
+    model = create_backbone("peftstudy_vit_test", 3).eval()
+    inject(model, "vpt_shallow", {"num_tokens": 10, "variant": variant})
+    seen = []
+    model.blocks[1].register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[1]))
+    model(torch.rand(2, 3, 16, 16))
+    assert seen == [tokens_after_block0]
 
 
 def test_unknown_grid_key_names_the_method_keys():

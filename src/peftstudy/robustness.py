@@ -41,6 +41,23 @@ def wise(
     return model
 
 
+def check_mergeable(model: nn.Module, added: set[str], method: str) -> None:
+    """WiSE needs every tensor a method added to sit in a branch with a merge_factor (prompts do not)."""
+    outside = {
+        name
+        for name in added
+        if not any(
+            hasattr(model.get_submodule(".".join(name.split(".")[:i])), "merge_factor")
+            for i in range(1, name.count(".") + 1)
+        )
+    }
+    if outside:
+        raise ValueError(
+            f"WiSE is not defined for {method}: {sorted(outside)[:3]} cannot be scaled towards the zero-shot model; "
+            "leave the method out of the robustness experiment"
+        )
+
+
 def added_names(arch: str, trainable: list[str]) -> set[str]:
     """Trained tensors the backbone itself does not have: the method's own (built on the meta device)."""
     from peftstudy.models import create_backbone
@@ -69,6 +86,7 @@ def run(args: argparse.Namespace) -> None:
         mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
         sets = {n: (to_input(d["images"], mean, std, device), torch.from_numpy(d["labels"])) for n, d in raw.items()}
         added = added_names(args.backbone["arch"], list(fine_tuned))
+        check_mergeable(model, added, args.method)
         per_seed_ood.append({"seed": meta["seed"], **evaluate(model, sets, 256)})
         for alpha in args.alphas:
             acc = evaluate(wise(model, zero_shot, fine_tuned, added, alpha), sets, 256)

@@ -1,0 +1,30 @@
+"""VPT-deep (STUDY.md A.2 #8): P new prompt tokens in front of the sequence before every block, removed after it.
+
+No positional embedding on prompts; dropout 0.1; 9,216 * P trainable on ViT-B/16 (12 blocks x P x 768).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from peftstudy.methods import register
+from peftstudy.methods._prompts import attach
+
+
+@dataclass(frozen=True)
+class Config:
+    num_tokens: int = field(default=10, metadata={"help": "prompt tokens per block (P)"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout on the prompts"})
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.num_tokens, int) and self.num_tokens >= 1):
+            raise ValueError(f"vpt_deep: num_tokens must be a positive integer, got {self.num_tokens!r}")
+
+
+def inject(model: nn.Module, cfg: Config) -> list[str]:
+    return [attach(model, i, i, cfg.num_tokens, cfg.dropout) for i in range(len(model.blocks))]
+
+
+register("vpt_deep", Config, inject)

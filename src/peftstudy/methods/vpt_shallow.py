@@ -1,0 +1,37 @@
+"""VPT-shallow (STUDY.md A.2 #7, I.1): P prompt tokens in front of the sequence at the input of block 0.
+
+`variant="authors"` (the study's runs) drops the prompts again after block 0, so they take part in the
+first block only; `variant="original"` keeps them through every block, as VPT describes. 768 * P trainable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from peftstudy.methods import register
+from peftstudy.methods._prompts import attach
+
+VARIANTS = ("authors", "original")
+
+
+@dataclass(frozen=True)
+class Config:
+    num_tokens: int = field(default=10, metadata={"help": "prompt tokens (P)"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout on the prompts"})
+    variant: str = field(default="authors", metadata={"help": "authors: dropped after block 0; original: kept"})
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.num_tokens, int) and self.num_tokens >= 1):
+            raise ValueError(f"vpt_shallow: num_tokens must be a positive integer, got {self.num_tokens!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"vpt_shallow: variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
+
+
+def inject(model: nn.Module, cfg: Config) -> list[str]:
+    last = 0 if cfg.variant == "authors" else len(model.blocks) - 1
+    return [attach(model, 0, last, cfg.num_tokens, cfg.dropout)]
+
+
+register("vpt_shallow", Config, inject)
