@@ -34,6 +34,12 @@ METHODS = [
     ("vpt_deep", {"num_tokens": 5}, 46_080, 4 * 5 * 128, False),
     ("lora", {"r": 8}, 36_864 * 8, 4 * 8 * (128 + 3 * 128), True),
     ("lora", {"r": 32}, 1_179_648, 4 * 32 * (128 + 3 * 128), True),
+    ("rand_h_adapter", {"r": 32}, 1_198_848, 4 * 2 * (2 * 128 * 32 + 32 + 128), False),
+    ("rand_h_adapter", {"r": 32, "variant": "original"}, 1_198_848, 4 * 2 * (2 * 128 * 32 + 32 + 128), False),
+    ("lora_p_adapter", {"r": 32}, 599_424, 4 * (2 * 128 * 32 + 32 + 128), True),
+    ("adaptformer", {"r": 16}, 304_320, 4 * (2 * 128 * 16 + 16 + 128), True),
+    ("repadapter", {"r": 16}, 461_184, 4 * 2 * (128 * 16 + 16 + 64 * 16 + 128), True),
+    ("repadapter", {"r": 32}, 903_936, 4 * 2 * (128 * 32 + 32 + 64 * 32 + 128), True),
 ]
 IDS = [f"{name}-{cfg}" for name, cfg, *_ in METHODS]
 NO_MERGE = {"vpt_shallow", "vpt_deep"}
@@ -155,6 +161,18 @@ def test_vpt_shallow_prompts_leave_after_block_0_as_the_authors_or_stay_as_the_o
     model.blocks[1].register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[1]))
     model(torch.rand(2, 3, 16, 16))
     assert seen == [tokens_after_block0]
+
+
+@pytest.mark.parametrize(("variant", "keeps_backbone"), [("authors", False), ("original", True)])
+def test_sequential_adapters_apply_layerscale_twice_as_the_authors_or_once(variant, keeps_backbone):
+    """STUDY.md I.3: with LayerScale (DINOv2) the authors' zero-initialised adapter already changes the model."""
+    torch.manual_seed(0)
+    base = timm.create_model("peftstudy_vit_test", num_classes=3, init_values=0.5).eval()
+    model = timm.create_model("peftstudy_vit_test", num_classes=3, init_values=0.5)
+    model.load_state_dict(base.state_dict())
+    inject(model, "lora_p_adapter", {"r": 4, "variant": variant})
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(model.eval()(x), base(x)) == keeps_backbone
 
 
 def test_unknown_grid_key_names_the_method_keys():

@@ -1,0 +1,21 @@
+"""Pfeiffer adapter, LoRA-style init (STUDY.md A.2 #11, I.3): one bottleneck adapter per block, sequential after
+the MLP branch. Xavier down, zero up and biases, so the model starts as the backbone. 12 * (1536 r + r + 768).
+
+`variant="authors"` applies the branch's drop-path and LayerScale before the adapter and again after it;
+`variant="original"` once.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from peftstudy.methods import register
+from peftstudy.methods._adapters import SequentialConfig as Config
+from peftstudy.methods._adapters import sequential
+
+
+def inject(model: nn.Module, cfg: Config) -> list[str]:
+    return sequential(model, (2,), cfg.r, cfg.scale, cfg.dropout, "lora", cfg.variant)
+
+
+register("lora_p_adapter", Config, inject)
