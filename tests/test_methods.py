@@ -40,6 +40,17 @@ METHODS = [
     ("adaptformer", {"r": 16}, 304_320, 4 * (2 * 128 * 16 + 16 + 128), True),
     ("repadapter", {"r": 16}, 461_184, 4 * 2 * (128 * 16 + 16 + 64 * 16 + 128), True),
     ("repadapter", {"r": 32}, 903_936, 4 * 2 * (128 * 32 + 32 + 64 * 32 + 128), True),
+    ("convpass", {"r": 8}, 327_552, 4 * 2 * (2 * 128 * 8 + 8 + 128 + 9 * 64 + 8), True),
+    (
+        "convpass",
+        {"r": 32, "conv_init": "identity"},
+        1_420_800,
+        4 * 2 * (2 * 128 * 32 + 32 + 128 + 9 * 32**2 + 32),
+        True,
+    ),
+    ("fact_tt", {"d": 32}, 196_608, 2 * 128 * 32 + 4 * 12 * 32**2, True),
+    ("fact_tk", {"d": 32}, 86_528, 2 * 128 * 32 + 32**3 + 48 * 32, True),
+    ("fact_tk", {"d": 1}, 1_681, 2 * 128 + 1 + 48, True),
 ]
 IDS = [f"{name}-{cfg}" for name, cfg, *_ in METHODS]
 NO_MERGE = {"vpt_shallow", "vpt_deep"}

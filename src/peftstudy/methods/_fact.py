@@ -1,0 +1,71 @@
+"""FacT (STUDY.md A.2 #15, #16, I.6): factor-tuning with a U: D -> d and V: d -> D shared by all blocks.
+
+Each adapted Linear gets ``out += merge_factor * s * V(Dropout(C(U(x))))`` for a d x d core C per matrix: q, k
+and v on the QKV output (concatenated), o on the attention projection, fc1 in four D-wide chunks of its 4D
+output, fc2 on its 4D input in four D-wide chunks (summed). FacT-TT keeps the cores per block (Cq, Ck, Cv,
+Co, C1: d -> 4d, C2: 4d -> d); FacT-TK draws them as T x_3 p_j from one shared d x d x d tensor T and 12
+columns p_j of a d x 144 factor matrix per block. V starts at zero, so the model starts as the backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+# Cores per block, in the order the d x (12 * depth) factor matrix of FacT-TK assigns its columns.
+CORES = ("q", "k", "v", "o", *(f"fc1_{c}" for c in range(4)), *(f"fc2_{c}" for c in range(4)))
+
+
+@dataclass(frozen=True)
+class Config:
+    d: int = field(default=8, metadata={"help": "rank of the shared factors U, V"})
+    scale: float = field(default=1.0, metadata={"help": "s, the update's multiplier"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout between core and V"})
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.d, int) and self.d >= 1):
+            raise ValueError(f"fact: d must be a positive integer, got {self.d!r}")
+
+
+class FacT(nn.Module):
+    """Shared U and V, and the per-matrix cores a subclass provides through core(block, name)."""
+
+    def __init__(self, dim: int, cfg: Config, device: torch.device) -> None:
+        super().__init__()
+        self.u = nn.Linear(dim, cfg.d, bias=False, device=device)
+        self.v = nn.Linear(cfg.d, dim, bias=False, device=device)
+        nn.init.zeros_(self.v.weight)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.scale = cfg.scale
+        self.merge_factor = 1.0
+
+    def core(self, block: int, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def delta(self, x: torch.Tensor, block: int, names: tuple[str, ...]) -> torch.Tensor:
+        """V(C_j U(x)) for each core j, concatenated along the features (q|k|v, or fc1's four chunks)."""
+        ux = self.u(x)
+        out = [self.v(self.dropout(ux @ self.core(block, n).T)) for n in names]
+        return self.merge_factor * self.scale * torch.cat(out, dim=-1)
+
+    def delta_fc2(self, h: torch.Tensor, block: int) -> torch.Tensor:
+        """fc2's input in four D-wide chunks, each through U and its own core, summed, then V."""
+        chunks = self.u(h.unflatten(-1, (4, -1)))  # (..., 4, d)
+        mixed = sum(chunks[..., c, :] @ self.core(block, f"fc2_{c}").T for c in range(4))
+        return self.merge_factor * self.scale * self.v(self.dropout(mixed))
+
+
+def attach(model: nn.Module, fact: FacT) -> None:
+    """Add `fact`'s updates to every block's qkv, proj, fc1 and fc2 outputs through forward hooks."""
+    model.fact = fact
+    hooks = {
+        "attn.qkv": lambda i: lambda mod, args, out: out + fact.delta(args[0], i, ("q", "k", "v")),
+        "attn.proj": lambda i: lambda mod, args, out: out + fact.delta(args[0], i, ("o",)),
+        "mlp.fc1": lambda i: lambda mod, args, out: out + fact.delta(args[0], i, CORES[4:8]),
+        "mlp.fc2": lambda i: lambda mod, args, out: out + fact.delta_fc2(args[0], i),
+    }
+    for i, block in enumerate(model.blocks):
+        for path, hook in hooks.items():
+            block.get_submodule(path).register_forward_hook(hook(i))
