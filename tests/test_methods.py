@@ -186,6 +186,31 @@ def test_sequential_adapters_apply_layerscale_twice_as_the_authors_or_once(varia
     assert torch.allclose(model.eval()(x), base(x)) == keeps_backbone
 
 
+@pytest.mark.parametrize(
+    ("name", "cfg", "still_backbone"),
+    [
+        ("lora", {"r": 8}, False),
+        ("adaptformer", {"r": 8}, False),
+        ("fact_tk", {"d": 4}, False),
+        ("repadapter", {}, True),
+    ],
+)
+def test_authors_init_overwrites_added_linears_only(name, cfg, still_backbone):
+    """STUDY.md I.26: timm's init ran after the PEFT modules, re-drawing every Linear they added."""
+    torch.manual_seed(0)
+    base = create_backbone("peftstudy_vit_test", 3).eval()
+    model = create_backbone("peftstudy_vit_test", 3)
+    model.load_state_dict(base.state_dict())
+    trainable = methods.apply(model, name, methods.get(name).config(**cfg), linear_init="authors")
+    backbone = dict(base.named_parameters())
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n], p) for n, p in backbone.items() if n in params and n not in trainable)
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(model.eval()(x), base(x)) == still_backbone
+    if name == "lora":
+        assert 0.01 < params["blocks.0.attn.qkv.lora_b.weight"].std().item() < 0.03
+
+
 def test_unknown_grid_key_names_the_method_keys():
     with pytest.raises(ValueError, match="method 'lora' takes no grid key 'rank'; its keys: r, dropout"):
         methods.split_hp("lora", {"lr": 0.1, "rank": 4})

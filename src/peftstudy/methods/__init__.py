@@ -86,9 +86,23 @@ def head_names(model: nn.Module) -> list[str]:
     return [f"{by_module[id(head)]}.{n}" for n, _ in head.named_parameters()]
 
 
-def apply(model: nn.Module, name: str, cfg: Any) -> list[str]:
-    """Inject method `name` into `model`, freeze everything else; return every trainable name (head last)."""
+LINEAR_INITS = ("own", "authors")
+
+
+def apply(model: nn.Module, name: str, cfg: Any, linear_init: str = "own") -> list[str]:
+    """Inject method `name` into `model`, freeze everything else; return every trainable name (head last).
+
+    `linear_init="authors"` re-initialises every Linear layer the method added as timm's ViT init does,
+    trunc_normal(std 0.02) weights and zero biases: in the study's runs timm's `init_weights` ran after the
+    PEFT modules were built and overwrote their own init (STUDY.md I.26). Conv layers and raw parameters keep
+    theirs, as with the timm 0.9.12 the study pinned.
+    """
+    if linear_init not in LINEAR_INITS:
+        raise ValueError(f"linear_init {linear_init!r}; use one of {', '.join(LINEAR_INITS)}")
+    existing = {n for n, _ in model.named_parameters()}
     trainable = get(name).inject(model, cfg)
+    if linear_init == "authors":
+        _timm_reinit_linears(model, existing)
     params = dict(model.named_parameters())
     missing = [n for n in trainable if n not in params]
     if missing:
@@ -132,3 +146,16 @@ def layer_norm_names(model: nn.Module) -> list[str]:
     if not found:
         raise RuntimeError("the model has no LayerNorm")
     return found
+
+
+def _timm_reinit_linears(model: nn.Module, existing: set[str]) -> None:
+    """timm's init_weights_vit_timm on the Linear layers whose tensors are all new (not the backbone's)."""
+    from timm.layers import trunc_normal_
+
+    for prefix, module in model.named_modules():
+        if isinstance(module, nn.Linear) and not any(
+            f"{prefix}.{n}" in existing for n, _ in module.named_parameters(recurse=False)
+        ):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)

@@ -32,6 +32,7 @@ class Recipe:
     lr_step: str = "authors"  # authors: step(epoch) at the end of `epoch` (off by one); standard: step(epoch + 1)
     hflip: bool = False  # random horizontal flip (pretraining only: VTAB-1K trains without augmentation)
     drop_path: float = 0.0  # stochastic depth rate; a `drop_path` grid key overrides it
+    peft_init: str = "own"  # own: each method's stated init; authors: timm re-inits added Linears (STUDY.md I.26)
 
     def __post_init__(self) -> None:
         if self.lr_step not in ("authors", "standard"):

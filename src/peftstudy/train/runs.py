@@ -8,6 +8,7 @@ logits and the trained (PEFT-only) tensors.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Any
 
@@ -31,7 +32,7 @@ def pick_device(name: str) -> torch.device:
 
 def build(
     method: str, hp: dict[str, Any], backbone: dict[str, Any], num_classes: int, recipe: Recipe, device: torch.device
-) -> tuple[nn.Module, list[str], dict[str, Any]]:
+) -> tuple[nn.Module, list[str], dict[str, Any], Any]:
     """Backbone with its weights, the method injected, everything but the method's tensors and the head frozen."""
     recipe_hp, cfg = methods.split_hp(method, hp)
     model = create_backbone(
@@ -43,8 +44,8 @@ def build(
         drop_path=recipe_hp.get("drop_path", recipe.drop_path),
         device=device,
     )
-    trainable = methods.apply(model, method, cfg)
-    return model, trainable, recipe_hp
+    trainable = methods.apply(model, method, cfg, linear_init=recipe.peft_init)
+    return model, trainable, recipe_hp, cfg
 
 
 def count(model: nn.Module, names: list[str]) -> tuple[int, int]:
@@ -60,7 +61,9 @@ def _run(args: argparse.Namespace, phase: str, held_out: str, split: str):
     recipe = Recipe(**args.recipe)
     train = load_npz(args.train)
     seed_everything(args.seed)
-    model, trainable, recipe_hp = build(args.method, args.hp, args.backbone, int(train["num_classes"]), recipe, device)
+    model, trainable, recipe_hp, cfg = build(
+        args.method, args.hp, args.backbone, int(train["num_classes"]), recipe, device
+    )
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     x, y = to_input(train["images"], mean, std, device), torch.from_numpy(train["labels"]).to(device)
     start = time.time()
@@ -79,6 +82,8 @@ def _run(args: argparse.Namespace, phase: str, held_out: str, split: str):
         "method": args.method,
         "gp": args.gp,
         "hp": args.hp,
+        "method_config": dataclasses.asdict(cfg),
+        "recipe": dataclasses.asdict(recipe),
         "seed": args.seed,
         "metrics": {
             "train_loss": _finite(result.train_loss),
@@ -129,7 +134,7 @@ def load_trained(
     from safetensors.torch import load_file
 
     seed_everything(0)
-    model, trainable, _ = build(method, hp, backbone, num_classes, Recipe(epochs=1, batch_size=1), device)
+    model, trainable, _, _ = build(method, hp, backbone, num_classes, Recipe(epochs=1, batch_size=1), device)
     params = dict(model.named_parameters())
     before = {n: params[n].detach().clone() for n in trainable}
     state = load_file(weights, device=str(device))
