@@ -34,6 +34,7 @@ METHODS = [
     ("vpt_deep", {"num_tokens": 5}, 46_080, 4 * 5 * 128, False),
     ("lora", {"r": 8}, 36_864 * 8, 4 * 8 * (128 + 3 * 128), True),
     ("lora", {"r": 32}, 1_179_648, 4 * 32 * (128 + 3 * 128), True),
+    ("lora", {"r": 8, "variant": "original", "alpha": 16}, 36_864 * 8, 4 * 8 * 2 * (128 + 128), True),
     ("rand_h_adapter", {"r": 32}, 1_198_848, 4 * 2 * (2 * 128 * 32 + 32 + 128), False),
     ("rand_h_adapter", {"r": 32, "variant": "original"}, 1_198_848, 4 * 2 * (2 * 128 * 32 + 32 + 128), False),
     ("lora_p_adapter", {"r": 32}, 599_424, 4 * (2 * 128 * 32 + 32 + 128), True),
@@ -211,8 +212,22 @@ def test_authors_init_overwrites_added_linears_only(name, cfg, still_backbone):
         assert 0.01 < params["blocks.0.attn.qkv.lora_b.weight"].std().item() < 0.03
 
 
+def test_original_lora_changes_q_and_v_only():
+    model = create_backbone("peftstudy_vit_test", 3).eval()
+    inject(model, "lora", {"r": 2, "variant": "original"})
+    qkv = model.blocks[0].attn.qkv
+    x = torch.rand(1, 5, qkv.in_features)
+    before = qkv(x)
+    torch.nn.init.normal_(qkv.lora_b_q.weight)
+    torch.nn.init.normal_(qkv.lora_b_v.weight)
+    change = (qkv(x) - before).abs().sum(dim=(0, 1)).unflatten(0, (3, -1)).sum(-1)
+    assert change[0] > 0 and change[1] == 0 and change[2] > 0
+
+
 def test_unknown_grid_key_names_the_method_keys():
-    with pytest.raises(ValueError, match="method 'lora' takes no grid key 'rank'; its keys: r, dropout"):
+    with pytest.raises(
+        ValueError, match="method 'lora' takes no grid key 'rank'; its keys: r, dropout, variant, alpha"
+    ):
         methods.split_hp("lora", {"lr": 0.1, "rank": 4})
 
 

@@ -1,8 +1,10 @@
-"""LoRA as the study ran it (STUDY.md A.2 #9, I.2): one rank-r update of each block's fused QKV projection.
+"""LoRA (STUDY.md A.2 #9, I.2) on each block's fused QKV projection.
 
-``qkv(u) + merge_factor * B(A(dropout(u)))`` with A: D->r (Kaiming-uniform a=sqrt(5), PyTorch's Linear
-default) and B: r->3D (zeros), no bias and no alpha/r scaling, so the model starts as the backbone.
-Trainable: 12 * r * (D + 3D) on ViT-B/16 = 36,864 * r.
+`variant="authors"` (what the study ran): one rank-r update of the whole fused projection,
+``qkv(u) + B(A(dropout(u)))`` with B: r -> 3D, so q, k and v all change; no alpha/r scaling.
+`variant="original"` (Hu et al.): separate rank-r updates of W_q and W_v only, scaled by alpha / r.
+A: Kaiming-uniform (PyTorch's Linear default), B: zeros, so the model starts as the backbone.
+Both train 12 * r * 3072 = 36,864 * r on ViT-B/16. `merge_factor` scales the update (WiSE).
 """
 
 from __future__ import annotations
@@ -14,42 +16,72 @@ from torch import nn
 
 from peftstudy.methods import register
 
+VARIANTS = ("authors", "original")
+
 
 @dataclass(frozen=True)
 class Config:
     r: int = field(default=8, metadata={"help": "rank of the update"})
     dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA input"})
+    variant: str = field(default="authors", metadata={"help": "authors: fused q,k,v, no scaling; original: q and v"})
+    alpha: float | None = field(
+        default=None, metadata={"help": "original variant: scaling alpha / r (None: alpha = r)"}
+    )
 
     def __post_init__(self) -> None:
         if not (isinstance(self.r, int) and self.r >= 1):
             raise ValueError(f"lora: r must be a positive integer, got {self.r!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"lora: dropout must be in [0, 1), got {self.dropout!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"lora: variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
+        if self.alpha is not None and self.variant == "authors":
+            raise ValueError("lora: alpha applies to the original variant only (the authors' LoRA has no scaling)")
+
+
+def _low_rank(n_in: int, r: int, n_out: int, device: torch.device) -> tuple[nn.Linear, nn.Linear]:
+    down = nn.Linear(n_in, r, bias=False, device=device)
+    up = nn.Linear(r, n_out, bias=False, device=device)
+    nn.init.zeros_(up.weight)
+    return down, up
 
 
 class LoRALinear(nn.Linear):
-    """A Linear that keeps its base tensors under their original names and adds a low-rank branch."""
+    """The fused QKV Linear, its base tensors under their original names, plus low-rank updates."""
 
-    def __init__(self, base: nn.Linear, r: int, dropout: float) -> None:
+    def __init__(self, base: nn.Linear, cfg: Config) -> None:
         device = base.weight.device
         super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
         self.weight = base.weight
         self.bias = base.bias
-        self.lora_a = nn.Linear(base.in_features, r, bias=False, device=device)
-        self.lora_b = nn.Linear(r, base.out_features, bias=False, device=device)
-        nn.init.zeros_(self.lora_b.weight)
-        self.lora_dropout = nn.Dropout(dropout)
+        self.variant = cfg.variant
+        self.lora_dropout = nn.Dropout(cfg.dropout)
         self.merge_factor = 1.0
+        dim = base.out_features // 3
+        if cfg.variant == "authors":
+            self.lora_a, self.lora_b = _low_rank(base.in_features, cfg.r, base.out_features, device)
+            self.scaling = 1.0
+        else:
+            self.lora_a_q, self.lora_b_q = _low_rank(base.in_features, cfg.r, dim, device)
+            self.lora_a_v, self.lora_b_v = _low_rank(base.in_features, cfg.r, dim, device)
+            self.scaling = (cfg.alpha if cfg.alpha is not None else cfg.r) / cfg.r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) + self.merge_factor * self.lora_b(self.lora_a(self.lora_dropout(x)))
+        out = super().forward(x)
+        u = self.lora_dropout(x)
+        if self.variant == "authors":
+            delta = self.lora_b(self.lora_a(u))
+        else:
+            q, v = self.lora_b_q(self.lora_a_q(u)), self.lora_b_v(self.lora_a_v(u))
+            delta = torch.cat([q, torch.zeros_like(q), v], dim=-1)
+        return out + self.merge_factor * self.scaling * delta
 
 
 def inject(model: nn.Module, cfg: Config) -> list[str]:
     trainable = []
     for i, block in enumerate(model.blocks):
-        block.attn.qkv = LoRALinear(block.attn.qkv, cfg.r, cfg.dropout)
-        trainable += [f"blocks.{i}.attn.qkv.lora_a.weight", f"blocks.{i}.attn.qkv.lora_b.weight"]
+        block.attn.qkv = LoRALinear(block.attn.qkv, cfg)
+        trainable += [f"blocks.{i}.attn.qkv.{n}" for n, _ in block.attn.qkv.named_parameters() if ".lora_" in f".{n}"]
     if not trainable:
         raise RuntimeError("lora: the model has no blocks with an attn.qkv projection")
     return trainable
