@@ -156,7 +156,19 @@ def test_a_few_steps_lower_the_loss(name, cfg, vitb, mini, identity):
     assert after < before
 
 
-@pytest.mark.parametrize(("name", "count"), [("ln", 39_936), ("difffit", 141_312), ("bitfit", 102_912)])
+@pytest.mark.parametrize(
+    ("name", "cfg", "count"), [("fact_tk", {"d": 256}, 17_207_296), ("vpt_deep", {"num_tokens": 100}, 921_600)]
+)
+def test_large_settings_count_on_vit_b16(name, cfg, count):
+    """Settings too big for the generic table's real test models, counted on the meta device only."""
+    with torch.device("meta"):
+        model = timm.create_model("vit_base_patch16_224", num_classes=100)
+    assert inject(model, name, cfg)[1] == count
+
+
+@pytest.mark.parametrize(
+    ("name", "count"), [("ln", 39_936), ("difffit", 141_312), ("bitfit", 102_912), ("full", 85_799_424)]
+)
 def test_trainable_count_on_clip_vit_b16(name, count):
     """CLIP's visual tower: QuickGELU, ln_pre (norm_pre) and no patch-embedding bias (STUDY.md A.3)."""
     with torch.device("meta"):
