@@ -92,3 +92,20 @@ def sequential(
             )
             trainable += [f"blocks.{i}.ls{k}.adapter.{n}" for n, _ in adapter.named_parameters()]
     return trainable
+
+
+class Parallel(nn.Module):
+    """Replaces a block's drop-path: ``DP(y) + DP(LS(branch(source)))``, the branch with its own drop-path mask.
+
+    `source` is handed over by a hook on the block's LayerNorm just before this module runs (AdaptFormer reads
+    the LN's input, ConvPass its output), so no backbone module is renamed.
+    """
+
+    def __init__(self, drop_path: nn.Module, ls: nn.Module, branch: nn.Module) -> None:
+        super().__init__()
+        self.drop_path, self.ls, self.branch = drop_path, ls, branch
+        self.source: torch.Tensor | None = None
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        source, self.source = self.source, None
+        return self.drop_path(y) + self.drop_path(self.ls(self.branch(source)))

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from peftstudy.methods import register
-from peftstudy.methods._adapters import Adapter
+from peftstudy.methods._adapters import Adapter, Parallel
 
 
 @dataclass(frozen=True)
@@ -25,30 +24,15 @@ class Config:
             raise ValueError(f"adaptformer: r must be a positive integer, got {self.r!r}")
 
 
-class ParallelDropPath(nn.Module):
-    """Replaces the block's second drop-path: ``DP(y) + DP(LS2(adapter(x)))``, x the input of LN2."""
-
-    def __init__(self, drop_path: nn.Module, ls: nn.Module, adapter: Adapter) -> None:
-        super().__init__()
-        self.drop_path, self.ls, self.adapter = drop_path, ls, adapter
-        self.residual: torch.Tensor | None = None
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        residual, self.residual = self.residual, None
-        return self.drop_path(y) + self.drop_path(self.ls(self.adapter(residual)))
-
-
 def inject(model: nn.Module, cfg: Config) -> list[str]:
     trainable = []
     for i, block in enumerate(model.blocks):
         adapter = Adapter(model.embed_dim, cfg.r, cfg.scale, cfg.dropout, "kaiming", block.norm1.weight.device)
-        parallel = ParallelDropPath(block.drop_path2, block.ls2, adapter)
+        parallel = Parallel(block.drop_path2, block.ls2, adapter)
         block.drop_path2 = parallel
-        # LN2's input is the residual stream the adapter reads; a pre-hook hands it over without renaming LN2.
-        block.norm2.register_forward_pre_hook(
-            lambda mod, args, parallel=parallel: setattr(parallel, "residual", args[0])
-        )
-        trainable += [f"blocks.{i}.drop_path2.adapter.{n}" for n, _ in adapter.named_parameters()]
+        # The adapter reads the residual stream, LN2's input.
+        block.norm2.register_forward_pre_hook(lambda mod, args, parallel=parallel: setattr(parallel, "source", args[0]))
+        trainable += [f"blocks.{i}.drop_path2.branch.{n}" for n, _ in adapter.named_parameters()]
     return trainable
 
 

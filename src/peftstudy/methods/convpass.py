@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from peftstudy.methods import register
+from peftstudy.methods._adapters import Parallel
 
 CONV_INITS = ("xavier", "identity")
 
@@ -70,19 +71,6 @@ class ConvPass(nn.Module):
         return self.merge_factor * self.scale * self.up(self.dropout(h))
 
 
-class Parallel(nn.Module):
-    """Replaces a block's drop-path k: ``DP(y) + DP(LS(convpass(LN_k output)))``, own mask for the bypass."""
-
-    def __init__(self, drop_path: nn.Module, ls: nn.Module, bypass: ConvPass) -> None:
-        super().__init__()
-        self.drop_path, self.ls, self.bypass = drop_path, ls, bypass
-        self.normed: torch.Tensor | None = None
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        normed, self.normed = self.normed, None
-        return self.drop_path(y) + self.drop_path(self.ls(self.bypass(normed)))
-
-
 def inject(model: nn.Module, cfg: Config) -> list[str]:
     grid, prefix = tuple(model.patch_embed.grid_size), model.num_prefix_tokens
     trainable = []
@@ -92,9 +80,9 @@ def inject(model: nn.Module, cfg: Config) -> list[str]:
             bypass = ConvPass(model.embed_dim, grid, prefix, cfg, norm.weight.device)
             parallel = Parallel(getattr(block, f"drop_path{k}"), getattr(block, f"ls{k}"), bypass)
             setattr(block, f"drop_path{k}", parallel)
-            # The LN output feeds the bypass; a hook hands it over without renaming the LayerNorm.
-            norm.register_forward_hook(lambda mod, args, out, parallel=parallel: setattr(parallel, "normed", out))
-            trainable += [f"blocks.{i}.drop_path{k}.bypass.{n}" for n, _ in bypass.named_parameters()]
+            # The bypass reads the LayerNorm's output.
+            norm.register_forward_hook(lambda mod, args, out, parallel=parallel: setattr(parallel, "source", out))
+            trainable += [f"blocks.{i}.drop_path{k}.branch.{n}" for n, _ in bypass.named_parameters()]
     return trainable
 
 
