@@ -5,11 +5,13 @@ from snakemake.utils import validate
 
 from peftstudy import config as study
 from peftstudy import methods as method_registry
+from peftstudy.results import Layout
 
 validate(config, schema="../schemas/config.schema.yaml")
 study.check(config)
 
-R = f"results/{config['study']}"
+LAYOUT = Layout(config)
+R = LAYOUT.root
 GRIDS = study.grids(config)
 CONFIG_HASH = study.config_hash(config)
 EXPERIMENTS = config["experiments"]
@@ -72,12 +74,8 @@ def get_hp(wildcards):
         ) from None
 
 
-def data(dataset, split):
-    return f"{R}/data/{dataset}/{split}.npz"
-
-
-def manifest(dataset):
-    return f"{R}/data/{dataset}/manifest.json"
+data = LAYOUT.data
+manifest = LAYOUT.manifest
 
 
 def get_tune_inputs(wildcards):
@@ -102,109 +100,64 @@ def get_final_inputs(wildcards):
 
 
 def get_tune_metrics(wildcards):
-    base = f"{R}/{wildcards.experiment}/{wildcards.dataset}/{wildcards.method}/tune"
-    return [
-        f"{base}/{gp}/metrics.json"
-        for gp in GRIDS[wildcards.experiment, wildcards.method]
-    ]
+    return LAYOUT.tune_metrics(
+        *run_of(wildcards), list(GRIDS[wildcards.experiment, wildcards.method])
+    )
 
 
 def get_grid_order(wildcards):
     return as_json(list(GRIDS[wildcards.experiment, wildcards.method]))
 
 
+def run_of(wildcards):
+    return wildcards.experiment, wildcards.dataset, wildcards.method
+
+
 def selected_finals(experiment, dataset, method):
     """The final runs (every seed) of the grid point `select` chose: known once that checkpoint has run."""
-    selected = checkpoints.select.get(
-        experiment=experiment, dataset=dataset, method=method
-    ).output.selected
-    with open(selected) as handle:
+    run = dict(experiment=experiment, dataset=dataset, method=method)
+    with open(checkpoints.select.get(**run).output.selected) as handle:
         gp = json.load(handle)["gp"]
-    base = f"{R}/{experiment}/{dataset}/{method}/final/{gp}"
-    return [
-        f"{base}/seed{seed}/{name}"
-        for seed in EXPERIMENTS[experiment]["seeds"]
-        for name in ("metrics.json", "logits.npz", "peft.safetensors")
-    ]
+    return LAYOUT.final_files(experiment, dataset, method, gp)
 
 
 def get_selected_finals(wildcards):
     """Each collect job resolves its own checkpoint: Snakemake stops an input function at its first
     unresolved checkpoint, so one function resolving many would serialise the selections.
     """
-    return selected_finals(wildcards.experiment, wildcards.dataset, wildcards.method)
-
-
-def final_record(experiment, dataset, method):
-    return f"{R}/{experiment}/{dataset}/{method}/final.json"
-
-
-def get_final_records():
-    return [
-        final_record(name, dataset, method)
-        for name, exp in EXPERIMENTS.items()
-        for dataset in exp["datasets"]
-        for method in exp["methods"]
-    ]
+    return selected_finals(*run_of(wildcards))
 
 
 def get_ensemble_inputs(wildcards):
-    exp = EXPERIMENTS[wildcards.experiment]
+    methods = EXPERIMENTS[wildcards.experiment]["methods"]
     return [
-        final_record(wildcards.experiment, wildcards.dataset, m) for m in exp["methods"]
+        LAYOUT.final_record(wildcards.experiment, wildcards.dataset, m) for m in methods
     ]
 
 
 def get_robustness_inputs(wildcards):
-    sets = {
-        name: data(name, "test") for name in [ROBUSTNESS["dataset"], *ROBUSTNESS["ood"]]
-    }
+    sets = [ROBUSTNESS["dataset"], *ROBUSTNESS["ood"]]
     return {
-        "final": final_record(
+        "final": LAYOUT.final_record(
             ROBUSTNESS["experiment"], ROBUSTNESS["dataset"], wildcards.method
         ),
         "weights": get_backbone_weights(),
         "code": get_method_module(wildcards),
-        **sets,
+        **{name: data(name, "test") for name in sets},
     }
-
-
-def get_analysis_outputs():
-    """Ensembles need two methods or more."""
-    return [
-        f"{R}/{name}/{dataset}/analysis/{kind}.json"
-        for name, exp in EXPERIMENTS.items()
-        if len(exp["methods"]) > 1
-        for dataset in exp["datasets"]
-        for kind in ("ensembles", "agreement")
-    ]
-
-
-def get_robustness_outputs():
-    if not ROBUSTNESS:
-        return []
-    methods = EXPERIMENTS[ROBUSTNESS["experiment"]]["methods"]
-    return [
-        f"{R}/robustness/{m}/{kind}.json" for m in methods for kind in ("ood", "wise")
-    ]
 
 
 def get_table_inputs(wildcards):
     return {
-        "tune": [
-            f"{R}/{name}/{dataset}/{method}/tune.csv"
-            for name, exp in EXPERIMENTS.items()
-            for dataset in exp["datasets"]
-            for method in exp["methods"]
-        ],
-        "finals": get_final_records(),
-        "analysis": get_analysis_outputs(),
-        "robustness": get_robustness_outputs(),
+        "tune": LAYOUT.tune_summaries(),
+        "finals": LAYOUT.final_records(),
+        "analysis": LAYOUT.analysis_outputs(),
+        "robustness": LAYOUT.robustness_outputs(),
     }
 
 
 def get_final_outputs(wildcards):
-    return [f"{R}/report/index.html", *get_final_records()]
+    return [LAYOUT.report(), *LAYOUT.final_records()]
 
 
 def get_all_selected_finals(wildcards):
@@ -212,10 +165,4 @@ def get_all_selected_finals(wildcards):
     when the target asks for it (CHECKPOINTS.md). Kept apart from get_final_outputs because this function
     stops at the first selection not yet made; the collect jobs meanwhile run the others in parallel.
     """
-    return [
-        path
-        for name, exp in EXPERIMENTS.items()
-        for dataset in exp["datasets"]
-        for method in exp["methods"]
-        for path in selected_finals(name, dataset, method)
-    ]
+    return [path for run in LAYOUT.runs() for path in selected_finals(*run)]
