@@ -8,16 +8,11 @@ selection checkpoint (Snakemake stops an input function at the first unresolved 
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
-from peftstudy.io import read_json, write_json
+from peftstudy.io import read_json, sha256_file, write_json
 
 FILES = ("metrics.json", "logits.npz", "peft.safetensors")
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def run(args: argparse.Namespace) -> None:
@@ -33,7 +28,7 @@ def run(args: argparse.Namespace) -> None:
                 "dir": str(folder),
                 "status": metrics["status"],
                 "test_top1": metrics["metrics"].get("test_top1"),
-                "sha256": {name: sha256(folder / name) for name in FILES},
+                "sha256": {name: sha256_file(folder / name) for name in FILES},
             }
         )
     first = read_json(args.metrics[0], schema="metrics")

@@ -10,6 +10,8 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
+from peftstudy.io import sha256_file
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGES = ("peftstudy", "torch", "timm", "numpy", "safetensors")
 
@@ -53,7 +55,7 @@ def record(*, config_hash: str, data_manifest: str | Path, backbone_sha256: str 
         "code_hash": code_hash(),
         "config_hash": config_hash,
         "packages": {name: _version(name) for name in PACKAGES},
-        "data_manifest_sha256": hashlib.sha256(Path(data_manifest).read_bytes()).hexdigest(),
+        "data_manifest_sha256": sha256_file(data_manifest),
         "backbone_sha256": backbone_sha256,
         "host": socket.gethostname(),
         "python": platform.python_version(),

@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import timm
 import torch
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, _cfg, _create_vision_transformer
+
+from peftstudy.io import sha256_file
 
 HEAD_NAMES = ("head.weight", "head.bias")
 
@@ -42,14 +43,6 @@ def peftstudy_vit_test(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT for unit tests: 16x16 inputs, patch 4, width 32, depth 2, 2 heads."""
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4.0)
     return _create_vision_transformer("peftstudy_vit_test", pretrained=pretrained, **dict(args, **kwargs))
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def create_backbone(

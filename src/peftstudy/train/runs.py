@@ -18,8 +18,8 @@ from torch import nn
 
 from peftstudy import methods, provenance
 from peftstudy.config import config_hash
-from peftstudy.io import load_npz, save_npz, save_safetensors, write_json
-from peftstudy.models import create_backbone, sha256_file
+from peftstudy.io import load_npz, save_npz, save_safetensors, sha256_file, write_json
+from peftstudy.models import create_backbone
 from peftstudy.train.engine import Recipe, fit, predict, scores, seed_everything, to_input
 
 
@@ -103,11 +103,18 @@ def _run(args: argparse.Namespace, phase: str, held_out: str, split: str):
             # elsewhere in the config must not make a result look different (or rerun it).
             config_hash=config_hash({k: vars(args)[k] for k in ("method", "hp", "recipe", "backbone", "seed")}),
             data_manifest=args.manifest,
-            backbone_sha256=sha256_file(args.backbone["weights"]) if args.backbone.get("weights") else None,
+            backbone_sha256=_backbone_sha256(args.backbone),
         ),
     }
     print(f"{args.method} {args.hp} seed {args.seed}: {split} top1 {score['top1']:.2f} ({metrics['status']})")
     return model, trainable, metrics, logits, data["labels"]
+
+
+def _backbone_sha256(backbone: dict[str, Any]) -> str | None:
+    """The weights' sha256: the config's, which create_backbone has just verified, else hashed here."""
+    if not backbone.get("weights"):
+        return None
+    return backbone.get("sha256") or sha256_file(backbone["weights"])
 
 
 def _finite(value: float) -> float | None:
