@@ -80,6 +80,12 @@ def split_hp(name: str, hp: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
     return recipe, method.config(**{k: v for k, v in hp.items() if k not in RECIPE_KEYS})
 
 
+def positive_int(owner: str, key: str, value: Any) -> None:
+    """The check every method Config makes of its sizes (rank, tokens): a positive integer, or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: {key} must be a positive integer, got {value!r}")
+
+
 def head_names(model: nn.Module) -> list[str]:
     head = model.get_classifier()
     by_module = {id(m): prefix for prefix, m in model.named_modules()}

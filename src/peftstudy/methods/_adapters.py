@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from peftstudy.methods import positive_int
+
 INITS = ("houlsby", "lora", "kaiming")
 VARIANTS = ("authors", "original")
 
@@ -24,8 +26,7 @@ class SequentialConfig:
     variant: str = field(default="authors", metadata={"help": "authors: drop-path/LayerScale twice; original: once"})
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.r, int) and self.r >= 1):
-            raise ValueError(f"adapter: r must be a positive integer, got {self.r!r}")
+        positive_int("adapter", "r", self.r)
         if self.variant not in VARIANTS:
             raise ValueError(f"adapter: variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
 

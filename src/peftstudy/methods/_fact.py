@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from peftstudy.methods import positive_int
+
 # Cores per block, in the order the d x (12 * depth) factor matrix of FacT-TK assigns its columns.
 CORES = ("q", "k", "v", "o", *(f"fc1_{c}" for c in range(4)), *(f"fc2_{c}" for c in range(4)))
 
@@ -25,8 +27,7 @@ class Config:
     dropout: float = field(default=0.1, metadata={"help": "dropout between core and V"})
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.d, int) and self.d >= 1):
-            raise ValueError(f"fact: d must be a positive integer, got {self.d!r}")
+        positive_int("fact", "d", self.d)
 
 
 class FacT(nn.Module):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from peftstudy.methods import register
+from peftstudy.methods import positive_int, register
 from peftstudy.methods._adapters import Adapter, Parallel
 
 
@@ -20,8 +20,7 @@ class Config:
     dropout: float = field(default=0.1, metadata={"help": "dropout inside the adapter"})
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.r, int) and self.r >= 1):
-            raise ValueError(f"adaptformer: r must be a positive integer, got {self.r!r}")
+        positive_int("adaptformer", "r", self.r)
 
 
 def inject(model: nn.Module, cfg: Config) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peftstudy.methods import register
+from peftstudy.methods import positive_int, register
 from peftstudy.methods._adapters import Parallel
 
 CONV_INITS = ("xavier", "identity")
@@ -28,8 +28,7 @@ class Config:
     dropout: float = field(default=0.1, metadata={"help": "dropout before the up-projection"})
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.r, int) and self.r >= 1):
-            raise ValueError(f"convpass: r must be a positive integer, got {self.r!r}")
+        positive_int("convpass", "r", self.r)
         if self.conv_init not in CONV_INITS:
             raise ValueError(f"convpass: conv_init {self.conv_init!r}; use one of {', '.join(CONV_INITS)}")
 

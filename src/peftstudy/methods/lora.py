@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peftstudy.methods import register
+from peftstudy.methods import positive_int, register
 
 VARIANTS = ("authors", "original")
 
@@ -29,8 +29,7 @@ class Config:
     )
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.r, int) and self.r >= 1):
-            raise ValueError(f"lora: r must be a positive integer, got {self.r!r}")
+        positive_int("lora", "r", self.r)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"lora: dropout must be in [0, 1), got {self.dropout!r}")
         if self.variant not in VARIANTS:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peftstudy.methods import register
+from peftstudy.methods import positive_int, register
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,10 @@ class Config:
     dropout: float = field(default=0.1, metadata={"help": "dropout between the projections"})
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.r, int) and self.r >= 1 and self.r % self.groups == 0):
-            raise ValueError(f"repadapter: r must be a positive multiple of groups ({self.groups}), got {self.r!r}")
+        positive_int("repadapter", "r", self.r)
+        positive_int("repadapter", "groups", self.groups)
+        if self.r % self.groups:
+            raise ValueError(f"repadapter: r must be a multiple of groups ({self.groups}), got {self.r!r}")
 
 
 class RepAdapter(nn.Module):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from peftstudy.methods import register
+from peftstudy.methods import positive_int, register
 from peftstudy.methods._prompts import attach
 
 
@@ -19,8 +19,7 @@ class Config:
     dropout: float = field(default=0.1, metadata={"help": "dropout on the prompts"})
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.num_tokens, int) and self.num_tokens >= 1):
-            raise ValueError(f"vpt_deep: num_tokens must be a positive integer, got {self.num_tokens!r}")
+        positive_int("vpt_deep", "num_tokens", self.num_tokens)
 
 
 def inject(model: nn.Module, cfg: Config) -> list[str]:

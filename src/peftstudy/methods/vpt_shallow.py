@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from peftstudy.methods import register
+from peftstudy.methods import positive_int, register
 from peftstudy.methods._prompts import attach
 
 VARIANTS = ("authors", "original")
@@ -23,8 +23,7 @@ class Config:
     variant: str = field(default="authors", metadata={"help": "authors: dropped after block 0; original: kept"})
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.num_tokens, int) and self.num_tokens >= 1):
-            raise ValueError(f"vpt_shallow: num_tokens must be a positive integer, got {self.num_tokens!r}")
+        positive_int("vpt_shallow", "num_tokens", self.num_tokens)
         if self.variant not in VARIANTS:
             raise ValueError(f"vpt_shallow: variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
 
