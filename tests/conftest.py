@@ -81,7 +81,8 @@ def workflow(tmp_path: Path) -> Workflow:
 
 
 def tiny_config() -> dict:
-    """A study small enough for tests: every stage, two VTAB-like tasks, robustness with one shifted set."""
+    """A study small enough for tests: every stage, two VTAB-like tasks (one run per job), robustness with one
+    shifted set (several runs per job)."""
     default = yaml.safe_load((REPO / "config.yaml").read_text())
     recipe = {"epochs": 2, "batch_size": 16, "warmup_epochs": 1, "eval_batch_size": 128, "lr_step": "authors"}
     shapes = dict(default["datasets"]["shapes"], train=48, val=32, test=64)
@@ -108,12 +109,14 @@ def tiny_config() -> dict:
                 "head": "new",
                 "selection": {"tie_break": "last"},
             },
+            # Packed: both grid points of a method share a tune job, both seeds a final job.
             "robustness": {
                 "datasets": ["shapes"],
                 "methods": ["linear", "bitfit"],
-                "grid": {"lr": [0.001], "wd": [0.0001]},
+                "grid": {"lr": [0.001], "wd": [0.0001], "drop_path": [0.0, 0.1]},
                 "recipe": recipe,
-                "seeds": [0],
+                "runs_per_job": {"tune": 2, "final": 2},
+                "seeds": [0, 1],
                 "head": "pretrained",
                 "selection": {"tie_break": "last"},
             },

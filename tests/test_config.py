@@ -40,10 +40,13 @@ def test_method_grid_overrides_the_common_grid():
         (lambda c: c["experiments"]["vtab"]["methods"].append("lorra"), f"unknown method 'lorra'; known: {KNOWN}"),
         (
             lambda c: c["experiments"]["vtab"]["datasets"].append("svhn"),
-            "experiments.vtab.datasets[5]: unknown dataset",
+            "experiments.vtab.datasets[3]: unknown dataset",
         ),
         (lambda c: c["experiments"]["vtab"]["method_grids"]["lora"].update(rank=[4]), "takes no grid key 'rank'"),
-        (lambda c: c["experiments"]["vtab"]["method_grids"].update(ssf={"lr": [1]}), "method_grids.ssf"),
+        (
+            lambda c: c["experiments"]["robustness"]["method_grids"].update(ssf={"lr": [1]}),
+            "experiments.robustness.method_grids.ssf: 'ssf' is not one of this experiment's methods",
+        ),
         (lambda c: c["robustness"]["ood"].append("count"), "another label space"),
     ],
 )
@@ -57,7 +60,24 @@ def test_cross_reference_errors_name_the_key_and_what_is_allowed(edit, message):
 def test_the_default_config_is_valid():
     study.check(DEFAULT)
     grids = study.grids(DEFAULT)
-    assert len(grids["vtab", "lora"]) == 4 and len(grids["vtab", "full"]) == 2
+    assert set(DEFAULT["experiments"]["vtab"]["methods"]) == set(methods.names())  # all 16
+    assert all(len(grids["vtab", m]) == 2 for m in methods.names())
+
+
+def test_packs_chunk_each_grid_in_grid_order():
+    config = copy.deepcopy(DEFAULT)
+    vtab = config["experiments"]["vtab"]
+    vtab["runs_per_job"] = {"tune": 2}
+    vtab["method_grids"]["lora"] = {"r": [1, 2, 4]}  # 2 lr x 3 r = 6 points -> 3 packs
+    vtab["method_grids"]["full"] = {"lr": [0.1, 0.2, 0.3]}  # 3 points -> 2 packs, the last of one
+    packs = study.tune_packs(config)
+    grids = study.grids(config)
+    assert [gp for pack in packs["vtab", "lora"] for gp in pack] == list(grids["vtab", "lora"])
+    assert [len(p) for p in packs["vtab", "lora"]] == [2, 2, 2]
+    assert [len(p) for p in packs["vtab", "full"]] == [2, 1]
+    config["experiments"]["robustness"]["runs_per_job"] = {"tune": 1}
+    assert not [key for key in study.tune_packs(config) if key[0] == "robustness"]
+    assert study.pack_id(packs["vtab", "full"][0]) != study.pack_id(packs["vtab", "full"][1])
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,14 @@ def run(wf, config, *extra):
     return jobs(proc.stdout + proc.stderr)
 
 
+def kind(rule: str) -> str:
+    """A packed experiment's jobs come from generated rules (tune_<experiment>_<method>_<pack>, final_<...>)."""
+    for phase in ("tune", "final"):
+        if rule.startswith(f"{phase}_"):
+            return phase
+    return rule
+
+
 def counts(executed):
     return Counter(rule for rule, _ in executed if rule != "all")
 
@@ -42,10 +50,12 @@ def test_full_dag_from_clean_directory_to_report(tiny):
     wf, config = tiny
     executed = run(wf, config)
     c = counts(executed)
-    # 2 VTAB tasks x (linear 1 + lora 2 grid points) + shapes x (linear 1 + bitfit 1) = 8 tune jobs.
-    assert c["tune"] == 8
+    # VTAB, one run per job: 2 tasks x (linear 1 + lora 2 grid points) = 6 tune jobs; 4 finals (one seed).
+    assert c["tune"] == 6 and c["final"] == 4
+    # Robustness, packed: per method one tune job (2 drop-path points) and one final job (2 seeds).
+    packed = Counter(kind(rule) for rule, _ in executed if rule.startswith(("tune_", "final_")))
+    assert packed == {"tune": 2, "final": 2}
     assert c["select"] == 6 and c["collect"] == 6
-    assert c["final"] == 6  # one seed per selected point
     assert c["ensemble"] == 3 and c["robustness"] == 2 and c["report"] == 1
     root = wf.root / RESULTS
     html = (root / "report/index.html").read_text()
@@ -53,7 +63,7 @@ def test_full_dag_from_clean_directory_to_report(tiny):
         assert expected in html
     # Every result file is valid against its schema.
     metrics = sorted(root.glob("*/*/*/tune/*/metrics.json")) + sorted(root.glob("*/*/*/final/*/seed*/metrics.json"))
-    assert len(metrics) == 14
+    assert len(metrics) == 6 + 4 + 4 + 4  # tune and final, VTAB and robustness
     for path in metrics:
         m = read_json(path, schema="metrics")
         assert m["status"] == "ok" and m["provenance"]["config_hash"]
@@ -86,7 +96,7 @@ def planned_inputs(wf, config, *args) -> dict[str, list[str]]:
     for line in (proc.stdout + proc.stderr).splitlines():
         line = line.strip()
         if line.startswith(("rule ", "checkpoint ", "localrule ")) and line.endswith(":"):
-            rule = line.split()[1].rstrip(":")
+            rule = kind(line.split()[1].rstrip(":"))
         elif line.startswith("input:") and rule:
             inputs_by_rule.setdefault(rule, []).extend(p.strip() for p in line[6:].split(","))
     return inputs_by_rule
@@ -124,7 +134,7 @@ def test_adding_a_grid_point_reruns_only_its_tune_select_and_dependants(tiny):
     collects = {wc["dataset"] for rule, wc in executed if rule == "collect"}
     assert collects == changed
     allowed = {"tune", "select", "final", "collect", "ensemble", "tables", "report"}
-    assert set(counts(executed)) <= allowed
+    assert {kind(r) for r in counts(executed)} <= allowed
     assert not [wc for rule, wc in executed if rule in ("tune", "final") and wc.get("method") != "lora"]
 
 
@@ -133,10 +143,11 @@ def test_editing_a_method_module_reruns_only_that_method(tiny):
     module = wf.root / "src/peftstudy/methods/bitfit.py"
     module.write_text(module.read_text() + "\n# an edit\n")
     executed = run(wf, config)
-    trained = {(rule, wc["method"]) for rule, wc in executed if rule in ("tune", "final", "select", "collect")}
-    assert trained == {(r, "bitfit") for r in ("tune", "final", "select", "collect")}
+    stages = ("tune", "final", "select", "collect")
+    trained = {(kind(rule), wc["method"]) for rule, wc in executed if kind(rule) in stages}
+    assert trained == {(r, "bitfit") for r in stages}
     assert [wc for rule, wc in executed if rule == "robustness"] == [{"method": "bitfit"}]
-    assert {wc["experiment"] for rule, wc in executed if rule == "tune"} == {"robustness"}
+    assert {wc["experiment"] for rule, wc in executed if kind(rule) == "tune"} == {"robustness"}
     assert "ensemble" in counts(executed) and "report" in counts(executed)
 
 
@@ -150,9 +161,24 @@ def test_a_deleted_final_output_is_rebuilt_alone(tiny):
     executed = run(wf, config)
     finals = [wc for rule, wc in executed if rule == "final"]
     assert finals == [{"experiment": "vtab", "dataset": "count", "method": "linear", "gp": gp, "seed": "0"}]
-    assert not [r for r, _ in executed if r in ("tune", "select", "generate", "prepare")]
+    assert not [r for r, _ in executed if kind(r) in ("tune", "select", "generate", "prepare")]
     # Training is deterministic on the CPU: the rebuilt logits are the same bytes.
     assert target.read_bytes() == original
+
+
+def test_a_deleted_output_of_a_packed_job_reruns_its_pack_with_the_same_results(tiny):
+    wf, config = tiny
+    root = wf.root / RESULTS
+    gp = read_json(root / "robustness/shapes/linear/selected.json")["gp"]
+    seeds = [root / f"robustness/shapes/linear/final/{gp}/seed{s}/logits.npz" for s in (0, 1)]
+    original = [p.read_bytes() for p in seeds]
+    seeds[1].unlink()
+    executed = run(wf, config)
+    assert [(kind(rule), wc) for rule, wc in executed if kind(rule) == "final"] == [
+        ("final", {"experiment": "robustness", "dataset": "shapes", "method": "linear", "gp": gp})
+    ]
+    # Seed 0, retrained in the same process as seed 1, is the same bytes: each run reseeds.
+    assert [p.read_bytes() for p in seeds] == original
 
 
 def test_report_tables_are_written_beside_the_page(tiny):

@@ -76,12 +76,66 @@ def grids(config: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, dict[str
     return out
 
 
+def chunks(items: list, size: int) -> list[list]:
+    """Consecutive chunks of `size` (the last may be shorter)."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def pack_id(members: list) -> str:
+    """Short stable id of a set of runs that share a process (named in rule names and log paths)."""
+    return hashlib.sha1("+".join(map(str, members)).encode()).hexdigest()[:8]
+
+
+def runs_per_job(experiment: Mapping[str, Any], phase: str) -> int:
+    """How many tune grid points / final seeds one job of `experiment` trains in one process."""
+    return int(experiment.get("runs_per_job", {}).get(phase, 1))
+
+
+def tune_packs(config: Mapping[str, Any]) -> dict[tuple[str, str], list[list[str]]]:
+    """(experiment, method) -> its grid-point ids in chunks of `runs_per_job.tune`, in grid order.
+
+    Only experiments that pack (runs_per_job.tune > 1) are listed; the others run one point per job.
+    """
+    out = {}
+    for (exp_name, method), points in grids(config).items():
+        size = runs_per_job(config["experiments"][exp_name], "tune")
+        if size > 1:
+            out[exp_name, method] = chunks(list(points), size)
+    return out
+
+
+# The keys each dataset source needs, and the ones it must not have.
+SOURCE_KEYS = {"synthetic": {"task", "test"}, "archive": {"archive", "folder"}, "local": {"path"}}
+
+
+def _check_sources(config: Mapping[str, Any]) -> None:
+    archives = config.get("archives", {})
+    for name, spec in config["datasets"].items():
+        source = spec["source"]
+        missing = sorted(SOURCE_KEYS[source] - set(spec))
+        if missing:
+            raise ConfigError(f"datasets.{name}: source {source} needs {', '.join(missing)}")
+        foreign = sorted(set(spec) & set().union(*(k for s, k in SOURCE_KEYS.items() if s != source)) - {"test"})
+        if foreign:
+            raise ConfigError(f"datasets.{name}: {', '.join(foreign)} belongs to another source than {source}")
+        if source == "archive" and spec["archive"] not in archives:
+            raise ConfigError(
+                f"datasets.{name}.archive: unknown archive {spec['archive']!r}; defined under archives: "
+                f"{', '.join(archives) or '(none)'}"
+            )
+
+
+def datasets_from(config: Mapping[str, Any], *sources: str) -> list[str]:
+    return [name for name, spec in config["datasets"].items() if spec["source"] in sources]
+
+
 def check(config: Mapping[str, Any]) -> None:
     """Cross-references: every dataset and method an experiment names exists; every grid key is taken."""
     from peftstudy import methods
 
     known_methods = methods.names()
     datasets = config["datasets"]
+    _check_sources(config)
     for exp_name, exp in config["experiments"].items():
         for i, name in enumerate(exp["datasets"]):
             if name not in datasets:
@@ -89,7 +143,8 @@ def check(config: Mapping[str, Any]) -> None:
                     f"experiments.{exp_name}.datasets[{i}]: unknown dataset {name!r}; "
                     f"defined under datasets: {', '.join(datasets)}"
                 )
-            if datasets[name].get("train", 0) < 1 or datasets[name].get("val", 0) < 1:
+            synthetic = datasets[name]["source"] == "synthetic"
+            if synthetic and (datasets[name].get("train", 0) < 1 or datasets[name].get("val", 0) < 1):
                 raise ConfigError(
                     f"datasets.{name}: experiment {exp_name} trains on it, so it needs train and val sizes"
                 )

@@ -58,7 +58,8 @@ def analyse(logits: Mapping[str, Mapping[int, np.ndarray]], labels: np.ndarray) 
     if not seeds:
         raise ValueError("the methods share no seed, so their predictions cannot be paired")
     members = {m: float(np.mean([top1(logits[m][s], labels) for s in seeds])) for m in methods}
-    sets = [c for k in range(2, len(methods) + 1) for c in itertools.combinations(methods, k)]
+    # Every pair and triple, and all methods together (STUDY.md F): every subset of 16 methods would be 65k.
+    sets = [c for k in (2, 3) if k < len(methods) for c in itertools.combinations(methods, k)] + [tuple(methods)]
     ensembles = []
     for combo in sets:
         acc = [top1(prob_average([logits[m][s] for m in combo]), labels) for s in seeds]

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 from snakemake.utils import validate
 
@@ -13,9 +14,11 @@ study.check(config)
 LAYOUT = Layout(config)
 R = LAYOUT.root
 GRIDS = study.grids(config)
+TUNE_PACKS = study.tune_packs(config)
 CONFIG_HASH = study.config_hash(config)
 EXPERIMENTS = config["experiments"]
 DATASETS = config["datasets"]
+ARCHIVES = config.get("archives", {})
 ROBUSTNESS = config.get("robustness")
 RESOURCES = {"mem_mb": 4000, "runtime": 60}
 TABLES = ("tune", "final", "results", "ensembles", "agreement", "ood", "wise")
@@ -28,6 +31,42 @@ wildcard_constraints:
     gp="[0-9a-f]{8}",
     seed=r"\d+",
     split="train|val|trainval|test",
+
+
+TUNE_SHELL = (
+    "peftstudy tune --experiment {wildcards.experiment} --dataset {wildcards.dataset}"
+    " --method {wildcards.method} --points {params.points} --recipe {params.recipe}"
+    " --backbone {params.backbone} --seed {params.seed} --train {input.train} --val {input.val}"
+    " --manifest {input.manifest} --threads {threads}"
+    " --device {params.device} --out {output.metrics} > {log} 2>&1"
+)
+FINAL_SHELL = (
+    "peftstudy final --experiment {wildcards.experiment} --dataset {wildcards.dataset}"
+    " --method {wildcards.method} --gp {wildcards.gp} --hp {params.hp} --recipe {params.recipe}"
+    " --backbone {params.backbone} --seed {params.seeds} --train {input.train} --test {input.test}"
+    " --manifest {input.manifest} --threads {threads}"
+    " --device {params.device} --out-metrics {output.metrics} --out-logits {output.logits}"
+    " --out-weights {output.peft} > {log} 2>&1"
+)
+
+
+def only(names):
+    """A wildcard constraint matching exactly these names (none: matches nothing)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def experiments_packing(phase, packed):
+    """Experiments whose `phase` jobs run several runs per process (packed) or one (not packed)."""
+    return [
+        name
+        for name, exp in EXPERIMENTS.items()
+        if (study.runs_per_job(exp, phase) > 1) == packed
+    ]
+
+
+def seed_packs(experiment):
+    exp = EXPERIMENTS[experiment]
+    return study.chunks(exp["seeds"], study.runs_per_job(exp, "final"))
 
 
 def as_json(obj):
@@ -64,6 +103,12 @@ def get_method_module(wildcards):
     return os.path.relpath(method_registry.source_file(wildcards.method))
 
 
+def get_points(experiment, method, gps):
+    """The --points argument of a tune job: its grid points, in order."""
+    grid = GRIDS[experiment, method]
+    return as_json([{"gp": gp, "hp": grid[gp]} for gp in gps])
+
+
 def get_hp(wildcards):
     try:
         return GRIDS[wildcards.experiment, wildcards.method][wildcards.gp]
@@ -76,6 +121,41 @@ def get_hp(wildcards):
 
 data = LAYOUT.data
 manifest = LAYOUT.manifest
+
+
+def get_source_dir(dataset):
+    """The dataset's folder in the processed-VTAB layout."""
+    spec = DATASETS[dataset]
+    if spec["source"] == "synthetic":
+        return f"{R}/data/{dataset}/source"
+    if spec["source"] == "archive":
+        return f"resources/data/{spec['archive']}/{spec['folder']}"
+    return spec["path"]
+
+
+def get_source_inputs(wildcards):
+    """What a dataset's folder comes from: a rule's output (generated, extracted) or a local folder."""
+    spec = DATASETS[wildcards.dataset]
+    if spec["source"] == "archive":
+        return {
+            "source": f"resources/data/{spec['archive']}",
+            "checksum": f"resources/archives/{spec['archive']}.sha256",
+        }
+    return {"source": get_source_dir(wildcards.dataset)}
+
+
+def get_source_record(dataset):
+    """Where a dataset came from, for its manifest (and so every result's provenance)."""
+    spec = DATASETS[dataset]
+    if spec["source"] == "archive":
+        archive = ARCHIVES[spec["archive"]]
+        return {
+            "source": "archive",
+            "archive": spec["archive"],
+            "url": archive["url"],
+            "folder": spec["folder"],
+        }
+    return {"source": "local", "path": spec["path"]}
 
 
 def get_tune_inputs(wildcards):

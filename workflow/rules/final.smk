@@ -1,5 +1,9 @@
+# Final runs: the selected grid point retrained on train+val, test evaluated once, after the last epoch.
+# An experiment with runs_per_job.final > 1 trains that many seeds per process (one rule per seed pack).
+
+
 rule final:
-    """The selected grid point retrained on train+val; test evaluated once, after the last epoch."""
+    """One seed of the selected grid point."""
     input:
         unpack(get_final_inputs),
     output:
@@ -10,6 +14,8 @@ rule final:
         f"{R}/{{experiment}}/{{dataset}}/{{method}}/final/{{gp}}/seed{{seed}}/log.txt",
     benchmark:
         f"{R}/{{experiment}}/{{dataset}}/{{method}}/final/{{gp}}/seed{{seed}}/benchmark.tsv"
+    wildcard_constraints:
+        experiment=only(experiments_packing("final", packed=False)),
     conda:
         "../../envs/train.yaml"
     threads: config["threads"]
@@ -19,14 +25,45 @@ rule final:
         hp=lambda wc: as_json(get_hp(wc)),
         recipe=lambda wc: as_json(EXPERIMENTS[wc.experiment]["recipe"]),
         backbone=lambda wc: get_backbone(wc.experiment),
+        seeds=lambda wc: wc.seed,
         device=config["device"],
     shell:
-        "peftstudy final --experiment {wildcards.experiment} --dataset {wildcards.dataset}"
-        " --method {wildcards.method} --gp {wildcards.gp} --hp {params.hp} --recipe {params.recipe}"
-        " --backbone {params.backbone} --seed {wildcards.seed} --train {input.train} --test {input.test}"
-        " --manifest {input.manifest} --threads {threads}"
-        " --device {params.device} --out-metrics {output.metrics} --out-logits {output.logits}"
-        " --out-weights {output.peft} > {log} 2>&1"
+        FINAL_SHELL
+
+
+for pack_experiment in experiments_packing("final", packed=True):
+    for seeds in seed_packs(pack_experiment):
+        final_dir = f"{R}/{{experiment}}/{{dataset}}/{{method}}/final/{{gp}}"
+        seeds_dir = f"{final_dir}/seeds-{'-'.join(map(str, seeds))}"
+
+        rule:
+            name:
+                f"final_{pack_experiment}_seeds_{'_'.join(map(str, seeds))}"
+            input:
+                unpack(get_final_inputs),
+            output:
+                metrics=[f"{final_dir}/seed{s}/metrics.json" for s in seeds],
+                logits=[f"{final_dir}/seed{s}/logits.npz" for s in seeds],
+                peft=[f"{final_dir}/seed{s}/peft.safetensors" for s in seeds],
+            log:
+                f"{seeds_dir}/log.txt",
+            benchmark:
+                f"{seeds_dir}/benchmark.tsv"
+            wildcard_constraints:
+                experiment=only([pack_experiment]),
+            conda:
+                "../../envs/train.yaml"
+            threads: config["threads"]
+            resources:
+                **RESOURCES,
+            params:
+                hp=lambda wc: as_json(get_hp(wc)),
+                recipe=as_json(EXPERIMENTS[pack_experiment]["recipe"]),
+                backbone=get_backbone(pack_experiment),
+                seeds=" ".join(map(str, seeds)),
+                device=config["device"],
+            shell:
+                FINAL_SHELL
 
 
 rule collect:

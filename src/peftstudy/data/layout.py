@@ -57,10 +57,24 @@ def write_source(
     write_json(manifest_path, manifest, schema="manifest")
 
 
-def prepare(source_dir: str | Path, manifest_path: str | Path, split: str, out: str | Path, image_size: int) -> None:
-    """Decode the images of one split's list into a uint8 cache, resized to `image_size` (bicubic) if needed."""
+def read_list(path: str | Path) -> list[tuple[str, int]]:
+    """A split list: (relative image path, label) per line."""
+    return [(rel, int(label)) for rel, label in (line.split() for line in Path(path).read_text().splitlines() if line)]
+
+
+def decode(path: str | Path, image_size: int) -> np.ndarray:
+    """One image file as uint8 (H, W, 3) RGB at image_size x image_size: PIL bicubic, the authors' resize."""
     from PIL import Image
 
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        if img.size != (image_size, image_size):
+            img = img.resize((image_size, image_size), Image.BICUBIC)
+        return np.asarray(img)
+
+
+def prepare(source_dir: str | Path, manifest_path: str | Path, split: str, out: str | Path, image_size: int) -> None:
+    """Decode the images of one split's list into a uint8 cache, resized to `image_size` (bicubic) if needed."""
     source_dir = Path(source_dir)
     list_path = source_dir / SPLIT_LISTS[split]
     if not list_path.exists():
@@ -77,15 +91,49 @@ def prepare(source_dir: str | Path, manifest_path: str | Path, split: str, out: 
         raise ValueError(f"{list_path}: the list is empty, so split {split!r} cannot be prepared")
     images = np.empty((len(rows), image_size, image_size, 3), dtype=np.uint8)
     for i, (rel, _) in enumerate(rows):
-        with Image.open(source_dir / rel) as img:
-            img = img.convert("RGB")
-            if img.size != (image_size, image_size):
-                img = img.resize((image_size, image_size), Image.BICUBIC)
-            images[i] = np.asarray(img)
+        images[i] = decode(source_dir / rel, image_size)
     labels = np.array([int(label) for _, label in rows], dtype=np.int64)
     save_npz(
         out, images=images, labels=labels, list_sha256=np.array(expected), num_classes=np.array(manifest["classes"])
     )
+
+
+def index(source_dir: str | Path, dataset: str, classes: int, about: dict, out: str | Path) -> None:
+    """The manifest of a folder already in the layout (from an archive or a local copy): the lists' sha256.
+
+    Checks what training would otherwise trip over later: every list present, non-empty, its labels within
+    the configured classes, its images present.
+    """
+    source_dir = Path(source_dir)
+    lists, sizes = {}, {}
+    for name in SPLIT_LISTS.values():
+        path = source_dir / name
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: missing; {source_dir} is not in the processed-VTAB layout (images/ and "
+                f"{', '.join(SPLIT_LISTS.values())}): check the dataset's folder in the config"
+            )
+        raw = path.read_bytes()
+        rows = read_list(path)
+        if not rows:
+            raise ValueError(f"{path}: empty list")
+        bad = sorted({label for _, label in rows if not 0 <= label < classes})
+        if bad:
+            raise ValueError(f"{path}: labels {bad[:5]} outside 0..{classes - 1}; check datasets.{dataset}.classes")
+        missing = [rel for rel, _ in rows if not (source_dir / rel).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path}: {len(missing)} listed images are missing, e.g. {source_dir / missing[0]}")
+        lists[name], sizes[name] = sha256_bytes(raw), len(rows)
+    manifest = {"dataset": dataset, "source": about["source"], "classes": classes, "spec": about}
+    write_json(out, dict(manifest, lists=lists, sizes=sizes), schema="manifest")
+
+
+def run_index(args) -> None:
+    """`peftstudy index`."""
+    about = dict(args.about)
+    if args.checksum_file:
+        about["sha256"] = Path(args.checksum_file).read_text().split()[0]
+    index(args.source, args.dataset, args.classes, about, args.out)
 
 
 def run(args) -> None:

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
 import timm
@@ -45,6 +47,25 @@ def peftstudy_vit_test(pretrained: bool = False, **kwargs) -> VisionTransformer:
     return _create_vision_transformer("peftstudy_vit_test", pretrained=pretrained, **dict(args, **kwargs))
 
 
+@functools.cache
+def _read_weights(weights: str, sha256: str | None, device: str, mtime_ns: int, size: int) -> dict[str, torch.Tensor]:
+    """A weights file, sha256-checked when a sum is given; read once per process (several runs share it).
+
+    The tensors are only ever copied into models (`load_state_dict`), never trained in place.
+    """
+    from safetensors.torch import load_file
+
+    if sha256 is not None:
+        actual = sha256_file(weights)
+        if actual != sha256:
+            raise ValueError(
+                f"backbone weights {weights}: sha256 is {actual}, expected {sha256}. "
+                "The file is corrupt or not the one the config names: restore it, or remake it and update "
+                "backbone.sha256."
+            )
+    return load_file(weights, device=device)
+
+
 def create_backbone(
     arch: str,
     num_classes: int,
@@ -63,17 +84,8 @@ def create_backbone(
     """
     state = None
     if weights is not None:
-        from safetensors.torch import load_file
-
-        if sha256 is not None:
-            actual = sha256_file(weights)
-            if actual != sha256:
-                raise ValueError(
-                    f"backbone weights {weights}: sha256 is {actual}, expected {sha256}. "
-                    "The file is corrupt or not the one the config names: restore it, or remake it and update "
-                    "backbone.sha256."
-                )
-        state = load_file(str(weights), device=str(device))
+        stat = os.stat(weights)  # in the cache key, so a file replaced since it was read is read again
+        state = _read_weights(str(weights), sha256, str(device), stat.st_mtime_ns, stat.st_size)
     # The pretrained head's size comes from the weights, so they load strictly.
     head_classes = state["head.weight"].shape[0] if state is not None and "head.weight" in state else None
     with torch.device(device):

@@ -1,8 +1,12 @@
 """The training loop: AdamW, timm's epoch-wise cosine schedule, plain cross-entropy (STUDY.md B.1).
 
-Data arrive as whole uint8 NHWC arrays (the prepared cache) and are converted once; batches are
-index slices, so nothing is decoded per epoch. Evaluation happens only where the caller asks: the
-loop itself never looks at a held-out split.
+Data arrive as whole uint8 NHWC arrays (the prepared cache) and stay uint8 on the device (4x less
+memory than float); each batch is an index slice converted and normalised on the device, so nothing is
+decoded or resized per epoch. Evaluation happens only where the caller asks: the loop itself never looks
+at a held-out split.
+
+Speed options (issue 7), none of which changes what a result means: bf16 autocast (`precision`, the
+default on CUDA; fp32 stays the reference and the CPU default), fused AdamW on CUDA, `torch.compile`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -33,10 +39,22 @@ class Recipe:
     hflip: bool = False  # random horizontal flip (pretraining only: VTAB-1K trains without augmentation)
     drop_path: float = 0.0  # stochastic depth rate; a `drop_path` grid key overrides it
     peft_init: str = "own"  # own: each method's stated init; authors: timm re-inits added Linears (STUDY.md I.26)
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere; fp32; bf16
+    # torch.compile mode, or off: pays off on GPUs (reduce-overhead adds CUDA graphs), not for the CPU mini model.
+    compile: str = "off"
+    # The linear probe trains on cached backbone features: `exact` when that is the same computation (no
+    # stochastic depth), `always` also with drop-path (features then come without it), `never`.
+    feature_cache: str = "exact"
 
     def __post_init__(self) -> None:
         if self.lr_step not in ("authors", "standard"):
             raise ValueError(f"recipe.lr_step {self.lr_step!r}: use authors or standard")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"recipe.precision {self.precision!r}: use auto, fp32 or bf16")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"recipe.compile {self.compile!r}: use one of {', '.join(COMPILE_MODES)}")
+        if self.feature_cache not in ("exact", "always", "never"):
+            raise ValueError(f"recipe.feature_cache {self.feature_cache!r}: use exact, always or never")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("recipe.epochs and recipe.batch_size must be positive")
 
@@ -57,17 +75,49 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def to_input(images: np.ndarray, mean: Sequence[float], std: Sequence[float], device: torch.device) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [0, 1], normalised with the backbone's mean/std (identity for [0, 1] input)."""
-    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    return ((x - m) / s).contiguous()
+def bf16_on(recipe: Recipe, device: torch.device | str) -> bool:
+    """Whether a run autocasts to bf16: `auto` means on CUDA only."""
+    if recipe.precision == "auto":
+        return torch.device(device).type == "cuda"
+    return recipe.precision == "bf16"
+
+
+class Images:
+    """A split as uint8 NHWC on the device; indexing returns that batch as float NCHW, normalised.
+
+    Indexing mirrors a tensor's (an index tensor or a slice), so the loop treats images and cached
+    features alike.
+    """
+
+    def __init__(self, images: np.ndarray, mean: Sequence[float], std: Sequence[float], device: torch.device | str):
+        self.data = torch.from_numpy(images).to(device)
+        # (x / 255 - mean) / std folded into one multiply-add per pixel.
+        std_t = torch.tensor(std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -torch.tensor(mean, device=device, dtype=torch.float32).view(1, 3, 1, 1) / std_t
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
+        batch = self.data[index].permute(0, 3, 1, 2).float()
+        return torch.addcmul(self.shift, batch, self.scale).contiguous()
+
+
+def to_input(images: np.ndarray, mean: Sequence[float], std: Sequence[float], device: torch.device | str) -> Images:
+    """uint8 NHWC -> the model's input, batch by batch: [0, 1] normalised with the backbone's mean/std."""
+    return Images(images, mean, std, device)
+
+
+def _optimizer(params: list[torch.Tensor], lr: float, wd: float) -> torch.optim.Optimizer:
+    """AdamW; fused into one kernel on CUDA (same update rule, fewer launches)."""
+    fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=fused or None)
 
 
 def fit(
     model: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | Images,
     y: torch.Tensor,
     *,
     lr: float,
@@ -76,14 +126,17 @@ def fit(
     seed: int,
     log_every: int = 1,
 ) -> TrainResult:
-    """Train the parameters of `model` that require grad on (x, y). A non-finite loss skips its batch."""
+    """Train the parameters of `model` that require grad on (x, y). A non-finite loss skips its batch.
+
+    `x` is an :class:`Images` or a tensor of model inputs (the linear probe's cached features).
+    """
     from timm.scheduler import CosineLRScheduler
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise RuntimeError("nothing to train: no parameter requires grad")
     # Decoupled weight decay on every trainable tensor, biases and norms included (STUDY.md B.1).
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    optimizer = _optimizer(params, lr, wd)
     scheduler = CosineLRScheduler(
         optimizer,
         t_initial=recipe.epochs,
@@ -99,37 +152,59 @@ def fit(
         raise ValueError(f"{n} training images are fewer than one batch of {recipe.batch_size}")
     result = TrainResult()
     model.train()
+    forward = model if recipe.compile == "off" else torch.compile(model, mode=recipe.compile)
+    graphs = recipe.compile in ("reduce-overhead", "max-autotune") and y.is_cuda
+    device = y.device
+    bf16 = bf16_on(recipe, device)
+    # With fused AdamW (CUDA) the skip of a non-finite batch stays on the device: the fused kernel leaves the
+    # weights, moments and step count alone when `found_inf` is set (the mechanism GradScaler uses), so the
+    # host never waits for the GPU inside an epoch. Elsewhere the host checks the loss, which costs nothing there.
+    on_device_skip = bool(optimizer.defaults.get("fused"))
     start = time.time()
     for epoch in range(recipe.epochs):
         result.lr_per_epoch.append(optimizer.param_groups[0]["lr"])
-        order = torch.randperm(n, generator=generator).to(x.device)
-        loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
+        order = torch.randperm(n, generator=generator).to(device)
+        totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, correct, seen, skipped
         for step in range(steps):
             idx = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
             xb, yb = x[idx], y[idx]
             if recipe.hflip:
-                flip = torch.rand(len(idx), generator=generator).to(x.device) < 0.5
+                flip = torch.rand(len(idx), generator=generator).to(device) < 0.5
                 xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
-            logits = model(xb)
-            loss = nn.functional.cross_entropy(logits, yb)
-            if not torch.isfinite(loss):
-                skipped += 1
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = forward(xb)
+            loss = nn.functional.cross_entropy(logits.float(), yb)
+            finite = torch.isfinite(loss)
+            if not on_device_skip and not finite.item():
+                totals[3] += 1
                 continue
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if on_device_skip:
+                optimizer.found_inf = (~finite).float()
             optimizer.step()
-            loss_sum += loss.item() * len(yb)
-            correct += (logits.argmax(1) == yb).sum().item()
-            seen += len(yb)
+            kept = finite.double()
+            batch = torch.stack(
+                [
+                    torch.where(finite, loss.detach().double(), 0.0) * len(yb),
+                    (logits.argmax(1) == yb).sum().double() * kept,
+                    kept * len(yb),
+                    1.0 - kept,
+                ]
+            )
+            totals += batch
+        loss_sum, correct, seen, skipped = totals.tolist()  # the epoch's one host sync
         scheduler.step(epoch if recipe.lr_step == "authors" else epoch + 1)
         result.epochs_run = epoch + 1
-        result.skipped_batches += skipped
+        result.skipped_batches += int(skipped)
         result.train_loss = loss_sum / seen if seen else float("nan")
         result.train_top1 = 100.0 * correct / seen if seen else float("nan")
         if log_every and ((epoch + 1) % log_every == 0 or epoch + 1 == recipe.epochs):
             print(
                 f"epoch {epoch + 1}/{recipe.epochs} lr {result.lr_per_epoch[-1]:.2e} loss {result.train_loss:.4f} "
-                f"top1 {result.train_top1:.1f} skipped {skipped} ({time.time() - start:.1f}s)",
+                f"top1 {result.train_top1:.1f} skipped {int(skipped)} ({time.time() - start:.1f}s)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -141,10 +216,27 @@ def fit(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+def features(model: nn.Module, x: torch.Tensor | Images, batch_size: int, bf16: bool = False) -> torch.Tensor:
+    """A timm ViT's pre-logits features (the head's input) of `x`, in eval mode, float32 on x's device."""
+    model.eval()
+    device = next(model.parameters()).device
+    chunks = []
+    for i in range(0, len(x), batch_size):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            chunks.append(model.forward_head(model.forward_features(x[i : i + batch_size]), pre_logits=True).float())
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor | Images, batch_size: int, bf16: bool = False) -> torch.Tensor:
     """Logits of `model` on `x` in eval mode, float32, on the CPU."""
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)])
+    device = next(model.parameters()).device
+    outputs = []
+    for i in range(0, len(x), batch_size):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            outputs.append(model(x[i : i + batch_size]).float())
+    return torch.cat(outputs).cpu()
 
 
 def scores(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

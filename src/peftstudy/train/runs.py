@@ -1,4 +1,4 @@
-"""Tune and final runs: one grid point of one method on one dataset.
+"""Tune and final runs: grid points (or seeds) of one method on one dataset.
 
 A tune run sees train and val caches only; a final run sees train+val and test, and evaluates test
 once, after the last epoch. Both write a schema-checked metrics.json; a final also writes the test
@@ -20,7 +20,7 @@ from peftstudy import methods, provenance
 from peftstudy.config import config_hash
 from peftstudy.io import load_npz, save_npz, save_safetensors, sha256_file, write_json
 from peftstudy.models import create_backbone
-from peftstudy.train.engine import Recipe, fit, predict, scores, seed_everything, to_input
+from peftstudy.train.engine import Images, Recipe, bf16_on, features, fit, predict, scores, seed_everything, to_input
 
 
 def pick_device(name: str) -> torch.device:
@@ -55,23 +55,71 @@ def count(model: nn.Module, names: list[str]) -> tuple[int, int]:
     return sum(params[n].numel() for n in names if n not in head), sum(params[n].numel() for n in head)
 
 
-def _run(args: argparse.Namespace, phase: str, held_out: str, split: str):
-    """Train on args.train, then score the held-out split once: (model, trainable names, metrics, logits, labels)."""
-    device = pick_device(args.device)
-    recipe = Recipe(**args.recipe)
-    train = load_npz(args.train)
-    seed_everything(args.seed)
-    model, trainable, recipe_hp, cfg = build(
-        args.method, args.hp, args.backbone, int(train["num_classes"]), recipe, device
-    )
-    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    x, y = to_input(train["images"], mean, std, device), torch.from_numpy(train["labels"]).to(device)
+class Session:
+    """What the runs of one process share: device, recipe, the training split, the held-out split, and the
+    linear probe's cached features.
+
+    A process may train several grid points (or seeds) of one (method, dataset), which saves the start-up,
+    data loading and weight reading of each (issue 7). Every run reseeds before building its model, so its
+    result is the same whichever runs share its process.
+    """
+
+    def __init__(self, args: argparse.Namespace, held_out: str) -> None:
+        self.args = args
+        self.device = pick_device(args.device)
+        self.recipe = Recipe(**args.recipe)
+        self.bf16 = bf16_on(self.recipe, self.device)
+        self.train = load_npz(args.train)
+        self._held_out_path = held_out
+        self._held_out: dict[str, Any] | None = None
+        self._inputs: dict[str, Images] = {}
+        self._features: dict[str, torch.Tensor] = {}
+
+    @property
+    def held_out(self) -> dict[str, Any]:
+        """Read on first use, which is after the first run has trained."""
+        if self._held_out is None:
+            self._held_out = load_npz(self._held_out_path)
+        return self._held_out
+
+    def inputs(self, split: str, model: nn.Module) -> Images:
+        if split not in self._inputs:
+            data = self.train if split == "train" else self.held_out
+            cfg = model.pretrained_cfg
+            self._inputs[split] = to_input(data["images"], cfg["mean"], cfg["std"], self.device)
+        return self._inputs[split]
+
+    def features(self, split: str, model: nn.Module) -> torch.Tensor:
+        """The frozen backbone's pre-logits features of a split, computed once per process in eval mode."""
+        if split not in self._features:
+            self._features[split] = features(model, self.inputs(split, model), self.recipe.eval_batch_size, self.bf16)
+        return self._features[split]
+
+    def uses_features(self, method: str, drop_path: float) -> bool:
+        """The linear probe on cached features is the same computation only without stochastic depth."""
+        mode = self.recipe.feature_cache
+        return method == "linear" and (mode == "always" or (mode == "exact" and drop_path == 0))
+
+
+def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, split: str):
+    """Train one grid point with one seed, then score the held-out split once.
+
+    Returns (model, trainable names, metrics, logits, labels).
+    """
+    args, recipe, device = session.args, session.recipe, session.device
+    train = session.train
+    seed_everything(seed)
+    model, trainable, recipe_hp, cfg = build(args.method, hp, args.backbone, int(train["num_classes"]), recipe, device)
+    y = torch.from_numpy(train["labels"]).to(device)
+    cached = session.uses_features(args.method, recipe_hp.get("drop_path", recipe.drop_path))
+    # The cached probe trains the head alone on features; the same seed gives the same head init and batch order.
+    net, x_train = (model.head, session.features("train", model)) if cached else (model, session.inputs("train", model))
     start = time.time()
-    result = fit(model, x, y, lr=recipe_hp["lr"], wd=recipe_hp["wd"], recipe=recipe, seed=args.seed)
-    # The held-out split is read only now, after training, and evaluated exactly once.
-    data = load_npz(held_out)
-    logits = predict(model, to_input(data["images"], mean, std, device), recipe.eval_batch_size)
-    score = scores(logits, torch.from_numpy(data["labels"]))
+    result = fit(net, x_train, y, lr=recipe_hp["lr"], wd=recipe_hp["wd"], recipe=recipe, seed=seed)
+    x_held = session.features("held_out", model) if cached else session.inputs("held_out", model)
+    logits = predict(net, x_held, recipe.eval_batch_size, bf16=session.bf16)
+    labels = session.held_out["labels"]
+    score = scores(logits, torch.from_numpy(labels))
     trainable_params, head_params = count(model, trainable)
     diverged = result.diverged or not np.isfinite(score["loss"])
     metrics = {
@@ -80,11 +128,11 @@ def _run(args: argparse.Namespace, phase: str, held_out: str, split: str):
         "experiment": args.experiment,
         "dataset": args.dataset,
         "method": args.method,
-        "gp": args.gp,
-        "hp": args.hp,
+        "gp": gp,
+        "hp": hp,
         "method_config": dataclasses.asdict(cfg),
         "recipe": dataclasses.asdict(recipe),
-        "seed": args.seed,
+        "seed": seed,
         "metrics": {
             "train_loss": _finite(result.train_loss),
             "train_top1": _finite(result.train_top1),
@@ -97,17 +145,20 @@ def _run(args: argparse.Namespace, phase: str, held_out: str, split: str):
         "skipped_batches": result.skipped_batches,
         "wall_seconds": round(time.time() - start, 3),
         "device": str(device),
-        "precision": "fp32",
+        "precision": "bf16" if session.bf16 else "fp32",
+        "cached_features": cached,
         "provenance": provenance.record(
             # The hash of the settings this run depends on, not of the whole study config: an unrelated edit
             # elsewhere in the config must not make a result look different (or rerun it).
-            config_hash=config_hash({k: vars(args)[k] for k in ("method", "hp", "recipe", "backbone", "seed")}),
+            config_hash=config_hash(
+                {"method": args.method, "hp": hp, "recipe": args.recipe, "backbone": args.backbone, "seed": seed}
+            ),
             data_manifest=args.manifest,
             backbone_sha256=_backbone_sha256(args.backbone),
         ),
     }
-    print(f"{args.method} {args.hp} seed {args.seed}: {split} top1 {score['top1']:.2f} ({metrics['status']})")
-    return model, trainable, metrics, logits, data["labels"]
+    print(f"{args.method} {hp} seed {seed}: {split} top1 {score['top1']:.2f} ({metrics['status']})", flush=True)
+    return model, trainable, metrics, logits, labels
 
 
 def _backbone_sha256(backbone: dict[str, Any]) -> str | None:
@@ -122,16 +173,27 @@ def _finite(value: float) -> float | None:
 
 
 def tune(args: argparse.Namespace) -> None:
-    _, _, metrics, _, _ = _run(args, "tune", args.val, "val")
-    write_json(args.out, metrics, schema="metrics")
+    """Every grid point of `--points` in turn, each written as soon as it is done."""
+    if len(args.points) != len(args.out):
+        raise ValueError(f"{len(args.points)} grid points but {len(args.out)} --out files")
+    session = Session(args, args.val)
+    for point, out in zip(args.points, args.out, strict=True):
+        _, _, metrics, _, _ = _run(session, point["gp"], point["hp"], args.seed, "tune", "val")
+        write_json(out, metrics, schema="metrics")
 
 
 def final(args: argparse.Namespace) -> None:
-    model, trainable, metrics, logits, labels = _run(args, "final", args.test, "test")
-    params = dict(model.named_parameters())
-    save_safetensors(args.out_weights, {n: params[n] for n in trainable}, {"method": args.method, "gp": args.gp})
-    save_npz(args.out_logits, logits=logits.numpy().astype(np.float32), labels=labels)
-    write_json(args.out_metrics, metrics, schema="metrics")
+    """The selected grid point with every seed of `--seed`; each seed's files written as soon as it is done."""
+    outs = (args.out_metrics, args.out_logits, args.out_weights)
+    if any(len(o) != len(args.seed) for o in outs):
+        raise ValueError(f"{len(args.seed)} seeds: give as many --out-metrics, --out-logits and --out-weights")
+    session = Session(args, args.test)
+    for seed, out_metrics, out_logits, out_weights in zip(args.seed, *outs, strict=True):
+        model, trainable, metrics, logits, labels = _run(session, args.gp, args.hp, seed, "final", "test")
+        params = dict(model.named_parameters())
+        save_safetensors(out_weights, {n: params[n] for n in trainable}, {"method": args.method, "gp": args.gp})
+        save_npz(out_logits, logits=logits.numpy().astype(np.float32), labels=labels)
+        write_json(out_metrics, metrics, schema="metrics")
 
 
 def load_trained(
