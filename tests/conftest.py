@@ -15,7 +15,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-COPIED = ("Snakefile", "workflow", "config.yaml", "src", "report", "resources", "envs")
+COPIED = ("Snakefile", "workflow", "config.yaml", "studies", "src", "report", "resources", "envs")
 JOB_LINE = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import yaml
@@ -107,3 +108,50 @@ def test_snakemake_stops_before_any_job_on_a_bad_config(workflow, override, mess
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert not (workflow.root / "results").exists()
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table of a dry run: rule -> jobs."""
+    lines = output.split("Job stats:", 1)[1].splitlines()[3:]
+    stats = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        stats[parts[0]] = int(parts[1])
+    return stats
+
+
+def localrules(root, configfile: str) -> set[str]:
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+            parsed = api.workflow(
+                snakefile=root / "Snakefile",
+                resource_settings=ResourceSettings(),
+                config_settings=ConfigSettings(configfiles=[root / configfile]),
+                workdir=root,
+            )
+            return set(parsed._workflow._localrules)
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.slow
+def test_the_vtab1k_study_plans_the_papers_runs_and_fetches_on_the_login_node(workflow):
+    proc = workflow.snakemake("-n", "--configfile", "studies/vtab1k.yaml")
+    out = proc.stdout + proc.stderr
+    stats = job_stats(out)
+    assert stats["tune"] == 19 * 516 == 9_804 and stats["select"] == 19 * 16 == 304
+    assert stats["fetch"] == 1 and stats["extract"] == 1 and stats["fetch_backbone"] == 1 and stats["index"] == 19
+    # Downloads are localrules (login node); a dry run's log does not say so, the parsed workflow does.
+    assert {"fetch", "extract", "fetch_backbone"} <= localrules(workflow.root, "studies/vtab1k.yaml")
+    # The clean overlay: full FT's own grid of 8 points (4 lr x 2 wd) instead of 4.
+    clean = job_stats(
+        workflow.snakemake("-n", "--configfile", "studies/vtab1k.yaml", "studies/vtab1k-clean.yaml").stdout
+    )
+    assert clean["tune"] == 9_804 + 19 * 4

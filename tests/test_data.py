@@ -81,3 +81,16 @@ def test_atomic_writes_leave_nothing_behind_on_failure(tmp_path):
 def test_a_bad_style_is_refused_by_name():
     with pytest.raises(ValueError, match=r"style\.palette .neon."):
         synthetic.Style(palette="neon")
+
+
+def test_a_native_size_cache_keeps_the_files_size_and_refuses_mixed_sizes(tmp_path):
+    from PIL import Image
+
+    out = generate(tmp_path)
+    layout.prepare(out / "source", out / "manifest.json", "val", out / "val.npz", 0)
+    native = np.load(out / "val.npz")["images"]
+    first = layout.read_list(out / "source/val200.txt")[0][0]
+    assert native.shape[1:] == np.asarray(Image.open(out / "source" / first)).shape
+    Image.new("RGB", (7, 7)).save(out / "source" / first)
+    with pytest.raises(ValueError, match="native-size cache needs one size"):
+        layout.prepare(out / "source", out / "manifest.json", "val", out / "val2.npz", 0)

@@ -144,3 +144,31 @@ def test_a_batch_with_a_non_finite_loss_is_skipped_without_touching_the_weights(
     assert result.skipped_batches == 3 and not result.diverged
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert np.isfinite(result.train_loss)
+
+
+def test_augmentation_draws_per_image_and_evaluation_resizes_and_crops():
+    rng = np.random.default_rng(0)
+    same = np.repeat(rng.integers(0, 256, size=(1, 32, 32, 3), dtype=np.uint8), 8, axis=0)
+    recipe = Recipe(epochs=1, batch_size=8, augment="crop_flips", eval_resize=20)
+    x = to_input(same, (0.5,) * 3, (0.5,) * 3, "cpu", recipe, size=16)
+    torch.manual_seed(0)
+    batch = x.train_batch(torch.arange(8))
+    assert batch.shape == (8, 3, 16, 16) and batch.min() >= -1.0 - 1e-5 and batch.max() <= 1.0 + 1e-5
+    assert len({tuple(b.flatten()[:64].tolist()) for b in batch}) > 1  # one draw per image, not one per batch
+    torch.manual_seed(0)
+    assert torch.equal(batch, x.train_batch(torch.arange(8)))  # seeded
+    evaluation = x[0:8]
+    assert (
+        evaluation.shape == (8, 3, 16, 16)
+        and torch.equal(evaluation, x[0:8])
+        and torch.equal(evaluation[0], evaluation[1])
+    )
+    plain = to_input(same, (0.5,) * 3, (0.5,) * 3, "cpu", Recipe(epochs=1, batch_size=8, normalize=False))
+    assert torch.allclose(plain[0:1], torch.from_numpy(same[:1]).permute(0, 3, 1, 2) / 255.0)
+    with pytest.raises(ValueError, match="cached images are 32px, the model takes 16px"):
+        to_input(same, (0.5,) * 3, (0.5,) * 3, "cpu", Recipe(epochs=1, batch_size=8), size=16)
+
+
+def test_the_linear_probe_runs_the_backbone_when_images_are_augmented(task, tmp_path):
+    recipe = dict(RECIPE, epochs=1, drop_path=0.0, feature_cache="always", augment="hflip")
+    assert not tune(task, tmp_path, "linear", [{"lr": 0.005, "wd": 0.0001}], recipe)[0]["cached_features"]

@@ -238,3 +238,80 @@ def test_index_refuses_labels_outside_the_classes(tmp_path):
         layout.index(tmp_path / "src", "count", 3, {"source": "local"}, tmp_path / "manifest.json")
     with pytest.raises(FileNotFoundError, match="not in the processed-VTAB layout"):
         layout.index(tmp_path, "count", 6, {"source": "local"}, tmp_path / "manifest.json")
+
+
+def google_npz(model) -> dict[str, np.ndarray]:
+    """A timm ViT's weights in the original Google ViT `.npz` layout (the inverse of timm's loader)."""
+    s = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    dim = s["cls_token"].shape[-1]
+    heads = model.blocks[0].attn.num_heads
+    out = {
+        "embedding/kernel": s["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+        "embedding/bias": s["patch_embed.proj.bias"],
+        "cls": s["cls_token"],
+        "Transformer/posembed_input/pos_embedding": s["pos_embed"],
+        "Transformer/encoder_norm/scale": s["norm.weight"],
+        "Transformer/encoder_norm/bias": s["norm.bias"],
+        "pre_logits/kernel": np.zeros((dim, dim), np.float32),  # in the original files; timm drops it
+    }
+    for i in range(len(model.blocks)):
+        b, p = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        out[f"{p}LayerNorm_0/scale"], out[f"{p}LayerNorm_0/bias"] = s[b + "norm1.weight"], s[b + "norm1.bias"]
+        out[f"{p}LayerNorm_2/scale"], out[f"{p}LayerNorm_2/bias"] = s[b + "norm2.weight"], s[b + "norm2.bias"]
+        qkv_w, qkv_b = np.split(s[b + "attn.qkv.weight"], 3), np.split(s[b + "attn.qkv.bias"], 3)
+        for name, w, bias in zip(("query", "key", "value"), qkv_w, qkv_b, strict=True):
+            out[f"{p}MultiHeadDotProductAttention_1/{name}/kernel"] = w.T.reshape(dim, heads, -1)
+            out[f"{p}MultiHeadDotProductAttention_1/{name}/bias"] = bias.reshape(heads, -1)
+        out[f"{p}MultiHeadDotProductAttention_1/out/kernel"] = (
+            s[b + "attn.proj.weight"].reshape(dim, heads, -1).transpose(1, 2, 0)
+        )
+        out[f"{p}MultiHeadDotProductAttention_1/out/bias"] = s[b + "attn.proj.bias"]
+        for r in range(2):
+            out[f"{p}MlpBlock_3/Dense_{r}/kernel"] = s[b + f"mlp.fc{r + 1}.weight"].T
+            out[f"{p}MlpBlock_3/Dense_{r}/bias"] = s[b + f"mlp.fc{r + 1}.bias"]
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["npz", "torch"])
+def test_backbone_weights_are_fetched_converted_and_load_strictly(workflow, server, tmp_path, fmt):
+    import torch
+
+    from peftstudy.models import create_backbone
+
+    torch.manual_seed(0)
+    original = create_backbone("peftstudy_vit_test", 5)
+    buffer = io.BytesIO()
+    if fmt == "npz":
+        np.savez(buffer, **google_npz(original))
+    else:
+        torch.save({"state_dict": original.state_dict()}, buffer)
+    server.files["weights"] = buffer.getvalue()
+    config = tiny_config()
+    config["backbone"] = {
+        "arch": "peftstudy_vit_test",
+        "image_size": 16,
+        "weights": "resources/backbones/test.safetensors",
+        "sha256": None,
+        "pretrain": False,
+        "source": {"url": server.url("weights"), "sha256": sha(buffer.getvalue()), "format": fmt},
+    }
+    path = workflow.config(config)
+    workflow.snakemake("resources/backbones/test.safetensors", "--configfile", str(path))
+    loaded = create_backbone("peftstudy_vit_test", 5, weights=workflow.root / "resources/backbones/test.safetensors")
+    for name, tensor in original.state_dict().items():
+        if not name.startswith("head."):
+            assert torch.allclose(loaded.state_dict()[name], tensor, atol=1e-6), name
+
+
+def test_a_checkpoint_with_foreign_keys_is_refused(tmp_path):
+    import torch
+
+    from peftstudy.models import convert, create_backbone
+
+    state = create_backbone("peftstudy_vit_test", 5).state_dict()
+    torch.save(dict(state, extra_adapter=torch.zeros(3)), tmp_path / "w.pth")
+    with pytest.raises(ValueError, match=r"unexpected \['extra_adapter'\]"):
+        convert("peftstudy_vit_test", tmp_path / "w.pth", "torch")
+    np.savez(tmp_path / "w.npz", **{"embedding/kernel": np.zeros((4, 4, 3, 32), np.float32)})
+    with pytest.raises(ValueError, match=r"w\.npz: no .*embedding/bias.* for peftstudy_vit_test"):
+        convert("peftstudy_vit_test", tmp_path / "w.npz", "npz")

@@ -68,6 +68,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out-checksum", required=True, help="the file's sha256, written beside it")
     p.set_defaults(func=_stage("peftstudy.data.fetch:run_fetch"))
 
+    p = sub.add_parser("fetch-backbone", help="download backbone weights, convert them to timm safetensors")
+    p.add_argument("--url", required=True)
+    p.add_argument("--sha256", required=True, help="the download's sha256, or none (print it, to pin)")
+    p.add_argument("--format", required=True, choices=["npz", "safetensors", "torch"])
+    p.add_argument("--arch", required=True, help="timm architecture the weights are for")
+    p.add_argument("--out", required=True, help="the safetensors file (backbone.weights)")
+    p.set_defaults(func=_stage("peftstudy.models:run_fetch"))
+
     p = sub.add_parser("extract", help="unpack a tar or zip archive atomically, refusing unsafe members")
     p.add_argument("--archive", required=True)
     p.add_argument("--out", required=True, help="the folder to create")
@@ -86,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True)
     p.add_argument("--manifest", required=True)
     p.add_argument("--split", required=True, choices=["train", "val", "trainval", "test"])
-    p.add_argument("--image-size", type=int, required=True)
+    p.add_argument("--image-size", type=int, required=True, help="0: keep the native size")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_stage("peftstudy.data.layout:run"))
 

@@ -168,6 +168,12 @@ def check(config: Mapping[str, Any]) -> None:
                     f"experiments.{exp_name}: method {method!r} takes no grid key {', '.join(map(repr, unknown))}; "
                     f"allowed: {', '.join(sorted(allowed))}"
                 )
+            # Values too (a misspelt variant, a rank of 0), before any job starts.
+            for hp in method_grid(exp, method):
+                try:
+                    methods.split_hp(method, hp)
+                except (TypeError, ValueError) as err:
+                    raise ConfigError(f"experiments.{exp_name}: {method} grid point {hp}: {err}") from err
     rob = config.get("robustness")
     if rob:
         exp = config["experiments"].get(rob["experiment"])

@@ -101,7 +101,34 @@ rule prepare:
         "../../envs/data.yaml"
     params:
         source=lambda wc: get_source_dir(wc.dataset),
-        image_size=config["backbone"]["image_size"],
+        image_size=lambda wc: (
+            0
+            if DATASETS[wc.dataset].get("cache") == "native"
+            else config["backbone"]["image_size"]
+        ),
     shell:
         "peftstudy prepare --source {params.source:q} --manifest {input.manifest} --split {wildcards.split}"
         " --image-size {params.image_size} --out {output.cache} > {log} 2>&1"
+
+
+if "source" in config["backbone"]:
+
+    localrules:
+        fetch_backbone,
+
+    rule fetch_backbone:
+        """Download the backbone's weights once, check them, and save them as timm safetensors."""
+        output:
+            weights=config["backbone"]["weights"],
+        log:
+            f"{config['backbone']['weights']}.log",
+        conda:
+            "../../envs/train.yaml"
+        params:
+            url=config["backbone"]["source"]["url"],
+            sha256=config["backbone"]["source"]["sha256"] or "none",
+            fmt=config["backbone"]["source"]["format"],
+            arch=config["backbone"]["arch"],
+        shell:
+            "peftstudy fetch-backbone --url {params.url:q} --sha256 {params.sha256} --format {params.fmt}"
+            " --arch {params.arch} --out {output.weights} > {log} 2>&1"

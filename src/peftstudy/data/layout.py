@@ -63,18 +63,22 @@ def read_list(path: str | Path) -> list[tuple[str, int]]:
 
 
 def decode(path: str | Path, image_size: int) -> np.ndarray:
-    """One image file as uint8 (H, W, 3) RGB at image_size x image_size: PIL bicubic, the authors' resize."""
+    """One image file as uint8 (H, W, 3) RGB at image_size x image_size: PIL bicubic, the authors' resize.
+
+    `image_size` 0 keeps the native size (for recipes that crop and resize on the device).
+    """
     from PIL import Image
 
     with Image.open(path) as img:
         img = img.convert("RGB")
-        if img.size != (image_size, image_size):
+        if image_size and img.size != (image_size, image_size):
             img = img.resize((image_size, image_size), Image.BICUBIC)
         return np.asarray(img)
 
 
 def prepare(source_dir: str | Path, manifest_path: str | Path, split: str, out: str | Path, image_size: int) -> None:
-    """Decode the images of one split's list into a uint8 cache, resized to `image_size` (bicubic) if needed."""
+    """Decode the images of one split's list into a uint8 cache, resized to `image_size` (bicubic) if needed,
+    or at their native size with `image_size` 0."""
     source_dir = Path(source_dir)
     list_path = source_dir / SPLIT_LISTS[split]
     if not list_path.exists():
@@ -89,9 +93,16 @@ def prepare(source_dir: str | Path, manifest_path: str | Path, split: str, out: 
     rows = [line.split() for line in raw.decode().splitlines() if line.strip()]
     if not rows:
         raise ValueError(f"{list_path}: the list is empty, so split {split!r} cannot be prepared")
-    images = np.empty((len(rows), image_size, image_size, 3), dtype=np.uint8)
+    first = decode(source_dir / rows[0][0], image_size)
+    images = np.empty((len(rows), *first.shape), dtype=np.uint8)
     for i, (rel, _) in enumerate(rows):
-        images[i] = decode(source_dir / rel, image_size)
+        pixels = decode(source_dir / rel, image_size)
+        if pixels.shape != first.shape:
+            raise ValueError(
+                f"{source_dir / rel}: {pixels.shape[1]}x{pixels.shape[0]} pixels, the split's first image "
+                f"{first.shape[1]}x{first.shape[0]}: a native-size cache needs one size; use cache: input"
+            )
+        images[i] = pixels
     labels = np.array([int(label) for _, label in rows], dtype=np.int64)
     save_npz(
         out, images=images, labels=labels, list_sha256=np.array(expected), num_classes=np.array(manifest["classes"])

@@ -86,8 +86,10 @@ def create_backbone(
     if weights is not None:
         stat = os.stat(weights)  # in the cache key, so a file replaced since it was read is read again
         state = _read_weights(str(weights), sha256, str(device), stat.st_mtime_ns, stat.st_size)
-    # The pretrained head's size comes from the weights, so they load strictly.
-    head_classes = state["head.weight"].shape[0] if state is not None and "head.weight" in state else None
+    # The pretrained head's size comes from the weights, so they load strictly; headless weights get none.
+    head_classes = None
+    if state is not None:
+        head_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     with torch.device(device):
         model = timm.create_model(arch, pretrained=False, drop_path_rate=drop_path, num_classes=head_classes)
     if state is not None:
@@ -108,3 +110,63 @@ def create_backbone(
     else:
         model.reset_classifier(num_classes)
     return model
+
+
+FORMATS = ("npz", "safetensors", "torch")
+
+
+@torch.no_grad()
+def convert(arch: str, path: str | Path, fmt: str) -> dict[str, torch.Tensor]:
+    """A downloaded checkpoint as the state dict of timm's `arch` without its head, checked to be complete.
+
+    npz: the original Google ViT files (timm's own JAX loader, as the authors use); torch: a `.pth`/`.bin`
+    (read with weights_only=True, passed through timm's checkpoint filter for `arch`, which converts
+    OpenAI/OpenCLIP/DINOv2 key layouts); safetensors: timm-format tensors. Every backbone tensor must come
+    from the file: a missing or unexpected one is an error (the authors' strict=False hid such cases).
+    """
+    from timm.models import vision_transformer as vit
+
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    expected = model.state_dict()
+    if fmt == "npz":
+        for p in model.parameters():
+            p.fill_(float("nan"))  # whatever the loader does not write stays NaN, and is reported below
+        try:
+            vit._load_weights(model, str(path))
+        except KeyError as err:
+            raise ValueError(f"{path}: no {err} for {arch}; is it a checkpoint of that architecture?") from err
+        unset = [n for n, p in model.named_parameters() if torch.isnan(p).any()]
+        if unset:
+            raise ValueError(f"{path}: no values for {unset[:5]} of {arch}; is it a checkpoint of that architecture?")
+        return {k: v.clone() for k, v in model.state_dict().items()}
+    if fmt == "torch":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state.get("model", state))
+        state = vit.checkpoint_filter_fn(state, model)
+    elif fmt == "safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        raise ValueError(f"weights format {fmt!r}: use one of {', '.join(FORMATS)}")
+    state = {k: v for k, v in state.items() if k not in HEAD_NAMES}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    reshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or reshaped:
+        raise ValueError(
+            f"{path} does not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}, other shapes "
+            f"{reshaped[:5]}; check backbone.arch and backbone.source.format"
+        )
+    return state
+
+
+def run_fetch(args) -> None:
+    """`peftstudy fetch-backbone`: download (resumable, sha256-checked), convert, save as safetensors."""
+    from peftstudy.data.fetch import download
+    from peftstudy.io import save_safetensors
+
+    raw = Path(f"{args.out}.download")
+    download(args.url, raw, None if args.sha256 == "none" else args.sha256)
+    state = convert(args.arch, raw, args.format)
+    save_safetensors(args.out, state, {"arch": args.arch, "source": args.url, "format": args.format})
+    print(f"{args.out}: {len(state)} tensors of {args.arch}, sha256 {sha256_file(args.out)}", flush=True)

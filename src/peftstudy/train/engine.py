@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+AUGMENTS = ("none", "hflip", "crop_flip", "crop_flips")
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,11 @@ class Recipe:
     min_lr: float = 1e-5
     eval_batch_size: int = 256
     lr_step: str = "authors"  # authors: step(epoch) at the end of `epoch` (off by one); standard: step(epoch + 1)
-    hflip: bool = False  # random horizontal flip (pretraining only: VTAB-1K trains without augmentation)
+    # Training augmentation, on the device (STUDY.md B.3-B.5): none (VTAB-1K); hflip; crop_flip = RandomResizedCrop
+    # to the input size (scale 0.08-1, bicubic) + horizontal flip (CIFAR-100); crop_flips adds a vflip (RESISC45).
+    augment: str = "none"
+    eval_resize: int = 0  # > 0: evaluation resizes to this size, then centre-crops the input size (Resize 256 + CC 224)
+    normalize: bool = True  # false: pixels in [0, 1] whatever the backbone's mean/std (the authors' VTAB-1K runs)
     drop_path: float = 0.0  # stochastic depth rate; a `drop_path` grid key overrides it
     peft_init: str = "own"  # own: each method's stated init; authors: timm re-inits added Linears (STUDY.md I.26)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere; fp32; bf16
@@ -51,6 +56,8 @@ class Recipe:
             raise ValueError(f"recipe.lr_step {self.lr_step!r}: use authors or standard")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"recipe.precision {self.precision!r}: use auto, fp32 or bf16")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"recipe.augment {self.augment!r}: use one of {', '.join(AUGMENTS)}")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"recipe.compile {self.compile!r}: use one of {', '.join(COMPILE_MODES)}")
         if self.feature_cache not in ("exact", "always", "never"):
@@ -85,28 +92,79 @@ def bf16_on(recipe: Recipe, device: torch.device | str) -> bool:
 class Images:
     """A split as uint8 NHWC on the device; indexing returns that batch as float NCHW, normalised.
 
-    Indexing mirrors a tensor's (an index tensor or a slice), so the loop treats images and cached
-    features alike.
+    Indexing (an index tensor or a slice) gives the evaluation view: the cached pixels, or with `eval_resize`
+    a resize and a centre crop to `size`. :meth:`train_batch` gives the training view, augmented per image on
+    the device with torchvision's v2 transforms (drawing from torch's seeded generator).
     """
 
-    def __init__(self, images: np.ndarray, mean: Sequence[float], std: Sequence[float], device: torch.device | str):
+    def __init__(
+        self,
+        images: np.ndarray,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str,
+        *,
+        size: int | None = None,
+        augment: str = "none",
+        eval_resize: int = 0,
+    ):
+        from torchvision.transforms import v2
+
         self.data = torch.from_numpy(images).to(device)
+        self.size = size or images.shape[1]
         # (x / 255 - mean) / std folded into one multiply-add per pixel.
         std_t = torch.tensor(std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = -torch.tensor(mean, device=device, dtype=torch.float32).view(1, 3, 1, 1) / std_t
+        bicubic = v2.InterpolationMode.BICUBIC
+        crop = [v2.RandomResizedCrop(self.size, interpolation=bicubic), v2.RandomHorizontalFlip()]
+        steps = {
+            "none": [],
+            "hflip": [v2.RandomHorizontalFlip()],
+            "crop_flip": crop,
+            "crop_flips": [*crop, v2.RandomVerticalFlip()],
+        }[augment]
+        self.augment = v2.Compose(steps) if steps else None
+        self.evaluate = None
+        if eval_resize:
+            self.evaluate = v2.Compose([v2.Resize(eval_resize, interpolation=bicubic), v2.CenterCrop(self.size)])
+        resized = augment.startswith("crop") or eval_resize
+        if not resized and images.shape[1] != self.size:
+            raise ValueError(
+                f"cached images are {images.shape[1]}px, the model takes {self.size}px: prepare at that size"
+            )
 
     def __len__(self) -> int:
         return len(self.data)
 
+    def _float(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, batch.float(), self.scale).contiguous()
+
     def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
-        batch = self.data[index].permute(0, 3, 1, 2).float()
-        return torch.addcmul(self.shift, batch, self.scale).contiguous()
+        batch = self.data[index].permute(0, 3, 1, 2)
+        return self._float(self.evaluate(batch) if self.evaluate else batch)
+
+    def train_batch(self, index: torch.Tensor) -> torch.Tensor:
+        batch = self.data[index].permute(0, 3, 1, 2)
+        if self.augment is not None:
+            # One draw per image, as a DataLoader would (v2 on a batch tensor draws once for all of it).
+            batch = torch.stack([self.augment(image) for image in batch])
+        return self._float(batch)
 
 
-def to_input(images: np.ndarray, mean: Sequence[float], std: Sequence[float], device: torch.device | str) -> Images:
-    """uint8 NHWC -> the model's input, batch by batch: [0, 1] normalised with the backbone's mean/std."""
-    return Images(images, mean, std, device)
+def to_input(
+    images: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str,
+    recipe: Recipe | None = None,
+    size: int | None = None,
+) -> Images:
+    """uint8 NHWC -> the model's input, batch by batch, with the recipe's augmentation, resizing and normalisation."""
+    recipe = recipe or Recipe(epochs=1, batch_size=1)
+    if not recipe.normalize:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return Images(images, mean, std, device, size=size, augment=recipe.augment, eval_resize=recipe.eval_resize)
 
 
 def _optimizer(params: list[torch.Tensor], lr: float, wd: float) -> torch.optim.Optimizer:
@@ -167,10 +225,8 @@ def fit(
         totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, correct, seen, skipped
         for step in range(steps):
             idx = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
-            xb, yb = x[idx], y[idx]
-            if recipe.hflip:
-                flip = torch.rand(len(idx), generator=generator).to(device) < 0.5
-                xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
+            xb = x.train_batch(idx) if isinstance(x, Images) else x[idx]
+            yb = y[idx]
             if graphs:
                 torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -26,11 +26,11 @@ def run(args: argparse.Namespace) -> None:
     recipe = Recipe(**args.recipe)
     model = create_backbone(args.arch, classes, keep_head=False, device=device)
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    x, y = to_input(train["images"], mean, std, device), torch.from_numpy(train["labels"]).to(device)
+    x, y = to_input(train["images"], mean, std, device, recipe), torch.from_numpy(train["labels"]).to(device)
     start = time.time()
     result = fit(model, x, y, lr=args.lr, wd=args.wd, recipe=recipe, seed=args.seed)
     val_scores = scores(
-        predict(model, to_input(val["images"], mean, std, device), 256), torch.from_numpy(val["labels"])
+        predict(model, to_input(val["images"], mean, std, device, recipe), 256), torch.from_numpy(val["labels"])
     )
     settings = {"arch": args.arch, "lr": args.lr, "wd": args.wd, "seed": args.seed, "recipe": args.recipe}
     metadata = {"settings": json.dumps(settings, sort_keys=True), "val_top1": f"{val_scores['top1']:.2f}"}

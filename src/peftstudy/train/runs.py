@@ -86,7 +86,8 @@ class Session:
         if split not in self._inputs:
             data = self.train if split == "train" else self.held_out
             cfg = model.pretrained_cfg
-            self._inputs[split] = to_input(data["images"], cfg["mean"], cfg["std"], self.device)
+            size = cfg["input_size"][-1]
+            self._inputs[split] = to_input(data["images"], cfg["mean"], cfg["std"], self.device, self.recipe, size)
         return self._inputs[split]
 
     def features(self, split: str, model: nn.Module) -> torch.Tensor:
@@ -96,9 +97,12 @@ class Session:
         return self._features[split]
 
     def uses_features(self, method: str, drop_path: float) -> bool:
-        """The linear probe on cached features is the same computation only without stochastic depth."""
+        """The linear probe on cached features is the same computation only without stochastic depth, and never
+        with augmentation (each epoch would see other pixels)."""
         mode = self.recipe.feature_cache
-        return method == "linear" and (mode == "always" or (mode == "exact" and drop_path == 0))
+        if method != "linear" or self.recipe.augment != "none":
+            return False
+        return mode == "always" or (mode == "exact" and drop_path == 0)
 
 
 def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, split: str):
