@@ -11,6 +11,18 @@ if not workflow.config_settings.configfiles:
 
 
 include: "workflow/rules/common.smk"
+
+
+# Bookkeeping that takes seconds runs where Snakemake runs (on a cluster, the login node), not as jobs.
+localrules:
+    select,
+    collect,
+    ensemble,
+    tables,
+    report,
+    all,
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/tune.smk"

@@ -56,6 +56,7 @@ def tune(task, tmp_path, method, hps, recipe=RECIPE):
         val=str(task / "val.npz"),
         manifest=str(task / "manifest.json"),
         device="cpu",
+        resume_dir="",
         out=outs,
     )
     runs.tune(args)

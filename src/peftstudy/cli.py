@@ -47,6 +47,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="the dataset's manifest.json (provenance)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto")
+    p.add_argument("--resume-dir", default="", help="checkpoint each epoch here and resume from it (preemption)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -188,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     # The exact command, quoted, so a job can be rerun by hand from its log.
     print(shlex.join(["peftstudy", *(sys.argv[1:] if argv is None else argv)]), file=sys.stderr, flush=True)
+    if "SLURM_JOB_ID" in os.environ:
+        print(f"SLURM_JOB_ID={os.environ['SLURM_JOB_ID']} on {os.uname().nodename}", file=sys.stderr, flush=True)
     args.func(args)
 
 

@@ -20,7 +20,16 @@ EXPERIMENTS = config["experiments"]
 DATASETS = config["datasets"]
 ARCHIVES = config.get("archives", {})
 ROBUSTNESS = config.get("robustness")
-RESOURCES = {"mem_mb": 4000, "runtime": 60}
+JOB_DEFAULTS = {"mem_mb": 4000, "runtime": 60, "gpu": 0}
+
+
+def job_resources(kind):
+    """A training rule's resources from the study config's `resources.<kind>`: what a cluster job asks for.
+    gpu is left out when 0, so that CPU studies send no GPU request."""
+    spec = dict(JOB_DEFAULTS, **config.get("resources", {}).get(kind, {}))
+    return {k: v for k, v in spec.items() if k != "gpu" or v}
+
+
 TABLES = ("tune", "final", "results", "ensembles", "agreement", "ood", "wise")
 
 
@@ -37,17 +46,24 @@ TUNE_SHELL = (
     "peftstudy tune --experiment {wildcards.experiment} --dataset {wildcards.dataset}"
     " --method {wildcards.method} --points {params.points} --recipe {params.recipe}"
     " --backbone {params.backbone} --seed {params.seed} --train {input.train} --val {input.val}"
-    " --manifest {input.manifest} --threads {threads}"
+    " --manifest {input.manifest} --threads {threads} --resume-dir {params.resume}"
     " --device {params.device} --out {output.metrics} > {log} 2>&1"
 )
 FINAL_SHELL = (
     "peftstudy final --experiment {wildcards.experiment} --dataset {wildcards.dataset}"
     " --method {wildcards.method} --gp {wildcards.gp} --hp {params.hp} --recipe {params.recipe}"
     " --backbone {params.backbone} --seed {params.seeds} --train {input.train} --test {input.test}"
-    " --manifest {input.manifest} --threads {threads}"
+    " --manifest {input.manifest} --threads {threads} --resume-dir {params.resume}"
     " --device {params.device} --out-metrics {output.metrics} --out-logits {output.logits}"
     " --out-weights {output.peft} > {log} 2>&1"
 )
+
+
+def get_resume_dir(wildcards):
+    """Epoch checkpoints of a (experiment, dataset, method)'s runs: outside the declared outputs, so a failed
+    or preempted job's retry finds them (Snakemake removes a failed job's outputs, not these).
+    """
+    return f"{R}/resume/{wildcards.experiment}/{wildcards.dataset}/{wildcards.method}"
 
 
 def only(names):

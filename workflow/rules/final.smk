@@ -20,13 +20,14 @@ rule final:
         "../../envs/train.yaml"
     threads: config["threads"]
     resources:
-        **RESOURCES,
+        **job_resources("final"),
     params:
         hp=lambda wc: as_json(get_hp(wc)),
         recipe=lambda wc: as_json(EXPERIMENTS[wc.experiment]["recipe"]),
         backbone=lambda wc: get_backbone(wc.experiment),
         seeds=lambda wc: wc.seed,
         device=config["device"],
+        resume=get_resume_dir,
     shell:
         FINAL_SHELL
 
@@ -55,13 +56,14 @@ for pack_experiment in experiments_packing("final", packed=True):
                 "../../envs/train.yaml"
             threads: config["threads"]
             resources:
-                **RESOURCES,
+                **job_resources("final"),
             params:
                 hp=lambda wc: as_json(get_hp(wc)),
                 recipe=as_json(EXPERIMENTS[pack_experiment]["recipe"]),
                 backbone=get_backbone(pack_experiment),
                 seeds=" ".join(map(str, seeds)),
                 device=config["device"],
+                resume=get_resume_dir,
             shell:
                 FINAL_SHELL
 

@@ -14,7 +14,7 @@ rule pretrain:
         "../../envs/train.yaml"
     threads: config["threads"]
     resources:
-        **RESOURCES,
+        **job_resources("pretrain"),
     params:
         arch=config["backbone"]["arch"],
         recipe=lambda wc: as_json(config["pretrain"]["recipe"]),

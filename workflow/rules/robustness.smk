@@ -13,7 +13,7 @@ rule robustness:
         "../../envs/train.yaml"
     threads: config["threads"]
     resources:
-        **RESOURCES,
+        **job_resources("robustness"),
     params:
         backbone=lambda wc: get_backbone(ROBUSTNESS["experiment"]),
         sets=lambda wc: " ".join(

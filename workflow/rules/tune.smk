@@ -19,13 +19,14 @@ rule tune:
         "../../envs/train.yaml"
     threads: config["threads"]
     resources:
-        **RESOURCES,
+        **job_resources("tune"),
     params:
         points=lambda wc: get_points(wc.experiment, wc.method, [wc.gp]),
         recipe=lambda wc: as_json(EXPERIMENTS[wc.experiment]["recipe"]),
         backbone=lambda wc: get_backbone(wc.experiment),
         seed=config["seed"],
         device=config["device"],
+        resume=get_resume_dir,
     shell:
         TUNE_SHELL
 
@@ -57,12 +58,13 @@ for (pack_experiment, pack_method), packs in TUNE_PACKS.items():
                 "../../envs/train.yaml"
             threads: config["threads"]
             resources:
-                **RESOURCES,
+                **job_resources("tune"),
             params:
                 points=get_points(pack_experiment, pack_method, pack),
                 recipe=as_json(EXPERIMENTS[pack_experiment]["recipe"]),
                 backbone=get_backbone(pack_experiment),
                 seed=config["seed"],
                 device=config["device"],
+                resume=get_resume_dir,
             shell:
                 TUNE_SHELL

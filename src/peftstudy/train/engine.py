@@ -11,6 +11,8 @@ default on CUDA; fp32 stays the reference and the CPU default), fused AdamW on C
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import random
 import sys
@@ -21,6 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+
+from peftstudy.train.resume import Checkpoint, Preempted, rng_state, set_rng_state, sigterm_flag
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 AUGMENTS = ("none", "hflip", "crop_flip", "crop_flips")
@@ -183,14 +187,18 @@ def fit(
     recipe: Recipe,
     seed: int,
     log_every: int = 1,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     """Train the parameters of `model` that require grad on (x, y). A non-finite loss skips its batch.
 
-    `x` is an :class:`Images` or a tensor of model inputs (the linear probe's cached features).
+    `x` is an :class:`Images` or a tensor of model inputs (the linear probe's cached features). With a
+    `checkpoint`, training resumes from it and saves to it at every epoch's end; SIGTERM ends the run after
+    the current epoch's save (:class:`Preempted`). It is removed once training is done.
     """
     from timm.scheduler import CosineLRScheduler
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     if not params:
         raise RuntimeError("nothing to train: no parameter requires grad")
     # Decoupled weight decay on every trainable tensor, biases and norms included (STUDY.md B.1).
@@ -214,56 +222,84 @@ def fit(
     graphs = recipe.compile in ("reduce-overhead", "max-autotune") and y.is_cuda
     device = y.device
     bf16 = bf16_on(recipe, device)
+    start_epoch = 0
+    saved = checkpoint.load() if checkpoint else None
+    if saved is not None:
+        with torch.no_grad():
+            for name, p in named:
+                p.copy_(saved["params"][name])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        set_rng_state(saved["rng"], device)
+        result = TrainResult(**saved["result"])
+        start_epoch = result.epochs_run
+        scheduler.step(start_epoch - 1 if recipe.lr_step == "authors" else start_epoch)
+        print(f"resumed from {checkpoint.path} after epoch {start_epoch}", file=sys.stderr, flush=True)
     # With fused AdamW (CUDA) the skip of a non-finite batch stays on the device: the fused kernel leaves the
     # weights, moments and step count alone when `found_inf` is set (the mechanism GradScaler uses), so the
     # host never waits for the GPU inside an epoch. Elsewhere the host checks the loss, which costs nothing there.
     on_device_skip = bool(optimizer.defaults.get("fused"))
     start = time.time()
-    for epoch in range(recipe.epochs):
-        result.lr_per_epoch.append(optimizer.param_groups[0]["lr"])
-        order = torch.randperm(n, generator=generator).to(device)
-        totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, correct, seen, skipped
-        for step in range(steps):
-            idx = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
-            xb = x.train_batch(idx) if isinstance(x, Images) else x[idx]
-            yb = y[idx]
-            if graphs:
-                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = forward(xb)
-            loss = nn.functional.cross_entropy(logits.float(), yb)
-            finite = torch.isfinite(loss)
-            if not on_device_skip and not finite.item():
-                totals[3] += 1
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if on_device_skip:
-                optimizer.found_inf = (~finite).float()
-            optimizer.step()
-            kept = finite.double()
-            batch = torch.stack(
-                [
-                    torch.where(finite, loss.detach().double(), 0.0) * len(yb),
-                    (logits.argmax(1) == yb).sum().double() * kept,
-                    kept * len(yb),
-                    1.0 - kept,
-                ]
-            )
-            totals += batch
-        loss_sum, correct, seen, skipped = totals.tolist()  # the epoch's one host sync
-        scheduler.step(epoch if recipe.lr_step == "authors" else epoch + 1)
-        result.epochs_run = epoch + 1
-        result.skipped_batches += int(skipped)
-        result.train_loss = loss_sum / seen if seen else float("nan")
-        result.train_top1 = 100.0 * correct / seen if seen else float("nan")
-        if log_every and ((epoch + 1) % log_every == 0 or epoch + 1 == recipe.epochs):
-            print(
-                f"epoch {epoch + 1}/{recipe.epochs} lr {result.lr_per_epoch[-1]:.2e} loss {result.train_loss:.4f} "
-                f"top1 {result.train_top1:.1f} skipped {int(skipped)} ({time.time() - start:.1f}s)",
-                file=sys.stderr,
-                flush=True,
-            )
+    with sigterm_flag() if checkpoint else contextlib.nullcontext({"stop": False}) as preempt:
+        for epoch in range(start_epoch, recipe.epochs):
+            result.lr_per_epoch.append(optimizer.param_groups[0]["lr"])
+            order = torch.randperm(n, generator=generator).to(device)
+            totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, correct, seen, skipped
+            for step in range(steps):
+                idx = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
+                xb = x.train_batch(idx) if isinstance(x, Images) else x[idx]
+                yb = y[idx]
+                if graphs:
+                    torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = forward(xb)
+                loss = nn.functional.cross_entropy(logits.float(), yb)
+                finite = torch.isfinite(loss)
+                if not on_device_skip and not finite.item():
+                    totals[3] += 1
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if on_device_skip:
+                    optimizer.found_inf = (~finite).float()
+                optimizer.step()
+                kept = finite.double()
+                batch = torch.stack(
+                    [
+                        torch.where(finite, loss.detach().double(), 0.0) * len(yb),
+                        (logits.argmax(1) == yb).sum().double() * kept,
+                        kept * len(yb),
+                        1.0 - kept,
+                    ]
+                )
+                totals += batch
+            loss_sum, correct, seen, skipped = totals.tolist()  # the epoch's one host sync
+            scheduler.step(epoch if recipe.lr_step == "authors" else epoch + 1)
+            result.epochs_run = epoch + 1
+            result.skipped_batches += int(skipped)
+            result.train_loss = loss_sum / seen if seen else float("nan")
+            result.train_top1 = 100.0 * correct / seen if seen else float("nan")
+            if log_every and ((epoch + 1) % log_every == 0 or epoch + 1 == recipe.epochs):
+                print(
+                    f"epoch {epoch + 1}/{recipe.epochs} lr {result.lr_per_epoch[-1]:.2e} loss {result.train_loss:.4f} "
+                    f"top1 {result.train_top1:.1f} skipped {int(skipped)} ({time.time() - start:.1f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if checkpoint and epoch + 1 < recipe.epochs:
+                checkpoint.save(
+                    {
+                        "params": {name: p.detach().cpu() for name, p in named},
+                        "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(),
+                        "rng": rng_state(device),
+                        "result": dataclasses.asdict(result),
+                    }
+                )
+                if preempt["stop"]:
+                    raise Preempted(checkpoint.path)
+    if checkpoint:
+        checkpoint.clear()
     # A run whose whole last epoch was skipped, or whose weights went non-finite, has diverged.
     last_epoch_dead = not math.isfinite(result.train_loss)
     bad_weights = any(not torch.isfinite(p).all() for p in params)

@@ -7,7 +7,6 @@ with the val accuracy and the settings in its metadata.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -33,7 +32,7 @@ def run(args: argparse.Namespace) -> None:
         predict(model, to_input(val["images"], mean, std, device, recipe), 256), torch.from_numpy(val["labels"])
     )
     settings = {"arch": args.arch, "lr": args.lr, "wd": args.wd, "seed": args.seed, "recipe": args.recipe}
-    metadata = {"settings": json.dumps(settings, sort_keys=True), "val_top1": f"{val_scores['top1']:.2f}"}
+    metadata = {"settings": settings, "val_top1": round(val_scores["top1"], 2)}
     save_safetensors(args.out, model.state_dict(), metadata)
     write_json(
         args.metrics,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from peftstudy.config import config_hash
 from peftstudy.io import load_npz, save_npz, save_safetensors, sha256_file, write_json
 from peftstudy.models import create_backbone
 from peftstudy.train.engine import Images, Recipe, bf16_on, features, fit, predict, scores, seed_everything, to_input
+from peftstudy.train.resume import Checkpoint
 
 
 def pick_device(name: str) -> torch.device:
@@ -118,8 +120,15 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
     cached = session.uses_features(args.method, recipe_hp.get("drop_path", recipe.drop_path))
     # The cached probe trains the head alone on features; the same seed gives the same head init and batch order.
     net, x_train = (model.head, session.features("train", model)) if cached else (model, session.inputs("train", model))
+    settings = {"method": args.method, "hp": hp, "recipe": args.recipe, "backbone": args.backbone, "seed": seed}
+    checkpoint = None
+    if args.resume_dir:
+        key = config_hash(dict(settings, phase=phase, cached_features=cached))
+        checkpoint = Checkpoint(Path(args.resume_dir) / f"{phase}-{gp}-seed{seed}.pt", key)
     start = time.time()
-    result = fit(net, x_train, y, lr=recipe_hp["lr"], wd=recipe_hp["wd"], recipe=recipe, seed=seed)
+    result = fit(
+        net, x_train, y, lr=recipe_hp["lr"], wd=recipe_hp["wd"], recipe=recipe, seed=seed, checkpoint=checkpoint
+    )
     x_held = session.features("held_out", model) if cached else session.inputs("held_out", model)
     logits = predict(net, x_held, recipe.eval_batch_size, bf16=session.bf16)
     labels = session.held_out["labels"]
@@ -154,9 +163,7 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
         "provenance": provenance.record(
             # The hash of the settings this run depends on, not of the whole study config: an unrelated edit
             # elsewhere in the config must not make a result look different (or rerun it).
-            config_hash=config_hash(
-                {"method": args.method, "hp": hp, "recipe": args.recipe, "backbone": args.backbone, "seed": seed}
-            ),
+            config_hash=config_hash(settings),
             data_manifest=args.manifest,
             backbone_sha256=_backbone_sha256(args.backbone),
         ),

@@ -1,0 +1,85 @@
+"""Epoch-boundary checkpoints, so that a preempted or killed run resumes instead of starting over.
+
+A checkpoint holds what the next epoch depends on: the trained tensors, the optimizer's state, the
+batch-order generator, torch's RNG (drop-path, dropout, augmentation), the epoch and the result so far. A run
+resumed from it ends with the same weights and metrics as one never interrupted (tested bitwise on the CPU).
+It carries the run's key (the hash of its settings), so a changed run never resumes from a stale file.
+SIGTERM (Slurm's preemption and time limit) sets a flag; the loop saves at the end of the epoch and exits
+with status 143, and the job's retry or requeue resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PREEMPTED_STATUS = 143  # 128 + SIGTERM, what a shell reports for a job that SIGTERM ended
+
+
+class Preempted(SystemExit):
+    def __init__(self, path: Path) -> None:
+        super().__init__(PREEMPTED_STATUS)
+        self.path = path
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    path: Path
+    key: str
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None when there is none or it belongs to other settings."""
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("key") != self.key:
+            print(f"{self.path}: saved by a run with other settings; starting afresh", file=sys.stderr, flush=True)
+            return None
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Written beside the target and renamed, so a kill mid-write leaves the previous checkpoint."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        torch.save(dict(state, key=self.key), tmp)
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+@contextmanager
+def sigterm_flag() -> Iterator[dict[str, bool]]:
+    """While active, SIGTERM sets flag["stop"] instead of ending the process."""
+    flag = {"stop": False}
+
+    def handler(signum: int, frame: object) -> None:
+        print("SIGTERM: saving at the end of this epoch, then exiting", file=sys.stderr, flush=True)
+        flag["stop"] = True
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)

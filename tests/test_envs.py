@@ -1,0 +1,120 @@
+"""The conda envs (envs/*.yaml) hold what the code their rules run imports.
+
+Conda channels cannot be reached here, so the envs are not built; instead every rule's env is read, the
+`peftstudy` stage its shell calls is followed through the package's imports (lazy ones included), and each
+third-party import must come from a distribution the env pins (directly, or through the package's own
+pinned dependencies when the env installs the package with `-e ..`).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+SRC = REPO / "src"
+
+
+def requirement_name(spec: str) -> str:
+    return re.split(r"[=<>!~\[; ]", spec.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def env_distributions(path: Path) -> set[str]:
+    env = yaml.safe_load(path.read_text())
+    names: set[str] = set()
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            for spec in dep.get("pip", []):
+                if spec.startswith("-e"):
+                    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+                    names |= {requirement_name(r) for r in project["dependencies"]} | {"peftstudy"}
+                else:
+                    names.add(requirement_name(spec))
+        else:
+            names.add(requirement_name(dep))
+    return names
+
+
+def module_file(name: str) -> Path | None:
+    base = SRC / Path(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def third_party_imports(module: str) -> set[str]:
+    """Top-level names of every non-stdlib import reachable from `module` inside the package."""
+    seen, todo, found = set(), [module], set()
+    while todo:
+        name = todo.pop()
+        path = module_file(name)
+        if name in seen or path is None:
+            continue
+        seen.add(name)
+        if path.name == "__init__.py" and name == "peftstudy.methods":
+            # The registry imports every method module by file name.
+            todo += [f"peftstudy.methods.{p.stem}" for p in path.parent.glob("*.py") if p.stem != "__init__"]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            for target in targets:
+                root = target.split(".")[0]
+                if root == "peftstudy":
+                    todo.append(target)
+                elif root not in sys.stdlib_module_names and root != "__future__":
+                    found.add(root)
+    return found
+
+
+def stage_modules() -> dict[str, str]:
+    """`peftstudy <stage>` -> the module it runs, read from cli.py."""
+    text = (SRC / "peftstudy/cli.py").read_text()
+    return dict(re.findall(r'add_parser\(\s*"([\w-]+)".*?_stage\("([\w.]+):', text, flags=re.S))
+
+
+def rule_envs_and_stages() -> list[tuple[str, Path, str]]:
+    """(rule file, env file, stage) of every rule that names a conda env and runs a peftstudy stage."""
+    rules = REPO / "workflow/rules"
+    # Shell commands shared by several rules live in common.smk as NAME_SHELL constants.
+    shared = dict(re.findall(r'(\w+_SHELL) = \(\s*"peftstudy ([\w-]+)', (rules / "common.smk").read_text()))
+    found = []
+    for smk in sorted(rules.glob("*.smk")):
+        for block in re.split(r"\n(?=\s*(?:rule|checkpoint)\b)", smk.read_text()):
+            env = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
+            stage = re.search(r'"peftstudy ([\w-]+)', block)
+            constant = re.search(r"shell:\s*\n\s*(\w+_SHELL)", block)
+            stage = stage[1] if stage else shared.get(constant[1]) if constant else None
+            if env and stage:
+                found.append((smk.name, (smk.parent / env[1]).resolve(), stage))
+    return found
+
+
+def test_every_python_rule_names_an_env_and_a_stage():
+    pairs = rule_envs_and_stages()
+    stages = stage_modules()
+    assert {"tune", "final", "prepare", "report"} <= {stage for _, _, stage in pairs}
+    assert {stage for _, _, stage in pairs} <= set(stages)
+
+
+@pytest.mark.parametrize(("rule_file", "env", "stage"), rule_envs_and_stages(), ids=lambda v: str(v))
+def test_the_env_holds_what_the_stage_imports(rule_file, env, stage):
+    module = stage_modules()[stage]
+    imports = third_party_imports(module) | third_party_imports("peftstudy.cli")
+    provided = env_distributions(env)
+    by_import = importlib.metadata.packages_distributions()
+    missing = {
+        name for name in imports if not {d.lower().replace("_", "-") for d in by_import.get(name, [name])} & provided
+    }
+    assert not missing, f"{env.name} (for {rule_file}: peftstudy {stage}) lacks {sorted(missing)}"
