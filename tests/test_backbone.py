@@ -28,7 +28,7 @@ def test_weights_for_another_architecture_are_refused(tmp_path):
     from safetensors.torch import save_file
 
     save_file(create_backbone("peftstudy_vit_test", 3).state_dict(), tmp_path / "w.safetensors")
-    with pytest.raises(ValueError, match="do not fit peftstudy_vit_mini"):
+    with pytest.raises(ValueError, match="does not fit peftstudy_vit_mini"):
         create_backbone("peftstudy_vit_mini", 3, weights=tmp_path / "w.safetensors")
 
 

@@ -47,6 +47,17 @@ def peftstudy_vit_test(pretrained: bool = False, **kwargs) -> VisionTransformer:
     return _create_vision_transformer("peftstudy_vit_test", pretrained=pretrained, **dict(args, **kwargs))
 
 
+def check_fits(state: dict, expected: dict, what: str, arch: str, check: str) -> None:
+    """Strict loading: every key of the architecture, no other, each of the same shape; else name them."""
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    reshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or reshaped:
+        raise ValueError(
+            f"{what} does not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"other shapes {reshaped[:5]}; check {check}"
+        )
+
+
 @functools.cache
 def _read_weights(weights: str, sha256: str | None, device: str, mtime_ns: int, size: int) -> dict[str, torch.Tensor]:
     """A weights file, sha256-checked when a sum is given; read once per process (several runs share it).
@@ -93,14 +104,7 @@ def create_backbone(
     with torch.device(device):
         model = timm.create_model(arch, pretrained=False, drop_path_rate=drop_path, num_classes=head_classes)
     if state is not None:
-        expected = model.state_dict()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        reshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-        if missing or unexpected or reshaped:
-            raise ValueError(
-                f"backbone weights {weights} do not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                f"other shapes {reshaped[:5]}; check backbone.arch against the weights file"
-            )
+        check_fits(state, model.state_dict(), f"backbone weights {weights}", arch, "backbone.arch against the file")
         model.load_state_dict(state)
     if keep_head:
         if model.num_classes != num_classes:
@@ -150,13 +154,7 @@ def convert(arch: str, path: str | Path, fmt: str) -> dict[str, torch.Tensor]:
     else:
         raise ValueError(f"weights format {fmt!r}: use one of {', '.join(FORMATS)}")
     state = {k: v for k, v in state.items() if k not in HEAD_NAMES}
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    reshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or reshaped:
-        raise ValueError(
-            f"{path} does not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}, other shapes "
-            f"{reshaped[:5]}; check backbone.arch and backbone.source.format"
-        )
+    check_fits(state, expected, str(path), arch, "backbone.arch and backbone.source.format")
     return state
 
 

@@ -171,6 +171,20 @@ def to_input(
     return Images(images, mean, std, device, size=size, augment=recipe.augment, eval_resize=recipe.eval_resize)
 
 
+def cosine_schedule(optimizer: torch.optim.Optimizer, recipe: Recipe):
+    """timm's epoch-wise cosine with linear warmup, `warmup_prefix=False` as the authors (STUDY.md B.1)."""
+    from timm.scheduler import CosineLRScheduler
+
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=recipe.epochs,
+        lr_min=recipe.min_lr,
+        warmup_t=recipe.warmup_epochs,
+        warmup_lr_init=recipe.warmup_lr,
+        warmup_prefix=False,
+    )
+
+
 def _optimizer(params: list[torch.Tensor], lr: float, wd: float) -> torch.optim.Optimizer:
     """AdamW; fused into one kernel on CUDA (same update rule, fewer launches)."""
     fused = all(p.is_cuda for p in params)
@@ -195,22 +209,13 @@ def fit(
     `checkpoint`, training resumes from it and saves to it at every epoch's end; SIGTERM ends the run after
     the current epoch's save (:class:`Preempted`). It is removed once training is done.
     """
-    from timm.scheduler import CosineLRScheduler
-
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     if not params:
         raise RuntimeError("nothing to train: no parameter requires grad")
     # Decoupled weight decay on every trainable tensor, biases and norms included (STUDY.md B.1).
     optimizer = _optimizer(params, lr, wd)
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=recipe.epochs,
-        lr_min=recipe.min_lr,
-        warmup_t=recipe.warmup_epochs,
-        warmup_lr_init=recipe.warmup_lr,
-        warmup_prefix=False,
-    )
+    scheduler = cosine_schedule(optimizer, recipe)
     generator = torch.Generator().manual_seed(seed)
     n = len(y)
     steps = n // recipe.batch_size  # drop_last, as the authors' loader
@@ -308,27 +313,29 @@ def fit(
 
 
 @torch.no_grad()
-def features(model: nn.Module, x: torch.Tensor | Images, batch_size: int, bf16: bool = False) -> torch.Tensor:
-    """A timm ViT's pre-logits features (the head's input) of `x`, in eval mode, float32 on x's device."""
-    model.eval()
-    device = next(model.parameters()).device
-    chunks = []
-    for i in range(0, len(x), batch_size):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            chunks.append(model.forward_head(model.forward_features(x[i : i + batch_size]), pre_logits=True).float())
-    return torch.cat(chunks)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor | Images, batch_size: int, bf16: bool = False) -> torch.Tensor:
-    """Logits of `model` on `x` in eval mode, float32, on the CPU."""
+def _in_batches(model: nn.Module, fn, x: torch.Tensor | Images, batch_size: int, bf16: bool) -> torch.Tensor:
+    """fn(batch) over `x` in eval mode, float32, concatenated (on the model's device)."""
     model.eval()
     device = next(model.parameters()).device
     outputs = []
     for i in range(0, len(x), batch_size):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            outputs.append(model(x[i : i + batch_size]).float())
-    return torch.cat(outputs).cpu()
+            outputs.append(fn(x[i : i + batch_size]).float())
+    return torch.cat(outputs)
+
+
+def features(model: nn.Module, x: torch.Tensor | Images, batch_size: int, bf16: bool = False) -> torch.Tensor:
+    """A timm ViT's pre-logits features (the head's input) of `x`, in eval mode, float32 on x's device."""
+
+    def pre_logits(batch: torch.Tensor) -> torch.Tensor:
+        return model.forward_head(model.forward_features(batch), pre_logits=True)
+
+    return _in_batches(model, pre_logits, x, batch_size, bf16)
+
+
+def predict(model: nn.Module, x: torch.Tensor | Images, batch_size: int, bf16: bool = False) -> torch.Tensor:
+    """Logits of `model` on `x` in eval mode, float32, on the CPU."""
+    return _in_batches(model, model, x, batch_size, bf16).cpu()
 
 
 def scores(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from peftstudy.data.layout import decode
-from peftstudy.train.engine import Recipe, TrainResult
+from peftstudy.train.engine import Recipe, TrainResult, cosine_schedule
 
 
 class ImageFiles(Dataset):
@@ -50,19 +50,10 @@ def fit(
     device: torch.device | str,
 ) -> tuple[TrainResult, float]:
     """Train as the authors do; returns the result and the training images per second."""
-    from timm.scheduler import CosineLRScheduler
-
     device = torch.device(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=recipe.epochs,
-        lr_min=recipe.min_lr,
-        warmup_t=recipe.warmup_epochs,
-        warmup_lr_init=recipe.warmup_lr,
-        warmup_prefix=False,
-    )
+    scheduler = cosine_schedule(optimizer, recipe)
     loader = DataLoader(
         data,
         batch_size=recipe.batch_size,
