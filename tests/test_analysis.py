@@ -95,3 +95,23 @@ def test_wise_end_points_are_the_zero_shot_and_the_fine_tuned_models(name):
     torch.testing.assert_close(wise(model, zero_shot, fine_tuned, added, 1.0)(x), fine_tuned_out, rtol=0, atol=0)
     midway = wise(model, zero_shot, fine_tuned, added, 0.5)(x)
     assert not torch.allclose(midway, fine_tuned_out) and not torch.allclose(midway, zero_shot_model(x))
+
+
+def test_logit_averaging_and_majority_vote_differ_from_probability_averaging_where_they_should():
+    labels = np.array([0])
+    # Member a: very sure of class 1 in logits, member b and c: mildly class 0.
+    a, b, c = np.array([[0.0, 9.0, 0.0]]), np.array([[2.0, 0.0, 1.9]]), np.array([[2.0, 0.0, 1.9]])
+    assert ensemble.top1(ensemble.logit_average([a, b, c]), labels) == 0.0  # mean logits: class 1 (3.0 > 1.33)
+    assert ensemble.top1(ensemble.majority_vote([a, b, c]), labels) == 100.0  # two votes for class 0
+    tie = ensemble.majority_vote([np.array([[3.0, 0.0, 0.0]]), np.array([[0.0, 1.0, 0.0]])])
+    assert tie.argmax(1)[0] == 0  # one vote each: the surer member's class wins the tie
+
+
+def test_confident_overlap_counts_the_k_surest_predictions():
+    sure = np.array([[9.0, 0.0], [0.0, 9.0], [1.0, 0.0], [0.0, 0.5]])
+    other = np.array([[0.0, 0.5], [0.0, 9.0], [9.0, 0.0], [1.0, 0.0]])
+    assert ensemble.confident(sure, 2).tolist() == [True, True, False, False]
+    assert ensemble.jaccard(ensemble.confident(sure, 2), ensemble.confident(other, 2)) == pytest.approx(1 / 3)
+    assert ensemble.confident_count(400, 0.25) == 100 and ensemble.confident_count(400, 5000) == 400
+    _, pairs = ensemble.analyse({"a": {0: sure}, "b": {0: other}}, np.array([0, 1, 0, 1]), confident_k=0.5)
+    assert pairs["confident_k"] == 2 and pairs["pairs"][0]["confident_jaccard"] == pytest.approx(1 / 3)

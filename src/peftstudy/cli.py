@@ -149,6 +149,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ensemble", help="ensembles and agreement of the methods' final test logits")
     p.add_argument("--finals", nargs="+", required=True, help="final.json of each method on the dataset")
+    p.add_argument("--confident-k", type=float, default=0.25, help="K most confident: a count, or a fraction if < 1")
     p.add_argument("--out-ensembles", required=True)
     p.add_argument("--out-agreement", required=True)
     p.set_defaults(func=_stage("peftstudy.ensemble:run"))

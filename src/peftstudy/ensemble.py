@@ -32,6 +32,33 @@ def prob_average(logits: Sequence[np.ndarray]) -> np.ndarray:
     return np.mean([softmax(x) for x in logits], axis=0)
 
 
+def logit_average(logits: Sequence[np.ndarray]) -> np.ndarray:
+    """The ensemble's scores: the mean of the members' logits."""
+    return np.mean(logits, axis=0)
+
+
+def majority_vote(logits: Sequence[np.ndarray]) -> np.ndarray:
+    """Votes per class (one per member's argmax); ties broken by the averaged probabilities (< 1 vote)."""
+    classes = logits[0].shape[1]
+    votes = np.sum([np.eye(classes)[x.argmax(1)] for x in logits], axis=0)
+    return votes + prob_average(logits) / (len(logits) + 1)
+
+
+COMBINATIONS = {"top1": prob_average, "logit_top1": logit_average, "vote_top1": majority_vote}
+
+
+def confident(logits: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask of the k test samples predicted with the highest softmax confidence."""
+    mask = np.zeros(len(logits), dtype=bool)
+    mask[np.argsort(-softmax(logits).max(axis=1), kind="stable")[:k]] = True
+    return mask
+
+
+def confident_count(n: int, k: float) -> int:
+    """K for the confident-set overlap: a count (5,000 in the paper's Fig. 1b), or a fraction of n when below 1."""
+    return max(1, min(n, round(k * n) if k < 1 else int(k)))
+
+
 def agreement(pred_a: np.ndarray, pred_b: np.ndarray) -> float:
     """Fraction of samples on which two predictors give the same class."""
     return float((pred_a == pred_b).mean())
@@ -51,8 +78,14 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float((a & b).sum() / union)
 
 
-def analyse(logits: Mapping[str, Mapping[int, np.ndarray]], labels: np.ndarray) -> tuple[dict, dict]:
-    """(ensembles, agreement) for {method: {seed: logits}} on one test set."""
+def analyse(
+    logits: Mapping[str, Mapping[int, np.ndarray]], labels: np.ndarray, confident_k: float = 0.25
+) -> tuple[dict, dict]:
+    """(ensembles, agreement) for {method: {seed: logits}} on one test set.
+
+    Ensembles by probability averaging (`top1`), logit averaging and majority vote; pairs by agreement, kappa,
+    and the Jaccard overlap of their wrong predictions and of their K most confident ones.
+    """
     methods = sorted(logits)
     seeds = sorted(set.intersection(*(set(logits[m]) for m in methods)))
     if not seeds:
@@ -62,7 +95,10 @@ def analyse(logits: Mapping[str, Mapping[int, np.ndarray]], labels: np.ndarray) 
     sets = [c for k in (2, 3) if k < len(methods) for c in itertools.combinations(methods, k)] + [tuple(methods)]
     ensembles = []
     for combo in sets:
-        acc = [top1(prob_average([logits[m][s] for m in combo]), labels) for s in seeds]
+        scores = {
+            name: float(np.mean([top1(rule([logits[m][s] for m in combo]), labels) for s in seeds]))
+            for name, rule in COMBINATIONS.items()
+        }
         # The oracle: some member is right. An upper bound for any combination rule.
         oracle = [
             float(100.0 * np.any([logits[m][s].argmax(1) == labels for m in combo], axis=0).mean()) for s in seeds
@@ -71,9 +107,9 @@ def analyse(logits: Mapping[str, Mapping[int, np.ndarray]], labels: np.ndarray) 
         ensembles.append(
             {
                 "members": list(combo),
-                "top1": float(np.mean(acc)),
+                **scores,
                 "best_member_top1": best,
-                "gain": float(np.mean(acc)) - best,
+                "gain": scores["top1"] - best,
                 "oracle_top1": float(np.mean(oracle)),
             }
         )
@@ -88,17 +124,20 @@ def analyse(logits: Mapping[str, Mapping[int, np.ndarray]], labels: np.ndarray) 
             stats["agreement"].append(agreement(pa, pb))
             stats["kappa"].append(cohen_kappa(pa, pb))
             stats["wrong_jaccard"].append(jaccard(pa != labels, pb != labels))
+            k = confident_count(len(labels), confident_k)
+            stats["confident_jaccard"].append(jaccard(confident(logits[a][s], k), confident(logits[b][s], k)))
         pairs.append({"a": a, "b": b, **{k: float(np.mean(v)) for k, v in stats.items()}})
     ensembles_out = {
         "methods": methods,
         "seeds": seeds,
         "n_test": len(labels),
-        "combination": "probability averaging",
+        "combination": "top1: probability averaging; logit_top1: logit averaging; vote_top1: majority vote",
         "members": members,
         "ensembles": ensembles,
         "seed_ensembles": controls,
     }
-    return ensembles_out, {"methods": methods, "seeds": seeds, "pairs": pairs}
+    k = confident_count(len(labels), confident_k)
+    return ensembles_out, {"methods": methods, "seeds": seeds, "confident_k": k, "pairs": pairs}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -113,6 +152,6 @@ def run(args: argparse.Namespace) -> None:
                 raise ValueError(f"{path}: its test labels differ from the other methods'; were they one test set?")
             labels = data["labels"]
             logits[record["method"]][run_["seed"]] = data["logits"]
-    ensembles, pairs = analyse(logits, labels)
+    ensembles, pairs = analyse(logits, labels, args.confident_k)
     write_json(args.out_ensembles, ensembles, schema="ensembles")
     write_json(args.out_agreement, pairs, schema="agreement")

@@ -1,5 +1,5 @@
 rule ensemble:
-    """Per dataset: probability-averaged ensembles of the methods' finals and their pairwise agreement."""
+    """Per dataset: ensembles of the methods' finals (three combination rules) and their pairwise agreement."""
     input:
         finals=get_ensemble_inputs,
     output:
@@ -9,6 +9,9 @@ rule ensemble:
         f"{R}/{{experiment}}/{{dataset}}/analysis/ensemble.log",
     conda:
         "../../envs/train.yaml"
+    params:
+        confident_k=config.get("analysis", {}).get("confident_k", 0.25),
     shell:
-        "peftstudy ensemble --finals {input.finals} --out-ensembles {output.ensembles}"
+        "peftstudy ensemble --finals {input.finals} --confident-k {params.confident_k}"
+        " --out-ensembles {output.ensembles}"
         " --out-agreement {output.agreement} > {log} 2>&1"

@@ -77,8 +77,9 @@ def analysis_tables(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 ensembles.append({**key, **e, "members": "+".join(e["members"]), "size": len(e["members"])})
         else:
             agreement += [{**key, **pair} for pair in data["pairs"]]
-    columns_e = ["experiment", "dataset", "members", "size", "top1", "best_member_top1", "gain", "oracle_top1"]
-    columns_a = ["experiment", "dataset", "a", "b", "agreement", "kappa", "wrong_jaccard"]
+    columns_e = ["experiment", "dataset", "members", "size", "top1", "logit_top1", "vote_top1", "best_member_top1"]
+    columns_e += ["gain", "oracle_top1"]
+    columns_a = ["experiment", "dataset", "a", "b", "agreement", "kappa", "wrong_jaccard", "confident_jaccard"]
     return pd.DataFrame(ensembles, columns=columns_e), pd.DataFrame(agreement, columns=columns_a)
 
 
