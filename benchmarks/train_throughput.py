@@ -29,7 +29,7 @@ import torch
 
 from peftstudy.data.layout import decode
 from peftstudy.train import reference
-from peftstudy.train.engine import COMPILE_MODES, Recipe, features, fit, seed_everything, to_input
+from peftstudy.train.engine import COMPILE_MODES, Recipe, bf16_on, features, fit, seed_everything, to_input
 from peftstudy.train.runs import build, pick_device
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name fragment.
@@ -79,6 +79,7 @@ def run_method(method: str, args: argparse.Namespace, root: Path, rows, cache: n
     hp = {"lr": 1e-3, "wd": 1e-4}
     base = dict(batch_size=args.batch_size, warmup_epochs=0, drop_path=args.drop_path, lr_step="authors")
     ours = Recipe(epochs=args.epochs, precision=args.precision, compile=args.compile, **base)
+    bf16 = bf16_on(ours, device)
 
     def fresh(recipe: Recipe):
         seed_everything(0)
@@ -111,7 +112,6 @@ def run_method(method: str, args: argparse.Namespace, root: Path, rows, cache: n
         trained = result.epochs_run * (len(y) // recipe.batch_size) * recipe.batch_size
         return trained / (time.perf_counter() - start), model
 
-    bf16 = ours.precision == "bf16" or (ours.precision == "auto" and device.type == "cuda")
     engine_run(Recipe(epochs=1, precision=args.precision, compile=args.compile, **base))
     our_rate, model = engine_run(ours)
     ratio = our_rate / ref_rate

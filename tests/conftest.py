@@ -80,6 +80,19 @@ def workflow(tmp_path: Path) -> Workflow:
     return copy_repo(tmp_path)
 
 
+def prepare_mini_task(out: Path, name: str, splits: tuple[str, ...]) -> Path:
+    """A task of the mini study (config.yaml) generated into `out` and its splits prepared, as the pipeline does."""
+    from peftstudy.data import layout, synthetic
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    size = config["backbone"]["image_size"]
+    spec = dict(config["datasets"][name], image_size=size)
+    synthetic.generate(name, spec, config["seed"], str(out / "source"), str(out / "manifest.json"))
+    for split in splits:
+        layout.prepare(out / "source", out / "manifest.json", split, out / f"{split}.npz", size)
+    return out
+
+
 def tiny_config() -> dict:
     """A study small enough for tests: every stage, two VTAB-like tasks (one run per job), robustness with one
     shifted set (several runs per job)."""

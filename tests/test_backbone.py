@@ -7,9 +7,8 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, prepare_mini_task
 
-from peftstudy.data import layout, synthetic
 from peftstudy.models import create_backbone
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -41,11 +40,7 @@ def test_frozen_feature_methods_beat_a_random_backbone_on_every_mini_task(tmp_pa
     monkeypatch.chdir(REPO)
     torch.set_num_threads(2)
     for name in CONFIG["experiments"]["vtab"]["datasets"]:
-        spec = dict(CONFIG["datasets"][name], image_size=BACKBONE["image_size"])
-        out = tmp_path / name
-        synthetic.generate(name, spec, CONFIG["seed"], str(out / "source"), str(out / "manifest.json"))
-        for split in ("train", "val"):
-            layout.prepare(out / "source", out / "manifest.json", split, out / f"{split}.npz", BACKBONE["image_size"])
+        prepare_mini_task(tmp_path / name, name, ("train", "val"))
     rows = margins(CONFIG, str(tmp_path))
     assert len(rows) == 2 * len(CONFIG["experiments"]["vtab"]["datasets"])
     losing = [r for r in rows if r["margin"] <= 0]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, prepare_mini_task
 
-from peftstudy.data import layout, synthetic
+from peftstudy.data import layout
 from peftstudy.io import load_npz, read_json
 from peftstudy.train import reference, runs
 from peftstudy.train.engine import Recipe, fit, predict, scores, seed_everything, to_input
@@ -32,13 +32,8 @@ VOLATILE = ("wall_seconds", "provenance")
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     """The mini study's `count` task, generated and prepared (train, val)."""
-    out = tmp_path_factory.mktemp("count")
-    spec = dict(CONFIG["datasets"]["count"], image_size=BACKBONE["image_size"])
-    synthetic.generate("count", spec, CONFIG["seed"], str(out / "source"), str(out / "manifest.json"))
-    for split in ("train", "val"):
-        layout.prepare(out / "source", out / "manifest.json", split, out / f"{split}.npz", BACKBONE["image_size"])
     torch.set_num_threads(2)
-    return out
+    return prepare_mini_task(tmp_path_factory.mktemp("count"), "count", ("train", "val"))
 
 
 def tune(task, tmp_path, method, hps, recipe=RECIPE):

@@ -11,9 +11,8 @@ import time
 
 import pytest
 import yaml
-from conftest import BIN, REPO
+from conftest import BIN, REPO, prepare_mini_task
 
-from peftstudy.data import layout, synthetic
 from peftstudy.train.resume import PREEMPTED_STATUS
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -23,12 +22,7 @@ RECIPE = {"epochs": 12, "batch_size": 32, "warmup_epochs": 1, "lr_step": "author
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    out = tmp_path_factory.mktemp("count")
-    spec = dict(CONFIG["datasets"]["count"], image_size=BACKBONE["image_size"])
-    synthetic.generate("count", spec, CONFIG["seed"], str(out / "source"), str(out / "manifest.json"))
-    for split in ("trainval", "test"):
-        layout.prepare(out / "source", out / "manifest.json", split, out / f"{split}.npz", BACKBONE["image_size"])
-    return out
+    return prepare_mini_task(tmp_path_factory.mktemp("count"), "count", ("trainval", "test"))
 
 
 def final_command(task, out, resume_dir):

@@ -58,6 +58,17 @@ def check_fits(state: dict, expected: dict, what: str, arch: str, check: str) ->
         )
 
 
+def weights_sha256(weights: str | Path) -> str:
+    """sha256 of a weights file, hashed once per process (and again only if the file changed since)."""
+    stat = os.stat(weights)
+    return _file_sha256(str(weights), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.cache
+def _file_sha256(weights: str, mtime_ns: int, size: int) -> str:
+    return sha256_file(weights)
+
+
 @functools.cache
 def _read_weights(weights: str, sha256: str | None, device: str, mtime_ns: int, size: int) -> dict[str, torch.Tensor]:
     """A weights file, sha256-checked when a sum is given; read once per process (several runs share it).
@@ -67,7 +78,7 @@ def _read_weights(weights: str, sha256: str | None, device: str, mtime_ns: int, 
     from safetensors.torch import load_file
 
     if sha256 is not None:
-        actual = sha256_file(weights)
+        actual = weights_sha256(weights)
         if actual != sha256:
             raise ValueError(
                 f"backbone weights {weights}: sha256 is {actual}, expected {sha256}. "

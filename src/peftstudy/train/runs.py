@@ -19,8 +19,8 @@ from torch import nn
 
 from peftstudy import methods, provenance
 from peftstudy.config import config_hash
-from peftstudy.io import load_npz, save_npz, save_safetensors, sha256_file, write_json
-from peftstudy.models import create_backbone
+from peftstudy.io import load_npz, save_npz, save_safetensors, write_json
+from peftstudy.models import create_backbone, weights_sha256
 from peftstudy.train.engine import Images, Recipe, bf16_on, features, fit, predict, scores, seed_everything, to_input
 from peftstudy.train.resume import Checkpoint
 
@@ -173,10 +173,11 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
 
 
 def _backbone_sha256(backbone: dict[str, Any]) -> str | None:
-    """The weights' sha256: the config's, which create_backbone has just verified, else hashed here."""
+    """The weights' sha256: the config's, which create_backbone has just verified, else hashed (once per
+    process: every run of a pack records it, and a ViT-B/16 file is 330 MB)."""
     if not backbone.get("weights"):
         return None
-    return backbone.get("sha256") or sha256_file(backbone["weights"])
+    return backbone.get("sha256") or weights_sha256(backbone["weights"])
 
 
 def _finite(value: float) -> float | None:
