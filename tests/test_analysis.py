@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from peftstudy import ensemble, methods
-from peftstudy.robustness import check_mergeable, wise
+from peftstudy.robustness import check_mergeable, class_subset, procedure, top1, wise
 from peftstudy.select import choose
 
 
@@ -115,3 +115,42 @@ def test_confident_overlap_counts_the_k_surest_predictions():
     assert ensemble.confident_count(400, 0.25) == 100 and ensemble.confident_count(400, 5000) == 400
     _, pairs = ensemble.analyse({"a": {0: sure}, "b": {0: other}}, np.array([0, 1, 0, 1]), confident_k=0.5)
     assert pairs["confident_k"] == 2 and pairs["pairs"][0]["confident_jaccard"] == pytest.approx(1 / 3)
+
+
+def test_selection_by_the_best_evaluation_needs_it_recorded():
+    a = {"gp": "a", "status": "ok", "metrics": {"val_top1": 60.0, "val_best_top1": 70.0}}
+    b = {"gp": "b", "status": "ok", "metrics": {"val_top1": 65.0, "val_best_top1": 66.0}}
+    assert choose([a, b], ["a", "b"])["gp"] == "b"
+    assert choose([a, b], ["a", "b"], metric="val_best_top1")["gp"] == "a"
+    with pytest.raises(ValueError, match="eval_every"):
+        choose([{"gp": "a", "status": "ok", "metrics": {"val_top1": 1.0}}], ["a"], metric="val_best_top1")
+
+
+def test_head_only_wise_interpolates_the_head_and_keeps_the_rest_fine_tuned():
+    from peftstudy.models import create_backbone
+
+    torch.manual_seed(0)
+    model = create_backbone("peftstudy_vit_test", 3)
+    trainable = methods.apply(model, "lora", methods.get("lora").config())
+    params = dict(model.named_parameters())
+    zero_shot = {n: params[n].detach().clone() for n in trainable}
+    fine_tuned = {n: zero_shot[n] + 0.3 for n in trainable}
+    head = set(methods.head_names(model))
+    added = set(trainable) - head
+    wise(model, zero_shot, fine_tuned, added, 0.25, only=head)
+    for n in trainable:
+        expected = 0.75 * zero_shot[n] + 0.25 * fine_tuned[n] if n in head else fine_tuned[n]
+        torch.testing.assert_close(params[n], expected)
+    assert all(m.merge_factor == 1.0 for m in model.modules() if hasattr(m, "merge_factor"))
+    assert procedure(trainable, added, head).startswith("head interpolated")
+    assert procedure([*head, "blocks.0.norm1.weight"], set(), head).startswith("state-dict")
+
+
+def test_a_class_subset_scores_only_its_columns_and_images():
+    labels = np.array([0, 1, 2, 3, 1])
+    keep, columns = class_subset(labels, [1, 3])
+    assert keep.tolist() == [1, 3, 4] and columns.tolist() == [1, 3]
+    # Class 0 has the highest logit everywhere, but it is outside the subset: the argmax is among 1 and 3.
+    logits = torch.tensor([[9.0, 2.0, 0.0, 1.0], [9.0, 0.0, 0.0, 1.0], [9.0, 3.0, 0.0, 1.0]])
+    assert top1(logits, torch.tensor([1, 3, 1]), columns) == 100.0
+    assert top1(logits, torch.tensor([1, 3, 1]), np.array([], dtype=np.int64)) == 0.0

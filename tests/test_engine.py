@@ -168,3 +168,36 @@ def test_augmentation_draws_per_image_and_evaluation_resizes_and_crops():
 def test_the_linear_probe_runs_the_backbone_when_images_are_augmented(task, tmp_path):
     recipe = dict(RECIPE, epochs=1, drop_path=0.0, feature_cache="always", augment="hflip")
     assert not tune(task, tmp_path, "linear", [{"lr": 0.005, "wd": 0.0001}], recipe)[0]["cached_features"]
+
+
+def test_evaluating_during_training_leaves_the_run_unchanged_and_records_the_best(task, tmp_path):
+    hp = {"lr": 0.005, "wd": 0.0001, "r": 2}
+    plain = tune(task, tmp_path / "plain", "lora", [hp])[0]
+    watched = tune(task, tmp_path / "watched", "lora", [hp], dict(RECIPE, eval_every=1))[0]
+    # Evaluation draws no random numbers: the same training, the same last-epoch score.
+    assert watched["metrics"]["val_top1"] == plain["metrics"]["val_top1"]
+    assert watched["metrics"]["train_loss"] == plain["metrics"]["train_loss"]
+    assert watched["metrics"]["val_best_top1"] >= watched["metrics"]["val_top1"]
+    assert 1 <= watched["metrics"]["val_best_epoch"] <= RECIPE["epochs"]
+    assert "val_best_top1" not in plain["metrics"] and plain["kept"] == "last epoch"
+
+
+def test_early_stopping_and_keeping_the_best_evaluation():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    # A held-out score that peaks at the second evaluation and never recovers.
+    history = iter([50.0, 80.0, 70.0, 60.0, 90.0, 90.0])
+    weights = []
+
+    def evaluate() -> float:
+        weights.append(model.weight.detach().clone())
+        return next(history)
+
+    recipe = Recipe(epochs=6, batch_size=16, eval_every=1, early_patience=2, keep="best")
+    result = fit(model, x, y, lr=0.1, wd=0.0, recipe=recipe, seed=0, evaluate=evaluate)
+    assert result.epochs_run == 4 and result.best_epoch == 2 and result.best_top1 == 80.0
+    assert [e for e, _ in result.evals] == [1, 2, 3, 4]
+    torch.testing.assert_close(model.weight, weights[1], rtol=0, atol=0)  # the best evaluation's weights
+    with pytest.raises(ValueError, match="eval_every"):
+        Recipe(epochs=2, batch_size=2, keep="best")

@@ -138,6 +138,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=_json, required=True, help="grid-point ids in grid order")
     p.add_argument("--metrics", nargs="+", required=True)
     p.add_argument("--tie-break", choices=["last", "first"], default="last")
+    p.add_argument("--metric", choices=["val_top1", "val_best_top1"], default="val_top1")
     p.add_argument("--out", required=True, help="selected.json")
     p.add_argument("--out-summary", required=True, help="tune.csv: every grid point's val scores")
     p.set_defaults(func=_stage("peftstudy.select:run"))
@@ -160,6 +161,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--final", required=True, help="final.json of the method on the in-distribution dataset")
     p.add_argument("--eval", nargs="+", required=True, help="NAME=path/to/test.npz; the first is in-distribution")
     p.add_argument("--alphas", type=_json, required=True)
+    p.add_argument(
+        "--class-subsets", type=_json, default=None, help='{"NAME": [class, ...]}: sets covering part of the classes'
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--out-ood", required=True)

@@ -174,6 +174,11 @@ def check(config: Mapping[str, Any]) -> None:
                     methods.split_hp(method, hp)
                 except (TypeError, ValueError) as err:
                     raise ConfigError(f"experiments.{exp_name}: {method} grid point {hp}: {err}") from err
+        if exp["selection"].get("metric") == "val_best_top1" and not exp["recipe"].get("eval_every"):
+            raise ConfigError(
+                f"experiments.{exp_name}.selection.metric val_best_top1 needs val evaluated during training: "
+                "set recipe.eval_every (1 = every epoch, as the authors' CLIP runs)"
+            )
     rob = config.get("robustness")
     if rob:
         exp = config["experiments"].get(rob["experiment"])
@@ -191,6 +196,28 @@ def check(config: Mapping[str, Any]) -> None:
                 raise ConfigError(f"robustness.ood[{i}]: unknown dataset {name!r}; defined: {', '.join(datasets)}")
             if datasets[name]["classes"] != datasets[rob["dataset"]]["classes"]:
                 raise ConfigError(f"robustness.ood[{i}]: {name} has another label space than {rob['dataset']}")
+            subset = datasets[name].get("class_subset")
+            if isinstance(subset, list) and max(subset) >= datasets[name]["classes"]:
+                classes = datasets[name]["classes"]
+                raise ConfigError(f"datasets.{name}.class_subset: class {max(subset)} is outside its {classes} classes")
+    for exp_name, exp in config["experiments"].items():
+        name = exp.get("backbone")
+        if name is None:
+            continue
+        other = config.get("backbones", {}).get(name)
+        if other is None:
+            raise ConfigError(
+                f"experiments.{exp_name}.backbone: unknown backbone {name!r}; "
+                f"defined under backbones: {', '.join(config.get('backbones', {})) or 'none'}"
+            )
+        if other["pretrain"]:
+            raise ConfigError(f"backbones.{name}.pretrain: only the study's `backbone` can be pretrained here")
+        if other["image_size"] != config["backbone"]["image_size"]:
+            # The prepared caches are shared by every experiment, at the study backbone's input size.
+            raise ConfigError(
+                f"backbones.{name}.image_size {other['image_size']} differs from backbone.image_size "
+                f"{config['backbone']['image_size']}: datasets are prepared once, at one size"
+            )
     backbone = config["backbone"]
     if backbone.get("pretrain") and config.get("pretrain", {}).get("dataset") not in datasets:
         raise ConfigError("backbone.pretrain is true, so pretrain.dataset must name a dataset under datasets")

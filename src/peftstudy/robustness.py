@@ -1,16 +1,21 @@
 """Robustness: in- and out-of-distribution accuracy of the finals, and WiSE curves (STUDY.md G).
 
-WiSE at mixing coefficient alpha (0 = the zero-shot model, 1 = the fine-tuned one), by the two
-procedures of the study in one rule: every trained tensor that the zero-shot model also has (the head;
-full's, BitFit's weights) is interpolated, ``(1 - alpha) * zero_shot + alpha * fine_tuned``; every
-branch a method added is scaled by ``merge_factor = alpha``. So alpha = 0 is exactly the zero-shot model
-for every method, and alpha = 1 exactly the fine-tuned one.
+WiSE at mixing coefficient alpha (0 = the zero-shot model, 1 = the fine-tuned one), by the study's two
+procedures in one rule: every trained tensor that the zero-shot model also has (the head; full's,
+BitFit's, LayerNorm's weights) is interpolated, ``(1 - alpha) * zero_shot + alpha * fine_tuned`` (the
+state-dict interpolation of ``merge_model.py``: untrained tensors are equal at both ends); every branch a
+method added is scaled by ``merge_factor = alpha`` (``merge_petl.py``). So alpha = 0 is exactly the
+zero-shot model for every method, and alpha = 1 exactly the fine-tuned one. The head-only variant
+(``merge_fc``) interpolates the head alone and keeps everything else fine-tuned.
+
+Test sets whose images cover part of the label space (ImageNet-R and -A: 200 of 1000 classes) are scored
+on the logits of those classes only, as the authors' masks do (STUDY.md D.3).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +23,7 @@ from torch import nn
 
 from peftstudy import methods
 from peftstudy.io import load_npz, read_json, write_json
-from peftstudy.train.engine import predict, scores, to_input
+from peftstudy.train.engine import predict, to_input
 from peftstudy.train.runs import load_trained, pick_device
 
 
@@ -29,16 +34,30 @@ def wise(
     fine_tuned: Mapping[str, torch.Tensor],
     added: set[str],
     alpha: float,
+    only: Collection[str] | None = None,
 ) -> nn.Module:
     """Set `model` to the WiSE mixture at `alpha`, in place, from its trained tensors at both end points.
 
-    `added` are the tensors the method created: kept fine-tuned, their branch scaled by merge_factor.
+    `added` are the tensors the method created: kept fine-tuned, their branch scaled by merge_factor. With
+    `only` (the head-only variant), just those tensors are interpolated; the rest stay fine-tuned at full
+    strength.
     """
     params = dict(model.named_parameters())
     for name, end in fine_tuned.items():
-        params[name].copy_(end if name in added else (1 - alpha) * zero_shot[name] + alpha * end)
-    methods.set_merge_factor(model, alpha)
+        mixed = only is None or name in only
+        params[name].copy_(end if name in added or not mixed else (1 - alpha) * zero_shot[name] + alpha * end)
+    methods.set_merge_factor(model, alpha if only is None else 1.0)
     return model
+
+
+def procedure(trained: Collection[str], added: Collection[str], head: Collection[str]) -> str:
+    """Which of the study's WiSE procedures a method's trained tensors call for (recorded in wise.json)."""
+    edited = set(trained) - set(added) - set(head)
+    if added and edited:
+        return "edited tensors and head interpolated; added branches scaled by merge_factor"
+    if added:
+        return "head interpolated; added branches scaled by merge_factor (merge_petl)"
+    return "state-dict interpolation (merge_model)"
 
 
 def check_mergeable(model: nn.Module, added: set[str], method: str) -> None:
@@ -58,70 +77,93 @@ def check_mergeable(model: nn.Module, added: set[str], method: str) -> None:
         )
 
 
-def added_names(arch: str, trainable: list[str]) -> set[str]:
-    """Trained tensors the backbone itself does not have: the method's own (built on the meta device)."""
-    from peftstudy.models import create_backbone
+def class_subset(labels: np.ndarray, subset: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(images kept, logit columns scored) for a test set covering `subset` of the classes (None: all).
 
-    backbone = {n for n, _ in create_backbone(arch, 2, device="meta").named_parameters()}
-    return set(trainable) - backbone
+    Images of other classes are dropped (ImageNet-R and -A have none; a mini study's shifted set may).
+    """
+    if subset is None:
+        return np.arange(len(labels)), np.array([], dtype=np.int64)
+    columns = np.asarray(sorted(set(subset)), dtype=np.int64)
+    return np.flatnonzero(np.isin(labels, columns)), columns
 
 
-def evaluate(model: nn.Module, sets: Mapping[str, tuple[torch.Tensor, torch.Tensor]], batch: int) -> dict[str, float]:
-    return {name: scores(predict(model, x, batch), y)["top1"] for name, (x, y) in sets.items()}
+def top1(logits: torch.Tensor, labels: torch.Tensor, columns: np.ndarray) -> float:
+    """Top-1 (%) with the argmax taken over `columns` only when given (the 200-class masks)."""
+    if len(columns):
+        cols = torch.from_numpy(columns)
+        predicted = cols[logits[:, cols].argmax(1)]
+    else:
+        predicted = logits.argmax(1)
+    return 100.0 * (predicted == labels).float().mean().item()
+
+
+TestSet = tuple[object, torch.Tensor, np.ndarray]  # (model inputs, labels, logit columns)
+
+
+def evaluate(model: nn.Module, sets: Mapping[str, TestSet], batch: int) -> dict[str, float]:
+    return {name: top1(predict(model, x, batch), y, cols) for name, (x, y, cols) in sets.items()}
+
+
+def _test_sets(raw: Mapping[str, dict], subsets: Mapping[str, Sequence[int] | None], model: nn.Module, device) -> dict:
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    sets = {}
+    for name, d in raw.items():
+        keep, columns = class_subset(d["labels"], subsets.get(name))
+        if len(keep) == 0:
+            raise ValueError(f"{name}: none of its test images is of the classes of its class subset")
+        if len(keep) < len(d["labels"]):
+            print(f"{name}: {len(keep)} of {len(d['labels'])} images are of its {len(columns)} classes", flush=True)
+        sets[name] = (to_input(d["images"][keep], mean, std, device), torch.from_numpy(d["labels"][keep]), columns)
+    return sets
+
+
+def _summarise(rows: list[dict], id_name: str, ood_names: list[str]) -> dict:
+    out = {name: float(np.mean([r[name] for r in rows])) for name in [id_name, *ood_names]}
+    ood = {n: out[n] for n in ood_names}
+    return {"id": out[id_name], "ood": ood, "ood_mean": float(np.mean(list(ood.values())))}
 
 
 def run(args: argparse.Namespace) -> None:
+    from peftstudy.models import create_backbone
+
     device = pick_device(args.device)
     named = [item.split("=", 1) for item in args.eval]
     id_name, ood_names = named[0][0], [n for n, _ in named[1:]]
     raw = {name: load_npz(path) for name, path in named}
+    subsets = args.class_subsets or {}
     classes = int(raw[id_name]["num_classes"])
     per_seed_ood, curves = [], []
     record = read_json(args.final, schema="final")
+    backbone_names = {n for n, _ in create_backbone(args.backbone["arch"], classes, device="meta").named_parameters()}
+    sets = None
     for final_dir in (r["dir"] for r in record["runs"]):
         meta = read_json(f"{final_dir}/metrics.json", schema="metrics")
         model, zero_shot, fine_tuned = load_trained(
             args.method, meta["hp"], args.backbone, f"{final_dir}/peft.safetensors", classes, device
         )
-        mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-        sets = {n: (to_input(d["images"], mean, std, device), torch.from_numpy(d["labels"])) for n, d in raw.items()}
-        added = added_names(args.backbone["arch"], list(fine_tuned))
+        sets = sets or _test_sets(raw, subsets, model, device)
+        head = set(methods.head_names(model))
+        # The head is always interpolated, whatever the backbone's head looked like before (CLIP's adds proj).
+        added = set(fine_tuned) - backbone_names - head
         check_mergeable(model, added, args.method)
         per_seed_ood.append({"seed": meta["seed"], **evaluate(model, sets, 256)})
-        for alpha in args.alphas:
-            acc = evaluate(wise(model, zero_shot, fine_tuned, added, alpha), sets, 256)
-            curves.append({"seed": meta["seed"], "alpha": alpha, **acc})
-
-    def summarise(rows: list[dict]) -> dict:
-        out = {name: float(np.mean([r[name] for r in rows])) for name in [id_name, *ood_names]}
-        return {
-            "id": out[id_name],
-            "ood": {n: out[n] for n in ood_names},
-            "ood_mean": float(np.mean([out[n] for n in ood_names])),
-        }
-
-    write_json(
-        args.out_ood,
-        {
-            "method": args.method,
-            "id_set": id_name,
-            "ood_sets": ood_names,
-            "seeds": [r["seed"] for r in per_seed_ood],
-            **summarise(per_seed_ood),
-            "per_seed": per_seed_ood,
-        },
-        schema="ood",
-    )
-    points = [{"alpha": a, **summarise([c for c in curves if c["alpha"] == a])} for a in args.alphas]
+        for variant, only in (("wise", None), ("head_only", head)):
+            for alpha in args.alphas:
+                acc = evaluate(wise(model, zero_shot, fine_tuned, added, alpha, only), sets, 256)
+                curves.append({"seed": meta["seed"], "variant": variant, "alpha": alpha, **acc})
+                print(f"{args.method} seed {meta['seed']} {variant} alpha {alpha:.2f}: {acc}", flush=True)
+    common = {"method": args.method, "id_set": id_name, "ood_sets": ood_names}
+    names = (id_name, ood_names)
+    ood = {**common, "seeds": [r["seed"] for r in per_seed_ood], **_summarise(per_seed_ood, *names)}
+    write_json(args.out_ood, {**ood, "class_subsets": sorted(subsets), "per_seed": per_seed_ood}, schema="ood")
+    points = [
+        {"variant": v, "alpha": a, **_summarise([c for c in curves if c["variant"] == v and c["alpha"] == a], *names)}
+        for v in ("wise", "head_only")
+        for a in args.alphas
+    ]
     write_json(
         args.out_wise,
-        {
-            "method": args.method,
-            "id_set": id_name,
-            "ood_sets": ood_names,
-            "alphas": list(args.alphas),
-            "points": points,
-            "procedure": "interpolate tensors the zero-shot model has; scale added branches by merge_factor",
-        },
+        {**common, "alphas": list(args.alphas), "points": points, "procedure": procedure(fine_tuned, added, head)},
         schema="wise",
     )

@@ -1,7 +1,8 @@
 """Selection: the tune results of one (experiment, dataset, method) -> the chosen grid point (val only).
 
-The rule is the authors' (STUDY.md C.3): the highest last-epoch val top-1 wins; ties go to the last
-tied point in grid order (`tie_break="last"`), or to the first. Diverged runs never win.
+The rule is the authors' (STUDY.md C.3): the highest last-epoch val top-1 (`val_top1`) wins, or for their
+CLIP runs the best val evaluation (`val_best_top1`); ties go to the last tied point in grid order
+(`tie_break="last"`), or to the first. Diverged runs never win.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ SUMMARY_COLUMNS = (
     "hp",
     "status",
     "val_top1",
+    "val_best_top1",
     "val_loss",
     "train_loss",
     "trainable_params",
@@ -29,15 +31,28 @@ SUMMARY_COLUMNS = (
 )
 
 
-def choose(results: Sequence[dict[str, Any]], order: Sequence[str], tie_break: str = "last") -> dict[str, Any]:
+METRIC_WORDS = {"val_top1": "last-epoch val top-1", "val_best_top1": "best-evaluation val top-1"}
+
+
+def choose(
+    results: Sequence[dict[str, Any]], order: Sequence[str], tie_break: str = "last", metric: str = "val_top1"
+) -> dict[str, Any]:
     """The winning result among tune `results`, given the grid order of their `gp` ids. Pure."""
     if tie_break not in ("last", "first"):
         raise ValueError(f"tie_break {tie_break!r}: use last or first")
+    if metric not in METRIC_WORDS:
+        raise ValueError(f"selection metric {metric!r}: use {' or '.join(METRIC_WORDS)}")
+    unevaluated = [r["gp"] for r in results if r["status"] == "ok" and metric not in r["metrics"]]
+    if unevaluated:
+        raise ValueError(
+            f"selection.metric {metric} but grid points {unevaluated[:3]} have no such score: "
+            "val_best_top1 needs recipe.eval_every > 0"
+        )
     position = {gp: i for i, gp in enumerate(order)}
     missing = [r["gp"] for r in results if r["gp"] not in position]
     if missing:
         raise ValueError(f"tune results for grid points not in the grid: {missing}")
-    ok = [r for r in results if r["status"] == "ok" and r["metrics"].get("val_top1") is not None]
+    ok = [r for r in results if r["status"] == "ok" and r["metrics"].get(metric) is not None]
     if not ok:
         raise ValueError(
             f"every one of the {len(results)} grid points diverged or has no val score; widen the grid (e.g. lower lr)"
@@ -45,18 +60,21 @@ def choose(results: Sequence[dict[str, Any]], order: Sequence[str], tie_break: s
     ranked = sorted(ok, key=lambda r: position[r["gp"]])
     if tie_break == "last":
         ranked.reverse()
-    return max(ranked, key=lambda r: r["metrics"]["val_top1"])  # max keeps the first of equals in `ranked`
+    return max(ranked, key=lambda r: r["metrics"][metric])  # max keeps the first of equals in `ranked`
 
 
 def run(args: argparse.Namespace) -> None:
     results = [read_json(path, schema="metrics") for path in args.metrics]
     if any(r["phase"] != "tune" for r in results):
         raise ValueError("select reads tune results only")
-    best = choose(results, args.grid, args.tie_break)
-    rule = f"max last-epoch val top-1; ties to the {args.tie_break} grid point in grid order; diverged runs excluded"
+    best = choose(results, args.grid, args.tie_break, args.metric)
+    rule = (
+        f"max {METRIC_WORDS[args.metric]}; ties to the {args.tie_break} grid point in grid order; "
+        "diverged runs excluded"
+    )
     write_json(
         args.out,
-        {"gp": best["gp"], "hp": best["hp"], "val_top1": best["metrics"]["val_top1"], "rule": rule},
+        {"gp": best["gp"], "hp": best["hp"], "val_top1": best["metrics"][args.metric], "rule": rule},
         schema="selected",
     )
     with atomic_path(args.out_summary) as tmp, open(tmp, "w", newline="") as handle:
@@ -73,10 +91,11 @@ def run(args: argparse.Namespace) -> None:
                     json.dumps(r["hp"], sort_keys=True),
                     r["status"],
                     m.get("val_top1"),
+                    m.get("val_best_top1"),
                     m.get("val_loss"),
                     m.get("train_loss"),
                     r["trainable_params"],
                     r["wall_seconds"],
                 ]
             )
-    print(f"selected {best['gp']} {best['hp']} (val top1 {best['metrics']['val_top1']:.2f})", flush=True)
+    print(f"selected {best['gp']} {best['hp']} ({args.metric} {best['metrics'][args.metric]:.2f})", flush=True)

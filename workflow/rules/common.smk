@@ -20,6 +20,7 @@ EXPERIMENTS = config["experiments"]
 DATASETS = config["datasets"]
 ARCHIVES = config.get("archives", {})
 ROBUSTNESS = config.get("robustness")
+BACKBONES = config.get("backbones", {})
 JOB_DEFAULTS = {"mem_mb": 4000, "runtime": 60, "gpu": 0}
 
 
@@ -95,20 +96,27 @@ def as_json(obj):
     return f"'{text}'"
 
 
-def get_backbone_weights():
-    if config["backbone"]["pretrain"]:
+def backbone_spec(experiment):
+    """The backbone an experiment fine-tunes: its own (`backbone: <name>` under `backbones`) or the study's."""
+    name = EXPERIMENTS[experiment].get("backbone")
+    return config["backbones"][name] if name else config["backbone"]
+
+
+def get_backbone_weights(experiment):
+    spec = backbone_spec(experiment)
+    if spec["pretrain"]:
         return f"{R}/pretrain/backbone.safetensors"
-    return config["backbone"]["weights"]
+    return spec["weights"]
 
 
 def get_backbone(experiment):
     """The --backbone argument: what to build and which weights to load (checked against sha256)."""
-    backbone = config["backbone"]
+    spec = backbone_spec(experiment)
     return as_json(
         {
-            "arch": backbone["arch"],
-            "weights": get_backbone_weights(),
-            "sha256": None if backbone["pretrain"] else backbone["sha256"],
+            "arch": spec["arch"],
+            "weights": get_backbone_weights(experiment),
+            "sha256": None if spec["pretrain"] else spec["sha256"],
             "keep_head": EXPERIMENTS[experiment]["head"] == "pretrained",
         }
     )
@@ -180,7 +188,7 @@ def get_tune_inputs(wildcards):
         "train": data(wildcards.dataset, "train"),
         "val": data(wildcards.dataset, "val"),
         "manifest": manifest(wildcards.dataset),
-        "weights": get_backbone_weights(),
+        "weights": get_backbone_weights(wildcards.experiment),
         "code": get_method_module(wildcards),
     }
 
@@ -190,7 +198,7 @@ def get_final_inputs(wildcards):
         "train": data(wildcards.dataset, "trainval"),
         "test": data(wildcards.dataset, "test"),
         "manifest": manifest(wildcards.dataset),
-        "weights": get_backbone_weights(),
+        "weights": get_backbone_weights(wildcards.experiment),
         "code": get_method_module(wildcards),
     }
 
@@ -237,9 +245,17 @@ def get_robustness_inputs(wildcards):
         "final": LAYOUT.final_record(
             ROBUSTNESS["experiment"], ROBUSTNESS["dataset"], wildcards.method
         ),
-        "weights": get_backbone_weights(),
+        "weights": get_backbone_weights(ROBUSTNESS["experiment"]),
         "code": get_method_module(wildcards),
         **{name: data(name, "test") for name in sets},
+    }
+
+
+def get_class_subsets():
+    """The robustness test sets that cover part of the label space, with their classes (or mask's name)."""
+    sets = [ROBUSTNESS["dataset"], *ROBUSTNESS["ood"]]
+    return {
+        n: DATASETS[n]["class_subset"] for n in sets if "class_subset" in DATASETS[n]
     }
 
 

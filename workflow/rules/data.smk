@@ -111,24 +111,27 @@ rule prepare:
         " --image-size {params.image_size} --out {output.cache} > {log} 2>&1"
 
 
-if "source" in config["backbone"]:
+# One fetch rule per backbone with a `source` (the study's and each of `backbones`), run where Snakemake runs.
+for backbone_name, backbone in {"backbone": config["backbone"], **BACKBONES}.items():
+    if "source" not in backbone:
+        continue
 
-    localrules:
-        fetch_backbone,
-
-    rule fetch_backbone:
-        """Download the backbone's weights once, check them, and save them as timm safetensors."""
+    rule:
+        """Download a backbone's weights once, check them, and save them as timm safetensors."""
+        name:
+            f"fetch_{backbone_name}"
         output:
-            weights=config["backbone"]["weights"],
+            weights=backbone["weights"],
         log:
-            f"{config['backbone']['weights']}.log",
+            f"{backbone['weights']}.log",
+        localrule: True
         conda:
             "../../envs/train.yaml"
         params:
-            url=config["backbone"]["source"]["url"],
-            sha256=config["backbone"]["source"]["sha256"] or "none",
-            fmt=config["backbone"]["source"]["format"],
-            arch=config["backbone"]["arch"],
+            url=backbone["source"]["url"],
+            sha256=backbone["source"]["sha256"] or "none",
+            fmt=backbone["source"]["format"],
+            arch=backbone["arch"],
         shell:
             "peftstudy fetch-backbone --url {params.url:q} --sha256 {params.sha256} --format {params.fmt}"
             " --arch {params.arch} --out {output.weights} > {log} 2>&1"

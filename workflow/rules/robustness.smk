@@ -21,9 +21,11 @@ rule robustness:
             for name in [ROBUSTNESS["dataset"], *ROBUSTNESS["ood"]]
         ),
         alphas=lambda wc: as_json(ROBUSTNESS["alphas"]),
+        class_subsets=lambda wc: as_json(get_class_subsets()),
         device=config["device"],
     shell:
         "peftstudy robustness --method {wildcards.method} --backbone {params.backbone}"
         " --final {input.final} --eval {params.sets} --alphas {params.alphas} --threads {threads}"
+        " --class-subsets {params.class_subsets}"
         " --device {params.device}"
         " --out-ood {output.ood} --out-wise {output.wise} > {log} 2>&1"

@@ -12,6 +12,10 @@ checkpoint select:
     params:
         grid=get_grid_order,
         tie_break=lambda wc: EXPERIMENTS[wc.experiment]["selection"]["tie_break"],
+        metric=lambda wc: EXPERIMENTS[wc.experiment]["selection"].get(
+            "metric", "val_top1"
+        ),
     shell:
-        "peftstudy select --grid {params.grid} --tie-break {params.tie_break} --metrics {input.metrics}"
+        "peftstudy select --grid {params.grid} --tie-break {params.tie_break} --metric {params.metric}"
+        " --metrics {input.metrics}"
         " --out {output.selected} --out-summary {output.summary} > {log} 2>&1"

@@ -93,12 +93,23 @@ def robustness_tables(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         else:
             d = read_json(path, schema="wise")
             wise += [
-                {"method": d["method"], "alpha": p["alpha"], "id_top1": p["id"], "ood_mean_top1": p["ood_mean"]}
+                {
+                    "method": d["method"],
+                    "variant": p["variant"],
+                    "alpha": p["alpha"],
+                    "id_top1": p["id"],
+                    "ood_mean_top1": p["ood_mean"],
+                    **{f"{name}_top1": v for name, v in p["ood"].items()},
+                    "procedure": d["procedure"],
+                }
                 for p in d["points"]
             ]
+    wise_columns = ["method", "variant", "alpha", "id_top1", "ood_mean_top1"]
+    wise_frame = pd.DataFrame(wise)
+    extra = [c for c in wise_frame.columns if c not in wise_columns]
     return (
         pd.DataFrame(ood, columns=["method", "set", "kind", "top1"]),
-        pd.DataFrame(wise, columns=["method", "alpha", "id_top1", "ood_mean_top1"]),
+        wise_frame.reindex(columns=wise_columns + extra),
     )
 
 

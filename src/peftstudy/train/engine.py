@@ -17,7 +17,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +54,14 @@ class Recipe:
     # The linear probe trains on cached backbone features: `exact` when that is the same computation (no
     # stochastic depth), `always` also with drop-path (features then come without it), `never`.
     feature_cache: str = "exact"
+    # Evaluation of the held-out split during training (the authors' CLIP runs, STUDY.md B.4, C.3): every
+    # `eval_every` epochs (0: once, after training); stop after `early_patience` evaluations without a better
+    # top-1 (0: never); `keep: best` ends with the weights of the best evaluation instead of the last epoch's.
+    # In a final run the held-out split is test: it is evaluated during training only with `keep: best`, the
+    # authors' best-test checkpoint (model.pt), a test-set oracle recorded as such and never the default.
+    eval_every: int = 0
+    early_patience: int = 0
+    keep: str = "last"
 
     def __post_init__(self) -> None:
         if self.lr_step not in ("authors", "standard"):
@@ -66,6 +74,10 @@ class Recipe:
             raise ValueError(f"recipe.compile {self.compile!r}: use one of {', '.join(COMPILE_MODES)}")
         if self.feature_cache not in ("exact", "always", "never"):
             raise ValueError(f"recipe.feature_cache {self.feature_cache!r}: use exact, always or never")
+        if self.keep not in ("last", "best"):
+            raise ValueError(f"recipe.keep {self.keep!r}: use last or best")
+        if (self.early_patience or self.keep == "best") and not self.eval_every:
+            raise ValueError("recipe.early_patience and recipe.keep: best need recipe.eval_every > 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("recipe.epochs and recipe.batch_size must be positive")
 
@@ -78,6 +90,9 @@ class TrainResult:
     skipped_batches: int = 0
     diverged: bool = False
     lr_per_epoch: list[float] = field(default_factory=list)
+    evals: list[tuple[int, float]] = field(default_factory=list)  # (epoch, held-out top-1) per evaluation
+    best_epoch: int = 0
+    best_top1: float = float("nan")
 
 
 def seed_everything(seed: int) -> None:
@@ -202,12 +217,15 @@ def fit(
     seed: int,
     log_every: int = 1,
     checkpoint: Checkpoint | None = None,
+    evaluate: Callable[[], float] | None = None,
 ) -> TrainResult:
     """Train the parameters of `model` that require grad on (x, y). A non-finite loss skips its batch.
 
     `x` is an :class:`Images` or a tensor of model inputs (the linear probe's cached features). With a
     `checkpoint`, training resumes from it and saves to it at every epoch's end; SIGTERM ends the run after
     the current epoch's save (:class:`Preempted`). It is removed once training is done.
+    `evaluate` (the held-out top-1 of `model` as it stands) is called every `recipe.eval_every` epochs; it
+    draws no random numbers, so evaluating never changes the training trajectory.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
@@ -228,6 +246,8 @@ def fit(
     device = y.device
     bf16 = bf16_on(recipe, device)
     start_epoch = 0
+    best_params: dict[str, torch.Tensor] | None = None
+    evaluating = bool(recipe.eval_every and evaluate)
     saved = checkpoint.load() if checkpoint else None
     if saved is not None:
         with torch.no_grad():
@@ -237,6 +257,7 @@ def fit(
         generator.set_state(saved["generator"])
         set_rng_state(saved["rng"], device)
         result = TrainResult(**saved["result"])
+        best_params = saved["best_params"]
         start_epoch = result.epochs_run
         scheduler.step(start_epoch - 1 if recipe.lr_step == "authors" else start_epoch)
         print(f"resumed from {checkpoint.path} after epoch {start_epoch}", file=sys.stderr, flush=True)
@@ -291,7 +312,20 @@ def fit(
                     file=sys.stderr,
                     flush=True,
                 )
-            if checkpoint and epoch + 1 < recipe.epochs:
+            stop = False
+            if evaluating and ((epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs):
+                top1 = evaluate()
+                model.train()
+                result.evals.append((epoch + 1, top1))
+                # Strictly better only: the first of equal evaluations stays the best (the authors' rule).
+                if not top1 <= result.best_top1:
+                    result.best_top1, result.best_epoch = top1, epoch + 1
+                    if recipe.keep == "best":
+                        best_params = {name: p.detach().clone() for name, p in named}
+                since_best = sum(1 for e, _ in result.evals if e > result.best_epoch)
+                stop = bool(recipe.early_patience) and since_best >= recipe.early_patience
+                print(f"epoch {epoch + 1}: held-out top1 {top1:.2f} (best {result.best_top1:.2f})", file=sys.stderr)
+            if checkpoint and epoch + 1 < recipe.epochs and not stop:
                 checkpoint.save(
                     {
                         "params": {name: p.detach().cpu() for name, p in named},
@@ -299,10 +333,18 @@ def fit(
                         "generator": generator.get_state(),
                         "rng": rng_state(device),
                         "result": dataclasses.asdict(result),
+                        "best_params": best_params,
                     }
                 )
                 if preempt["stop"]:
                     raise Preempted(checkpoint.path)
+            if stop:
+                print(f"early stop: {recipe.early_patience} evaluations without a better top-1", file=sys.stderr)
+                break
+    if best_params is not None:
+        with torch.no_grad():
+            for name, p in named:
+                p.copy_(best_params[name])
     if checkpoint:
         checkpoint.clear()
     # A run whose whole last epoch was skipped, or whose weights went non-finite, has diverged.

@@ -79,7 +79,7 @@ class Session:
 
     @property
     def held_out(self) -> dict[str, Any]:
-        """Read on first use, which is after the first run has trained."""
+        """Read on first use (a tune job's val, a final job's test)."""
         if self._held_out is None:
             self._held_out = load_npz(self._held_out_path)
         return self._held_out
@@ -125,14 +125,28 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
     if args.resume_dir:
         key = config_hash(dict(settings, phase=phase, cached_features=cached))
         checkpoint = Checkpoint(Path(args.resume_dir) / f"{phase}-{gp}-seed{seed}.pt", key)
+    labels = session.held_out["labels"]
+
+    def held_out_scores() -> tuple[torch.Tensor, dict[str, float]]:
+        x_held = session.features("held_out", model) if cached else session.inputs("held_out", model)
+        logits = predict(net, x_held, recipe.eval_batch_size, bf16=session.bf16)
+        return logits, scores(logits, torch.from_numpy(labels))
+
     start = time.time()
     result = fit(
-        net, x_train, y, lr=recipe_hp["lr"], wd=recipe_hp["wd"], recipe=recipe, seed=seed, checkpoint=checkpoint
+        net,
+        x_train,
+        y,
+        lr=recipe_hp["lr"],
+        wd=recipe_hp["wd"],
+        recipe=recipe,
+        seed=seed,
+        checkpoint=checkpoint,
+        # A final run's held-out split is test: it is looked at during training only for the authors'
+        # best-test checkpoint (keep: best, labelled as a test-set oracle), never to stop early otherwise.
+        evaluate=(lambda: held_out_scores()[1]["top1"]) if phase == "tune" or recipe.keep == "best" else None,
     )
-    x_held = session.features("held_out", model) if cached else session.inputs("held_out", model)
-    logits = predict(net, x_held, recipe.eval_batch_size, bf16=session.bf16)
-    labels = session.held_out["labels"]
-    score = scores(logits, torch.from_numpy(labels))
+    logits, score = held_out_scores()
     trainable_params, head_params = count(model, trainable)
     diverged = result.diverged or not np.isfinite(score["loss"])
     metrics = {
@@ -151,7 +165,13 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
             "train_top1": _finite(result.train_top1),
             f"{split}_top1": _finite(score["top1"]),
             f"{split}_loss": _finite(score["loss"]),
+            **(
+                {f"{split}_best_top1": _finite(result.best_top1), f"{split}_best_epoch": result.best_epoch}
+                if result.evals
+                else {}
+            ),
         },
+        "kept": _kept(recipe, split),
         "trainable_params": trainable_params,
         "head_params": head_params,
         "epochs_run": result.epochs_run,
@@ -170,6 +190,15 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
     }
     print(f"{args.method} {hp} seed {seed}: {split} top1 {score['top1']:.2f} ({metrics['status']})", flush=True)
     return model, trainable, metrics, logits, labels
+
+
+def _kept(recipe: Recipe, split: str) -> str:
+    """Which weights the run ended with and were scored: said plainly, since one option reads the test set."""
+    if recipe.keep == "last":
+        return "last epoch"
+    if split == "test":
+        return "best test epoch (a test-set oracle: the authors' CLIP model.pt, STUDY.md C.5; not for reporting)"
+    return f"best {split} epoch"
 
 
 def _backbone_sha256(backbone: dict[str, Any]) -> str | None:
