@@ -436,7 +436,7 @@ def build(
     }
     about: dict = {"set": spec.name, "title": spec.title, "root": str(root), "page": spec.page, "checked": record}
     about["labels"] = "1000-way, sorted-WNID order" + (
-        " (folder name = class index)" if set_name == "imagenet_v2" else ""
+        " (folder name = class index)" if spec.name == "imagenet_v2" else ""
     )
     if "train" in spec.splits:
         prefix = f"{spec.splits['train'].folder}/"
@@ -445,8 +445,8 @@ def build(
         entries["val200.txt"] = [(f"{prefix}{w}/{f}", WNID_INDEX[w]) for w, f in val]
         entries["train800val200.txt"] = entries["train800.txt"]
         about.update(shots=shots, val_per_class=val_per_class, seed=seed, sampling=FEWSHOT_ALGORITHM)
-    if set_name in SUBSETS:
-        about["eval_mask"] = f"logits restricted to the {len(SUBSETS[set_name])} classes of {set_name}"
+    if spec.name in SUBSETS:
+        about["eval_mask"] = f"logits restricted to the {len(SUBSETS[spec.name])} classes of {spec.name}"
     lists, aliases = layout_lists(entries)
     with atomic_dir(out) as tmp:
         # One link to the user's folder instead of copies: prepare reads source_dir / "images/<path>".
@@ -459,7 +459,7 @@ def build(
         for name, data in lists.items():
             (tmp / name).write_bytes(data)
     manifest = {
-        "dataset": dataset or set_name,
+        "dataset": dataset or spec.name,
         "source": "manual",
         "classes": NUM_CLASSES,
         "spec": about,
