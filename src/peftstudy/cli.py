@@ -99,6 +99,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_stage("peftstudy.data.layout:run"))
 
+    p = sub.add_parser("imagenet", help="check a downloaded ImageNet set, write its lists (layout) and manifest")
+    p.add_argument(
+        "--set", required=True, choices=["imagenet", "imagenet_v2", "imagenet_sketch", "imagenet_r", "imagenet_a"]
+    )
+    p.add_argument("--root", required=True, help="the folder the set was downloaded to (from the config)")
+    p.add_argument("--out", required=True, help="the layout folder: lists, and links into --root")
+    p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
+    p.add_argument("--out-checked", default="", help="<set>.checked.json (default: beside the manifest)")
+    p.add_argument("--dataset", default="", help="the dataset's name in the config (default: --set)")
+    p.add_argument("--shots", type=int, default=100, help="imagenet: training images per class")
+    p.add_argument("--val-per-class", type=int, default=10, help="imagenet: val images per class")
+    p.add_argument("--seed", type=int, default=1992, help="imagenet: the sampling seed")
+    p.set_defaults(func=_stage("peftstudy.data.imagenet:run"))
+
     p = sub.add_parser("pretrain", help="pretrain a backbone from scratch (the mini study's own weights)")
     p.add_argument("--arch", required=True)
     p.add_argument("--train", required=True)
