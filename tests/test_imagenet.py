@@ -265,3 +265,27 @@ def test_cli_stage_on_imagenet_a(tmp_path):
     with pytest.raises(inet.GateError, match="7,499 images"):
         cli.main([*argv, "--out-checked", str(tmp_path / "elsewhere.json")])
     assert (out / "test.txt").read_bytes() == before and not (tmp_path / "elsewhere.json").exists()
+
+
+def test_the_imagenet_rule_gates_the_users_folder_through_snakemake(tmp_path):
+    """The rule the study runs: a missing download fails naming what to get; a complete one is listed."""
+    from conftest import copy_repo, tiny_config
+
+    (tmp_path / "repo").mkdir()
+    wf = copy_repo(tmp_path / "repo")
+    config = tiny_config()
+    root = tmp_path / "downloads" / "imagenet-a"
+    config["datasets"]["imagenet_a"] = {"source": "manual", "set": "imagenet_a", "path": str(root), "classes": 1000}
+    path = wf.config(config, "tiny.yaml")
+    target = "results/tiny/data/imagenet_a/manifest.json"
+    failed = wf.snakemake("-c1", target, "--configfile", str(path), check=False)
+    assert failed.returncode != 0, failed.stderr
+    assert "rule imagenet" in failed.stderr, failed.stderr[-3000:]
+    log = (wf.root / "results/tiny/data/imagenet_a/imagenet.log").read_text()
+    assert str(root) in log and "natural-adv-examples" in log and "7,500" in log
+    assert not (wf.root / "results/tiny/data/imagenet_a/source").exists()
+    imagenet_a_tree(root)
+    wf.snakemake("-c1", target, "--configfile", str(path))
+    meta = read_json(wf.root / target, schema="manifest")
+    assert meta["source"] == "manual" and meta["sizes"]["test.txt"] == 7500
+    assert read_json(wf.root / "results/tiny/data/imagenet_a/checked.json")["images"] == 7500

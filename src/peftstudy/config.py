@@ -105,7 +105,14 @@ def tune_packs(config: Mapping[str, Any]) -> dict[tuple[str, str], list[list[str
 
 
 # The keys each dataset source needs, and the ones it must not have.
-SOURCE_KEYS = {"synthetic": {"task", "test"}, "archive": {"archive", "folder"}, "local": {"path"}}
+SOURCE_KEYS = {
+    "synthetic": {"task", "test"},
+    "archive": {"archive", "folder"},
+    "local": {"path"},
+    "manual": {"set", "path"},
+}
+# Keys a source may have besides its required ones.
+SOURCE_OPTIONS = {"manual": {"shots", "val_per_class", "sample_seed"}}
 
 
 def _check_sources(config: Mapping[str, Any]) -> None:
@@ -115,9 +122,13 @@ def _check_sources(config: Mapping[str, Any]) -> None:
         missing = sorted(SOURCE_KEYS[source] - set(spec))
         if missing:
             raise ConfigError(f"datasets.{name}: source {source} needs {', '.join(missing)}")
-        foreign = sorted(set(spec) & set().union(*(k for s, k in SOURCE_KEYS.items() if s != source)) - {"test"})
+        others = set().union(*(k for s, k in {**SOURCE_KEYS, **SOURCE_OPTIONS}.items() if s != source))
+        own = SOURCE_KEYS[source] | SOURCE_OPTIONS.get(source, set())
+        foreign = sorted(set(spec) & others - own - {"test"})
         if foreign:
             raise ConfigError(f"datasets.{name}: {', '.join(foreign)} belongs to another source than {source}")
+        if source == "manual" and spec["classes"] != 1000:
+            raise ConfigError(f"datasets.{name}: the ImageNet sets have classes: 1000 (labels stay 1000-way)")
         if source == "archive" and spec["archive"] not in archives:
             raise ConfigError(
                 f"datasets.{name}.archive: unknown archive {spec['archive']!r}; defined under archives: "

@@ -90,12 +90,13 @@ def class_subset(labels: np.ndarray, subset: Sequence[int] | None) -> tuple[np.n
 
 def top1(logits: torch.Tensor, labels: torch.Tensor, columns: np.ndarray) -> float:
     """Top-1 (%) with the argmax taken over `columns` only when given (the 200-class masks)."""
-    if len(columns):
-        cols = torch.from_numpy(columns)
-        predicted = cols[logits[:, cols].argmax(1)]
-    else:
-        predicted = logits.argmax(1)
-    return 100.0 * (predicted == labels).float().mean().item()
+    from peftstudy.data.imagenet import masked_predictions
+
+    if not len(columns):
+        return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+    mask = np.zeros(logits.shape[1], dtype=bool)
+    mask[columns] = True
+    return 100.0 * float((masked_predictions(logits.numpy(), mask) == labels.numpy()).mean())
 
 
 TestSet = tuple[object, torch.Tensor, np.ndarray]  # (model inputs, labels, logit columns)
@@ -118,6 +119,15 @@ def _test_sets(raw: Mapping[str, dict], subsets: Mapping[str, Sequence[int] | No
     return sets
 
 
+def _classes(spec: Sequence[int] | str) -> list[int]:
+    """A class subset from the config: class indices, or the name of a set whose mask is known (imagenet_r)."""
+    if isinstance(spec, str):
+        from peftstudy.data.imagenet import eval_mask
+
+        return np.flatnonzero(eval_mask(spec)).tolist()
+    return list(spec)
+
+
 def _summarise(rows: list[dict], id_name: str, ood_names: list[str]) -> dict:
     out = {name: float(np.mean([r[name] for r in rows])) for name in [id_name, *ood_names]}
     ood = {n: out[n] for n in ood_names}
@@ -131,7 +141,7 @@ def run(args: argparse.Namespace) -> None:
     named = [item.split("=", 1) for item in args.eval]
     id_name, ood_names = named[0][0], [n for n, _ in named[1:]]
     raw = {name: load_npz(path) for name, path in named}
-    subsets = args.class_subsets or {}
+    subsets = {name: _classes(spec) for name, spec in (args.class_subsets or {}).items()}
     classes = int(raw[id_name]["num_classes"])
     per_seed_ood, curves = [], []
     record = read_json(args.final, schema="final")

@@ -150,7 +150,7 @@ manifest = LAYOUT.manifest
 def get_source_dir(dataset):
     """The dataset's folder in the processed-VTAB layout."""
     spec = DATASETS[dataset]
-    if spec["source"] == "synthetic":
+    if spec["source"] in ("synthetic", "manual"):
         return f"{R}/data/{dataset}/source"
     if spec["source"] == "archive":
         return f"resources/data/{spec['archive']}/{spec['folder']}"

@@ -88,6 +88,35 @@ rule index:
         " --about {params.about} --checksum-file '{params.checksum}' --out {output.manifest} > {log} 2>&1"
 
 
+rule imagenet:
+    """Check an ImageNet set the user downloaded (a gate: what to get, where, how it is checked), then write its
+    lists (the few-shot draw for ImageNet-1K) and links into the user's folder, in the layout.
+    """
+    input:
+        code="src/peftstudy/data/imagenet.py",
+    output:
+        source=directory(f"{R}/data/{{dataset}}/source"),
+        manifest=f"{R}/data/{{dataset}}/manifest.json",
+        checked=f"{R}/data/{{dataset}}/checked.json",
+    log:
+        f"{R}/data/{{dataset}}/imagenet.log",
+    wildcard_constraints:
+        dataset=only(study.datasets_from(config, "manual")),
+    localrule: True
+    conda:
+        "../../envs/data.yaml"
+    params:
+        set=lambda wc: DATASETS[wc.dataset]["set"],
+        root=lambda wc: DATASETS[wc.dataset]["path"],
+        shots=lambda wc: DATASETS[wc.dataset].get("shots", 100),
+        val_per_class=lambda wc: DATASETS[wc.dataset].get("val_per_class", 10),
+        seed=lambda wc: DATASETS[wc.dataset].get("sample_seed", 1992),
+    shell:
+        "peftstudy imagenet --set {params.set} --root {params.root:q} --dataset {wildcards.dataset}"
+        " --shots {params.shots} --val-per-class {params.val_per_class} --seed {params.seed}"
+        " --out {output.source} --manifest {output.manifest} --out-checked {output.checked} > {log} 2>&1"
+
+
 rule prepare:
     """Decode one split's list once into a uint8 tensor cache (what training reads)."""
     input:
