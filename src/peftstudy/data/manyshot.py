@@ -314,7 +314,7 @@ def resisc45_folder(
 
 
 def write_folder(
-    out: Path, rows: dict[str, list[tuple[str, int]]], images: list[tuple[str, np.ndarray | Path]]
+    out: Path, rows: dict[str, list[tuple[str, int]]], images: list[tuple[str, np.ndarray | Path]], label: str
 ) -> None:
     """The folder, atomically: PNGs from pixels, files copied byte for byte, then the four lists."""
     from PIL import Image
@@ -322,7 +322,7 @@ def write_folder(
     with atomic_dir(out) as tmp:
         for folder in {rel.rsplit("/", 1)[0] for rel, _ in images}:
             (tmp / folder).mkdir(parents=True)
-        for rel, image in progress(images, f"{out.name}: images", len(images)):
+        for rel, image in progress(images, f"{label}: images", len(images)):
             if isinstance(image, Path):
                 shutil.copyfile(image, tmp / rel)
             else:
@@ -346,15 +346,14 @@ def build(
     source, lists_dir, out = Path(source), Path(lists_dir), Path(out)
     check_subset(dataset, subset, fold)
     make = cifar100_folder if dataset == "cifar100" else resisc45_folder
+    name = name or f"{dataset}-{subset}" + (f"-fold{fold}" if (dataset, subset) in FOLDED else "")
     rows, images = make(source, lists_dir, subset, fold, pins)
-    write_folder(out, rows, images)
+    write_folder(out, rows, images, name)
     used = subset_lists(dataset, subset, fold).values()
     about = {"source": "manyshot", "subset": subset, "fold": fold, "commit": COMMIT}
     about["lists"] = {key: pins[key] for key in used}
     if archive_sha256:
         about["sha256"] = archive_sha256
-    folded = (dataset, subset) in FOLDED
-    name = name or f"{dataset}-{subset}" + (f"-fold{fold}" if folded else "")
     # index() checks what training relies on (labels in range, every listed image present) and writes the
     # manifest with the lists' sha256, as for any folder in the layout.
     index(out, name, CLASSES[dataset], about, manifest)
