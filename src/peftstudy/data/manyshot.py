@@ -11,6 +11,13 @@ Images: CIFAR-100 as PNG (lossless), `images/train/NNNNNN.png` numbered by the p
 index files refer to, `images/test/NNNNNN.png` likewise; RESISC45 as the original JPEG bytes (no re-encoding),
 `images/train/NNNNNN.jpg` numbered by the line of the authors' pool list `train.txt`, `images/test/` by
 `test.txt`. Every list is checked against its pinned sha256 before it is read.
+
+Archives (the config's `archives`, fetched and extracted by the generic rules): CIFAR-100 is torchvision's
+https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz, sha256
+85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7 (as pinned by keras.datasets.cifar100; md5
+eb9058c3a382ffc7106e4002c42a8d85 as in torchvision). NWPU-RESISC45 has no stable public URL with a published
+checksum (its authors distribute a .rar), so its archive (a zip or tar of NWPU-RESISC45/<class>/*.jpg) is pinned
+in the config once fetched.
 """
 
 from __future__ import annotations
