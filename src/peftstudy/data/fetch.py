@@ -18,23 +18,44 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 from peftstudy.io import atomic_dir, sha256_file
 
 CHUNK = 1 << 20
+T = TypeVar("T")
 
 
 class FetchError(RuntimeError):
     pass
 
 
-def _progress(name: str, done: int, total: int | None, start: float, last: list[float]) -> None:
-    """A line to stderr every few seconds (job logs are files: no carriage-return bars)."""
+def _due(last: list[float], finished: bool) -> bool:
+    """Whether a progress line is due: every few seconds and at the end (job logs are files: no
+    carriage-return bars, so no tqdm)."""
     now = time.monotonic()
-    if now - last[0] < 5 and (total is None or done < total):
-        return
+    if now - last[0] < 5 and not finished:
+        return False
     last[0] = now
+    return True
+
+
+def progress(items: Iterable[T], name: str, total: int) -> Iterator[T]:
+    """`items`, with a line to stderr every few seconds saying how many of `total` are done."""
+    last = [time.monotonic()]
+    for done, item in enumerate(items, 1):
+        yield item
+        if _due(last, done >= total):
+            print(f"{name}: {done}/{total} ({100 * done / max(total, 1):.0f}%)", file=sys.stderr, flush=True)
+
+
+def _progress(name: str, done: int, total: int | None, start: float, last: list[float]) -> None:
+    """A line to stderr every few seconds about a download."""
+    if not _due(last, total is not None and done >= total):
+        return
+    now = time.monotonic()
     rate = done / max(now - start, 1e-9) / 1e6
     size = f"{done / 1e6:.1f}/{total / 1e6:.1f} MB ({100 * done / total:.0f}%)" if total else f"{done / 1e6:.1f} MB"
     print(f"{name}: {size} at {rate:.1f} MB/s", file=sys.stderr, flush=True)

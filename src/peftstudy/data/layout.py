@@ -48,13 +48,19 @@ def write_source(
                 elif i < n_train + n_val:
                     lists["train800.txt" if i < n_train else "val200.txt"].append(f"{rel} {label}")
         lists["train800val200.txt"] = lists["train800.txt"] + lists["val200.txt"]
-        checksums = {}
-        for name, lines in lists.items():
-            data = "".join(line + "\n" for line in lines).encode()
-            (tmp / name).write_bytes(data)
-            checksums[name] = sha256_bytes(data)
-        manifest = dict(info, lists=checksums, sizes={name: len(lines) for name, lines in lists.items()})
+        checksums, sizes = write_lists(tmp, lists)
+        manifest = dict(info, lists=checksums, sizes=sizes)
     write_json(manifest_path, manifest, schema="manifest")
+
+
+def write_lists(folder: Path, lists: dict[str, list[str]]) -> tuple[dict[str, str], dict[str, int]]:
+    """Write each list (name -> lines) into `folder`; their sha256 and sizes, as the manifest records them."""
+    checksums, sizes = {}, {}
+    for name, lines in lists.items():
+        data = "".join(line + "\n" for line in lines).encode()
+        (folder / name).write_bytes(data)
+        checksums[name], sizes[name] = sha256_bytes(data), len(lines)
+    return checksums, sizes
 
 
 def read_list(path: str | Path) -> list[tuple[str, int]]:
