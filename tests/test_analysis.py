@@ -154,3 +154,17 @@ def test_a_class_subset_scores_only_its_columns_and_images():
     logits = torch.tensor([[9.0, 2.0, 0.0, 1.0], [9.0, 0.0, 0.0, 1.0], [9.0, 3.0, 0.0, 1.0]])
     assert top1(logits, torch.tensor([1, 3, 1]), columns) == 100.0
     assert top1(logits, torch.tensor([1, 3, 1]), np.array([], dtype=np.int64)) == 0.0
+
+
+def test_tuning_folds_are_averaged_per_grid_point_before_selection():
+    from peftstudy.select import average_folds
+
+    def fold(gp, top1, dataset, status="ok"):
+        return {"gp": gp, "dataset": dataset, "status": status, "metrics": {"val_top1": top1}}
+
+    results = [fold("a", 90.0, "f0"), fold("a", 50.0, "f1"), fold("b", 70.0, "f0"), fold("b", 68.0, "f1")]
+    averaged = {r["gp"]: r["metrics"]["val_top1"] for r in average_folds(results, "val_top1")}
+    assert averaged == {"a": 70.0, "b": 69.0}
+    assert choose(average_folds(results, "val_top1"), ["a", "b"])["gp"] == "a"  # fold f0 alone would also say a
+    results[0]["status"] = "diverged"  # one diverged fold: the grid point is out
+    assert choose(average_folds(results, "val_top1"), ["a", "b"])["gp"] == "b"

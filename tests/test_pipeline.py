@@ -73,7 +73,12 @@ def test_full_dag_from_clean_directory_to_report(tiny):
         read_json(path, schema="ensembles")
     for method in ("linear", "bitfit"):
         wise = read_json(root / f"robustness/{method}/wise.json", schema="wise")
-        assert [p["alpha"] for p in wise["points"]] == [0.0, 0.5, 1.0]
+        curves = {v: [p for p in wise["points"] if p["variant"] == v] for v in ("wise", "head_only")}
+        assert [p["alpha"] for p in curves["wise"]] == [p["alpha"] for p in curves["head_only"]] == [0.0, 0.5, 1.0]
+        # At alpha = 1 both variants are the fine-tuned model.
+        assert curves["wise"][-1]["id"] == curves["head_only"][-1]["id"]
+        if method == "linear":  # only the head is trained: the variants coincide
+            assert curves["wise"] == curves["head_only"]
     # Both methods start from the same zero-shot model, so their alpha = 0 points coincide.
     zero = {
         m: read_json(root / f"robustness/{m}/wise.json", schema="wise")["points"][0]["id"] for m in ("linear", "bitfit")

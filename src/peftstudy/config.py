@@ -110,9 +110,10 @@ SOURCE_KEYS = {
     "archive": {"archive", "folder"},
     "local": {"path"},
     "manual": {"set", "path"},
+    "manyshot": {"kind", "subset", "archive"},
 }
 # Keys a source may have besides its required ones.
-SOURCE_OPTIONS = {"manual": {"shots", "val_per_class", "sample_seed"}}
+SOURCE_OPTIONS = {"manual": {"shots", "val_per_class", "sample_seed"}, "manyshot": {"fold"}}
 
 
 def _check_sources(config: Mapping[str, Any]) -> None:
@@ -129,7 +130,14 @@ def _check_sources(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"datasets.{name}: {', '.join(foreign)} belongs to another source than {source}")
         if source == "manual" and spec["classes"] != 1000:
             raise ConfigError(f"datasets.{name}: the ImageNet sets have classes: 1000 (labels stay 1000-way)")
-        if source == "archive" and spec["archive"] not in archives:
+        if source == "manyshot":
+            from peftstudy.data.manyshot import check_subset
+
+            try:
+                check_subset(spec["kind"], str(spec["subset"]), spec.get("fold", 0))
+            except ValueError as err:
+                raise ConfigError(f"datasets.{name}: {err}") from None
+        if source in ("archive", "manyshot") and spec["archive"] not in archives:
             raise ConfigError(
                 f"datasets.{name}.archive: unknown archive {spec['archive']!r}; defined under archives: "
                 f"{', '.join(archives) or '(none)'}"
@@ -159,6 +167,12 @@ def check(config: Mapping[str, Any]) -> None:
                 raise ConfigError(
                     f"datasets.{name}: experiment {exp_name} trains on it, so it needs train and val sizes"
                 )
+            for fold in datasets[name].get("folds", []):
+                if fold not in datasets or datasets[fold]["classes"] != datasets[name]["classes"]:
+                    raise ConfigError(
+                        f"datasets.{name}.folds: {fold!r} must be a dataset with the same classes "
+                        f"({datasets[name]['classes']})"
+                    )
         for i, name in enumerate(exp["methods"]):
             if name not in known_methods:
                 raise ConfigError(

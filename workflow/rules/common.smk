@@ -150,7 +150,7 @@ manifest = LAYOUT.manifest
 def get_source_dir(dataset):
     """The dataset's folder in the processed-VTAB layout."""
     spec = DATASETS[dataset]
-    if spec["source"] in ("synthetic", "manual"):
+    if spec["source"] in ("synthetic", "manual", "manyshot"):
         return f"{R}/data/{dataset}/source"
     if spec["source"] == "archive":
         return f"resources/data/{spec['archive']}/{spec['folder']}"
@@ -166,6 +166,16 @@ def get_source_inputs(wildcards):
             "checksum": f"resources/archives/{spec['archive']}.sha256",
         }
     return {"source": get_source_dir(wildcards.dataset)}
+
+
+def get_manyshot_inputs(wildcards):
+    spec = DATASETS[wildcards.dataset]
+    return {
+        "archive": f"resources/data/{spec['archive']}",
+        "checksum": f"resources/archives/{spec['archive']}.sha256",
+        "lists": f"resources/lists/petl_vision/{spec['kind']}-{spec['subset']}",
+        "code": "src/peftstudy/data/manyshot.py",
+    }
 
 
 def get_source_record(dataset):
@@ -204,9 +214,16 @@ def get_final_inputs(wildcards):
 
 
 def get_tune_metrics(wildcards):
-    return LAYOUT.tune_metrics(
-        *run_of(wildcards), list(GRIDS[wildcards.experiment, wildcards.method])
-    )
+    """The grid's tune results on the dataset and on each of its tuning folds (averaged by select)."""
+    gps = list(GRIDS[wildcards.experiment, wildcards.method])
+    folds = [wildcards.dataset, *DATASETS[wildcards.dataset].get("folds", [])]
+    return [
+        path
+        for fold in folds
+        for path in LAYOUT.tune_metrics(
+            wildcards.experiment, fold, wildcards.method, gps
+        )
+    ]
 
 
 def get_grid_order(wildcards):

@@ -117,6 +117,48 @@ rule imagenet:
         " --out {output.source} --manifest {output.manifest} --out-checked {output.checked} > {log} 2>&1"
 
 
+rule manyshot_lists:
+    """The authors' split lists of a many-shot subset, from PETL_Vision at a pinned commit, sha256-checked."""
+    output:
+        lists=directory("resources/lists/petl_vision/{kind}-{subset}"),
+    log:
+        "resources/lists/petl_vision/{kind}-{subset}.log",
+    wildcard_constraints:
+        kind="cifar100|resisc45",
+    localrule: True
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "peftstudy manyshot-lists --dataset {wildcards.kind} --subset {wildcards.subset}"
+        " --out {output.lists} > {log} 2>&1"
+
+
+rule manyshot:
+    """A many-shot subset (and fold) in the layout: the authors' lists over CIFAR-100's or RESISC45's images."""
+    input:
+        unpack(get_manyshot_inputs),
+    output:
+        source=directory(f"{R}/data/{{dataset}}/source"),
+        manifest=f"{R}/data/{{dataset}}/manifest.json",
+    log:
+        f"{R}/data/{{dataset}}/manyshot.log",
+    wildcard_constraints:
+        dataset=only(study.datasets_from(config, "manyshot")),
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        kind=lambda wc: DATASETS[wc.dataset]["kind"],
+        subset=lambda wc: DATASETS[wc.dataset]["subset"],
+        fold=lambda wc: DATASETS[wc.dataset].get("fold", 0),
+    shell:
+        "peftstudy manyshot --dataset {params.kind} --subset {params.subset} --fold {params.fold}"
+        " --source {input.archive} --lists {input.lists} --name {wildcards.dataset}"
+        " --checksum-file {input.checksum} --out {output.source} --manifest {output.manifest} > {log} 2>&1"
+
+
 rule prepare:
     """Decode one split's list once into a uint8 tensor cache (what training reads)."""
     input:
