@@ -264,8 +264,8 @@ def write(
     out_dir: str | Path, splits: Mapping[str, Iterable[tuple[np.ndarray, int]]], info: dict, manifest_path: str | Path
 ) -> None:
     """Write the train800, val200 and test examples as JPEG pools ``images/<split>/``, the four lists and the
-    manifest. train800val200 lists the train800 and val200 files: the archive stored those 1,000 images a
-    second time, byte-identical (the same pixels through the same encoder), so sharing them changes nothing."""
+    manifest. train800val200 lists the train800 and val200 files: the archive stored those images a second
+    time, byte-identical (the same pixels through the same encoder), so sharing them changes nothing."""
     with atomic_dir(out_dir) as tmp:
         lists = {f"{name}.txt": write_pool(tmp, name, splits[name], ext="jpg") for name in POOLS}
         checksums, sizes = write_lists(tmp, lists)
