@@ -132,6 +132,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
     p.set_defaults(func=_stage("peftstudy.data.manyshot:run"))
 
+    p = sub.add_parser("vtab-tfds", help="build a VTAB-1K task from TensorFlow Datasets in the processed-VTAB layout")
+    p.add_argument("--task", required=True, help="the processed folder's name (cifar, ..., smallnorb_ele)")
+    p.add_argument("--data-dir", required=True, help="TFDS data_dir: downloads and prepared builders")
+    p.add_argument("--out", required=True, help="the source folder")
+    p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
+    p.add_argument("--dataset", default="", help="the manifest's dataset name (the config's); default: the task")
+    p.set_defaults(func=_stage("peftstudy.data.vtab_tfds:run"))
+
     p = sub.add_parser("pretrain", help="pretrain a backbone from scratch (the mini study's own weights)")
     p.add_argument("--arch", required=True)
     p.add_argument("--train", required=True)

@@ -1,15 +1,16 @@
 """The processed-VTAB on-disk layout and the prepared tensor cache.
 
-A source directory holds ``images/<pool>/NNNNNN.png`` and four lists, ``relative_path label`` per line,
-named as in VTAB-1K whatever their size: ``train800.txt``, ``val200.txt``, ``train800val200.txt`` and
-``test.txt``. Its ``manifest.json``, written beside the folder, records the sha256 of every list.
-``prepare`` decodes one list once into a ``.npz`` cache of uint8 images (N, H, W, 3) and int64 labels
-that training reads whole.
+A source directory holds ``images/<pool>/NNNNNN.png`` (``.jpg`` when built from TFDS, as in the processed
+archive) and four lists, ``relative_path label`` per line, named as in VTAB-1K whatever their size:
+``train800.txt``, ``val200.txt``, ``train800val200.txt`` and ``test.txt``. Its ``manifest.json``, written
+beside the folder, records the sha256 of every list. ``prepare`` decodes one list once into a ``.npz`` cache
+of uint8 images (N, H, W, 3) and int64 labels that training reads whole.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,32 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def write_pool(root: Path, pool: str, examples: Iterable[tuple[np.ndarray, int]], ext: str = "png") -> list[str]:
+    """Encode each (uint8 image, label) as ``images/<pool>/NNNNNN.<ext>`` under `root`, with PIL's defaults
+    for that format (JPEG quality 75, as the processed-VTAB archive was written); their list lines, in order."""
+    from PIL import Image
+
+    (root / "images" / pool).mkdir(parents=True)
+    lines = []
+    for i, (img, label) in enumerate(examples):
+        rel = f"images/{pool}/{i:06d}.{ext}"
+        Image.fromarray(img).save(root / rel)
+        lines.append(f"{rel} {label}")
+    return lines
+
+
+def write_lists(root: Path, lists: Mapping[str, list[str]]) -> tuple[dict[str, str], dict[str, int]]:
+    """Write the four lists into `root`; train800val200.txt, when not given, is train800 then val200 (as in
+    VTAB-1K). The sha256 and size of each list, for the manifest."""
+    lists = {"train800val200.txt": [*lists["train800.txt"], *lists["val200.txt"]], **lists}
+    checksums, sizes = {}, {}
+    for name in SPLIT_LISTS.values():
+        data = "".join(line + "\n" for line in lists[name]).encode()
+        (root / name).write_bytes(data)
+        checksums[name], sizes[name] = sha256_bytes(data), len(lists[name])
+    return checksums, sizes
+
+
 def write_source(
     out_dir: str | Path,
     pool: tuple[np.ndarray, np.ndarray],
@@ -34,33 +61,15 @@ def write_source(
     manifest_path: str | Path,
 ) -> None:
     """Write a train pool (first n_train = train800, next n_val = val200) and a test set in the layout."""
-    from PIL import Image
-
     with atomic_dir(out_dir) as tmp:
-        lists: dict[str, list[str]] = {name: [] for name in SPLIT_LISTS.values()}
-        for folder, (images, labels) in (("train", pool), ("test", test)):
-            (tmp / "images" / folder).mkdir(parents=True)
-            for i, (img, label) in enumerate(zip(images, labels, strict=True)):
-                rel = f"images/{folder}/{i:06d}.png"
-                Image.fromarray(img).save(tmp / rel)
-                if folder == "test":
-                    lists["test.txt"].append(f"{rel} {label}")
-                elif i < n_train + n_val:
-                    lists["train800.txt" if i < n_train else "val200.txt"].append(f"{rel} {label}")
-        lists["train800val200.txt"] = lists["train800.txt"] + lists["val200.txt"]
+        train = write_pool(tmp, "train", zip(*pool, strict=True))
+        lists = {
+            "train800.txt": train[:n_train],
+            "val200.txt": train[n_train : n_train + n_val],
+            "test.txt": write_pool(tmp, "test", zip(*test, strict=True)),
+        }
         checksums, sizes = write_lists(tmp, lists)
-        manifest = dict(info, lists=checksums, sizes=sizes)
-    write_json(manifest_path, manifest, schema="manifest")
-
-
-def write_lists(folder: Path, lists: dict[str, list[str]]) -> tuple[dict[str, str], dict[str, int]]:
-    """Write each list (name -> lines) into `folder`; their sha256 and sizes, as the manifest records them."""
-    checksums, sizes = {}, {}
-    for name, lines in lists.items():
-        data = "".join(line + "\n" for line in lines).encode()
-        (folder / name).write_bytes(data)
-        checksums[name], sizes[name] = sha256_bytes(data), len(lines)
-    return checksums, sizes
+    write_json(manifest_path, dict(info, lists=checksums, sizes=sizes), schema="manifest")
 
 
 def read_list(path: str | Path) -> list[tuple[str, int]]:
