@@ -16,6 +16,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file
 from test_methods import IDS, METHODS
 from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -24,6 +25,7 @@ from timm.models.vision_transformer import VisionTransformer, _cfg, _create_visi
 from torch import nn
 
 from peftstudy import methods
+from peftstudy.cli import main
 from peftstudy.io import save_safetensors
 from peftstudy.models import convert
 from peftstudy.models.clip import class_names, create_clip, zero_shot_head
@@ -109,6 +111,24 @@ def test_zero_shot_logits_are_100_times_the_cosine_to_the_mean_text_embedding(ti
     expected = 100 * F.normalize(tiny.model.encode_image(x), dim=-1) @ torch.stack(rows).T
     torch.testing.assert_close(model(x), expected, atol=1e-4, rtol=1e-5)
     assert torch.equal(model.head.fc.bias, torch.zeros(len(CLASSES)))
+
+
+def test_the_stage_writes_the_head_with_progress_and_it_loads_back(tiny, capsys):
+    out = tiny.root / "stage" / "head.safetensors"
+    classes = str(tiny.root / "classes.txt")
+    args = ["--clip-weights", str(tiny.checkpoint), "--classnames", classes, "--clip-model", TINY_CLIP]
+    main(["zero-shot-head", *args, "--device", "cpu", "--out", str(out)])
+    assert f"{len(CLASSES)}/{len(CLASSES)} classes ({80 * len(CLASSES)} prompts) encoded" in capsys.readouterr().out
+    saved = load_file(out)
+    assert sorted(saved) == ["fc.bias", "fc.weight", "proj.weight"]
+    for name, tensor in load_file(tiny.head).items():
+        assert torch.equal(saved[name], tensor), name
+    with safe_open(out, "pt") as handle:
+        about = json.loads(handle.metadata()["peftstudy"])
+    assert about["num_classes"] == len(CLASSES) and about["classnames"] == classes
+    model = create_clip(TINY, len(CLASSES), weights=tiny.visual, head=out)
+    assert all(torch.equal(model.head.state_dict()[k], v) for k, v in saved.items())
+    assert not [p for p in tiny.root.joinpath("stage").iterdir() if p.name.endswith(".tmp")]
 
 
 def test_imagenet_names_are_openais_thousand():
