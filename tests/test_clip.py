@@ -131,10 +131,11 @@ def test_the_stage_writes_the_head_with_progress_and_it_loads_back(tiny, capsys)
     assert not [p for p in tiny.root.joinpath("stage").iterdir() if p.name.endswith(".tmp")]
 
 
-def test_imagenet_names_are_openais_thousand():
+def test_imagenet_names_are_openais_thousand_as_open_clip_has_them():
     names = class_names("imagenet")
     # OpenAI's clean names: "crane bird" (not "crane") at 134; two names repeat, as in OpenAI's list.
     assert len(names) == 1000 and names[0] == "tench" and names[134] == "crane bird" and len(set(names)) == 998
+    assert names == list(open_clip.IMAGENET_CLASSNAMES)
 
 
 def edited_checkpoint(tiny, path: Path, drop: str = "", add: str = "") -> Path:

@@ -50,9 +50,10 @@ class CLIPHead(nn.Module):
 def class_names(spec: str) -> list[str]:
     """`imagenet`: OpenAI's clean ImageNet-1k names; otherwise a text file, one class a line in label order."""
     if spec == "imagenet":
-        from open_clip import IMAGENET_CLASSNAMES
+        # The package's copy, in the WNID order the ImageNet stage labels images by (the same list as open_clip's).
+        from peftstudy.data.imagenet_classes import CLASSNAMES
 
-        return list(IMAGENET_CLASSNAMES)
+        return list(CLASSNAMES)
     names = [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
     if not names:
         raise ValueError(f"{spec}: no class names (expected one a line, in label order)")
