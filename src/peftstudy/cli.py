@@ -228,6 +228,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--out-notebook", required=True)
     p.set_defaults(func=_stage("peftstudy.report.render:run"))
+
+    p = sub.add_parser("zero-shot-head", help="CLIP's zero-shot head from its text tower (STUDY.md A.1), once")
+    p.add_argument("--clip-weights", required=True, help="the full CLIP checkpoint (OpenAI/OpenCLIP state dict)")
+    p.add_argument("--classnames", required=True, help="imagenet (OpenAI's clean names), or a file: one a line")
+    p.add_argument("--clip-model", default="ViT-B-16-quickgelu", help="open_clip config of the checkpoint")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="the head's safetensors file (proj, classifier weight and bias)")
+    p.set_defaults(func=_stage("peftstudy.models.clip:run_zero_shot_head", uses_torch=True))
     return top
 
 
