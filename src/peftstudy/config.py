@@ -111,6 +111,7 @@ SOURCE_KEYS = {
     "local": {"path"},
     "manual": {"set", "path"},
     "manyshot": {"kind", "subset", "archive"},
+    "tfds": {"vtab_task"},
 }
 # Keys a source may have besides its required ones.
 SOURCE_OPTIONS = {"manual": {"shots", "val_per_class", "sample_seed"}, "manyshot": {"fold"}}
@@ -130,6 +131,13 @@ def _check_sources(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"datasets.{name}: {', '.join(foreign)} belongs to another source than {source}")
         if source == "manual" and spec["classes"] != 1000:
             raise ConfigError(f"datasets.{name}: the ImageNet sets have classes: 1000 (labels stay 1000-way)")
+        if source == "tfds":
+            from peftstudy.data.vtab_tfds import TASKS
+
+            if TASKS[spec["vtab_task"]].classes != spec["classes"]:
+                raise ConfigError(
+                    f"datasets.{name}.classes: {spec['vtab_task']} has {TASKS[spec['vtab_task']].classes} classes"
+                )
         if source == "manyshot":
             from peftstudy.data.manyshot import check_subset
 

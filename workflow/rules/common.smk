@@ -112,14 +112,25 @@ def get_backbone_weights(experiment):
 def get_backbone(experiment):
     """The --backbone argument: what to build and which weights to load (checked against sha256)."""
     spec = backbone_spec(experiment)
+    head = spec.get("zero_shot_head")
     return as_json(
         {
             "arch": spec["arch"],
             "weights": get_backbone_weights(experiment),
             "sha256": None if spec["pretrain"] else spec["sha256"],
             "keep_head": EXPERIMENTS[experiment]["head"] == "pretrained",
+            **({"head": head["file"], "head_sha256": None} if head else {}),
         }
     )
+
+
+def get_backbone_files(experiment):
+    """The files a training job of `experiment` reads besides data: weights, and CLIP's zero-shot head."""
+    spec = backbone_spec(experiment)
+    files = {"weights": get_backbone_weights(experiment)}
+    if "zero_shot_head" in spec:
+        files["head"] = spec["zero_shot_head"]["file"]
+    return files
 
 
 def get_method_module(wildcards):
@@ -150,7 +161,7 @@ manifest = LAYOUT.manifest
 def get_source_dir(dataset):
     """The dataset's folder in the processed-VTAB layout."""
     spec = DATASETS[dataset]
-    if spec["source"] in ("synthetic", "manual", "manyshot"):
+    if spec["source"] in ("synthetic", "manual", "manyshot", "tfds"):
         return f"{R}/data/{dataset}/source"
     if spec["source"] == "archive":
         return f"resources/data/{spec['archive']}/{spec['folder']}"
@@ -198,7 +209,7 @@ def get_tune_inputs(wildcards):
         "train": data(wildcards.dataset, "train"),
         "val": data(wildcards.dataset, "val"),
         "manifest": manifest(wildcards.dataset),
-        "weights": get_backbone_weights(wildcards.experiment),
+        **get_backbone_files(wildcards.experiment),
         "code": get_method_module(wildcards),
     }
 
@@ -208,7 +219,7 @@ def get_final_inputs(wildcards):
         "train": data(wildcards.dataset, "trainval"),
         "test": data(wildcards.dataset, "test"),
         "manifest": manifest(wildcards.dataset),
-        "weights": get_backbone_weights(wildcards.experiment),
+        **get_backbone_files(wildcards.experiment),
         "code": get_method_module(wildcards),
     }
 
@@ -262,7 +273,7 @@ def get_robustness_inputs(wildcards):
         "final": LAYOUT.final_record(
             ROBUSTNESS["experiment"], ROBUSTNESS["dataset"], wildcards.method
         ),
-        "weights": get_backbone_weights(ROBUSTNESS["experiment"]),
+        **get_backbone_files(ROBUSTNESS["experiment"]),
         "code": get_method_module(wildcards),
         **{name: data(name, "test") for name in sets},
     }

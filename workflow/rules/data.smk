@@ -159,6 +159,30 @@ rule manyshot:
         " --checksum-file {input.checksum} --out {output.source} --manifest {output.manifest} > {log} 2>&1"
 
 
+rule vtab_tfds:
+    """A VTAB-1K task built from TensorFlow Datasets with VTAB's split recipe and label function (downloads:
+    run where Snakemake runs). Tasks sharing a builder (CLEVR, dSprites, smallNORB) never prepare it at once.
+    """
+    output:
+        source=directory(f"{R}/data/{{dataset}}/source"),
+        manifest=f"{R}/data/{{dataset}}/manifest.json",
+    log:
+        f"{R}/data/{{dataset}}/vtab_tfds.log",
+    wildcard_constraints:
+        dataset=only(study.datasets_from(config, "tfds")),
+    localrule: True
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        tfds_builder=1,
+    params:
+        task=lambda wc: DATASETS[wc.dataset]["vtab_task"],
+        data_dir=config.get("tfds_data_dir", "resources/tfds"),
+    shell:
+        "peftstudy vtab-tfds --task {params.task} --data-dir {params.data_dir:q} --dataset {wildcards.dataset}"
+        " --out {output.source} --manifest {output.manifest} > {log} 2>&1"
+
+
 rule prepare:
     """Decode one split's list once into a uint8 tensor cache (what training reads)."""
     input:
@@ -180,6 +204,39 @@ rule prepare:
     shell:
         "peftstudy prepare --source {params.source:q} --manifest {input.manifest} --split {wildcards.split}"
         " --image-size {params.image_size} --out {output.cache} > {log} 2>&1"
+
+
+# CLIP's zero-shot head: built once from the full checkpoint's text tower, then only the file is read.
+for backbone_name, backbone in {"backbone": config["backbone"], **BACKBONES}.items():
+    if "zero_shot_head" not in backbone:
+        continue
+
+    rule:
+        """CLIP's zero-shot head (proj + 80-template text classifier, STUDY.md A.1), built once."""
+        name:
+            f"zero_shot_head_{backbone_name}"
+        input:
+            clip=f"resources/archives/{backbone['zero_shot_head']['clip_archive']}",
+            code="src/peftstudy/models/clip.py",
+        output:
+            head=backbone["zero_shot_head"]["file"],
+        log:
+            f"{backbone['zero_shot_head']['file']}.log",
+        conda:
+            "../../envs/train.yaml"
+        threads: config["threads"]
+        resources:
+            **job_resources("robustness"),
+        params:
+            classnames=backbone["zero_shot_head"]["classnames"],
+            clip_model=backbone["zero_shot_head"].get(
+                "clip_model", "ViT-B-16-quickgelu"
+            ),
+            device=config["device"],
+        shell:
+            "peftstudy zero-shot-head --clip-weights {input.clip} --classnames {params.classnames:q}"
+            " --clip-model {params.clip_model} --threads {threads} --device {params.device}"
+            " --out {output.head} > {log} 2>&1"
 
 
 # One fetch rule per backbone with a `source` (the study's and each of `backbones`), run where Snakemake runs.

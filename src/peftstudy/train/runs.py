@@ -37,15 +37,29 @@ def build(
 ) -> tuple[nn.Module, list[str], dict[str, Any], Any]:
     """Backbone with its weights, the method injected, everything but the method's tensors and the head frozen."""
     recipe_hp, cfg = methods.split_hp(method, hp)
-    model = create_backbone(
-        backbone["arch"],
-        num_classes,
-        weights=backbone.get("weights"),
-        sha256=backbone.get("sha256"),
-        keep_head=backbone.get("keep_head", False),
-        drop_path=recipe_hp.get("drop_path", recipe.drop_path),
-        device=device,
-    )
+    drop_path = recipe_hp.get("drop_path", recipe.drop_path)
+    weights = {"weights": backbone.get("weights"), "sha256": backbone.get("sha256")}
+    if backbone.get("head"):  # CLIP: the zero-shot head built from its text tower (STUDY.md A.1)
+        from peftstudy.models.clip import create_clip
+
+        model = create_clip(
+            backbone["arch"],
+            num_classes,
+            head=backbone["head"],
+            head_sha256=backbone.get("head_sha256"),
+            drop_path=drop_path,
+            device=device,
+            **weights,
+        )
+    else:
+        model = create_backbone(
+            backbone["arch"],
+            num_classes,
+            keep_head=backbone.get("keep_head", False),
+            drop_path=drop_path,
+            device=device,
+            **weights,
+        )
     trainable = methods.apply(model, method, cfg, linear_init=recipe.peft_init)
     return model, trainable, recipe_hp, cfg
 
