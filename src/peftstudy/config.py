@@ -174,6 +174,20 @@ def check(config: Mapping[str, Any]) -> None:
                     methods.split_hp(method, hp)
                 except (TypeError, ValueError) as err:
                     raise ConfigError(f"experiments.{exp_name}: {method} grid point {hp}: {err}") from err
+    # One mapping per experiment, not one list: experiments run different methods (the mini study 16 and 4).
+    for exp_name, chosen in config.get("analysis", {}).get("methods", {}).items():
+        exp = config["experiments"].get(exp_name)
+        if exp is None:
+            raise ConfigError(
+                f"analysis.methods.{exp_name}: unknown experiment {exp_name!r}; "
+                f"defined: {', '.join(config['experiments'])}"
+            )
+        for i, name in enumerate(chosen):
+            if name not in exp["methods"]:
+                raise ConfigError(
+                    f"analysis.methods.{exp_name}[{i}]: {name!r} is not one of this experiment's methods "
+                    f"({', '.join(exp['methods'])})"
+                )
     rob = config.get("robustness")
     if rob:
         exp = config["experiments"].get(rob["experiment"])

@@ -231,6 +231,13 @@ def get_ensemble_inputs(wildcards):
     ]
 
 
+def get_analysis_methods(wildcards):
+    """The methods whose pairs and triples are ensembled: analysis.methods, else all."""
+    experiment = EXPERIMENTS[wildcards.experiment]
+    chosen = config.get("analysis", {}).get("methods", {})
+    return " ".join(chosen.get(wildcards.experiment, experiment["methods"]))
+
+
 def get_robustness_inputs(wildcards):
     sets = [ROBUSTNESS["dataset"], *ROBUSTNESS["ood"]]
     return {
