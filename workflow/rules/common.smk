@@ -30,7 +30,19 @@ def job_resources(kind):
     return {k: v for k, v in spec.items() if k != "gpu" or v}
 
 
-TABLES = ("tune", "final", "results", "ensembles", "agreement", "ood", "wise")
+TABLES = (
+    "tune",
+    "final",
+    "results",
+    "ensembles",
+    "seed_ensembles",
+    "agreement",
+    "triples",
+    "venn",
+    "confidence",
+    "ood",
+    "wise",
+)
 
 
 wildcard_constraints:
