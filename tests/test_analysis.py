@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
+import yaml
+from conftest import REPO
 
-from peftstudy import ensemble, methods
+from peftstudy import cli, ensemble, methods
+from peftstudy import config as study
+from peftstudy.io import read_json, save_npz, write_json
+from peftstudy.report.tables import ANALYSIS_COLUMNS, analysis_tables
 from peftstudy.robustness import check_mergeable, class_subset, procedure, top1, wise
 from peftstudy.select import choose
+
+DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 
 
 def result(gp, top1, status="ok"):
@@ -168,3 +177,165 @@ def test_tuning_folds_are_averaged_per_grid_point_before_selection():
     assert choose(average_folds(results, "val_top1"), ["a", "b"])["gp"] == "a"  # fold f0 alone would also say a
     results[0]["status"] = "diverged"  # one diverged fold: the grid point is out
     assert choose(average_folds(results, "val_top1"), ["a", "b"])["gp"] == "b"
+
+
+def venn_masks():
+    """Wrong-prediction masks of a, b, c in which region i of the 7 (a, b, a+b, c, a+c, b+c, a+b+c) holds i + 1
+    samples, and 8 samples are in none: every count differs, so a misnamed region cannot pass."""
+    patterns = [(1, 0, 0), (0, 1, 0), (1, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 1), (1, 1, 1), (0, 0, 0)]
+    rows = [p for i, p in enumerate(patterns) for _ in range(i + 1)]
+    return {name: np.array([r[j] for r in rows], dtype=bool) for j, name in enumerate("abc")}
+
+
+def test_venn_counts_of_a_triple_and_a_pair():
+    masks = venn_masks()
+    expected = {"a": 1, "b": 2, "a+b": 3, "c": 4, "a+c": 5, "b+c": 6, "a+b+c": 7}
+    assert ensemble.venn(masks) == expected
+    assert ensemble.venn({"a": masks["a"], "b": masks["b"]}) == {"a": 1 + 5, "b": 2 + 6, "a+b": 3 + 7}
+    assert ensemble.jaccard(*masks.values()) == pytest.approx(7 / 28)
+    assert ensemble.jaccard(np.zeros(3, bool), np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+
+
+def test_overlaps_of_wrong_predictions_from_logits():
+    masks = venn_masks()
+    labels = np.zeros(36, dtype=int)  # a wrong prediction is class 1, a right one class 0
+    logits = {m: {0: one_hot_logits(mask.astype(int))} for m, mask in masks.items()}
+    _, agree = ensemble.analyse(logits, labels)
+    (triple,) = agree["triples"]
+    assert triple["members"] == ["a", "b", "c"]
+    assert triple["wrong_jaccard"] == pytest.approx(7 / 28)
+    assert triple["agreement"] == pytest.approx((7 + 8) / 36)  # all wrong alike, or all right
+    wrong = {tuple(v["members"]): v["regions"] for v in agree["venn"] if v["kind"] == "wrong"}
+    assert wrong["a", "b", "c"]["a+c"] == 5 and wrong["a", "b"] == {"a": 6, "b": 8, "a+b": 10}
+    assert len(agree["venn"]) == (3 + 1) * 2  # three pairs and one triple, wrong and confident, one seed
+
+
+def test_oracle_is_right_where_any_member_is():
+    labels = np.array([0, 1, 2, 0])
+    members = [one_hot_logits([0, 0, 0, 1]), one_hot_logits([1, 1, 0, 1])]
+    assert ensemble.oracle(members, labels) == 50.0
+    assert ensemble.combine(members, labels)["oracle_top1"] == 50.0
+
+
+def test_each_combination_rule_picks_its_own_class():
+    # Two members barely for class 0 over class 2, one extreme for 1, one sure of 2. Votes: class 0 (two of four).
+    # Mean logits: class 1 (5.0 > 3.5 > 1.0). Mean probabilities: class 2 (.49 > .28 > .24).
+    members = [np.array([row]) for row in ([0.0, 20, 0], [2.0, 0, 1.99], [2.0, 0, 1.99], [0.0, 0, 10])]
+    picks = {name: int(rule(members).argmax(1)[0]) for name, rule in ensemble.COMBINATIONS.items()}
+    assert picks == {"top1": 2, "logit_top1": 1, "vote_top1": 0}
+    scores = ensemble.combine(members, np.array([2]))
+    assert scores == {"top1": 100.0, "logit_top1": 0.0, "vote_top1": 0.0, "oracle_top1": 100.0}
+
+
+def test_confidence_against_correctness():
+    labels = np.array([0, 1, 0])
+    logits = np.log(np.array([[0.9, 0.1], [0.6, 0.4], [0.7, 0.3]]))  # predicts 0, 0, 0: the second is wrong
+    summary = ensemble.confidence(logits, labels, k=2)
+    assert summary["top1"] == pytest.approx(200 / 3) and summary["wrong"] == 1
+    assert summary["mean_confidence"] == pytest.approx(2.2 / 3)
+    assert summary["confidence_right"] == pytest.approx(0.8) and summary["confidence_wrong"] == pytest.approx(0.6)
+    assert summary["confident_top1"] == 100.0  # its two surest (0.9, 0.7) are right
+    assert ensemble.confidence(logits, labels, k=3)["confident_top1"] == pytest.approx(200 / 3)
+    assert ensemble.confidence(logits, np.zeros(3, dtype=int), k=1)["confidence_wrong"] is None
+
+
+def test_seed_ensemble_control_against_the_mean_single_seed():
+    labels = np.array([0, 1, 2, 0])
+    # Each seed is sure where it is right and unsure where it is wrong: 75% and 50% alone, 100% together.
+    seed0 = np.array([[5.0, 0, 0], [0, 5, 0], [0, 1, 0], [5, 0, 0]])
+    seed1 = np.array([[5.0, 0, 0], [1, 0, 0], [0, 0, 5], [0, 0, 1]])
+    control = ensemble.seed_ensemble({1: seed1, 0: seed0}, labels)
+    assert control == {
+        "seeds": [0, 1],
+        "top1": 100.0,
+        "logit_top1": 100.0,
+        "vote_top1": 100.0,  # one vote each: the surer seed breaks the tie
+        "oracle_top1": 100.0,
+        "mean_seed_top1": 62.5,
+        "gain": 37.5,
+    }
+    # Through analyse: only methods with two seeds or more, with all their seeds (not only the shared ones).
+    ens, agree = ensemble.analyse({"x": {0: seed0, 1: seed1}, "y": {0: seed0}}, labels)
+    assert ens["seed_ensembles"] == {"x": control} and ens["seeds"] == [0]
+    assert [(c["method"], c["seed"]) for c in agree["confidence"]] == [("x", 0), ("x", 1), ("y", 0)]
+
+
+def test_configured_methods_choose_the_ensembled_pairs_and_triples():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 50)
+    logits = {m: {0: rng.normal(size=(50, 4)), 1: rng.normal(size=(50, 4))} for m in "abcd"}
+    ens, agree = ensemble.analyse(logits, labels, methods=["c", "a", "b"])
+    sets = [e["members"] for e in ens["ensembles"]]
+    assert sets == [["a", "b"], ["a", "c"], ["b", "c"], ["a", "b", "c"], ["a", "b", "c", "d"]]
+    assert ens["ensemble_methods"] == ["a", "b", "c"] and len(agree["pairs"]) == 6  # agreement: every pair
+    assert [t["members"] for t in agree["triples"]] == [["a", "b", "c"]]
+    assert len(agree["venn"]) == (6 + 1) * 2 * 2  # pairs and the triple, two kinds, two seeds
+    with pytest.raises(ValueError, match="analysis methods zz have no finals here; methods: a, b, c, d"):
+        ensemble.analyse(logits, labels, methods=["a", "zz"])
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["analysis"]["methods"].update(vtab=["lora", "lorra"]), "analysis.methods.vtab[1]: 'lorra' is"),
+        (lambda c: c["analysis"]["methods"].update(robustness=["lora", "ssf"]), "'ssf' is not one of this"),
+        (lambda c: c["analysis"]["methods"].update(vtb=["lora", "ssf"]), "unknown experiment 'vtb'"),
+    ],
+)
+def test_analysis_methods_must_be_the_experiments_own(edit, message):
+    config = copy.deepcopy(DEFAULT)
+    edit(config)
+    with pytest.raises(study.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")) as err:
+        study.check(config)
+    if "unknown experiment" not in message:
+        assert "(linear, full, bitfit" in str(err.value)  # the experiment's methods are listed
+
+
+def fake_finals(tmp_path, experiment: str, dataset: str) -> list[str]:
+    """final.json records and logits.npz of every method and seed of an experiment of the mini study."""
+    exp, spec = DEFAULT["experiments"][experiment], DEFAULT["datasets"][dataset]
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, spec["classes"], spec["test"])
+    records = []
+    for method in exp["methods"]:
+        runs = []
+        for seed in exp["seeds"]:
+            run_dir = tmp_path / experiment / dataset / method / "final" / f"seed{seed}"
+            run_dir.mkdir(parents=True)
+            # Logits nearer the label for some samples: accuracy and agreement between chance and 1.
+            logits = rng.normal(size=(len(labels), spec["classes"])) + 2.0 * np.eye(spec["classes"])[labels]
+            save_npz(run_dir / "logits.npz", logits=logits.astype(np.float32), labels=labels)
+            files = {"metrics.json": "", "logits.npz": "", "peft.safetensors": ""}
+            runs.append({"seed": seed, "dir": str(run_dir), "status": "ok", "test_top1": None, "sha256": files})
+        record = {"experiment": experiment, "dataset": dataset, "method": method, "gp": "0123abcd", "hp": {}}
+        path = tmp_path / experiment / dataset / method / "final.json"
+        write_json(path, {**record, "trainable_params": 0, "runs": runs}, schema="final")
+        records.append(str(path))
+    return records
+
+
+def test_the_mini_studys_analysis_files_are_valid_and_take_every_path(tmp_path):
+    """The mini study's experiments, on fake logits, through the CLI the ensemble rule calls: the files validate
+    against their schemas, and their tables hold triples (vtab's configured trio, robustness's default 4
+    methods) and the seed control (robustness's 2 seeds)."""
+    paths = []
+    for experiment, exp in DEFAULT["experiments"].items():
+        dataset = exp["datasets"][0]
+        analysis = tmp_path / experiment / dataset / "analysis"
+        chosen = DEFAULT["analysis"]["methods"].get(experiment, exp["methods"])
+        argv = ["ensemble", "--finals", *fake_finals(tmp_path, experiment, dataset), "--methods", *chosen]
+        out = {kind: str(analysis / f"{kind}.json") for kind in ("ensembles", "agreement")}
+        cli.main([*argv, "--out-ensembles", out["ensembles"], "--out-agreement", out["agreement"]])
+        paths += out.values()
+        ens = read_json(analysis / "ensembles.json", schema="ensembles")
+        agree = read_json(analysis / "agreement.json", schema="agreement")
+        # vtab: the trio's 3 pairs, itself, all 16; robustness: 6 pairs and 4 triples of its 4 methods, all 4.
+        assert len(ens["ensembles"]) == {"vtab": 3 + 1 + 1, "robustness": 6 + 4 + 1}[experiment]
+        assert len(agree["confidence"]) == len(exp["methods"]) * len(exp["seeds"])
+    tables = analysis_tables(paths)
+    assert set(tables) == set(ANALYSIS_COLUMNS)
+    for name, frame in tables.items():
+        assert len(frame) > 0 and list(frame.columns) == ANALYSIS_COLUMNS[name], name
+    assert set(tables["seed_ensembles"]["experiment"]) == {"robustness"}
+    assert set(tables["triples"]["experiment"]) == {"vtab", "robustness"}
+    assert set(tables["venn"]["region"].str.count(r"\+")) == {0, 1, 2}

@@ -69,8 +69,9 @@ def test_full_dag_from_clean_directory_to_report(tiny):
         assert m["status"] == "ok" and m["provenance"]["config_hash"]
     for path in root.glob("*/*/*/selected.json"):
         read_json(path, schema="selected")
-    for path in root.glob("*/*/analysis/ensembles.json"):
-        read_json(path, schema="ensembles")
+    for schema in ("ensembles", "agreement"):
+        for path in root.glob(f"*/*/analysis/{schema}.json"):
+            read_json(path, schema=schema)
     for method in ("linear", "bitfit"):
         wise = read_json(root / f"robustness/{method}/wise.json", schema="wise")
         curves = {v: [p for p in wise["points"] if p["variant"] == v] for v in ("wise", "head_only")}
@@ -193,6 +194,9 @@ def test_report_tables_are_written_beside_the_page(tiny):
     header = results[0].split(",")
     assert header[:4] == ["experiment", "dataset", "method", "test_top1"]
     assert len(results) == 1 + 2 * 2 + 2  # vtab: 2 tasks x 2 methods; robustness: 1 task x 2 methods
+    # The robustness experiment's two seeds give each of its methods a seed-ensemble control.
+    seed_ensembles = (root / "tables/seed_ensembles.csv").read_text().splitlines()
+    assert len(seed_ensembles) == 1 + 2
     selected = json.loads((root / "vtab/count/lora/selected.json").read_text())
     assert set(selected) == {"gp", "hp", "val_top1", "rule"}
     assert Path(root / "report/figures.ipynb").exists()

@@ -189,9 +189,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="final.json")
     p.set_defaults(func=_stage("peftstudy.collect:run"))
 
-    p = sub.add_parser("ensemble", help="ensembles and agreement of the methods' final test logits")
+    p = sub.add_parser("ensemble", help="confidence, overlaps and ensembles of the methods' final test logits")
     p.add_argument("--finals", nargs="+", required=True, help="final.json of each method on the dataset")
     p.add_argument("--confident-k", type=float, default=0.25, help="K most confident: a count, or a fraction if < 1")
+    p.add_argument("--methods", nargs="+", help="the methods whose pairs and triples are ensembled (default: all)")
     p.add_argument("--out-ensembles", required=True)
     p.add_argument("--out-agreement", required=True)
     p.set_defaults(func=_stage("peftstudy.ensemble:run"))

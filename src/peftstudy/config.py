@@ -212,6 +212,21 @@ def check(config: Mapping[str, Any]) -> None:
                 f"experiments.{exp_name}.selection.metric val_best_top1 needs val evaluated during training: "
                 "set recipe.eval_every (1 = every epoch, as the authors' CLIP runs)"
             )
+
+    # One mapping per experiment, not one list: experiments run different methods (the mini study 16 and 4).
+    for exp_name, chosen in config.get("analysis", {}).get("methods", {}).items():
+        exp = config["experiments"].get(exp_name)
+        if exp is None:
+            raise ConfigError(
+                f"analysis.methods.{exp_name}: unknown experiment {exp_name!r}; "
+                f"defined: {', '.join(config['experiments'])}"
+            )
+        for i, name in enumerate(chosen):
+            if name not in exp["methods"]:
+                raise ConfigError(
+                    f"analysis.methods.{exp_name}[{i}]: {name!r} is not one of this experiment's methods "
+                    f"({', '.join(exp['methods'])})"
+                )
     rob = config.get("robustness")
     if rob:
         exp = config["experiments"].get(rob["experiment"])

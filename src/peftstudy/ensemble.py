@@ -1,8 +1,8 @@
-"""Ensembles and agreement of the methods' final test predictions, per dataset (STUDY.md F).
+"""Confidence, agreement, overlaps and ensembles of the methods' final test predictions, per dataset (STUDY.md F).
 
 Pure functions over logits and labels; :func:`run` is the I/O edge. Members are aligned by seed:
 the ensemble of a method set at seed k averages those methods' seed-k probabilities, and every
-figure is then averaged over the seeds all methods share.
+figure is then averaged over the seeds all methods share. A method's own seeds, ensembled, are the control.
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ def confident_count(n: int, k: float) -> int:
     return max(1, min(n, round(k * n) if k < 1 else int(k)))
 
 
-def agreement(pred_a: np.ndarray, pred_b: np.ndarray) -> float:
-    """Fraction of samples on which two predictors give the same class."""
-    return float((pred_a == pred_b).mean())
+def agreement(*preds: np.ndarray) -> float:
+    """Fraction of samples on which all predictors give the same class."""
+    return float(np.all([p == preds[0] for p in preds[1:]], axis=0).mean())
 
 
 def cohen_kappa(pred_a: np.ndarray, pred_b: np.ndarray) -> float:
@@ -72,63 +72,126 @@ def cohen_kappa(pred_a: np.ndarray, pred_b: np.ndarray) -> float:
     return 1.0 if p_e == 1.0 else (p_o - p_e) / (1.0 - p_e)
 
 
-def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """|A ∩ B| / |A ∪ B| of two boolean masks; 1.0 when both are empty."""
-    union = int((a | b).sum())
-    return 1.0 if union == 0 else float((a & b).sum() / union)
+def jaccard(*masks: np.ndarray) -> float:
+    """|A ∩ B ∩ ...| / |A ∪ B ∪ ...| of boolean masks; 1.0 when all are empty."""
+    union = int(np.any(masks, axis=0).sum())
+    return 1.0 if union == 0 else float(np.all(masks, axis=0).sum() / union)
+
+
+def venn(masks: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Venn region counts of named boolean masks: each region holds the samples in exactly those masks and is
+    named by them, joined with '+' in the given order (a pair: a, b, a+b; a triple: its 7 regions).
+    """
+    names = list(masks)
+    stacked = np.stack([masks[n] for n in names])
+    regions = {}
+    for size in range(1, len(names) + 1):
+        for inside in itertools.combinations(range(len(names)), size):
+            pattern = np.isin(np.arange(len(names)), inside)[:, None]
+            regions["+".join(names[i] for i in inside)] = int((stacked == pattern).all(axis=0).sum())
+    return regions
+
+
+def oracle(logits: Sequence[np.ndarray], labels: np.ndarray) -> float:
+    """Top-1 of an oracle that picks a right member whenever there is one: a bound on any combination rule."""
+    return float(100.0 * np.any([x.argmax(1) == labels for x in logits], axis=0).mean())
+
+
+def combine(logits: Sequence[np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    """Top-1 of each combination rule, and the oracle, on one set of aligned members."""
+    scores = {name: top1(rule(logits), labels) for name, rule in COMBINATIONS.items()}
+    return {**scores, "oracle_top1": oracle(logits, labels)}
+
+
+def confidence(logits: np.ndarray, labels: np.ndarray, k: int) -> dict[str, float | int | None]:
+    """One predictor's softmax confidence (max probability) against its correctness.
+
+    The confidence means over right and over wrong predictions are None when there are none.
+    """
+    probs = softmax(logits)
+    sure, right = probs.max(axis=1), probs.argmax(axis=1) == labels
+    return {
+        "top1": float(100.0 * right.mean()),
+        "mean_confidence": float(sure.mean()),
+        "confidence_right": float(sure[right].mean()) if right.any() else None,
+        "confidence_wrong": float(sure[~right].mean()) if not right.all() else None,
+        "wrong": int((~right).sum()),
+        "confident_top1": float(100.0 * right[confident(logits, k)].mean()),
+    }
+
+
+def seed_ensemble(logits: Mapping[int, np.ndarray], labels: np.ndarray) -> dict:
+    """The same-method control: one method's seeds combined, against its mean single seed.
+
+    If methods differ in their errors more than seeds do, a pair of methods gains more than this.
+    """
+    seeds = sorted(logits)
+    scores = combine([logits[s] for s in seeds], labels)
+    mean_seed = float(np.mean([top1(logits[s], labels) for s in seeds]))
+    return {"seeds": seeds, **scores, "mean_seed_top1": mean_seed, "gain": scores["top1"] - mean_seed}
 
 
 def analyse(
-    logits: Mapping[str, Mapping[int, np.ndarray]], labels: np.ndarray, confident_k: float = 0.25
+    logits: Mapping[str, Mapping[int, np.ndarray]],
+    labels: np.ndarray,
+    confident_k: float = 0.25,
+    methods: Sequence[str] | None = None,
 ) -> tuple[dict, dict]:
     """(ensembles, agreement) for {method: {seed: logits}} on one test set.
 
-    Ensembles by probability averaging (`top1`), logit averaging and majority vote; pairs by agreement, kappa,
-    and the Jaccard overlap of their wrong predictions and of their K most confident ones.
+    Members are aligned by seed: a figure over a method set is computed at each seed all methods share, then
+    averaged (Venn counts stay per seed, as counts). `methods` (default: all) is the set whose pairs and
+    triples are ensembled and whose triples get Venn diagrams; every pair of all methods gets agreement,
+    kappa and Venn counts, and all methods together are ensembled too.
     """
-    methods = sorted(logits)
-    seeds = sorted(set.intersection(*(set(logits[m]) for m in methods)))
+    everyone = sorted(logits)
+    chosen = sorted(methods) if methods is not None else everyone
+    unknown = [m for m in chosen if m not in logits]
+    if unknown:
+        raise ValueError(f"analysis methods {', '.join(unknown)} have no finals here; methods: {', '.join(everyone)}")
+    seeds = sorted(set.intersection(*(set(logits[m]) for m in everyone)))
     if not seeds:
         raise ValueError("the methods share no seed, so their predictions cannot be paired")
-    members = {m: float(np.mean([top1(logits[m][s], labels) for s in seeds])) for m in methods}
-    # Every pair and triple, and all methods together (STUDY.md F): every subset of 16 methods would be 65k.
-    sets = [c for k in (2, 3) if k < len(methods) for c in itertools.combinations(methods, k)] + [tuple(methods)]
+    k = confident_count(len(labels), confident_k)
+    members = {m: float(np.mean([top1(logits[m][s], labels) for s in seeds])) for m in everyone}
+    # Every pair and triple of the chosen set, and all methods together (STUDY.md F): every subset of 16
+    # methods would be 65k. dict.fromkeys drops the all-methods set when it is one of the triples already.
+    pairs = list(itertools.combinations(chosen, 2))
+    triples = list(itertools.combinations(chosen, 3))
+    sets = list(dict.fromkeys([*pairs, *triples, tuple(everyone)]))
     ensembles = []
     for combo in sets:
-        scores = {
-            name: float(np.mean([top1(rule([logits[m][s] for m in combo]), labels) for s in seeds]))
-            for name, rule in COMBINATIONS.items()
-        }
-        # The oracle: some member is right. An upper bound for any combination rule.
-        oracle = [
-            float(100.0 * np.any([logits[m][s].argmax(1) == labels for m in combo], axis=0).mean()) for s in seeds
-        ]
+        per_seed = [combine([logits[m][s] for m in combo], labels) for s in seeds]
+        scores = {name: float(np.mean([p[name] for p in per_seed])) for name in per_seed[0]}
         best = max(members[m] for m in combo)
-        ensembles.append(
-            {
-                "members": list(combo),
-                **scores,
-                "best_member_top1": best,
-                "gain": scores["top1"] - best,
-                "oracle_top1": float(np.mean(oracle)),
-            }
-        )
-    controls = {
-        m: top1(prob_average([logits[m][s] for s in sorted(logits[m])]), labels) for m in methods if len(logits[m]) > 1
+        ensembles.append({"members": list(combo), **scores, "best_member_top1": best, "gain": scores["top1"] - best})
+    controls = {m: seed_ensemble(logits[m], labels) for m in everyone if len(logits[m]) > 1}
+    preds = {(m, s): logits[m][s].argmax(1) for m in everyone for s in seeds}
+    masks = {
+        "wrong": {key: pred != labels for key, pred in preds.items()},
+        "confident": {(m, s): confident(logits[m][s], k) for m in everyone for s in seeds},
     }
-    pairs = []
-    for a, b in itertools.combinations(methods, 2):
+
+    def overlap(combo: tuple[str, ...]) -> dict:
+        """Agreement and the Jaccard overlaps of a pair or triple, averaged over seeds."""
         stats = defaultdict(list)
         for s in seeds:
-            pa, pb = logits[a][s].argmax(1), logits[b][s].argmax(1)
-            stats["agreement"].append(agreement(pa, pb))
-            stats["kappa"].append(cohen_kappa(pa, pb))
-            stats["wrong_jaccard"].append(jaccard(pa != labels, pb != labels))
-            k = confident_count(len(labels), confident_k)
-            stats["confident_jaccard"].append(jaccard(confident(logits[a][s], k), confident(logits[b][s], k)))
-        pairs.append({"a": a, "b": b, **{k: float(np.mean(v)) for k, v in stats.items()}})
+            stats["agreement"].append(agreement(*(preds[m, s] for m in combo)))
+            if len(combo) == 2:
+                stats["kappa"].append(cohen_kappa(*(preds[m, s] for m in combo)))
+            for kind, by_run in masks.items():
+                stats[f"{kind}_jaccard"].append(jaccard(*(by_run[m, s] for m in combo)))
+        return {name: float(np.mean(values)) for name, values in stats.items()}
+
+    venns = [
+        {"members": list(combo), "kind": kind, "seed": s, "regions": venn({m: by_run[m, s] for m in combo})}
+        for combo in [*itertools.combinations(everyone, 2), *triples]
+        for kind, by_run in masks.items()
+        for s in seeds
+    ]
     ensembles_out = {
-        "methods": methods,
+        "methods": everyone,
+        "ensemble_methods": chosen,
         "seeds": seeds,
         "n_test": len(labels),
         "combination": "top1: probability averaging; logit_top1: logit averaging; vote_top1: majority vote",
@@ -136,8 +199,18 @@ def analyse(
         "ensembles": ensembles,
         "seed_ensembles": controls,
     }
-    k = confident_count(len(labels), confident_k)
-    return ensembles_out, {"methods": methods, "seeds": seeds, "confident_k": k, "pairs": pairs}
+    agreement_out = {
+        "methods": everyone,
+        "seeds": seeds,
+        "confident_k": k,
+        "confidence": [
+            {"method": m, "seed": s, **confidence(logits[m][s], labels, k)} for m in everyone for s in sorted(logits[m])
+        ],
+        "pairs": [{"a": a, "b": b, **overlap((a, b))} for a, b in itertools.combinations(everyone, 2)],
+        "triples": [{"members": list(combo), **overlap(combo)} for combo in triples],
+        "venn": venns,
+    }
+    return ensembles_out, agreement_out
 
 
 def run(args: argparse.Namespace) -> None:
@@ -152,6 +225,6 @@ def run(args: argparse.Namespace) -> None:
                 raise ValueError(f"{path}: its test labels differ from the other methods'; were they one test set?")
             labels = data["labels"]
             logits[record["method"]][run_["seed"]] = data["logits"]
-    ensembles, pairs = analyse(logits, labels, args.confident_k)
+    ensembles, pairs = analyse(logits, labels, args.confident_k, args.methods)
     write_json(args.out_ensembles, ensembles, schema="ensembles")
     write_json(args.out_agreement, pairs, schema="agreement")

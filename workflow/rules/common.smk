@@ -31,7 +31,19 @@ def job_resources(kind):
     return {k: v for k, v in spec.items() if k != "gpu" or v}
 
 
-TABLES = ("tune", "final", "results", "ensembles", "agreement", "ood", "wise")
+TABLES = (
+    "tune",
+    "final",
+    "results",
+    "ensembles",
+    "seed_ensembles",
+    "agreement",
+    "triples",
+    "venn",
+    "confidence",
+    "ood",
+    "wise",
+)
 
 
 wildcard_constraints:
@@ -265,6 +277,13 @@ def get_ensemble_inputs(wildcards):
     return [
         LAYOUT.final_record(wildcards.experiment, wildcards.dataset, m) for m in methods
     ]
+
+
+def get_analysis_methods(wildcards):
+    """The methods whose pairs and triples are ensembled: analysis.methods, else all."""
+    experiment = EXPERIMENTS[wildcards.experiment]
+    chosen = config.get("analysis", {}).get("methods", {})
+    return " ".join(chosen.get(wildcards.experiment, experiment["methods"]))
 
 
 def get_robustness_inputs(wildcards):

@@ -64,8 +64,30 @@ def results_table(finals: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
 
 
-def analysis_tables(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    ensembles, agreement = [], []
+DATASET_KEY = ["experiment", "dataset"]
+ANALYSIS_COLUMNS = {
+    "ensembles": [
+        *DATASET_KEY,
+        *("members", "size", "top1", "logit_top1", "vote_top1", "best_member_top1", "gain", "oracle_top1"),
+    ],
+    "seed_ensembles": [
+        *DATASET_KEY,
+        *("method", "seeds", "top1", "logit_top1", "vote_top1", "mean_seed_top1", "gain", "oracle_top1"),
+    ],
+    "agreement": [*DATASET_KEY, "a", "b", "agreement", "kappa", "wrong_jaccard", "confident_jaccard"],
+    "triples": [*DATASET_KEY, "members", "agreement", "wrong_jaccard", "confident_jaccard"],
+    "venn": [*DATASET_KEY, "kind", "members", "size", "seed", "region", "count"],
+    "confidence": [
+        *DATASET_KEY,
+        *("method", "seed", "top1", "mean_confidence", "confidence_right", "confidence_wrong", "wrong"),
+        "confident_top1",
+    ],
+}
+
+
+def analysis_tables(paths: list[str]) -> dict[str, pd.DataFrame]:
+    """The analysis JSONs as tidy tables (ANALYSIS_COLUMNS); method sets are joined with '+', as Venn regions."""
+    rows: dict[str, list[dict]] = {name: [] for name in ANALYSIS_COLUMNS}
     for path in paths:
         match = ANALYSIS_PATH.search(path)
         if match is None:
@@ -74,13 +96,19 @@ def analysis_tables(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         data = read_json(path, schema=match["kind"])
         if match["kind"] == "ensembles":
             for e in data["ensembles"]:
-                ensembles.append({**key, **e, "members": "+".join(e["members"]), "size": len(e["members"])})
+                rows["ensembles"].append({**key, **e, "members": "+".join(e["members"]), "size": len(e["members"])})
+            for method, e in data["seed_ensembles"].items():
+                rows["seed_ensembles"].append({**key, **e, "method": method, "seeds": len(e["seeds"])})
         else:
-            agreement += [{**key, **pair} for pair in data["pairs"]]
-    columns_e = ["experiment", "dataset", "members", "size", "top1", "logit_top1", "vote_top1", "best_member_top1"]
-    columns_e += ["gain", "oracle_top1"]
-    columns_a = ["experiment", "dataset", "a", "b", "agreement", "kappa", "wrong_jaccard", "confident_jaccard"]
-    return pd.DataFrame(ensembles, columns=columns_e), pd.DataFrame(agreement, columns=columns_a)
+            rows["agreement"] += [{**key, **pair} for pair in data["pairs"]]
+            rows["triples"] += [{**key, **t, "members": "+".join(t["members"])} for t in data["triples"]]
+            rows["confidence"] += [{**key, **c} for c in data["confidence"]]
+            rows["venn"] += [
+                {**key, **v, "members": "+".join(v["members"]), "size": len(v["members"]), "region": r, "count": n}
+                for v in data["venn"]
+                for r, n in v["regions"].items()
+            ]
+    return {name: pd.DataFrame(rows[name], columns=columns) for name, columns in ANALYSIS_COLUMNS.items()}
 
 
 def robustness_tables(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -121,14 +149,12 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
     finals = final_table(args.finals)
-    ensembles, agreement = analysis_tables(args.analysis)
     ood, wise = robustness_tables(args.robustness)
     tables = {
         "tune": tune_table(args.tune),
         "final": finals,
         "results": results_table(finals).assign(study=args.study, config_hash=args.config_hash),
-        "ensembles": ensembles,
-        "agreement": agreement,
+        **analysis_tables(args.analysis),
         "ood": ood,
         "wise": wise,
     }
