@@ -82,11 +82,12 @@ def workflow(tmp_path: Path) -> Workflow:
 
 def prepare_mini_task(out: Path, name: str, splits: tuple[str, ...]) -> Path:
     """A task of the mini study (config.yaml) generated into `out` and its splits prepared, as the pipeline does."""
+    from peftstudy import config as study
     from peftstudy.data import layout, synthetic
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     size = config["backbone"]["image_size"]
-    spec = dict(config["datasets"][name], image_size=size)
+    spec = dict(study.data_spec(config["datasets"][name]), image_size=size)
     synthetic.generate(name, spec, config["seed"], str(out / "source"), str(out / "manifest.json"))
     for split in splits:
         layout.prepare(out / "source", out / "manifest.json", split, out / f"{split}.npz", size)

@@ -152,6 +152,15 @@ def _check_sources(config: Mapping[str, Any]) -> None:
             )
 
 
+# Dataset keys read by the report only: left out of what makes the data, so that grouping reruns no job but tables.
+REPORT_DATASET_KEYS = ("group", "size_of")
+
+
+def data_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A dataset's config entry without the report's keys: what the generate rule renders from."""
+    return {k: v for k, v in spec.items() if k not in REPORT_DATASET_KEYS}
+
+
 def datasets_from(config: Mapping[str, Any], *sources: str) -> list[str]:
     return [name for name, spec in config["datasets"].items() if spec["source"] in sources]
 
@@ -227,6 +236,9 @@ def check(config: Mapping[str, Any]) -> None:
                     f"analysis.methods.{exp_name}[{i}]: {name!r} is not one of this experiment's methods "
                     f"({', '.join(exp['methods'])})"
                 )
+    for name, spec in datasets.items():
+        if "size_of" in spec and spec["size_of"] not in datasets:
+            raise ConfigError(f"datasets.{name}.size_of: unknown dataset {spec['size_of']!r}")
     rob = config.get("robustness")
     if rob:
         exp = config["experiments"].get(rob["experiment"])
@@ -269,3 +281,31 @@ def check(config: Mapping[str, Any]) -> None:
     backbone = config["backbone"]
     if backbone.get("pretrain") and config.get("pretrain", {}).get("dataset") not in datasets:
         raise ConfigError("backbone.pretrain is true, so pretrain.dataset must name a dataset under datasets")
+
+
+# The recipe keys the report's captions name: the switches between the authors' quirks and the clean protocol.
+REPORT_RECIPE_KEYS = ("epochs", "lr_step", "normalize", "augment", "drop_path", "peft_init", "precision")
+
+
+def report_context(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What the report needs from the config beyond the results: dataset groups and sizes-of, each experiment's
+    recipe switches, selection rule, planned seeds and grid sizes (so that what is missing can be said)."""
+    sizes = grids(config)
+    return {
+        "datasets": {
+            name: {key: spec[key] for key in REPORT_DATASET_KEYS if key in spec}
+            for name, spec in config["datasets"].items()
+        },
+        "experiments": {
+            name: {
+                "datasets": exp["datasets"],
+                "seeds": exp["seeds"],
+                "head": exp["head"],
+                "tie_break": exp["selection"]["tie_break"],
+                "recipe": {k: exp["recipe"][k] for k in REPORT_RECIPE_KEYS if k in exp["recipe"]},
+                "grid_points": {m: len(sizes[name, m]) for m in exp["methods"]},
+            }
+            for name, exp in config["experiments"].items()
+        },
+        "robustness_experiment": (config.get("robustness") or {}).get("experiment", ""),
+    }

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from peftstudy import config as study
+
 FINAL_FILES = ("metrics.json", "logits.npz", "peft.safetensors")
 
 
@@ -70,6 +72,39 @@ class Layout:
             return []
         methods = self.config["experiments"][rob["experiment"]]["methods"]
         return [f"{self.root}/robustness/{m}/{kind}.json" for m in methods for kind in ("ood", "wise")]
+
+    def tune_benchmarks(self) -> list[str]:
+        """Snakemake's benchmark file of every tune job: one per grid point, or one per pack of points."""
+        packs = study.tune_packs(self.config)
+        grids = study.grids(self.config)
+        out = []
+        for experiment, dataset, method in self.runs():
+            base = f"{self.method_dir(experiment, dataset, method)}/tune"
+            if (experiment, method) in packs:
+                out += [f"{base}/pack-{study.pack_id(p)}/benchmark.tsv" for p in packs[experiment, method]]
+            else:
+                out += [f"{base}/{gp}/benchmark.tsv" for gp in grids[experiment, method]]
+        return out
+
+    def final_benchmarks(self, experiment: str, dataset: str, method: str, gp: str) -> list[str]:
+        """The benchmark files of a selected point's final jobs: one per seed, or one per pack of seeds."""
+        exp = self.config["experiments"][experiment]
+        base = f"{self.method_dir(experiment, dataset, method)}/final/{gp}"
+        size = study.runs_per_job(exp, "final")
+        if size > 1:
+            return [f"{base}/seeds-{'-'.join(map(str, s))}/benchmark.tsv" for s in study.chunks(exp["seeds"], size)]
+        return [f"{base}/seed{s}/benchmark.tsv" for s in exp["seeds"]]
+
+    def other_benchmarks(self) -> list[str]:
+        """Robustness jobs and, when the study pretrains its backbone, the pretraining job."""
+        out = [f"{self.root}/pretrain/benchmark.tsv"] if self.config["backbone"]["pretrain"] else []
+        rob = self.config.get("robustness")
+        if rob:
+            out += [
+                f"{self.root}/robustness/{m}/benchmark.tsv"
+                for m in self.config["experiments"][rob["experiment"]]["methods"]
+            ]
+        return out
 
     def report(self) -> str:
         return f"{self.root}/report/index.html"

@@ -35,6 +35,11 @@ TABLES = (
     "tune",
     "final",
     "results",
+    "vtab",
+    "group_means",
+    "datasets",
+    "experiments",
+    "compute",
     "ensembles",
     "seed_ensembles",
     "agreement",
@@ -44,6 +49,8 @@ TABLES = (
     "ood",
     "wise",
 )
+# The authors' numbers (STUDY.md H), transcribed with their sources; copied beside our tables.
+AUTHORS = ("vtab1k", "manyshot", "clip_ood", "wise")
 
 
 wildcard_constraints:
@@ -257,11 +264,16 @@ def run_of(wildcards):
     return wildcards.experiment, wildcards.dataset, wildcards.method
 
 
-def selected_finals(experiment, dataset, method):
-    """The final runs (every seed) of the grid point `select` chose: known once that checkpoint has run."""
+def selected_gp(experiment, dataset, method):
+    """The grid point `select` chose: known once that checkpoint has run."""
     run = dict(experiment=experiment, dataset=dataset, method=method)
     with open(checkpoints.select.get(**run).output.selected) as handle:
-        gp = json.load(handle)["gp"]
+        return json.load(handle)["gp"]
+
+
+def selected_finals(experiment, dataset, method):
+    """The final runs (every seed) of the selected grid point."""
+    gp = selected_gp(experiment, dataset, method)
     return LAYOUT.final_files(experiment, dataset, method, gp)
 
 
@@ -312,7 +324,28 @@ def get_table_inputs(wildcards):
         "finals": LAYOUT.final_records(),
         "analysis": LAYOUT.analysis_outputs(),
         "robustness": LAYOUT.robustness_outputs(),
+        "manifests": [manifest(d) for d in get_report_datasets()],
+        "authors": [f"report/data/authors_{name}.csv" for name in AUTHORS],
+        "benchmarks": [*LAYOUT.tune_benchmarks(), *LAYOUT.other_benchmarks()],
     }
+
+
+def get_final_benchmarks(wildcards):
+    """Apart from get_table_inputs: the paths depend on the selections, and a named input of its own keeps
+    the rule's other inputs known while a checkpoint is still pending (a dry run formats the shell command).
+    """
+    return [
+        path
+        for run in LAYOUT.runs()
+        for path in LAYOUT.final_benchmarks(*run, selected_gp(*run))
+    ]
+
+
+def get_report_datasets():
+    """Datasets the study trains or tests on (their manifests give the report the split sizes)."""
+    names = {d for exp in EXPERIMENTS.values() for d in exp["datasets"]}
+    names |= set(ROBUSTNESS["ood"]) if ROBUSTNESS else set()
+    return sorted(names)
 
 
 def get_final_outputs(wildcards):

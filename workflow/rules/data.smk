@@ -25,7 +25,10 @@ rule generate:
         "../../envs/data.yaml"
     params:
         spec=lambda wc: as_json(
-            dict(DATASETS[wc.dataset], image_size=config["backbone"]["image_size"])
+            dict(
+                study.data_spec(DATASETS[wc.dataset]),
+                image_size=config["backbone"]["image_size"],
+            )
         ),
         seed=config["seed"],
     shell:

@@ -5,8 +5,18 @@ rule ensemble:
     input:
         finals=get_ensemble_inputs,
     output:
-        ensembles=f"{R}/{{experiment}}/{{dataset}}/analysis/ensembles.json",
-        agreement=f"{R}/{{experiment}}/{{dataset}}/analysis/agreement.json",
+        ensembles=report(
+            f"{R}/{{experiment}}/{{dataset}}/analysis/ensembles.json",
+            caption="../../report/captions/analysis.rst",
+            category="Ensembles and agreement",
+            subcategory="{experiment}",
+        ),
+        agreement=report(
+            f"{R}/{{experiment}}/{{dataset}}/analysis/agreement.json",
+            caption="../../report/captions/analysis.rst",
+            category="Ensembles and agreement",
+            subcategory="{experiment}",
+        ),
     log:
         f"{R}/{{experiment}}/{{dataset}}/analysis/ensemble.log",
     conda:

@@ -73,7 +73,12 @@ rule collect:
     input:
         get_selected_finals,
     output:
-        record=f"{R}/{{experiment}}/{{dataset}}/{{method}}/final.json",
+        record=report(
+            f"{R}/{{experiment}}/{{dataset}}/{{method}}/final.json",
+            caption="../../report/captions/final.rst",
+            category="Final runs",
+            subcategory="{experiment}",
+        ),
     log:
         f"{R}/{{experiment}}/{{dataset}}/{{method}}/collect.log",
     conda:

@@ -1,9 +1,18 @@
 rule tables:
-    """Tidy CSV tables of everything the study computed (what the report reads)."""
+    """Tidy CSV tables of everything the study computed (what the report reads), the authors' numbers beside."""
     input:
         unpack(get_table_inputs),
+        final_benchmarks=get_final_benchmarks,
     output:
-        tables=expand(f"{R}/tables/{{table}}.csv", table=TABLES),
+        tables=[
+            report(
+                f"{R}/tables/{table}.csv",
+                caption="../../report/captions/tables.rst",
+                category="Tables",
+            )
+            for table in TABLES
+        ],
+        authors=expand(f"{R}/tables/authors_{{name}}.csv", name=AUTHORS),
     log:
         f"{R}/tables/tables.log",
     conda:
@@ -11,17 +20,21 @@ rule tables:
     params:
         study=config["study"],
         config_hash=CONFIG_HASH,
+        context=as_json(study.report_context(config)),
         out_dir=lambda wc, output: os.path.dirname(output.tables[0]),
     shell:
         "peftstudy tables --study {params.study} --config-hash {params.config_hash}"
-        " --tune {input.tune} --finals {input.finals} --analysis {input.analysis}"
-        " --robustness {input.robustness} --out-dir {params.out_dir} > {log} 2>&1"
+        " --context {params.context} --tune {input.tune} --finals {input.finals}"
+        " --analysis {input.analysis} --robustness {input.robustness}"
+        " --manifests {input.manifests} --benchmarks {input.benchmarks} {input.final_benchmarks}"
+        " --authors {input.authors} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule report:
     """Figures by a papermill-executed notebook, the page by a Jinja template: one self-contained HTML file."""
     input:
         tables=rules.tables.output.tables,
+        authors=rules.tables.output.authors,
         notebook="report/notebooks/figures.ipynb",
         template="report/templates/index.html.j2",
     output:
@@ -37,6 +50,8 @@ rule report:
         "../../envs/report.yaml"
     params:
         tables=lambda wc, input: os.path.dirname(input.tables[0]),
+        tolerance=config.get("report", {}).get("tolerance", 1.0),
     shell:
         "peftstudy report --tables {params.tables} --notebook {input.notebook}"
-        " --template {input.template} --out {output.html} --out-notebook {output.notebook} > {log} 2>&1"
+        " --template {input.template} --tolerance {params.tolerance} --out {output.html}"
+        " --out-notebook {output.notebook} > {log} 2>&1"

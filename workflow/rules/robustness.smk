@@ -3,8 +3,16 @@ rule robustness:
     input:
         unpack(get_robustness_inputs),
     output:
-        ood=f"{R}/robustness/{{method}}/ood.json",
-        wise=f"{R}/robustness/{{method}}/wise.json",
+        ood=report(
+            f"{R}/robustness/{{method}}/ood.json",
+            caption="../../report/captions/robustness.rst",
+            category="Robustness",
+        ),
+        wise=report(
+            f"{R}/robustness/{{method}}/wise.json",
+            caption="../../report/captions/robustness.rst",
+            category="Robustness",
+        ),
     log:
         f"{R}/robustness/{{method}}/log.txt",
     benchmark:

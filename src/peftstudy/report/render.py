@@ -1,40 +1,111 @@
 """The page: figures from the papermill-executed notebook, tables from the tidy CSVs, one Jinja template.
 
-Figures are embedded as base64 PNG, so index.html is one self-contained file that opens offline.
+Figures are embedded as base64 PNG, so index.html is one self-contained file that opens offline. Any table may be
+missing or empty (a study still running): its section then says so instead of failing.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import math
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from peftstudy.io import atomic_path
 
+NOT_COMPUTED = "not computed yet"
+# Which quirk of the authors' code each recipe value reproduces (STUDY.md §I), for the captions.
+QUIRKS = {
+    ("lr_step", "authors"): "the scheduler stepped with the finished epoch's index, one epoch late (I.20)",
+    ("normalize", False): "unnormalised [0, 1] pixels (I.13)",
+    ("peft_init", "authors"): "timm's init overwriting every Linear a method adds (I.26)",
+}
 CAPTIONS = {
     "accuracy_vs_params": "Mean test top-1 over the experiment's datasets against the number of trainable parameters "
-    "outside the head (the paper's Fig. 1a). Each method at its grid point selected on val (highest last-epoch val "
-    "top-1, ties to the last grid point), retrained on train+val, tested once; mean over seeds.",
-    "per_task": "Test top-1 per dataset and method, mean ± std over the final seeds.",
+    "outside the head (the paper's Fig. 1a); the linear probe (0 parameters) is drawn at 1.",
+    "spread": "Test top-1 of every method per dataset: a box over the methods, one dot per method; a narrow box means "
+    "the methods reach similar accuracy (the paper's claim 1).",
     "agreement": "Fraction of test images on which two methods predict the same class, mean over datasets and seeds.",
+    "disagreement": "Left: Jaccard overlap of the test images two methods get wrong; right: overlap of their K most "
+    "confident predictions (the paper's Fig. 1b asks the same of the 5,000 most confident); mean over datasets and "
+    "seeds. Low overlap with similar accuracy = different mistakes, room for ensembles.",
     "ensembles": "Averaging the softmax probabilities of all methods' finals (seed by seed, then averaged) against the "
     "best single method; the oracle marks how often some member is right.",
-    "robustness": "Finals trained on the in-distribution set (first group) evaluated on test sets rendered with other "
-    "styles, mean over seeds.",
+    "manyshot": "Test top-1 against the number of training images (train+val of the final run) of datasets that are "
+    "one dataset at several sizes (config key size_of), one line per method.",
+    "robustness": "Finals trained on the in-distribution set (first group of bars) evaluated on shifted test sets, "
+    "mean over seeds.",
     "wise": "WiSE: trained tensors the zero-shot model also has are interpolated (1 - alpha) zero-shot + alpha "
-    "fine-tuned, added branches scaled by alpha; alpha = 0 is the zero-shot model (square), 1 the fine-tuned (star).",
+    "fine-tuned, added branches scaled by alpha; alpha = 0 is the zero-shot model (square), 1 the fine-tuned (star). "
+    "Dashed: the head-only variant (the head interpolated, everything else fine-tuned; the authors' merge_fc). "
+    "Right, for reference: the authors' curves (CLIP ViT-B/16, 100-shot ImageNet, STUDY.md H.4).",
+}
+# Page sections: which figures each holds, in order.
+SECTIONS = {
+    "accuracy": ("accuracy_vs_params", "spread"),
+    "disagreement": ("agreement", "disagreement", "ensembles"),
+    "manyshot": ("manyshot",),
+    "robustness": ("robustness", "wise"),
 }
 
 
-def caption(name: str) -> str:
-    for prefix, text in CAPTIONS.items():
-        if name.startswith(prefix):
-            return text
-    return ""
+def load_tables(tables: Path) -> dict[str, pd.DataFrame]:
+    """Every CSV of the tables folder; a missing folder or an empty file reads as no table."""
+    frames = {}
+    for path in sorted(tables.glob("*.csv")) if tables.is_dir() else []:
+        try:
+            frames[path.stem] = pd.read_csv(path, comment="#" if path.stem.startswith("authors_") else None)
+        except pd.errors.EmptyDataError:
+            continue
+    return frames
+
+
+def table(frames: dict[str, pd.DataFrame], name: str, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The named table, or an empty one when it is absent, empty or lacks a needed column."""
+    frame = frames.get(name)
+    if frame is None or frame.empty or not set(columns) <= set(frame.columns):
+        return pd.DataFrame(columns=list(columns))
+    return frame
+
+
+def protocol(experiments: pd.DataFrame, experiment: str) -> str:
+    """How an experiment's numbers were made: selection rule, seeds and which of the authors' quirks ran."""
+    rows = experiments[experiments["experiment"] == experiment] if "experiment" in experiments else experiments[:0]
+    if rows.empty:
+        return ""
+    row = rows.iloc[0]
+    tie = "the last" if row.get("tie_break") == "last" else "the first"
+    seeds = str(row.get("seeds", "")).split()
+    text = (
+        f"Experiment {experiment}: each method at the grid point with the highest last-epoch val top-1 "
+        f"(ties to {tie} point in grid order{', the authors’ rule' if tie == 'the last' else ''}), retrained on "
+        f"train+val and tested once after its last epoch; {len(seeds)} seed{'s' if len(seeds) != 1 else ''}."
+    )
+    quirks = [text for (key, value), text in QUIRKS.items() if key in row and _same(row[key], value)]
+    if quirks:
+        text += " Authors' quirks reproduced: " + "; ".join(quirks) + "."
+    return text
+
+
+def _same(cell: Any, value: Any) -> bool:
+    # CSV round trip: booleans come back as bools or strings, absent recipe keys as NaN.
+    if isinstance(value, bool):
+        return str(cell).lower() == str(value).lower()
+    return cell == value
+
+
+def caption(name: str, experiments: pd.DataFrame) -> str:
+    """A figure's caption: what it shows and how it was computed (name = kind, or kind__experiment)."""
+    kind, _, experiment = name.partition("__")
+    if not experiment and kind in ("robustness", "wise") and "robustness" in experiments:
+        flagged = experiments[experiments["robustness"].astype(str).str.lower() == "true"]
+        experiment = flagged["experiment"].iloc[0] if len(flagged) else ""
+    return " ".join(t for t in (CAPTIONS.get(kind, ""), protocol(experiments, experiment)) if t)
 
 
 def execute_notebook(notebook: str, out_notebook: str, tables: str, figures: Path) -> None:
@@ -51,65 +122,197 @@ def execute_notebook(notebook: str, out_notebook: str, tables: str, figures: Pat
         )
 
 
-def results_matrix(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per experiment: datasets x methods of 'mean ± std', with the mean over datasets as the last row."""
-    out = {}
-    for experiment, frame in results.groupby("experiment"):
-        mean = frame.pivot(index="dataset", columns="method", values="test_top1")
-        std = frame.pivot(index="dataset", columns="method", values="test_top1_std").fillna(0.0)
-        cells = mean.map(lambda v: f"{v:.1f}") + std.map(lambda v: f" ± {v:.1f}")
-        cells.loc["mean"] = mean.mean().map(lambda v: f"{v:.1f}")
-        params = frame.groupby("method")["trainable_params"].first()
-        cells.loc["trainable params"] = params.map(lambda v: f"{int(v):,}")
-        out[experiment] = cells
+def _fmt(value: float, spec: str = ".1f") -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def _cell(ours: float, std: float, theirs: float, tolerance: float) -> dict[str, Any]:
+    diff = ours - theirs
+    return {
+        "ours": _fmt(ours),
+        "std": "" if math.isnan(std) or std == 0 else f"± {std:.1f}",
+        "authors": "" if math.isnan(theirs) else _fmt(theirs),
+        "diff": "" if math.isnan(diff) else f"{diff:+.1f}",
+        "off": not math.isnan(diff) and abs(diff) > tolerance,
+        "missing": math.isnan(ours),
+    }
+
+
+def accuracy_tables(vtab: pd.DataFrame, means: pd.DataFrame, tolerance: float) -> list[dict[str, Any]]:
+    """Per experiment: rows of tasks, grouped, each group followed by its mean; the two overall means; the
+    trainable parameters. Columns are the methods in config order."""
+    out = []
+    for experiment, frame in vtab.groupby("experiment", sort=False):
+        methods = list(dict.fromkeys(frame["method"]))
+        rows = []
+        m = means[means["experiment"] == experiment]
+        for group, part in frame.groupby("group", sort=False):
+            for dataset, cells in part.groupby("dataset", sort=False):
+                by = cells.set_index("method")
+                rows.append(
+                    {
+                        "label": dataset,
+                        "kind": "task",
+                        "cells": [
+                            _cell(by.at[x, "test_top1"], by.at[x, "test_top1_std"], by.at[x, "authors_top1"], tolerance)
+                            for x in methods
+                        ],
+                    }
+                )
+            rows.append(_mean_row(m, group, f"{group} ({part['dataset'].nunique()})", methods, tolerance))
+        for label in ("mean over tasks", "mean over groups"):
+            rows.append(_mean_row(m, label, label, methods, tolerance))
+        params = frame.groupby("method", sort=False)["trainable_params"].max()
+        rows.append(
+            {
+                "label": "trainable params (non-head)",
+                "kind": "params",
+                "cells": [
+                    {"ours": _fmt(params.get(x, math.nan), ",.0f"), "std": "", "authors": "", "diff": ""}
+                    for x in methods
+                ],
+            }
+        )
+        has_authors = frame["authors_top1"].notna().any()
+        out.append({"experiment": experiment, "methods": methods, "rows": rows, "authors": bool(has_authors)})
     return out
+
+
+def _mean_row(means: pd.DataFrame, group: str, label: str, methods: list[str], tolerance: float) -> dict[str, Any]:
+    by = means[means["group"] == group].set_index("method")
+    cells = [
+        _cell(by.at[x, "test_top1"], math.nan, by.at[x, "authors_top1"], tolerance)
+        if x in by.index
+        else _cell(math.nan, math.nan, math.nan, tolerance)
+        for x in methods
+    ]
+    return {"label": label, "kind": "mean", "cells": cells}
+
+
+def summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    final = table(frames, "final", ("experiment", "dataset", "method", "seed", "status", "device", "code_version"))
+    tune = table(frames, "tune", ("experiment", "dataset", "method", "gp", "status", "wall_seconds"))
+    results = table(frames, "results", ("study", "config_hash"))
+    experiments = table(frames, "experiments", ("experiment", "method", "datasets", "grid_points", "seeds"))
+    datasets = table(frames, "datasets", ("dataset", "group", "trainval", "test"))
+    compute = table(frames, "compute", ("phase", "seconds", "cpu_seconds"))
+    vtab = table(frames, "vtab", ("experiment", "dataset", "method", "test_top1"))
+    planned_tune = int((experiments["datasets"] * experiments["grid_points"]).sum()) if len(experiments) else 0
+    missing = vtab[vtab["test_top1"].isna()]
+    return {
+        "study": results["study"].iloc[0] if len(results) else NOT_COMPUTED,
+        "config_hash": results["config_hash"].iloc[0] if len(results) else NOT_COMPUTED,
+        "code_versions": sorted(final["code_version"].astype(str).unique()),
+        "code_hashes": sorted(final.get("code_hash", pd.Series(dtype=str)).astype(str).unique()),
+        "experiments": [
+            {
+                "name": name,
+                "methods": len(frame),
+                "datasets": int(frame["datasets"].iloc[0]),
+                "grid": f"{frame['grid_points'].min()}–{frame['grid_points'].max()}"
+                if frame["grid_points"].nunique() > 1
+                else str(frame["grid_points"].iloc[0]),
+                "grid_total": int((frame["datasets"] * frame["grid_points"]).sum()),
+                "seeds": str(frame["seeds"].iloc[0]),
+            }
+            for name, frame in experiments.groupby("experiment", sort=False)
+        ],
+        "datasets": [f"{r.dataset} ({r.group}; {r.trainval} train+val, {r.test} test)" for r in datasets.itertuples()],
+        "methods": list(dict.fromkeys(experiments["method"])),
+        "tuned": len(tune),
+        "planned_tune": planned_tune,
+        "diverged": [
+            f"{r.experiment}/{r.dataset}/{r.method} {r.gp}" for r in tune[tune["status"] != "ok"].itertuples()
+        ],
+        "finals_failed": [
+            f"{r.experiment}/{r.dataset}/{r.method} seed {r.seed}" for r in final[final["status"] != "ok"].itertuples()
+        ],
+        "finals": len(final),
+        "missing": [f"{r.experiment}/{r.dataset}/{r.method}" for r in missing.itertuples()],
+        "devices": sorted(final["device"].astype(str).unique()),
+        "hosts": sorted(final.get("host", pd.Series(dtype=str)).astype(str).unique()),
+        "compute": [
+            {
+                "phase": phase,
+                "jobs": len(f),
+                "hours": f["seconds"].sum() / 3600,
+                "cpu_hours": f["cpu_seconds"].sum() / 3600,
+            }
+            for phase, f in compute.groupby("phase", sort=False)
+        ],
+        "compute_hours": compute["seconds"].sum() / 3600 if len(compute) else None,
+    }
+
+
+def _base64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def html(frame: pd.DataFrame, **kwargs: Any) -> str:
+    return frame.to_html(classes="grid", border=0, index=False, float_format="%.1f", na_rep="–", **kwargs)
 
 
 def run(args: argparse.Namespace) -> None:
     import jinja2
 
     tables = Path(args.tables)
-    frames = {p.stem: pd.read_csv(p) for p in sorted(tables.glob("*.csv"))}
+    frames = load_tables(tables)
     with tempfile.TemporaryDirectory() as tmp:
         figures_dir = Path(tmp)
         execute_notebook(args.notebook, args.out_notebook, args.tables, figures_dir)
-        figures = [
-            {"name": png.stem, "caption": caption(png.stem), "data": base64.b64encode(png.read_bytes()).decode()}
-            for png in sorted(figures_dir.glob("*.png"))
-        ]
-    final, tune = frames["final"], frames["tune"]
-    summary = {
-        "study": frames["results"]["study"].iloc[0] if len(frames["results"]) else "?",
-        "config_hash": frames["results"]["config_hash"].iloc[0] if len(frames["results"]) else "?",
-        "code_versions": sorted(final["code_version"].astype(str).unique()),
-        "code_hashes": sorted(final["code_hash"].astype(str).unique()),
-        "experiments": sorted(final["experiment"].unique()),
-        "datasets": sorted(final["dataset"].unique()),
-        "methods": sorted(final["method"].unique()),
-        "grid_points": len(tune),
-        "diverged": int((tune["status"] != "ok").sum()),
-        "finals": len(final),
-        "seeds": sorted(final["seed"].unique().tolist()),
-        "devices": sorted(final["device"].unique()),
-        "compute_minutes": (tune["wall_seconds"].sum() + final["wall_seconds"].sum()) / 60.0,
+        pngs = sorted(figures_dir.glob("*.png"))
+        experiments = table(frames, "experiments", ("experiment",))
+        figures = {
+            section: [
+                {
+                    "name": p.stem,
+                    "caption": caption(p.stem, experiments),
+                    "data": base64.b64encode(p.read_bytes()).decode(),
+                }
+                for p in pngs
+                if p.stem.partition("__")[0] in kinds
+            ]
+            for section, kinds in SECTIONS.items()
+        }
+    vtab = table(frames, "vtab", ("experiment", "group", "dataset", "method", "test_top1", "authors_top1"))
+    means = table(frames, "group_means", ("experiment", "method", "group", "test_top1", "authors_top1"))
+    tune = table(frames, "tune", ("experiment", "dataset", "method", "gp", "hp", "val_top1", "selected"))
+    ensembles = table(frames, "ensembles", ("experiment", "dataset", "members", "size", "top1", "best_member_top1"))
+    full = ensembles[ensembles["size"] == ensembles.groupby(["experiment", "dataset"])["size"].transform("max")]
+    ood = table(frames, "ood", ("method", "set", "kind", "top1"))
+    authors = {
+        name: table(frames, f"authors_{name}", ("method",)) for name in ("vtab1k", "manyshot", "clip_ood", "wise")
     }
     html_tables = {
-        "results": {k: v.to_html(classes="grid", border=0) for k, v in results_matrix(frames["results"]).items()},
-        "selected": tune[tune["selected"]][["experiment", "dataset", "method", "gp", "hp", "val_top1"]].to_html(
-            classes="grid", border=0, index=False, float_format="%.1f"
-        ),
-        "ensembles": frames["ensembles"].to_html(classes="grid", border=0, index=False, float_format="%.1f"),
-        "ood": frames["ood"].to_html(classes="grid", border=0, index=False, float_format="%.1f"),
+        "selected": html(
+            tune[tune["selected"].astype(str) == "True"][["experiment", "dataset", "method", "gp", "hp", "val_top1"]]
+        )
+        if len(tune)
+        else "",
+        "ensembles": html(full.drop(columns=[c for c in ("size",) if c in full])) if len(full) else "",
+        "ood": html(ood.pivot_table(index="set", columns="method", values="top1", sort=False).reset_index())
+        if len(ood)
+        else "",
+        **{f"authors_{k}": html(v) if len(v) else "" for k, v in authors.items()},
     }
     template_path = Path(args.template)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(template_path.parent), autoescape=jinja2.select_autoescape(["html", "j2"])
     )
-    page = env.get_template(template_path.name).render(summary=summary, tables=html_tables, figures=figures)
+    page = env.get_template(template_path.name).render(
+        summary=summary(frames),
+        accuracy=accuracy_tables(vtab, means, args.tolerance) if vtab["test_top1"].notna().any() else [],
+        tolerance=args.tolerance,
+        tables=html_tables,
+        figures=figures,
+        not_computed=NOT_COMPUTED,
+        csvs=sorted(p.name for p in tables.glob("*.csv")) if tables.is_dir() else [],
+    )
     with atomic_path(args.out) as tmp:
         tmp.write_text(page)
     # The tables travel with the page, so a reader can take the numbers as CSV.
     csv_dir = Path(args.out).parent / "tables"
     csv_dir.mkdir(exist_ok=True)
-    for p in tables.glob("*.csv"):
-        shutil.copyfile(p, csv_dir / p.name)
+    for p in tables.glob("*.csv") if tables.is_dir() else []:
+        with atomic_path(csv_dir / p.name) as tmp:
+            shutil.copyfile(p, tmp)

@@ -1,0 +1,263 @@
+"""The report: the authors' numbers as transcribed, group means, a partial study's page, and the tiny study's
+page built by the pipeline and opened in headless Chromium (console clean, every image loaded, the tables right).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO, copy_repo, tiny_config
+
+from peftstudy import config as study
+from peftstudy.report import render, tables
+
+DATA = REPO / "report" / "data"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_authors_vtab1k_transcription():
+    frame = tables.read_authors(DATA / "authors_vtab1k.csv")
+    assert frame.shape == (16, 1 + 19 + 5 + 1)
+    assert list(frame.columns[1:20]) == list(tables.VTAB_TASKS)
+    by = frame.set_index("method")
+    # Cells checked against STUDY.md H.1 by hand: corners, a middle cell, a mean and a parameter count.
+    assert by.at["linear", "cifar"] == 48.7
+    assert by.at["fact_tk", "smallnorb_ele"] == 40.1
+    assert by.at["lora", "dsprites_loc"] == 86.6
+    assert by.at["convpass", "mean_tasks"] == 74.2
+    assert by.at["vpt_deep", "params_m"] == 0.434
+    # The transcribed means are the means of the transcribed values, to the source's rounding (0.05 each side).
+    for group, tasks in tables.VTAB_GROUPS.items():
+        assert (by[list(tasks)].mean(axis=1) - by[group.lower()]).abs().max() <= 0.1
+    assert (by[list(tables.VTAB_TASKS)].mean(axis=1) - by["mean_tasks"]).abs().max() <= 0.1
+    groups = by[["natural", "specialized", "structured"]].mean(axis=1)
+    assert (groups - by["mean_groups"]).abs().max() <= 0.1
+
+
+def test_authors_other_transcriptions():
+    many = tables.read_authors(DATA / "authors_manyshot.csv")
+    assert many.shape == (5 * 3 * 9 + 5 * 4, 6)
+    cell = many[(many["dataset"] == "resisc45") & (many["train"] == "225") & (many["method"] == "fact_tk")]
+    assert cell.set_index("dim").at[256, "test_top1"] == 73.97
+    full = many[(many["dataset"] == "cifar100") & (many["train"] == "500") & (many["method"] == "full")]
+    assert full["test_top1"].item() == 34.32 and "collapsed" in full["note"].item()
+    clip = tables.read_authors(DATA / "authors_clip_ood.csv").set_index("method")
+    assert clip.shape == (13, 10)
+    assert clip.at["lora", "imagenet"] == 76.56 and clip.at["full", "imagenet_a"] == 18.43
+    assert clip.at["zero_shot", "ood4"] == 58.67 and clip.at["adapter", "params"] == 1198848
+    wise = tables.read_authors(DATA / "authors_wise.csv")
+    assert wise.shape == (9 * 11, 5)
+    full = wise[wise["method"] == "full"].set_index("alpha")
+    assert (full.at[0.6, "id_top1"], full.at[1.0, "ood_mean_top1"]) == (77.73, 42.50)
+    assert (wise[wise["alpha"] == 0.0][["id_top1", "ood_mean_top1"]] == [67.69, 58.67]).all().all()
+    for name in ("vtab1k", "manyshot", "clip_ood", "wise"):
+        head = (DATA / f"authors_{name}.csv").read_text().splitlines()[0]
+        assert "2409.16434" in head and "PETL_Vision @245d262" in head
+
+
+def context(datasets: dict, methods: list[str], groups: dict | None = None) -> dict:
+    return {
+        "datasets": {d: {"group": g} for d, g in (groups or {}).items()},
+        "experiments": {
+            "vtab": {
+                "datasets": list(datasets),
+                "seeds": [0],
+                "head": "new",
+                "tie_break": "last",
+                "recipe": {"lr_step": "authors"},
+                "grid_points": dict.fromkeys(methods, 2),
+            }
+        },
+    }
+
+
+def results(values: dict[tuple[str, str], float]) -> pd.DataFrame:
+    rows = [
+        {"experiment": "vtab", "dataset": d, "method": m, "test_top1": v, "test_top1_std": 0.0, "seeds": 1}
+        for (d, m), v in values.items()
+    ]
+    return pd.DataFrame(rows).assign(trainable_params=10)
+
+
+def test_vtab_group_means_and_both_overall_means_match_the_authors_on_their_own_numbers():
+    authors = tables.read_authors(DATA / "authors_vtab1k.csv")
+    by = authors.set_index("method")
+    ours = results({(t, m): by.at[m, t] for t in tables.VTAB_TASKS for m in ("lora", "ssf")})
+    vtab = tables.vtab_table(ours, context(tables.VTAB_TASKS, ["lora", "ssf"]), authors)
+    assert len(vtab) == 38 and (vtab["diff"] == 0).all()
+    means = tables.group_means(vtab).set_index(["method", "group"])
+    assert len(means) == 2 * 5
+    assert abs(means.at[("lora", "Natural"), "test_top1"] - by.at["lora", "natural"]) <= 0.1
+    assert abs(means.at[("ssf", tables.MEAN_GROUPS), "test_top1"] - by.at["ssf", "mean_groups"]) <= 0.1
+    assert abs(means.at[("ssf", tables.MEAN_TASKS), "authors_top1"] - by.at["ssf", "mean_tasks"]) <= 0.1
+
+
+def test_datasets_outside_vtab_form_the_groups_the_config_gives_and_means_wait_for_all_tasks():
+    ctx = context(["count", "orientation", "digits"], ["linear", "lora"], {"count": "Structured", "digits": "Natural"})
+    ours = results({("count", "linear"): 40.0, ("orientation", "linear"): 60.0, ("digits", "linear"): 90.0})
+    ours = pd.concat([ours, results({("count", "lora"): 50.0})])
+    vtab = tables.vtab_table(ours, ctx, None)
+    assert dict(zip(vtab["dataset"], vtab["group"], strict=False)) == {
+        "count": "Structured",
+        "orientation": "orientation",
+        "digits": "Natural",
+    }
+    assert vtab["authors_top1"].isna().all()
+    means = tables.group_means(vtab).set_index(["method", "group"])["test_top1"]
+    assert means[("linear", tables.MEAN_TASKS)] == pytest.approx(190 / 3)
+    assert means[("linear", tables.MEAN_GROUPS)] == pytest.approx(190 / 3)
+    assert means[("lora", "Structured")] == 50.0
+    assert pd.isna(means[("lora", "Natural")]) and pd.isna(means[("lora", tables.MEAN_TASKS)])
+
+
+def test_benchmark_paths_of_the_tiny_study_follow_the_job_layout(tmp_path: Path):
+    cfg = tiny_config()
+    from peftstudy.results import Layout
+
+    layout = Layout(cfg)
+    tune = layout.tune_benchmarks()
+    # vtab: one file per grid point (linear 1, lora 2) per task; robustness: one pack per method.
+    assert len(tune) == 2 * 3 + 2 and sum("/pack-" in p for p in tune) == 2
+    assert layout.final_benchmarks("robustness", "shapes", "linear", "abcd1234") == [
+        "results/tiny/robustness/shapes/linear/final/abcd1234/seeds-0-1/benchmark.tsv"
+    ]
+    paths = [*tune[:1], *layout.final_benchmarks("vtab", "count", "lora", "abcd1234"), *layout.other_benchmarks()]
+    for p in paths:
+        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / p).write_text("s\th:m:s\tmax_rss\tcpu_time\n2.5\t0:00:02\t100.0\t2.0\n")
+    compute = tables.compute_table([str(tmp_path / p) for p in paths])
+    assert list(compute["phase"]) == ["tune", "final", "robustness", "robustness"]
+    assert compute.loc[1, ["experiment", "dataset", "method", "job"]].tolist() == [
+        "vtab",
+        "count",
+        "lora",
+        "abcd1234/seed0",
+    ]
+    assert compute["seconds"].sum() == 10.0
+
+
+def test_report_keys_of_a_dataset_do_not_change_what_makes_the_data():
+    spec = {"source": "synthetic", "task": "count", "classes": 6, "group": "Structured", "size_of": "x"}
+    assert study.data_spec(spec) == {"source": "synthetic", "task": "count", "classes": 6}
+
+
+def render_page(tables_dir: Path, out: Path) -> str:
+    args = argparse.Namespace(
+        tables=str(tables_dir),
+        notebook=str(REPO / "report/notebooks/figures.ipynb"),
+        template=str(REPO / "report/templates/index.html.j2"),
+        tolerance=1.0,
+        out=str(out / "index.html"),
+        out_notebook=str(out / "figures.ipynb"),
+    )
+    render.run(args)
+    return (out / "index.html").read_text()
+
+
+@pytest.mark.parametrize("partial", [False, True], ids=["no-tables", "some-tables"])
+def test_a_partial_study_renders_and_says_what_is_not_computed_yet(tmp_path: Path, partial: bool):
+    tables_dir = tmp_path / "tables"
+    tables_dir.mkdir()
+    if partial:
+        # Tune done, nothing else: results and the analysis tables are empty or absent.
+        pd.DataFrame(
+            [{"experiment": "vtab", "dataset": "count", "method": "lora", "gp": "abcd1234", "hp": "{}"}]
+        ).assign(status="ok", val_top1=50.0, wall_seconds=1.0, selected=True).to_csv(
+            tables_dir / "tune.csv", index=False
+        )
+        pd.DataFrame(columns=["experiment", "dataset", "method", "test_top1"]).to_csv(
+            tables_dir / "results.csv", index=False
+        )
+        (tables_dir / "ood.csv").write_text("")
+        shutil.copyfile(DATA / "authors_wise.csv", tables_dir / "authors_wise.csv")
+    page = render_page(tables_dir, tmp_path / "report")
+    assert page.count(render.NOT_COMPUTED) >= 6
+    assert "<img" not in page
+
+
+# --- the tiny study's report, built by the pipeline and opened in a browser ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory) -> Path:
+    wf = copy_repo(tmp_path_factory.mktemp("tiny-report"))
+    config = tiny_config()
+    config["datasets"]["count"]["group"] = "Structured"
+    config["report"] = {"tolerance": 1.0}
+    wf.snakemake("--configfile", str(wf.config(config, "tiny.yaml")), "results/tiny/report/index.html")
+    return wf.root / "results/tiny/report"
+
+
+def browser():
+    """Headless Chromium through Playwright. Without it the browser test skips, except in CI, where it fails."""
+    if CHROMIUM is None or not _has_playwright():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but chromium or playwright is missing: run .ci/chromium-up")
+        pytest.skip("no chromium or playwright (install: .ci/chromium-up)")
+    from playwright.sync_api import sync_playwright
+
+    return sync_playwright()
+
+
+def _has_playwright() -> bool:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_the_tiny_study_report_opens_in_a_browser(tiny_report: Path, tmp_path: Path):
+    with browser() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = chromium.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+        page.goto((tiny_report / "index.html").as_uri(), wait_until="load")
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=True)
+        images = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.complete && e.naturalWidth])")
+        head = page.eval_on_selector_all("#acc-vtab thead th", "els => els.map(e => e.textContent.trim())")
+        rows = page.eval_on_selector_all("#acc-vtab tbody th", "els => els.map(e => e.textContent.trim())")
+        cells = page.eval_on_selector_all("#acc-vtab tbody tr", "els => els.map(e => e.querySelectorAll('td').length)")
+        chromium.close()
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    assert errors == []
+    assert len(images) >= 8 and all(width and width > 0 for _, width in images), images
+    # Tasks x methods: count (Structured) and its mean, digits (its own group) and its mean, both overall means,
+    # the parameter counts; one column per method.
+    assert head == ["dataset", "linear", "lora"]
+    assert rows == [
+        "count",
+        "Structured (1)",
+        "digits",
+        "digits (1)",
+        "mean over tasks",
+        "mean over groups",
+        "trainable params (non-head)",
+    ]
+    assert set(cells) == {2}
+
+
+@pytest.mark.slow
+def test_the_tiny_study_tables_hold_compute_and_the_authors_numbers(tiny_report: Path):
+    csv = tiny_report / "tables"
+    compute = pd.read_csv(csv / "compute.csv")
+    # 6 vtab tune + 2 packed tune, 4 vtab finals + 2 packed finals, 2 robustness jobs.
+    assert compute["phase"].value_counts().to_dict() == {"tune": 8, "final": 6, "robustness": 2}
+    assert (compute["seconds"] > 0).all()
+    datasets = pd.read_csv(csv / "datasets.csv").set_index("dataset")
+    assert datasets.at["count", "group"] == "Structured" and datasets.at["count", "trainval"] == 80
+    assert (csv / "authors_vtab1k.csv").read_text().startswith("# source:")
+    page = (tiny_report / "index.html").read_text()
+    assert "not computed yet" in page  # no many-shot experiment in the tiny study
+    assert json.loads((tiny_report.parent / "vtab/count/lora/selected.json").read_text())["gp"] in page
