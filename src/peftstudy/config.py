@@ -7,6 +7,7 @@ grids' keys) and raises :class:`ConfigError` naming the key and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
@@ -41,6 +42,32 @@ def canonical_value(v: Any) -> Any:
 def gp_id(hp: Mapping[str, Any]) -> str:
     """Short stable id of a grid point: sha1 of its canonical JSON, 8 hex digits."""
     return hashlib.sha1(canonical(hp).encode()).hexdigest()[:8]
+
+
+def compose(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with its `include` files (other study configs, paths from the working directory) merged
+    underneath, in order, then its own keys on top: mappings merge key by key, anything else is replaced.
+    How studies/paper.yaml brings the VTAB, many-shot and robustness studies together without copying them."""
+    import yaml
+
+    composed: dict[str, Any] = {}
+    for path in config.get("include", []):
+        try:
+            with open(path) as handle:
+                included = compose(yaml.safe_load(handle))
+        except FileNotFoundError:
+            raise ConfigError(f"include: {path} not found (paths are relative to where snakemake runs)") from None
+        _merge(composed, included)
+    _merge(composed, {k: v for k, v in config.items() if k != "include"})
+    return composed
+
+
+def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
+    for key, value in other.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> None:
     subsets = {name: _classes(spec) for name, spec in (args.class_subsets or {}).items()}
     classes = int(raw[id_name]["num_classes"])
     per_seed_ood, curves = [], []
+    not_mergeable = ""
     record = read_json(args.final, schema="final")
     backbone_names = {n for n, _ in create_backbone(args.backbone["arch"], classes, device="meta").named_parameters()}
     sets = None
@@ -156,8 +157,13 @@ def run(args: argparse.Namespace) -> None:
         head = set(methods.head_names(model))
         # The head is always interpolated, whatever the backbone's head looked like before (CLIP's adds proj).
         added = set(fine_tuned) - backbone_names - head
-        check_mergeable(model, added, args.method)
         per_seed_ood.append({"seed": meta["seed"], **evaluate(model, sets, 256)})
+        try:
+            check_mergeable(model, added, args.method)
+        except ValueError as err:  # VPT: OOD accuracy still counts; its WiSE curve says why it has none
+            not_mergeable = str(err)
+            print(not_mergeable, flush=True)
+            continue
         for variant, only in (("wise", None), ("head_only", head)):
             for alpha in args.alphas:
                 acc = evaluate(wise(model, zero_shot, fine_tuned, added, alpha, only), sets, 256)
@@ -171,9 +177,15 @@ def run(args: argparse.Namespace) -> None:
         {"variant": v, "alpha": a, **_summarise([c for c in curves if c["variant"] == v and c["alpha"] == a], *names)}
         for v in ("wise", "head_only")
         for a in args.alphas
+        if not not_mergeable
     ]
     write_json(
         args.out_wise,
-        {**common, "alphas": list(args.alphas), "points": points, "procedure": procedure(fine_tuned, added, head)},
+        {
+            **common,
+            "alphas": list(args.alphas),
+            "points": points,
+            "procedure": not_mergeable or procedure(fine_tuned, added, head),
+        },
         schema="wise",
     )

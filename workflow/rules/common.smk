@@ -8,6 +8,11 @@ from peftstudy import config as study
 from peftstudy import methods as method_registry
 from peftstudy.results import Layout
 
+# A study may include others (studies/paper.yaml): merged here, before anything reads the config.
+if "include" in config:
+    composed = study.compose(config)
+    config.clear()
+    config.update(composed)
 validate(config, schema="../schemas/config.schema.yaml")
 study.check(config)
 
@@ -24,11 +29,26 @@ BACKBONES = config.get("backbones", {})
 JOB_DEFAULTS = {"mem_mb": 4000, "runtime": 60, "gpu": 0}
 
 
-def job_resources(kind):
-    """A training rule's resources from the study config's `resources.<kind>`: what a cluster job asks for.
-    gpu is left out when 0, so that CPU studies send no GPU request."""
-    spec = dict(JOB_DEFAULTS, **config.get("resources", {}).get(kind, {}))
-    return {k: v for k, v in spec.items() if k != "gpu" or v}
+def job_resources(kind, experiment=None):
+    """A job's resources from `resources.<kind>` of the study config, overridden by the experiment's own
+    (`experiments.<name>.resources.<kind>`; a CLIP run needs more than a VTAB one): what a cluster job asks for.
+    Without a fixed experiment (one rule serving several) memory and runtime follow the job's wildcards; the
+    GPU count is the most any of them asks (left out when 0, so that CPU studies send no GPU request).
+    """
+
+    def spec(name):
+        own = EXPERIMENTS[name].get("resources", {}).get(kind, {}) if name else {}
+        return {**JOB_DEFAULTS, **config.get("resources", {}).get(kind, {}), **own}
+
+    if experiment is not None or kind not in ("tune", "final"):
+        fixed = spec(experiment)
+        return {k: v for k, v in fixed.items() if k != "gpu" or v}
+    gpu = max(spec(name)["gpu"] for name in EXPERIMENTS)
+    return {
+        "mem_mb": lambda wc: spec(wc.experiment)["mem_mb"],
+        "runtime": lambda wc: spec(wc.experiment)["runtime"],
+        **({"gpu": gpu} if gpu else {}),
+    }
 
 
 TABLES = (

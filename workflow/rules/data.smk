@@ -251,6 +251,11 @@ for backbone_name, backbone in {"backbone": config["backbone"], **BACKBONES}.ite
         """Download a backbone's weights once, check them, and save them as timm safetensors."""
         name:
             f"fetch_{backbone_name}"
+        input:
+            # A checkpoint fetched as an archive first (CLIP: its text tower also makes the zero-shot head).
+            [backbone["source"]["url"]]
+            if backbone["source"]["url"].startswith("resources/archives/")
+            else [],
         output:
             weights=backbone["weights"],
         log:

@@ -56,7 +56,7 @@ for pack_experiment in experiments_packing("final", packed=True):
                 "../../envs/train.yaml"
             threads: config["threads"]
             resources:
-                **job_resources("final"),
+                **job_resources("final", pack_experiment),
             params:
                 hp=lambda wc: as_json(get_hp(wc)),
                 recipe=as_json(EXPERIMENTS[pack_experiment]["recipe"]),

@@ -21,7 +21,7 @@ rule robustness:
         "../../envs/train.yaml"
     threads: config["threads"]
     resources:
-        **job_resources("robustness"),
+        **job_resources("robustness", ROBUSTNESS and ROBUSTNESS["experiment"]),
     params:
         backbone=lambda wc: get_backbone(ROBUSTNESS["experiment"]),
         sets=lambda wc: " ".join(

@@ -58,7 +58,7 @@ for (pack_experiment, pack_method), packs in TUNE_PACKS.items():
                 "../../envs/train.yaml"
             threads: config["threads"]
             resources:
-                **job_resources("tune"),
+                **job_resources("tune", pack_experiment),
             params:
                 points=get_points(pack_experiment, pack_method, pack),
                 recipe=as_json(EXPERIMENTS[pack_experiment]["recipe"]),
