@@ -155,3 +155,38 @@ def test_the_vtab1k_study_plans_the_papers_runs_and_fetches_on_the_login_node(wo
         workflow.snakemake("-n", "--configfile", "studies/vtab1k.yaml", "studies/vtab1k-clean.yaml").stdout
     )
     assert clean["tune"] == 9_804 + 19 * 4
+
+
+def planned_tunes(config: dict) -> int:
+    """Tune runs a study config asks for, counted from the config alone: every grid point of every method on every
+    dataset and each of its tuning folds."""
+    grids = study.grids(config)
+    return sum(
+        (1 + len(config["datasets"][dataset].get("folds", []))) * len(grids[name, method])
+        for name, exp in config["experiments"].items()
+        for dataset in exp["datasets"]
+        for method in exp["methods"]
+    )
+
+
+@pytest.mark.slow
+def test_the_paper_study_brings_vtab_manyshot_and_robustness_together(workflow, monkeypatch):
+    monkeypatch.chdir(workflow.root)  # include paths are relative to where snakemake runs
+    names = ("vtab1k", "manyshot", "robustness", "paper")
+    studies = {name: study.compose(yaml.safe_load((workflow.root / f"studies/{name}.yaml").read_text())) for name in names}
+    paper = studies["paper"]
+    assert paper["study"] == "paper" and set(paper["experiments"]) == {
+        e for name in ("vtab1k", "manyshot", "robustness") for e in studies[name]["experiments"]
+    }
+    for name in ("manyshot", "robustness"):
+        study.check(studies[name])
+    # B.3: per dataset group, 9 widths x (LoRA + adapter x 2 scales + FacT-TK x 2 scales) x 12 lr/wd/drop-path
+    # points, and linear/full/BitFit/SSF x 12; the 5-fold subsets tune on each fold. B.4: 15 methods x 2 drop-paths.
+    assert planned_tunes(studies["manyshot"]) == 13_742 and planned_tunes(studies["robustness"]) == 30
+    stats = job_stats(workflow.snakemake("-n", "--configfile", "studies/paper.yaml").stdout)
+    assert stats["tune"] == 9_804 + 13_742 + 30
+    manyshot_selects = sum(len(e["datasets"]) * len(e["methods"]) for e in studies["manyshot"]["experiments"].values())
+    assert stats["select"] == 304 + manyshot_selects + 15
+    assert stats["manyshot"] == 24 and stats["manyshot_lists"] == 12 and stats["imagenet"] == 5
+    downloads = {"fetch", "extract", "fetch_backbone", "fetch_clip", "imagenet", "manyshot_lists", "vtab_tfds"}
+    assert downloads <= localrules(workflow.root, "studies/paper.yaml")
