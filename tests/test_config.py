@@ -173,7 +173,8 @@ def planned_tunes(config: dict) -> int:
 def test_the_paper_study_brings_vtab_manyshot_and_robustness_together(workflow, monkeypatch):
     monkeypatch.chdir(workflow.root)  # include paths are relative to where snakemake runs
     names = ("vtab1k", "manyshot", "robustness", "paper")
-    studies = {name: study.compose(yaml.safe_load((workflow.root / f"studies/{name}.yaml").read_text())) for name in names}
+    read = {name: yaml.safe_load((workflow.root / f"studies/{name}.yaml").read_text()) for name in names}
+    studies = {name: study.compose(config) for name, config in read.items()}
     paper = studies["paper"]
     assert paper["study"] == "paper" and set(paper["experiments"]) == {
         e for name in ("vtab1k", "manyshot", "robustness") for e in studies[name]["experiments"]
