@@ -45,3 +45,21 @@ def test_frozen_feature_methods_beat_a_random_backbone_on_every_mini_task(tmp_pa
     assert len(rows) == 2 * len(CONFIG["experiments"]["vtab"]["datasets"])
     losing = [r for r in rows if r["margin"] <= 0]
     assert not losing, losing
+
+
+def test_a_dinov2_checkpoint_converts_strictly_to_the_224_input_backbone(tmp_path):
+    """STUDY.md E: Meta's ViT-B/14 checkpoint (518 px: a 37 x 37 position grid, a mask token) at 224 px input."""
+    import timm
+
+    from peftstudy.models import convert
+
+    torch.manual_seed(0)
+    original = timm.create_model("vit_base_patch14_dinov2", pretrained=False, num_classes=0).state_dict()
+    state = dict(original, mask_token=torch.zeros(1, 768))
+    torch.save(state, tmp_path / "dinov2_vitb14_pretrain.pth")
+    converted = convert("peftstudy_dinov2_vitb14_224", tmp_path / "dinov2_vitb14_pretrain.pth", "torch")
+    assert converted["pos_embed"].shape == (1, 1 + 16 * 16, 768) and "mask_token" not in converted
+    torch.testing.assert_close(converted["blocks.3.ls1.gamma"], original["blocks.3.ls1.gamma"])
+    torch.save(dict(state, **{"blocks.0.extra": torch.zeros(1)}), tmp_path / "foreign.pth")
+    with pytest.raises(ValueError, match="unexpected"):
+        convert("peftstudy_dinov2_vitb14_224", tmp_path / "foreign.pth", "torch")

@@ -1,7 +1,8 @@
 """Backbones: timm's VisionTransformer, unforked; small variants registered like timm's own.
 
 ``peftstudy_vit_mini`` is the embedded study's backbone (ViT-B/16's class scaled down to 32x32 inputs);
-``peftstudy_vit_test`` is a still smaller one for unit tests. Paper backbones are timm's own names.
+``peftstudy_vit_test`` is a still smaller one for unit tests. Paper backbones are timm's own names, but for
+``peftstudy_dinov2_vitb14_224``: timm's DINOv2 ViT-B/14 at the study's 224 x 224 input (16 x 16 tokens).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ default_cfgs = generate_default_cfgs(
     {
         "peftstudy_vit_mini": _cfg(num_classes=16, input_size=(3, 32, 32), mean=(0.0,) * 3, std=(1.0,) * 3),
         "peftstudy_vit_test": _cfg(num_classes=10, input_size=(3, 16, 16), mean=(0.0,) * 3, std=(1.0,) * 3),
+        # ImageNet mean/std, as DINOv2 was trained with.
+        "peftstudy_dinov2_vitb14_224": _cfg(input_size=(3, 224, 224)),
     }
 )
 
@@ -45,6 +48,15 @@ def peftstudy_vit_test(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT for unit tests: 16x16 inputs, patch 4, width 32, depth 2, 2 heads."""
     args = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4.0)
     return _create_vision_transformer("peftstudy_vit_test", pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def peftstudy_dinov2_vitb14_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """timm's ``vit_base_patch14_dinov2`` (LayerScale, 518 x 518 by default) at 224 x 224, as the authors run it
+    (STUDY.md E): the checkpoint's 37 x 37 position embedding is resampled to 16 x 16 by timm's checkpoint filter
+    (bicubic, antialiased) when the weights are converted, and its mask token dropped."""
+    args = dict(img_size=224, patch_size=14, embed_dim=768, depth=12, num_heads=12, init_values=1e-5)
+    return _create_vision_transformer("peftstudy_dinov2_vitb14_224", pretrained=pretrained, **dict(args, **kwargs))
 
 
 def check_fits(state: dict, expected: dict, what: str, arch: str, check: str) -> None:
