@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from peftstudy import cli
-from peftstudy.data import layout, vtab_tfds
+from peftstudy.data import layout, vtab_tasks, vtab_tfds
 from peftstudy.io import read_json
 
 # TFDS split sizes of each task's builder (the versions the processed archive used).
@@ -57,16 +57,16 @@ CITED_TEST_SIZES = dict(zip(RECIPE_CASES, map(int, CITED.replace("|", "").split(
 
 
 def test_the_table_holds_the_19_vtab_tasks_by_folder_name():
-    assert list(vtab_tfds.VTAB_TASKS) == list(RECIPE_CASES)
-    assert set(vtab_tfds.TASKS) == {*RECIPE_CASES, "clevr_dist_manyshot"}
-    assert all(task.recipe in vtab_tfds.RECIPES for task in vtab_tfds.TASKS.values())
+    assert list(vtab_tasks.VTAB_TASKS) == list(RECIPE_CASES)
+    assert set(vtab_tasks.TASKS) == {*RECIPE_CASES, "clevr_dist_manyshot"}
+    assert all(task.recipe in vtab_tasks.RECIPES for task in vtab_tasks.TASKS.values())
 
 
 @pytest.mark.parametrize("name", RECIPE_CASES)
 def test_recipes_slice_each_task_as_task_adaptation(name):
     sizes, classes, val200, test = RECIPE_CASES[name]
-    task = vtab_tfds.VTAB_TASKS[name]
-    splits = vtab_tfds.RECIPES[task.recipe](sizes)
+    task = vtab_tasks.VTAB_TASKS[name]
+    splits = vtab_tasks.RECIPES[task.recipe](sizes)
     assert task.classes == classes
     assert splits.tfds() == {
         "train800": "train[0:800]",
@@ -78,26 +78,26 @@ def test_recipes_slice_each_task_as_task_adaptation(name):
 
 
 def test_the_many_shot_recipe_tunes_on_disjoint_parts_of_train_and_tests_on_validation():
-    splits = vtab_tfds.RECIPES["clevr_dist_manyshot"](CLEVR)
+    splits = vtab_tasks.RECIPES["clevr_dist_manyshot"](CLEVR)
     assert splits.tfds() == {
         "train800": "train[0:63000]",
         "val200": "train[63000:70000]",
         "train800val200": "train[0:63000]+train[63000:70000]",
         "test": "validation[0:15000]",
     }
-    assert vtab_tfds.TASKS["clevr_dist_manyshot"].label is vtab_tfds.clevr_closest_distance
+    assert vtab_tasks.TASKS["clevr_dist_manyshot"].label is vtab_tasks.clevr_closest_distance
 
 
 def test_a_recipe_refuses_a_split_too_small_or_missing():
     with pytest.raises(ValueError, match="only 150 examples"):
-        vtab_tfds.train_validation({"train": 6347, "validation": 150, "test": 711})
+        vtab_tasks.train_validation({"train": 6347, "validation": 150, "test": 711})
     with pytest.raises(ValueError, match="no 'validation' split"):
-        vtab_tfds.train_validation({"train": 6347, "test": 711})
+        vtab_tasks.train_validation({"train": 6347, "test": 711})
 
 
 @pytest.mark.parametrize(("percent", "n", "index"), [(50, 24300, 12150), (50, 7, 4), (50, 5, 2), (90, 3, 3)])
 def test_percent_boundaries_round_as_tfds(percent, n, index):
-    assert vtab_tfds.tfds_percent(percent, n) == index  # Python's round, as TFDS's 'closest' rounding
+    assert vtab_tasks.tfds_percent(percent, n) == index  # Python's round, as TFDS's 'closest' rounding
 
 
 def above(x: float) -> float:
@@ -114,7 +114,7 @@ def clevr(depths: list[float]) -> dict:
 
 @pytest.mark.parametrize(("objects", "label"), [(3, 0), (4, 1), (10, 7)])
 def test_clevr_count_is_objects_minus_three(objects, label):
-    assert vtab_tfds.clevr_count(clevr([9.0] * objects)) == label
+    assert vtab_tasks.clevr_count(clevr([9.0] * objects)) == label
 
 
 CLEVR_DEPTHS = [(above(0.0), 0), (8.0, 0), (above(8.0), 1), (8.5, 1), (above(8.5), 2), (9.0, 2), (9.5, 3)]
@@ -123,12 +123,12 @@ CLEVR_DEPTHS += [(10.0, 4), (above(10.0), 5), (100.0, 5)]
 
 @pytest.mark.parametrize(("depth", "label"), CLEVR_DEPTHS)
 def test_clevr_distance_bins_the_closest_object_on_thresholds(depth, label):
-    assert vtab_tfds.clevr_closest_distance(clevr([50.0, depth, 60.0])) == label
+    assert vtab_tasks.clevr_closest_distance(clevr([50.0, depth, 60.0])) == label
 
 
 def test_a_value_on_no_bin_is_refused():
     with pytest.raises(ValueError, match="no bin"):
-        vtab_tfds.clevr_closest_distance(clevr([0.0]))
+        vtab_tasks.clevr_closest_distance(clevr([0.0]))
 
 
 def kitti(objects: list[tuple[int, float]]) -> dict:
@@ -154,22 +154,22 @@ def kitti(objects: list[tuple[int, float]]) -> dict:
     ],
 )
 def test_kitti_bins_the_closest_vehicle(objects, label):
-    assert vtab_tfds.kitti_closest_vehicle(kitti(objects)) == label
+    assert vtab_tasks.kitti_closest_vehicle(kitti(objects)) == label
 
 
 def test_dsprites_groups_32_positions_and_40_orientations_into_16_classes():
-    xs = [vtab_tfds.dsprites_x_position({"label_x_position": np.int64(v)}) for v in range(32)]
+    xs = [vtab_tasks.dsprites_x_position({"label_x_position": np.int64(v)}) for v in range(32)]
     assert xs == [v // 2 for v in range(32)]
-    ori = [vtab_tfds.dsprites_orientation({"label_orientation": np.int64(v)}) for v in range(40)]
+    ori = [vtab_tasks.dsprites_orientation({"label_orientation": np.int64(v)}) for v in range(40)]
     assert ori[:6] == [0, 0, 0, 1, 1, 2] and ori[-1] == 15  # floor(v / 2.5)
     assert sorted(set(np.bincount(ori, minlength=16))) == [2, 3]
 
 
 def test_plain_and_smallnorb_labels_read_their_field():
     example = {"label": np.int64(4), "label_azimuth": np.int64(17), "label_elevation": np.int64(8)}
-    assert vtab_tfds.plain_label(example) == 4
-    assert vtab_tfds.smallnorb_azimuth(example) == 17
-    assert vtab_tfds.smallnorb_elevation(example) == 8
+    assert vtab_tasks.plain_label(example) == 4
+    assert vtab_tasks.smallnorb_azimuth(example) == 17
+    assert vtab_tasks.smallnorb_elevation(example) == 8
 
 
 def test_grey_images_become_rgb_and_dsprites_scales_to_255():

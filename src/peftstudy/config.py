@@ -159,7 +159,7 @@ def _check_sources(config: Mapping[str, Any]) -> None:
         if source == "manual" and spec["classes"] != 1000:
             raise ConfigError(f"datasets.{name}: the ImageNet sets have classes: 1000 (labels stay 1000-way)")
         if source == "tfds":
-            from peftstudy.data.vtab_tfds import TASKS
+            from peftstudy.data.vtab_tasks import TASKS
 
             if TASKS[spec["vtab_task"]].classes != spec["classes"]:
                 raise ConfigError(
