@@ -190,7 +190,7 @@ def tiny_report(tmp_path_factory) -> Path:
     config = tiny_config()
     config["datasets"]["count"]["group"] = "Structured"
     config["report"] = {"tolerance": 1.0}
-    wf.snakemake("--configfile", str(wf.config(config, "tiny.yaml")), "results/tiny/report/index.html")
+    wf.snakemake("results/tiny/report/index.html", "--configfile", str(wf.config(config, "tiny.yaml")))
     return wf.root / "results/tiny/report"
 
 
