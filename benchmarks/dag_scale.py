@@ -6,13 +6,13 @@ In a scratch copy of the repository (the checkout stays clean) it times
     table, without the per-job listing), i.e. building the DAG of every tune and select job;
 (b) the dry run once every output of the study exists and is up to date: "Nothing to be done".
 
-For (b) it fakes the whole study, round by round: every output of every job a full dry run plans (tune
-metrics, data, downloads, ...), each checkpoint's `selected.json` with valid content naming a real grid point
-of the config; then, as the checkpoints are done, what the next dry run plans behind them (the finals of those
-points, the data only finals read, records, analysis, robustness, tables, report). Files are empty except
-`selected.json` (the only output the DAG reads); mtimes follow DAG order and the copied sources are older
-still, so nothing is stale. Snakemake's `--touch` does not create missing files, hence the faking. The no-op
-run must plan 0 jobs, or the script fails and shows what Snakemake would run.
+For (b) it fakes the whole study, round by round: every output, log and benchmark file of every job a
+full dry run plans (tune metrics, data, downloads, ...), each checkpoint's `selected.json` with valid content
+naming a real grid point of the config; then, as the checkpoints are done, what the next dry run plans behind
+them (the finals of those points, the data only finals read, records, analysis, robustness, tables, report).
+Files are empty except `selected.json` (the only output the DAG reads); mtimes follow DAG order and the copied
+sources are older still, so nothing is stale. Snakemake's `--touch` does not create missing files, hence the
+faking. The no-op run must plan 0 jobs, or the script fails and shows what Snakemake would run.
 
 Each timing is a fresh `snakemake` process, as a user runs it: interpreter start, plugin loading, config
 validation, the DAG. Note: where Slurm's client is installed but no controller answers (this project's CI
@@ -54,6 +54,8 @@ SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 JOB_HEAD = re.compile(r"^(local)?(rule|checkpoint) (\w+):$")
 TOTAL = re.compile(r"^total\s+(\d+)$", re.MULTILINE)
 NOTHING = "Nothing to be done"
+# What a job writes; logs and benchmarks too, as another rule may read them (the tables read benchmarks).
+PRODUCTS = ("output", "log", "benchmark")
 MAX_ROUNDS = 5  # the study has one level of checkpoints: two rounds
 
 
@@ -82,8 +84,8 @@ def parse_jobs(listing: str) -> list[Job]:
         items = value.split(", ")
         if key == "input":
             jobs[-1].inputs = items
-        elif key == "output":
-            jobs[-1].outputs = items
+        elif key in PRODUCTS:
+            jobs[-1].outputs += items
         elif key == "wildcards":
             jobs[-1].wildcards = dict(item.split("=", 1) for item in items)
     return jobs
