@@ -17,19 +17,24 @@ faking. The no-op run must plan 0 jobs, or the script fails and shows what Snake
 Each timing is a fresh `snakemake` process, as a user runs it: interpreter start, plugin loading, config
 validation, the DAG. Note: where Slurm's client is installed but no controller answers (this project's CI
 machines between Slurm tests), the Slurm executor plugin waits ~9 s in `scontrol show config` at every
-start; that wait is in both times. Last line (timings: the minimum over --repeats, as the machine is shared):
+start; that wait is in both times (as wall time, not CPU time). Each run's CPU time (user + system) is printed
+beside its wall time: on a shared machine it varies less. Last line (wall times, the minimum over --repeats,
+as the machine is shared):
 
     dag_seconds=<s> noop_seconds=<s> jobs=<n>
 
     python benchmarks/dag_scale.py                                   # studies/vtab1k.yaml
+    python benchmarks/dag_scale.py --configfile studies/paper.yaml                # the whole paper
     python benchmarks/dag_scale.py --configfile config.yaml --repeats 1 --keep
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -43,7 +48,7 @@ from pathlib import Path
 import yaml
 from snakemake.utils import update_config
 
-from peftstudy.config import grids
+from peftstudy.config import compose, grids
 from peftstudy.io import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,13 +152,13 @@ def fake_study(root: Path, configfiles: Sequence[Path]) -> int:
     are planned once the checkpoint's output exists, so rounds go on until one fakes no checkpoint.
     The copied sources get the oldest mtime, each round's outputs newer ones than the last round's.
     """
-    config = load_config(configfiles)
+    config = load_config(root, configfiles)
     mtime = time.time() - 24 * 3600  # in the past: Snakemake warns about mtimes in the future
     for path in root.rglob("*"):
         os.utime(path, (mtime, mtime), follow_symlinks=False)
     made: set[str] = set()
     for _ in range(MAX_ROUNDS):
-        jobs = parse_jobs(snakemake(root, configfiles)[1])
+        jobs = parse_jobs(snakemake(root, configfiles).output)
         mtime = fake_round(root, jobs, config, mtime)
         made.update(out for job in jobs for out in job.outputs)
         if not any(job.checkpoint for job in jobs):
@@ -161,24 +166,40 @@ def fake_study(root: Path, configfiles: Sequence[Path]) -> int:
     raise SystemExit(f"still planning checkpoints after {MAX_ROUNDS} rounds of faking")
 
 
-def load_config(paths: Sequence[Path]) -> dict:
-    """The study config as Snakemake merges several --configfile: later files update earlier ones."""
+def load_config(root: Path, paths: Sequence[Path]) -> dict:
+    """The study config as the workflow sees it: several --configfile merged as Snakemake merges them (later
+    files update earlier ones), then its `include` files composed as common.smk does (studies/paper.yaml)."""
     config: dict = {}
     for path in paths:
         update_config(config, yaml.safe_load(path.read_text()))
+    if "include" in config:
+        with contextlib.chdir(root):  # include paths are relative to where snakemake runs
+            config = compose(config)
     return config
 
 
-def snakemake(root: Path, configfiles: Sequence[Path], *args: str) -> tuple[float, str]:
-    """Run snakemake in `root`; (wall seconds, stdout + stderr). Fails loudly on a non-zero exit."""
+@dataclass
+class Run:
+    wall: float
+    cpu: float  # user + system: what the machine's other work does not inflate as it does the wall time
+    output: str
+
+
+def snakemake(root: Path, configfiles: Sequence[Path], *args: str) -> Run:
+    """Run snakemake in `root`, timed; fails loudly on a non-zero exit."""
     env = dict(os.environ, PYTHONPATH=str(root / "src"))  # the copy's package, not the checkout's
     cmd = [str(SNAKEMAKE), "-n", "--configfile", *map(str, configfiles), *args]
-    began = time.perf_counter()
+    before, began = cpu_of_children(), time.perf_counter()
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - began
+    wall, cpu = time.perf_counter() - began, cpu_of_children() - before
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-6000:]}")
-    return seconds, proc.stdout + proc.stderr
+    return Run(wall, cpu, proc.stdout + proc.stderr)
+
+
+def cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def planned(output: str) -> int:
@@ -191,8 +212,10 @@ def planned(output: str) -> int:
     return int(total[1])
 
 
-def summary(name: str, times: Sequence[float]) -> None:
-    print(f"{name}: min {min(times):.2f} s, median {statistics.median(times):.2f} s over {len(times)}", flush=True)
+def summary(name: str, runs: Sequence[Run]) -> None:
+    for what, times in (("wall", [r.wall for r in runs]), ("CPU", [r.cpu for r in runs])):
+        med = statistics.median(times)
+        print(f"{name} {what}: min {min(times):.2f} s, median {med:.2f} s over {len(times)}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -213,30 +236,29 @@ def main(argv: Sequence[str] | None = None) -> None:
             src = REPO / name
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
 
-        dag_times, counts = [], set()
-        for i in range(args.repeats):
-            seconds, out = snakemake(root, configfiles, "--quiet", "rules")
-            dag_times.append(seconds)
-            counts.add(planned(out))
-            print(f"dry run {i + 1}: {seconds:.2f} s, {planned(out)} jobs", flush=True)
+        dags = [snakemake(root, configfiles, "--quiet", "rules") for _ in range(args.repeats)]
+        counts = {planned(run.output) for run in dags}
+        for i, run in enumerate(dags):
+            print(f"dry run {i + 1}: {run.wall:.2f} s (CPU {run.cpu:.2f} s), {planned(run.output)} jobs", flush=True)
         if len(counts) != 1:
             raise SystemExit(f"the dry runs planned different job counts: {sorted(counts)}")
 
         files = fake_study(root, configfiles)
         print(f"faked {files} output files", flush=True)
 
-        noop_times = []
+        noops = []
         for i in range(args.repeats):
-            seconds, out = snakemake(root, configfiles, "--quiet", "rules")
-            if planned(out):
-                _, why = snakemake(root, configfiles)
+            run = snakemake(root, configfiles, "--quiet", "rules")
+            if planned(run.output):
+                why = snakemake(root, configfiles).output
                 raise SystemExit(f"the study is faked, yet a dry run plans jobs:\n{why[-6000:]}")
-            noop_times.append(seconds)
-            print(f"no-op run {i + 1}: {seconds:.2f} s, 0 jobs", flush=True)
+            noops.append(run)
+            print(f"no-op run {i + 1}: {run.wall:.2f} s (CPU {run.cpu:.2f} s), 0 jobs", flush=True)
 
-        summary("dry run", dag_times)
-        summary("no-op run", noop_times)
-        print(f"dag_seconds={min(dag_times):.2f} noop_seconds={min(noop_times):.2f} jobs={counts.pop()}", flush=True)
+        summary("dry run", dags)
+        summary("no-op run", noops)
+        dag, noop = min(r.wall for r in dags), min(r.wall for r in noops)
+        print(f"dag_seconds={dag:.2f} noop_seconds={noop:.2f} jobs={counts.pop()}", flush=True)
     finally:
         if args.keep:
             print(f"kept {scratch}", file=sys.stderr)

@@ -29,7 +29,7 @@ def test_dag_scale_on_the_mini_study(workflow: Workflow) -> None:
     match = LAST_LINE.match(lines[-1])
     assert match, lines[-1]
     # The script itself fails when the faked study still plans jobs; its own line says so too.
-    assert re.search(r"^no-op run 1: \d+\.\d\d s, 0 jobs$", proc.stdout, re.MULTILINE), proc.stdout
+    assert re.search(r"^no-op run 1: .*, 0 jobs$", proc.stdout, re.MULTILINE), proc.stdout
 
     plan = workflow.snakemake("-n", "--quiet", "rules")
     total = re.search(r"^total\s+(\d+)$", plan.stdout + plan.stderr, re.MULTILINE)
