@@ -23,8 +23,8 @@ as the machine is shared):
 
     dag_seconds=<s> noop_seconds=<s> jobs=<n>
 
-    python benchmarks/dag_scale.py                                   # studies/vtab1k.yaml
-    python benchmarks/dag_scale.py --configfile studies/paper.yaml                # the whole paper
+    python benchmarks/dag_scale.py                                   # studies/paper.yaml, the whole paper
+    python benchmarks/dag_scale.py --configfile studies/vtab1k.yaml  # VTAB-1K alone
     python benchmarks/dag_scale.py --configfile config.yaml --repeats 1 --keep
 """
 
@@ -54,7 +54,7 @@ from peftstudy.io import write_json
 REPO = Path(__file__).resolve().parents[1]
 # What a run of the workflow reads from the repository (profiles/: the auto-loaded default profile).
 COPIED = ("Snakefile", "workflow", "profiles", "config.yaml", "studies", "src", "report", "resources", "envs")
-DEFAULT_CONFIG = REPO / "studies" / "vtab1k.yaml"
+DEFAULT_CONFIG = REPO / "studies/paper.yaml"
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 JOB_HEAD = re.compile(r"^(local)?(rule|checkpoint) (\w+):$")
 TOTAL = re.compile(r"^total\s+(\d+)$", re.MULTILINE)

@@ -380,3 +380,40 @@ def test_every_subset_and_fold_has_pinned_lists_at_the_full_commit():
         manyshot.check_subset("resisc45", "450", 5)
     with pytest.raises(ValueError, match="the authors' subsets are 500, 1k"):
         manyshot.check_subset("cifar100", "2k", 0)
+
+
+def test_the_manyshot_rules_fetch_build_and_prepare_a_subset_through_snakemake(cifar, tmp_path):
+    """The study's own rules: the archive and the lists (from a mirror, with their sums) fetched over HTTP,
+    extracted, built into the layout and prepared, as `source: manyshot` datasets are."""
+    from conftest import copy_repo, tiny_config
+
+    (tmp_path / "repo").mkdir()
+    wf = copy_repo(tmp_path / "repo")
+    config = tiny_config()
+    config["archives"] = {"cifar100": {"url": cifar["url"] + "cifar-100-python.tar.gz", "sha256": cifar["archive_sha"]}}
+    config["manyshot_lists"] = {"url": cifar["url"], "sha256": cifar["pins"]}
+    config["datasets"]["cifar100_1k"] = {
+        "source": "manyshot",
+        "kind": "cifar100",
+        "subset": "1k",
+        "archive": "cifar100",
+        "classes": 100,
+        "cache": "native",
+    }
+    path = wf.config(config, "tiny.yaml")
+    target = "results/tiny/data/cifar100_1k/train.npz"
+    wf.snakemake("-c1", target, "--configfile", str(path))
+    train = np.load(wf.root / target)
+    x, y = cifar["train"]
+    assert train["images"].shape == (9, 32, 32, 3)
+    np.testing.assert_array_equal(train["images"], x[cifar["small"][:9]])
+    np.testing.assert_array_equal(train["labels"], y[cifar["small"][:9]])
+    meta = read_json(wf.root / "results/tiny/data/cifar100_1k/manifest.json", schema="manifest")
+    assert meta["sizes"]["train800.txt"] == 9 and meta["sizes"]["test.txt"] == N_TEST
+    # A list that is not the one the config pins is refused by the rule, naming it.
+    config["manyshot_lists"]["sha256"]["cifar100/cifar100-1k-trainval_combined.npy"] = "0" * 64
+    path = wf.config(config, "tiny.yaml")
+    failed = wf.snakemake("-c1", "--forceall", target, "--configfile", str(path), check=False)
+    assert failed.returncode != 0
+    log = (wf.root / "resources/lists/petl_vision/cifar100-1k.log").read_text()
+    assert "cifar100-1k-trainval_combined.npy" in log and "0" * 64 in log

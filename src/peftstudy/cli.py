@@ -118,6 +118,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", required=True, help="cifar100: 500 1k 5k 10k full; resisc45: 225 450 ... full")
     p.add_argument("--base-url", default="", help="where the lists are (default: GitHub at the pinned commit)")
     p.add_argument("--out", required=True, help="the folder of lists, as under the authors' data/annotations/")
+    p.add_argument("--pins", type=_json, default=None, help='{"file": "sha256"}: your own lists in place of theirs')
     p.set_defaults(func=_stage("peftstudy.data.manyshot:run_lists"))
 
     p = sub.add_parser("manyshot", help="a many-shot subset and fold in the processed-VTAB layout")
@@ -128,6 +129,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lists", required=True, help="the folder manyshot-lists filled")
     p.add_argument("--name", default="", help="the dataset's name in the manifest (default: dataset-subset[-foldK])")
     p.add_argument("--checksum-file", default="", help="the archive's sha256 file (provenance)")
+    p.add_argument("--pins", type=_json, default=None, help='{"file": "sha256"}: your own lists in place of theirs')
     p.add_argument("--out", required=True, help="the source folder")
     p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
     p.set_defaults(func=_stage("peftstudy.data.manyshot:run"))

@@ -131,9 +131,12 @@ rule manyshot_lists:
     localrule: True
     conda:
         "../../envs/data.yaml"
+    params:
+        base_url=config.get("manyshot_lists", {}).get("url", ""),
+        pins=as_json(config.get("manyshot_lists", {}).get("sha256", {})),
     shell:
         "peftstudy manyshot-lists --dataset {wildcards.kind} --subset {wildcards.subset}"
-        " --out {output.lists} > {log} 2>&1"
+        " --base-url '{params.base_url}' --pins {params.pins} --out {output.lists} > {log} 2>&1"
 
 
 rule manyshot:
@@ -156,10 +159,12 @@ rule manyshot:
         kind=lambda wc: DATASETS[wc.dataset]["kind"],
         subset=lambda wc: DATASETS[wc.dataset]["subset"],
         fold=lambda wc: DATASETS[wc.dataset].get("fold", 0),
+        pins=as_json(config.get("manyshot_lists", {}).get("sha256", {})),
     shell:
         "peftstudy manyshot --dataset {params.kind} --subset {params.subset} --fold {params.fold}"
         " --source {input.archive} --lists {input.lists} --name {wildcards.dataset}"
-        " --checksum-file {input.checksum} --out {output.source} --manifest {output.manifest} > {log} 2>&1"
+        " --checksum-file {input.checksum} --pins {params.pins}"
+        " --out {output.source} --manifest {output.manifest} > {log} 2>&1"
 
 
 rule vtab_tfds:

@@ -366,6 +366,14 @@ def build(
     index(out, name, CLASSES[dataset], about, manifest)
 
 
+def pins_with(overrides: Mapping[str, str] | None) -> dict[str, str]:
+    """The pinned sums, with the config's own for lists it replaces (`manyshot_lists.sha256`)."""
+    unknown = sorted(set(overrides or {}) - set(LISTS))
+    if unknown:
+        raise ValueError(f"manyshot_lists.sha256: {unknown[:3]} are not files of the authors' lists ({BASE_URL})")
+    return {**LISTS, **(overrides or {})}
+
+
 def run(args) -> None:
     """`peftstudy manyshot`."""
     archive = Path(args.checksum_file).read_text().split()[0] if args.checksum_file else None
@@ -379,10 +387,10 @@ def run(args) -> None:
         args.manifest,
         args.name,
         archive,
-        pins=LISTS,
+        pins=pins_with(args.pins),
     )
 
 
 def run_lists(args) -> None:
     """`peftstudy manyshot-lists`."""
-    fetch_lists(args.dataset, args.subset, args.out, args.base_url or BASE_URL, pins=LISTS)
+    fetch_lists(args.dataset, args.subset, args.out, args.base_url or BASE_URL, pins=pins_with(args.pins))
