@@ -10,7 +10,6 @@ import io
 import os
 import pickle
 import struct
-import tarfile
 import threading
 import zipfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from test_fetch import tar_bytes
 
 from peftstudy import cli
 from peftstudy.data import manyshot
@@ -99,16 +99,6 @@ def cifar_batch(n: int, name: bytes) -> tuple[bytes, np.ndarray, np.ndarray]:
     return py2_pickle(batch), images, labels
 
 
-def tar_gz(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz") as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
 def npy(array: np.ndarray) -> bytes:
     out = io.BytesIO()
     np.save(out, array)
@@ -122,7 +112,7 @@ def cifar(served, tmp_path):
     train, train_x, train_y = cifar_batch(N_TRAIN, b"training batch 1 of 1")
     test, test_x, test_y = cifar_batch(N_TEST, b"testing batch 1 of 1")
     assert train.startswith(b"\x80\x02}") and b"cnumpy.core.multiarray\n_reconstruct" in train
-    archive = tar_gz({"cifar-100-python/train": train, "cifar-100-python/test": test, "cifar-100-python/meta": b""})
+    archive = tar_bytes({"cifar-100-python/train": train, "cifar-100-python/test": test, "cifar-100-python/meta": b""})
     combined = RNG.permutation(N_TRAIN)[:10]
     folds = np.stack([np.roll(combined, 2 * k) for k in range(5)])  # each fold: 8 train, 2 val, same 10
     small = RNG.permutation(N_TRAIN)[:12]
