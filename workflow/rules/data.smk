@@ -169,7 +169,8 @@ rule manyshot:
 
 rule vtab_tfds:
     """A VTAB-1K task built from TensorFlow Datasets with VTAB's split recipe and label function (downloads:
-    run where Snakemake runs). Tasks sharing a builder (CLEVR, dSprites, smallNORB) never prepare it at once.
+    run where Snakemake runs). Tasks sharing a builder (CLEVR, dSprites, smallNORB) never prepare it at once:
+    the profiles allow one tfds_builder at a time.
     """
     output:
         source=directory(f"{R}/data/{{dataset}}/source"),
