@@ -7,7 +7,6 @@ grids' keys) and raises :class:`ConfigError` naming the key and what is allowed.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import itertools
 import json
@@ -49,6 +48,7 @@ def compose(config: dict[str, Any]) -> dict[str, Any]:
     underneath, in order, then its own keys on top: mappings merge key by key, anything else is replaced.
     How studies/paper.yaml brings the VTAB, many-shot and robustness studies together without copying them."""
     import yaml
+    from snakemake.utils import update_config  # how Snakemake merges several --configfile, mappings rebuilt
 
     composed: dict[str, Any] = {}
     for path in config.get("include", []):
@@ -57,17 +57,9 @@ def compose(config: dict[str, Any]) -> dict[str, Any]:
                 included = compose(yaml.safe_load(handle))
         except FileNotFoundError:
             raise ConfigError(f"include: {path} not found (paths are relative to where snakemake runs)") from None
-        _merge(composed, included)
-    _merge(composed, {k: v for k, v in config.items() if k != "include"})
+        update_config(composed, included)
+    update_config(composed, {k: v for k, v in config.items() if k != "include"})
     return composed
-
-
-def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
-    for key, value in other.items():
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = copy.deepcopy(value)
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

@@ -26,6 +26,8 @@ DATASETS = config["datasets"]
 ARCHIVES = config.get("archives", {})
 ROBUSTNESS = config.get("robustness")
 BACKBONES = config.get("backbones", {})
+# The study's backbone and the other named ones: each gets its fetch (and CLIP's zero-shot head) rule.
+ALL_BACKBONES = {"backbone": config["backbone"], **BACKBONES}
 JOB_DEFAULTS = {"mem_mb": 4000, "runtime": 60, "gpu": 0}
 
 
@@ -318,23 +320,28 @@ def get_analysis_methods(wildcards):
     return " ".join(chosen.get(wildcards.experiment, experiment["methods"]))
 
 
+def robustness_sets():
+    """The robustness test sets: the in-distribution one first, then the shifted ones."""
+    return [ROBUSTNESS["dataset"], *ROBUSTNESS["ood"]]
+
+
 def get_robustness_inputs(wildcards):
-    sets = [ROBUSTNESS["dataset"], *ROBUSTNESS["ood"]]
     return {
         "final": LAYOUT.final_record(
             ROBUSTNESS["experiment"], ROBUSTNESS["dataset"], wildcards.method
         ),
         **get_backbone_files(ROBUSTNESS["experiment"]),
         "code": get_method_module(wildcards),
-        **{name: data(name, "test") for name in sets},
+        **{name: data(name, "test") for name in robustness_sets()},
     }
 
 
 def get_class_subsets():
     """The robustness test sets that cover part of the label space, with their classes (or mask's name)."""
-    sets = [ROBUSTNESS["dataset"], *ROBUSTNESS["ood"]]
     return {
-        n: DATASETS[n]["class_subset"] for n in sets if "class_subset" in DATASETS[n]
+        n: DATASETS[n]["class_subset"]
+        for n in robustness_sets()
+        if "class_subset" in DATASETS[n]
     }
 
 

@@ -216,7 +216,7 @@ rule prepare:
 
 
 # CLIP's zero-shot head: built once from the full checkpoint's text tower, then only the file is read.
-for backbone_name, backbone in {"backbone": config["backbone"], **BACKBONES}.items():
+for backbone_name, backbone in ALL_BACKBONES.items():
     if "zero_shot_head" not in backbone:
         continue
 
@@ -249,7 +249,7 @@ for backbone_name, backbone in {"backbone": config["backbone"], **BACKBONES}.ite
 
 
 # One fetch rule per backbone with a `source` (the study's and each of `backbones`), run where Snakemake runs.
-for backbone_name, backbone in {"backbone": config["backbone"], **BACKBONES}.items():
+for backbone_name, backbone in ALL_BACKBONES.items():
     if "source" not in backbone:
         continue
 

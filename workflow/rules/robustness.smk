@@ -25,8 +25,7 @@ rule robustness:
     params:
         backbone=lambda wc: get_backbone(ROBUSTNESS["experiment"]),
         sets=lambda wc: " ".join(
-            f"{name}={data(name, 'test')}"
-            for name in [ROBUSTNESS["dataset"], *ROBUSTNESS["ood"]]
+            f"{name}={data(name, 'test')}" for name in robustness_sets()
         ),
         alphas=lambda wc: as_json(ROBUSTNESS["alphas"]),
         class_subsets=lambda wc: as_json(get_class_subsets()),

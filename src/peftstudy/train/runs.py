@@ -146,6 +146,14 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
         logits = predict(net, x_held, recipe.eval_batch_size, bf16=session.bf16)
         return logits, scores(logits, torch.from_numpy(labels))
 
+    # The latest evaluation during training. fit evaluates the last epoch it runs, so with `keep: last` that
+    # is the score of the weights training ends with, and it is not computed a second time.
+    latest: list[tuple[torch.Tensor, dict[str, float]]] = []
+
+    def evaluate() -> float:
+        latest[:] = [held_out_scores()]
+        return latest[0][1]["top1"]
+
     start = time.time()
     result = fit(
         net,
@@ -158,9 +166,9 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
         checkpoint=checkpoint,
         # A final run's held-out split is test: it is looked at during training only for the authors'
         # best-test checkpoint (keep: best, labelled as a test-set oracle), never to stop early otherwise.
-        evaluate=(lambda: held_out_scores()[1]["top1"]) if phase == "tune" or recipe.keep == "best" else None,
+        evaluate=evaluate if phase == "tune" or recipe.keep == "best" else None,
     )
-    logits, score = held_out_scores()
+    logits, score = latest[0] if latest and recipe.keep == "last" else held_out_scores()
     trainable_params, head_params = count(model, trainable)
     diverged = result.diverged or not np.isfinite(score["loss"])
     metrics = {
