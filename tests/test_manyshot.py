@@ -57,6 +57,21 @@ def publish(root: Path, files: dict[str, bytes]) -> dict[str, str]:
     return {name: sha(data) for name, data in files.items()}
 
 
+def fetch_served(
+    served, tmp_path: Path, lists: dict[str, bytes], name: str, archive: bytes, dataset: str, *subsets: str
+) -> tuple[dict[str, str], str]:
+    """Serve the lists and the archive, then fetch and extract the archive into data/<dataset> and the subsets'
+    lists into lists/, as the rules do; (the lists' pins, the archive's sha256)."""
+    root, url = served
+    pins = publish(root, lists)
+    archive_sha = publish(root, {name: archive})[name]
+    download(url + name, tmp_path / "archives" / name, archive_sha)
+    extract(tmp_path / "archives" / name, tmp_path / "data" / dataset)
+    for subset in subsets:
+        manyshot.fetch_lists(dataset, subset, tmp_path / "lists", url, pins=pins)
+    return pins, archive_sha
+
+
 # --- CIFAR-100 -------------------------------------------------------------------------------------------
 
 
@@ -108,7 +123,6 @@ def npy(array: np.ndarray) -> bytes:
 @pytest.fixture
 def cifar(served, tmp_path):
     """A CIFAR-100 archive and index files for subsets 500 (5 folds) and 1k, served; fetched and extracted."""
-    root, url = served
     train, train_x, train_y = cifar_batch(N_TRAIN, b"training batch 1 of 1")
     test, test_x, test_y = cifar_batch(N_TEST, b"testing batch 1 of 1")
     assert train.startswith(b"\x80\x02}") and b"cnumpy.core.multiarray\n_reconstruct" in train
@@ -124,14 +138,11 @@ def cifar(served, tmp_path):
         "cifar100/cifar100-1k-trainval_split_train.npy": npy(small[:9]),
         "cifar100/cifar100-1k-trainval_split_val.npy": npy(small[9:]),
     }
-    pins = publish(root, lists)
-    archive_sha = publish(root, {"cifar-100-python.tar.gz": archive})["cifar-100-python.tar.gz"]
-    download(url + "cifar-100-python.tar.gz", tmp_path / "archives/cifar.tar.gz", archive_sha)
-    extract(tmp_path / "archives/cifar.tar.gz", tmp_path / "data/cifar")
-    for subset in ("500", "1k"):
-        manyshot.fetch_lists("cifar100", subset, tmp_path / "lists", url, pins=pins)
+    pins, archive_sha = fetch_served(
+        served, tmp_path, lists, "cifar-100-python.tar.gz", archive, "cifar100", "500", "1k"
+    )
     return dict(
-        source=tmp_path / "data/cifar",
+        source=tmp_path / "data/cifar100",
         lists=tmp_path / "lists",
         pins=pins,
         archive_sha=archive_sha,
@@ -139,7 +150,7 @@ def cifar(served, tmp_path):
         test=(test_x, test_y),
         folds=folds,
         small=small,
-        url=url,
+        url=served[1],
     )
 
 
@@ -263,7 +274,6 @@ def text(entries: list[tuple[str, int]]) -> bytes:
 @pytest.fixture
 def resisc(served, tmp_path):
     """NWPU-RESISC45-style zip (3 classes x 8 images), pool lists and subsets 225 (5 folds) and 900, served."""
-    root, url = served
     images = {f"{c}/{c}_{i:03d}.jpg": jpeg(7 * n + i) for n, c in enumerate(CLASSES) for i in range(1, 9)}
     entries = [(rel, CLASSES[rel.split("/")[0]]) for rel in images]
     order = RNG.permutation(len(entries))
@@ -279,18 +289,13 @@ def resisc(served, tmp_path):
     lists["resisc/resisc-900_combine.txt"] = text(pool_train[:6])
     lists["resisc/resisc-900_train.txt"] = text(pool_train[:5])
     lists["resisc/resisc-900_val.txt"] = text(pool_train[5:6])
-    pins = publish(root, lists)
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
         for rel, data in images.items():
             zf.writestr(f"NWPU-RESISC45/{rel}", data)
-    archive_sha = publish(root, {"NWPU-RESISC45.zip": archive.getvalue()})["NWPU-RESISC45.zip"]
-    download(url + "NWPU-RESISC45.zip", tmp_path / "archives/resisc.zip", archive_sha)
-    extract(tmp_path / "archives/resisc.zip", tmp_path / "data/resisc")
-    for subset in ("225", "900"):
-        manyshot.fetch_lists("resisc45", subset, tmp_path / "lists", url, pins=pins)
+    pins, _ = fetch_served(served, tmp_path, lists, "NWPU-RESISC45.zip", archive.getvalue(), "resisc45", "225", "900")
     return dict(
-        source=tmp_path / "data/resisc",
+        source=tmp_path / "data/resisc45",
         lists=tmp_path / "lists",
         pins=pins,
         images=images,
