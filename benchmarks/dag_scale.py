@@ -48,8 +48,8 @@ from pathlib import Path
 import yaml
 from snakemake.utils import update_config
 
-from peftstudy.config import compose, grids
 from peftstudy.io import write_json
+from peftstudy.plan.study import compose, grids
 
 REPO = Path(__file__).resolve().parents[1]
 # What a run of the workflow reads from the repository (profiles/: the auto-loaded default profile).

@@ -82,8 +82,8 @@ def workflow(tmp_path: Path) -> Workflow:
 
 def prepare_mini_task(out: Path, name: str, splits: tuple[str, ...]) -> Path:
     """A task of the mini study (config.yaml) generated into `out` and its splits prepared, as the pipeline does."""
-    from peftstudy import config as study
     from peftstudy.data import layout, synthetic
+    from peftstudy.plan import study
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     size = config["backbone"]["image_size"]

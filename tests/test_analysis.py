@@ -11,8 +11,8 @@ import yaml
 from conftest import REPO
 
 from peftstudy import cli, ensemble, methods
-from peftstudy import config as study
 from peftstudy.io import read_json, save_npz, write_json
+from peftstudy.plan import study
 from peftstudy.report.tables import ANALYSIS_COLUMNS, analysis_tables
 from peftstudy.robustness import check_mergeable, class_subset, procedure, top1, wise
 from peftstudy.select import choose

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from conftest import REPO
 
-from peftstudy import config as study
 from peftstudy import methods
+from peftstudy.plan import study
 
 KNOWN = ", ".join(methods.names())
 

@@ -60,8 +60,12 @@ def third_party_imports(module: str) -> set[str]:
             continue
         seen.add(name)
         if path.name == "__init__.py" and name == "peftstudy.methods":
-            # The registry imports every method module by file name.
-            todo += [f"peftstudy.methods.{p.stem}" for p in path.parent.glob("*.py") if p.stem != "__init__"]
+            # The registry imports every method's modules (settings and layers) by file name.
+            todo += [
+                "peftstudy.methods." + ".".join(p.relative_to(path.parent).with_suffix("").parts)
+                for p in path.parent.rglob("*.py")
+                if p.stem != "__init__"
+            ]
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]

@@ -15,9 +15,9 @@ import pytest
 
 from peftstudy import cli
 from peftstudy.data import imagenet as inet
-from peftstudy.data.imagenet_classes import CLASSNAMES, IMAGENET_A_WNIDS, IMAGENET_R_WNIDS, WNIDS
 from peftstudy.data.layout import prepare, read_list
 from peftstudy.io import load_npz, read_json
+from peftstudy.tables import CLASSNAMES, IMAGENET_A_WNIDS, IMAGENET_R_WNIDS, WNIDS
 
 TINY = (WNIDS[0], WNIDS[1], WNIDS[999])  # labels 0, 1, 999
 

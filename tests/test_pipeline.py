@@ -35,11 +35,9 @@ def run(wf, config, *extra):
 
 
 def kind(rule: str) -> str:
-    """A packed experiment's jobs come from generated rules (tune_<experiment>_<method>_<pack>, final_<...>)."""
-    for phase in ("tune", "final"):
-        if rule.startswith(f"{phase}_"):
-            return phase
-    return rule
+    """A packed experiment's final jobs come from generated rules (final_<experiment>_seeds_<...>); tune packs are
+    jobs of the one tune rule (wildcard pack)."""
+    return "final" if rule.startswith("final_") else rule
 
 
 def counts(executed):
@@ -51,21 +49,24 @@ def test_full_dag_from_clean_directory_to_report(tiny):
     executed = run(wf, config)
     c = counts(executed)
     # VTAB, one run per job: 2 tasks x (linear 1 + lora 2 grid points) = 6 tune jobs; 4 finals (one seed).
-    assert c["tune"] == 6 and c["final"] == 4
     # Robustness, packed: per method one tune job (2 drop-path points) and one final job (2 seeds).
-    packed = Counter(kind(rule) for rule, _ in executed if rule.startswith(("tune_", "final_")))
-    assert packed == {"tune": 2, "final": 2}
+    tunes = [wc for rule, wc in executed if rule == "tune"]
+    assert Counter(wc["experiment"] for wc in tunes) == {"vtab": 6, "robustness": 2}
+    assert all(wc["pack"].startswith("pack-") == (wc["experiment"] == "robustness") for wc in tunes)
+    assert c["final"] == 4
+    packed = Counter(kind(rule) for rule, _ in executed if rule.startswith("final_"))
+    assert packed == {"final": 2}
     assert c["select"] == 6 and c["collect"] == 6
     assert c["ensemble"] == 3 and c["robustness"] == 2 and c["report"] == 1
     root = wf.root / RESULTS
     html = (root / "report/index.html").read_text()
     for expected in ("Test accuracy", "vtab", "count", "digits", "lora", "WiSE", "data:image/png;base64,"):
         assert expected in html
-    # Every result file is valid against its schema.
-    metrics = sorted(root.glob("*/*/*/tune/*/metrics.json")) + sorted(root.glob("*/*/*/final/*/seed*/metrics.json"))
-    assert len(metrics) == 6 + 4 + 4 + 4  # tune and final, VTAB and robustness
-    for path in metrics:
-        m = read_json(path, schema="metrics")
+    # Every result file is valid against its schema; a tune job's file holds each of its grid points' results.
+    tune = [p for path in sorted(root.glob("*/*/*/tune/*/metrics.json")) for p in read_json(path, "tune")["points"]]
+    finals = [read_json(path, schema="metrics") for path in sorted(root.glob("*/*/*/final/*/seed*/metrics.json"))]
+    assert len(tune) == 6 + 4 and len(finals) == 4 + 4  # VTAB and robustness
+    for m in tune + finals:
         assert m["status"] == "ok" and m["provenance"]["config_hash"]
     for path in root.glob("*/*/*/selected.json"):
         read_json(path, schema="selected")

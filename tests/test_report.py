@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, copy_repo, tiny_config
 
-from peftstudy import config as study
+from peftstudy.plan import study
 from peftstudy.report import render, tables
 
 DATA = REPO / "report" / "data"
@@ -118,7 +118,7 @@ def test_datasets_outside_vtab_form_the_groups_the_config_gives_and_means_wait_f
 
 def test_benchmark_paths_of_the_tiny_study_follow_the_job_layout(tmp_path: Path):
     cfg = tiny_config()
-    from peftstudy.results import Layout
+    from peftstudy.plan.layout import Layout
 
     layout = Layout(cfg)
     tune = layout.tune_benchmarks()

@@ -14,6 +14,8 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from peftstudy.plan.defaults import DEFAULTS
+
 
 def _json(text: str):
     try:
@@ -108,9 +110,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
     p.add_argument("--out-checked", default="", help="<set>.checked.json (default: beside the manifest)")
     p.add_argument("--dataset", default="", help="the dataset's name in the config (default: --set)")
-    p.add_argument("--shots", type=int, default=100, help="imagenet: training images per class")
-    p.add_argument("--val-per-class", type=int, default=10, help="imagenet: val images per class")
-    p.add_argument("--seed", type=int, default=1992, help="imagenet: the sampling seed")
+    p.add_argument("--shots", type=int, default=DEFAULTS["imagenet_shots"], help="imagenet: training images per class")
+    p.add_argument(
+        "--val-per-class", type=int, default=DEFAULTS["imagenet_val_per_class"], help="imagenet: val images per class"
+    )
+    p.add_argument("--seed", type=int, default=DEFAULTS["imagenet_sample_seed"], help="imagenet: the sampling seed")
     p.set_defaults(func=_stage("peftstudy.data.imagenet:run"))
 
     p = sub.add_parser("manyshot-lists", help="download the authors' split lists of a many-shot subset (pinned)")
@@ -124,7 +128,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("manyshot", help="a many-shot subset and fold in the processed-VTAB layout")
     p.add_argument("--dataset", required=True, choices=["cifar100", "resisc45"])
     p.add_argument("--subset", required=True)
-    p.add_argument("--fold", type=int, default=0, help="0..4 for cifar100 500 and resisc45 225/450, else 0")
+    p.add_argument(
+        "--fold", type=int, default=DEFAULTS["manyshot_fold"], help="0..4 for cifar100 500 and resisc45 225/450, else 0"
+    )
     p.add_argument("--source", required=True, help="the extracted archive (cifar-100-python/ or NWPU-RESISC45/)")
     p.add_argument("--lists", required=True, help="the folder manyshot-lists filled")
     p.add_argument("--name", default="", help="the dataset's name in the manifest (default: dataset-subset[-foldK])")
@@ -163,7 +169,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--val", required=True)
-    p.add_argument("--out", nargs="+", required=True, help="metrics.json of each grid point, in order")
+    p.add_argument("--out", required=True, help="the job's metrics.json: each grid point's results, in order")
     p.set_defaults(func=_stage("peftstudy.train.runs:tune", uses_torch=True))
 
     p = sub.add_parser("final", help="train the selected grid point on train+val, test once at the end")
@@ -179,9 +185,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("select", help="choose a grid point from tune results (val only)")
     p.add_argument("--grid", type=_json, required=True, help="grid-point ids in grid order")
-    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--metrics", nargs="+", required=True, help="the tune jobs' metrics.json files")
     p.add_argument("--tie-break", choices=["last", "first"], default="last")
-    p.add_argument("--metric", choices=["val_top1", "val_best_top1"], default="val_top1")
+    p.add_argument("--metric", choices=["val_top1", "val_best_top1"], default=DEFAULTS["selection_metric"])
     p.add_argument("--out", required=True, help="selected.json")
     p.add_argument("--out-summary", required=True, help="tune.csv: every grid point's val scores")
     p.set_defaults(func=_stage("peftstudy.select:run"))
@@ -193,7 +199,12 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ensemble", help="confidence, overlaps and ensembles of the methods' final test logits")
     p.add_argument("--finals", nargs="+", required=True, help="final.json of each method on the dataset")
-    p.add_argument("--confident-k", type=float, default=0.25, help="K most confident: a count, or a fraction if < 1")
+    p.add_argument(
+        "--confident-k",
+        type=float,
+        default=DEFAULTS["confident_k"],
+        help="K most confident: a count, or a fraction if < 1",
+    )
     p.add_argument("--methods", nargs="+", help="the methods whose pairs and triples are ensembled (default: all)")
     p.add_argument("--out-ensembles", required=True)
     p.add_argument("--out-agreement", required=True)
@@ -232,7 +243,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", required=True)
     p.add_argument("--notebook", required=True)
     p.add_argument("--template", required=True)
-    p.add_argument("--tolerance", type=float, default=1.0, help="points of top-1 above which a diff is marked")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULTS["report_tolerance"],
+        help="points of top-1 above which a diff is marked",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--out-notebook", required=True)
     p.set_defaults(func=_stage("peftstudy.report.render:run"))
@@ -240,7 +256,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("zero-shot-head", help="CLIP's zero-shot head from its text tower (STUDY.md A.1), once")
     p.add_argument("--clip-weights", required=True, help="the full CLIP checkpoint (OpenAI/OpenCLIP state dict)")
     p.add_argument("--classnames", required=True, help="imagenet (OpenAI's clean names), or a file: one a line")
-    p.add_argument("--clip-model", default="ViT-B-16-quickgelu", help="open_clip config of the checkpoint")
+    p.add_argument("--clip-model", default=DEFAULTS["clip_model"], help="open_clip config of the checkpoint")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="the head's safetensors file (proj, classifier weight and bias)")

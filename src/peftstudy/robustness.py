@@ -23,6 +23,7 @@ from torch import nn
 
 from peftstudy import methods
 from peftstudy.io import load_npz, read_json, write_json
+from peftstudy.tables import subset_classes
 from peftstudy.train.engine import predict, to_input
 from peftstudy.train.runs import load_trained, pick_device
 
@@ -89,14 +90,11 @@ def class_subset(labels: np.ndarray, subset: Sequence[int] | None) -> tuple[np.n
 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor, columns: np.ndarray) -> float:
-    """Top-1 (%) with the argmax taken over `columns` only when given (the 200-class masks)."""
-    from peftstudy.data.imagenet import masked_predictions
-
+    """Top-1 (%) with the argmax taken over `columns` only when given (the 200-class masks), as 1000-way classes."""
     if not len(columns):
         return 100.0 * (logits.argmax(1) == labels).float().mean().item()
-    mask = np.zeros(logits.shape[1], dtype=bool)
-    mask[columns] = True
-    return 100.0 * float((masked_predictions(logits.numpy(), mask) == labels.numpy()).mean())
+    predictions = np.asarray(columns)[logits.numpy()[:, columns].argmax(axis=1)]
+    return 100.0 * float((predictions == labels.numpy()).mean())
 
 
 TestSet = tuple[object, torch.Tensor, np.ndarray]  # (model inputs, labels, logit columns)
@@ -122,9 +120,10 @@ def _test_sets(raw: Mapping[str, dict], subsets: Mapping[str, Sequence[int] | No
 def _classes(spec: Sequence[int] | str) -> list[int]:
     """A class subset from the config: class indices, or the name of a set whose mask is known (imagenet_r)."""
     if isinstance(spec, str):
-        from peftstudy.data.imagenet import eval_mask
-
-        return np.flatnonzero(eval_mask(spec)).tolist()
+        classes = subset_classes(spec)
+        if classes is None:
+            raise ValueError(f"class_subset {spec!r}: no known class list by that name; use imagenet_r or imagenet_a")
+        return classes
     return list(spec)
 
 

@@ -82,7 +82,7 @@ def average_folds(results: Sequence[dict[str, Any]], metric: str) -> list[dict[s
 
 
 def run(args: argparse.Namespace) -> None:
-    results = [read_json(path, schema="metrics") for path in args.metrics]
+    results = [point for path in args.metrics for point in read_json(path, schema="tune")["points"]]
     if any(r["phase"] != "tune" for r in results):
         raise ValueError("select reads tune results only")
     folds = sorted({r["dataset"] for r in results})

@@ -15,21 +15,16 @@ rule generate:
     input:
         code="src/peftstudy/data/synthetic.py",
     output:
-        source=directory(f"{R}/data/{{dataset}}/source"),
-        manifest=f"{R}/data/{{dataset}}/manifest.json",
+        source=directory(LAYOUT.data_file("{dataset}", "source")),
+        manifest=LAYOUT.manifest("{dataset}"),
     log:
-        f"{R}/data/{{dataset}}/generate.log",
+        LAYOUT.data_file("{dataset}", "generate.log"),
     wildcard_constraints:
-        dataset=only(study.datasets_from(config, "synthetic")),
+        dataset=only(PLAN.datasets_from("synthetic")),
     conda:
         "../../envs/data.yaml"
     params:
-        spec=lambda wc: as_json(
-            dict(
-                study.data_spec(DATASETS[wc.dataset]),
-                image_size=config["backbone"]["image_size"],
-            )
-        ),
+        spec=lambda wc: as_json(PLAN.generate_spec(wc.dataset)),
         seed=config["seed"],
     shell:
         "peftstudy generate --dataset {wildcards.dataset} --spec {params.spec} --seed {params.seed}"
@@ -40,7 +35,7 @@ rule fetch:
     """Download an archive once (resumable, sha256-checked): on the login node, before any job needs it."""
     output:
         archive="resources/archives/{archive}",
-        checksum="resources/archives/{archive}.sha256",
+        checksum=archive_checksum("{archive}"),
     log:
         "resources/archives/{archive}.log",
     wildcard_constraints:
@@ -72,18 +67,18 @@ rule extract:
 rule index:
     """The manifest of a dataset that is already in the layout (from an archive or a local folder)."""
     input:
-        unpack(get_source_inputs),
+        unpack(lambda wc: PLAN.source_inputs(wc.dataset)),
     output:
-        manifest=f"{R}/data/{{dataset}}/manifest.json",
+        manifest=LAYOUT.manifest("{dataset}"),
     log:
-        f"{R}/data/{{dataset}}/index.log",
+        LAYOUT.data_file("{dataset}", "index.log"),
     wildcard_constraints:
-        dataset=only(study.datasets_from(config, "archive", "local")),
+        dataset=only(PLAN.datasets_from("archive", "local")),
     conda:
         "../../envs/data.yaml"
     params:
-        source=lambda wc: get_source_dir(wc.dataset),
-        about=lambda wc: as_json(get_source_record(wc.dataset)),
+        source=lambda wc: PLAN.source_dir(wc.dataset),
+        about=lambda wc: as_json(PLAN.source_record(wc.dataset)),
         classes=lambda wc: DATASETS[wc.dataset]["classes"],
         checksum=lambda wc, input: input.get("checksum", ""),
     shell:
@@ -98,22 +93,22 @@ rule imagenet:
     input:
         code="src/peftstudy/data/imagenet.py",
     output:
-        source=directory(f"{R}/data/{{dataset}}/source"),
-        manifest=f"{R}/data/{{dataset}}/manifest.json",
-        checked=f"{R}/data/{{dataset}}/checked.json",
+        source=directory(LAYOUT.data_file("{dataset}", "source")),
+        manifest=LAYOUT.manifest("{dataset}"),
+        checked=LAYOUT.data_file("{dataset}", "checked.json"),
     log:
-        f"{R}/data/{{dataset}}/imagenet.log",
+        LAYOUT.data_file("{dataset}", "imagenet.log"),
     wildcard_constraints:
-        dataset=only(study.datasets_from(config, "manual")),
+        dataset=only(PLAN.datasets_from("manual")),
     localrule: True
     conda:
         "../../envs/data.yaml"
     params:
-        set=lambda wc: DATASETS[wc.dataset]["set"],
-        root=lambda wc: DATASETS[wc.dataset]["path"],
-        shots=lambda wc: DATASETS[wc.dataset].get("shots", 100),
-        val_per_class=lambda wc: DATASETS[wc.dataset].get("val_per_class", 10),
-        seed=lambda wc: DATASETS[wc.dataset].get("sample_seed", 1992),
+        set=lambda wc: PLAN.imagenet_args(wc.dataset)["set"],
+        root=lambda wc: PLAN.imagenet_args(wc.dataset)["root"],
+        shots=lambda wc: PLAN.imagenet_args(wc.dataset)["shots"],
+        val_per_class=lambda wc: PLAN.imagenet_args(wc.dataset)["val_per_class"],
+        seed=lambda wc: PLAN.imagenet_args(wc.dataset)["seed"],
     shell:
         "peftstudy imagenet --set {params.set} --root {params.root:q} --dataset {wildcards.dataset}"
         " --shots {params.shots} --val-per-class {params.val_per_class} --seed {params.seed}"
@@ -123,11 +118,11 @@ rule imagenet:
 rule manyshot_lists:
     """The authors' split lists of a many-shot subset, from PETL_Vision at a pinned commit, sha256-checked."""
     output:
-        lists=directory("resources/lists/petl_vision/{kind}-{subset}"),
+        lists=directory(manyshot_lists_dir("{kind}", "{subset}")),
     log:
-        "resources/lists/petl_vision/{kind}-{subset}.log",
+        manyshot_lists_dir("{kind}", "{subset}") + ".log",
     wildcard_constraints:
-        kind="cifar100|resisc45",
+        kind=only(MANYSHOT_SUBSETS),
     localrule: True
     conda:
         "../../envs/data.yaml"
@@ -142,14 +137,14 @@ rule manyshot_lists:
 rule manyshot:
     """A many-shot subset (and fold) in the layout: the authors' lists over CIFAR-100's or RESISC45's images."""
     input:
-        unpack(get_manyshot_inputs),
+        unpack(lambda wc: PLAN.manyshot_inputs(wc.dataset)),
     output:
-        source=directory(f"{R}/data/{{dataset}}/source"),
-        manifest=f"{R}/data/{{dataset}}/manifest.json",
+        source=directory(LAYOUT.data_file("{dataset}", "source")),
+        manifest=LAYOUT.manifest("{dataset}"),
     log:
-        f"{R}/data/{{dataset}}/manyshot.log",
+        LAYOUT.data_file("{dataset}", "manyshot.log"),
     wildcard_constraints:
-        dataset=only(study.datasets_from(config, "manyshot")),
+        dataset=only(PLAN.datasets_from("manyshot")),
     conda:
         "../../envs/data.yaml"
     resources:
@@ -158,7 +153,7 @@ rule manyshot:
     params:
         kind=lambda wc: DATASETS[wc.dataset]["kind"],
         subset=lambda wc: DATASETS[wc.dataset]["subset"],
-        fold=lambda wc: DATASETS[wc.dataset].get("fold", 0),
+        fold=lambda wc: DATASETS[wc.dataset].get("fold", PLAN.default("manyshot_fold")),
         pins=as_json(config.get("manyshot_lists", {}).get("sha256", {})),
     shell:
         "peftstudy manyshot --dataset {params.kind} --subset {params.subset} --fold {params.fold}"
@@ -173,12 +168,12 @@ rule vtab_tfds:
     the profiles allow one tfds_builder at a time.
     """
     output:
-        source=directory(f"{R}/data/{{dataset}}/source"),
-        manifest=f"{R}/data/{{dataset}}/manifest.json",
+        source=directory(LAYOUT.data_file("{dataset}", "source")),
+        manifest=LAYOUT.manifest("{dataset}"),
     log:
-        f"{R}/data/{{dataset}}/vtab_tfds.log",
+        LAYOUT.data_file("{dataset}", "vtab_tfds.log"),
     wildcard_constraints:
-        dataset=only(study.datasets_from(config, "tfds")),
+        dataset=only(PLAN.datasets_from("tfds")),
     localrule: True
     conda:
         "../../envs/data.yaml"
@@ -186,7 +181,7 @@ rule vtab_tfds:
         tfds_builder=1,
     params:
         task=lambda wc: DATASETS[wc.dataset]["vtab_task"],
-        data_dir=config.get("tfds_data_dir", "resources/tfds"),
+        data_dir=config.get("tfds_data_dir", PLAN.default("tfds_data_dir")),
     shell:
         "peftstudy vtab-tfds --task {params.task} --data-dir {params.data_dir:q} --dataset {wildcards.dataset}"
         " --out {output.source} --manifest {output.manifest} > {log} 2>&1"
@@ -195,28 +190,24 @@ rule vtab_tfds:
 rule prepare:
     """Decode one split's list once into a uint8 tensor cache (what training reads)."""
     input:
-        unpack(get_source_inputs),
-        manifest=f"{R}/data/{{dataset}}/manifest.json",
+        unpack(lambda wc: PLAN.source_inputs(wc.dataset)),
+        manifest=LAYOUT.manifest("{dataset}"),
     output:
-        cache=f"{R}/data/{{dataset}}/{{split}}.npz",
+        cache=LAYOUT.data("{dataset}", "{split}"),
     log:
-        f"{R}/data/{{dataset}}/prepare_{{split}}.log",
+        LAYOUT.data_file("{dataset}", "prepare_{split}.log"),
     conda:
         "../../envs/data.yaml"
     params:
-        source=lambda wc: get_source_dir(wc.dataset),
-        image_size=lambda wc: (
-            0
-            if DATASETS[wc.dataset].get("cache") == "native"
-            else config["backbone"]["image_size"]
-        ),
+        source=lambda wc: PLAN.source_dir(wc.dataset),
+        image_size=lambda wc: PLAN.cache_size(wc.dataset),
     shell:
         "peftstudy prepare --source {params.source:q} --manifest {input.manifest} --split {wildcards.split}"
         " --image-size {params.image_size} --out {output.cache} > {log} 2>&1"
 
 
 # CLIP's zero-shot head: built once from the full checkpoint's text tower, then only the file is read.
-for backbone_name, backbone in ALL_BACKBONES.items():
+for backbone_name, backbone in PLAN.all_backbones.items():
     if "zero_shot_head" not in backbone:
         continue
 
@@ -239,7 +230,7 @@ for backbone_name, backbone in ALL_BACKBONES.items():
         params:
             classnames=backbone["zero_shot_head"]["classnames"],
             clip_model=backbone["zero_shot_head"].get(
-                "clip_model", "ViT-B-16-quickgelu"
+                "clip_model", PLAN.default("clip_model")
             ),
             device=config["device"],
         shell:
@@ -249,7 +240,7 @@ for backbone_name, backbone in ALL_BACKBONES.items():
 
 
 # One fetch rule per backbone with a `source` (the study's and each of `backbones`), run where Snakemake runs.
-for backbone_name, backbone in ALL_BACKBONES.items():
+for backbone_name, backbone in PLAN.all_backbones.items():
     if "source" not in backbone:
         continue
 

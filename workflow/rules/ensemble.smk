@@ -3,27 +3,27 @@ rule ensemble:
     their finals (three combination rules) with the same-method seed ensembles as control.
     """
     input:
-        finals=get_ensemble_inputs,
+        finals=lambda wc: PLAN.ensemble_inputs(wc.experiment, wc.dataset),
     output:
         ensembles=report(
-            f"{R}/{{experiment}}/{{dataset}}/analysis/ensembles.json",
+            LAYOUT.analysis_file("{experiment}", "{dataset}", "ensembles.json"),
             caption="../../report/captions/analysis.rst",
             category="Ensembles and agreement",
             subcategory="{experiment}",
         ),
         agreement=report(
-            f"{R}/{{experiment}}/{{dataset}}/analysis/agreement.json",
+            LAYOUT.analysis_file("{experiment}", "{dataset}", "agreement.json"),
             caption="../../report/captions/analysis.rst",
             category="Ensembles and agreement",
             subcategory="{experiment}",
         ),
     log:
-        f"{R}/{{experiment}}/{{dataset}}/analysis/ensemble.log",
+        LAYOUT.analysis_file("{experiment}", "{dataset}", "ensemble.log"),
     conda:
         "../../envs/train.yaml"
     params:
-        confident_k=config.get("analysis", {}).get("confident_k", 0.25),
-        methods=get_analysis_methods,
+        confident_k=PLAN.confident_k(),
+        methods=lambda wc: " ".join(PLAN.analysis_methods(wc.experiment)),
     shell:
         "peftstudy ensemble --finals {input.finals} --confident-k {params.confident_k}"
         " --methods {params.methods}"

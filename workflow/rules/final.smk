@@ -7,24 +7,24 @@ rule final:
     input:
         unpack(get_final_inputs),
     output:
-        metrics=f"{R}/{{experiment}}/{{dataset}}/{{method}}/final/{{gp}}/seed{{seed}}/metrics.json",
-        logits=f"{R}/{{experiment}}/{{dataset}}/{{method}}/final/{{gp}}/seed{{seed}}/logits.npz",
-        peft=f"{R}/{{experiment}}/{{dataset}}/{{method}}/final/{{gp}}/seed{{seed}}/peft.safetensors",
+        metrics=LAYOUT.final_file(*RUN, "{gp}", "{seed}", "metrics.json"),
+        logits=LAYOUT.final_file(*RUN, "{gp}", "{seed}", "logits.npz"),
+        peft=LAYOUT.final_file(*RUN, "{gp}", "{seed}", "peft.safetensors"),
     log:
-        f"{R}/{{experiment}}/{{dataset}}/{{method}}/final/{{gp}}/seed{{seed}}/log.txt",
+        LAYOUT.final_file(*RUN, "{gp}", "{seed}", "log.txt"),
     benchmark:
-        f"{R}/{{experiment}}/{{dataset}}/{{method}}/final/{{gp}}/seed{{seed}}/benchmark.tsv"
+        LAYOUT.final_file(*RUN, "{gp}", "{seed}", "benchmark.tsv")
     wildcard_constraints:
-        experiment=only(experiments_packing("final", packed=False)),
+        experiment=only(PLAN.experiments_packing("final", packed=False)),
     conda:
         "../../envs/train.yaml"
     threads: config["threads"]
     resources:
         **job_resources("final"),
     params:
-        hp=lambda wc: as_json(get_hp(wc)),
-        recipe=lambda wc: as_json(EXPERIMENTS[wc.experiment]["recipe"]),
-        backbone=lambda wc: get_backbone(wc.experiment),
+        hp=get_hp,
+        recipe=get_recipe,
+        backbone=get_backbone,
         seeds=lambda wc: wc.seed,
         device=config["device"],
         resume=get_resume_dir,
@@ -32,10 +32,8 @@ rule final:
         FINAL_SHELL
 
 
-for pack_experiment in experiments_packing("final", packed=True):
-    for seeds in seed_packs(pack_experiment):
-        final_dir = f"{R}/{{experiment}}/{{dataset}}/{{method}}/final/{{gp}}"
-        seeds_dir = f"{final_dir}/seeds-{'-'.join(map(str, seeds))}"
+for pack_experiment in PLAN.experiments_packing("final", packed=True):
+    for seeds in PLAN.seed_packs(pack_experiment):
 
         rule:
             name:
@@ -43,13 +41,18 @@ for pack_experiment in experiments_packing("final", packed=True):
             input:
                 unpack(get_final_inputs),
             output:
-                metrics=[f"{final_dir}/seed{s}/metrics.json" for s in seeds],
-                logits=[f"{final_dir}/seed{s}/logits.npz" for s in seeds],
-                peft=[f"{final_dir}/seed{s}/peft.safetensors" for s in seeds],
+                metrics=[
+                    LAYOUT.final_file(*RUN, "{gp}", s, "metrics.json") for s in seeds
+                ],
+                logits=[LAYOUT.final_file(*RUN, "{gp}", s, "logits.npz") for s in seeds],
+                peft=[
+                    LAYOUT.final_file(*RUN, "{gp}", s, "peft.safetensors")
+                    for s in seeds
+                ],
             log:
-                f"{seeds_dir}/log.txt",
+                LAYOUT.final_pack_file(*RUN, "{gp}", seeds, "log.txt"),
             benchmark:
-                f"{seeds_dir}/benchmark.tsv"
+                LAYOUT.final_pack_file(*RUN, "{gp}", seeds, "benchmark.tsv")
             wildcard_constraints:
                 experiment=only([pack_experiment]),
             conda:
@@ -58,9 +61,9 @@ for pack_experiment in experiments_packing("final", packed=True):
             resources:
                 **job_resources("final", pack_experiment),
             params:
-                hp=lambda wc: as_json(get_hp(wc)),
-                recipe=as_json(EXPERIMENTS[pack_experiment]["recipe"]),
-                backbone=get_backbone(pack_experiment),
+                hp=get_hp,
+                recipe=get_recipe,
+                backbone=get_backbone,
                 seeds=" ".join(map(str, seeds)),
                 device=config["device"],
                 resume=get_resume_dir,
@@ -74,13 +77,13 @@ rule collect:
         get_selected_finals,
     output:
         record=report(
-            f"{R}/{{experiment}}/{{dataset}}/{{method}}/final.json",
+            LAYOUT.final_record(*RUN),
             caption="../../report/captions/final.rst",
             category="Final runs",
             subcategory="{experiment}",
         ),
     log:
-        f"{R}/{{experiment}}/{{dataset}}/{{method}}/collect.log",
+        LAYOUT.method_file(*RUN, "collect.log"),
     conda:
         "../../envs/train.yaml"
     params:

@@ -1,15 +1,15 @@
 rule pretrain:
     """Pretrain the backbone from scratch; runs only when backbone.pretrain is true."""
     input:
-        train=lambda wc: data(config["pretrain"]["dataset"], "train"),
-        val=lambda wc: data(config["pretrain"]["dataset"], "val"),
+        train=lambda wc: LAYOUT.data(config["pretrain"]["dataset"], "train"),
+        val=lambda wc: LAYOUT.data(config["pretrain"]["dataset"], "val"),
     output:
-        weights=f"{R}/pretrain/backbone.safetensors",
-        metrics=f"{R}/pretrain/metrics.json",
+        weights=LAYOUT.pretrain_file("backbone.safetensors"),
+        metrics=LAYOUT.pretrain_file("metrics.json"),
     log:
-        f"{R}/pretrain/log.txt",
+        LAYOUT.pretrain_file("log.txt"),
     benchmark:
-        f"{R}/pretrain/benchmark.tsv"
+        LAYOUT.pretrain_file("benchmark.tsv")
     conda:
         "../../envs/train.yaml"
     threads: config["threads"]

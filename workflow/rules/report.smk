@@ -1,26 +1,26 @@
 rule tables:
     """Tidy CSV tables of everything the study computed (what the report reads), the authors' numbers beside."""
     input:
-        unpack(get_table_inputs),
+        unpack(lambda wc: PLAN.table_inputs()),
         final_benchmarks=get_final_benchmarks,
     output:
         tables=[
             report(
-                f"{R}/tables/{table}.csv",
+                LAYOUT.table(table),
                 caption="../../report/captions/tables.rst",
                 category="Tables",
             )
             for table in TABLES
         ],
-        authors=expand(f"{R}/tables/authors_{{name}}.csv", name=AUTHORS),
+        authors=[LAYOUT.table(f"authors_{name}") for name in AUTHORS],
     log:
-        f"{R}/tables/tables.log",
+        LAYOUT.tables_file("tables.log"),
     conda:
         "../../envs/report.yaml"
     params:
         study=config["study"],
-        config_hash=CONFIG_HASH,
-        context=as_json(study.report_context(config)),
+        config_hash=PLAN.config_hash,
+        context=as_json(PLAN.report_context()),
         out_dir=lambda wc, output: os.path.dirname(output.tables[0]),
     shell:
         "peftstudy tables --study {params.study} --config-hash {params.config_hash}"
@@ -39,18 +39,18 @@ rule report:
         template="report/templates/index.html.j2",
     output:
         html=report(
-            f"{R}/report/index.html",
+            LAYOUT.report(),
             caption="../../report/caption.rst",
             category="Report",
         ),
-        notebook=f"{R}/report/figures.ipynb",
+        notebook=LAYOUT.report_file("figures.ipynb"),
     log:
-        f"{R}/report/report.log",
+        LAYOUT.report_file("report.log"),
     conda:
         "../../envs/report.yaml"
     params:
         tables=lambda wc, input: os.path.dirname(input.tables[0]),
-        tolerance=config.get("report", {}).get("tolerance", 1.0),
+        tolerance=PLAN.report_tolerance(),
     shell:
         "peftstudy report --tables {params.tables} --notebook {input.notebook}"
         " --template {input.template} --tolerance {params.tolerance} --out {output.html}"

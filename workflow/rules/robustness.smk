@@ -1,34 +1,32 @@
 rule robustness:
     """One method's finals on the in-distribution and shifted test sets, and its WiSE curve."""
     input:
-        unpack(get_robustness_inputs),
+        unpack(lambda wc: PLAN.robustness_inputs(wc.method)),
     output:
         ood=report(
-            f"{R}/robustness/{{method}}/ood.json",
+            LAYOUT.robustness_file("{method}", "ood.json"),
             caption="../../report/captions/robustness.rst",
             category="Robustness",
         ),
         wise=report(
-            f"{R}/robustness/{{method}}/wise.json",
+            LAYOUT.robustness_file("{method}", "wise.json"),
             caption="../../report/captions/robustness.rst",
             category="Robustness",
         ),
     log:
-        f"{R}/robustness/{{method}}/log.txt",
+        LAYOUT.robustness_file("{method}", "log.txt"),
     benchmark:
-        f"{R}/robustness/{{method}}/benchmark.tsv"
+        LAYOUT.robustness_file("{method}", "benchmark.tsv")
     conda:
         "../../envs/train.yaml"
     threads: config["threads"]
     resources:
-        **job_resources("robustness", ROBUSTNESS and ROBUSTNESS["experiment"]),
+        **job_resources("robustness", PLAN.robustness_experiment()),
     params:
-        backbone=lambda wc: get_backbone(ROBUSTNESS["experiment"]),
-        sets=lambda wc: " ".join(
-            f"{name}={data(name, 'test')}" for name in robustness_sets()
-        ),
-        alphas=lambda wc: as_json(ROBUSTNESS["alphas"]),
-        class_subsets=lambda wc: as_json(get_class_subsets()),
+        backbone=lambda wc: PLAN.backbone_arg(PLAN.robustness_experiment()),
+        sets=lambda wc: PLAN.robustness_eval(),
+        alphas=lambda wc: as_json(PLAN.robustness["alphas"]),
+        class_subsets=lambda wc: as_json(PLAN.class_subsets()),
         device=config["device"],
     shell:
         "peftstudy robustness --method {wildcards.method} --backbone {params.backbone}"

@@ -3,18 +3,16 @@ checkpoint select:
     input:
         metrics=get_tune_metrics,
     output:
-        selected=f"{R}/{{experiment}}/{{dataset}}/{{method}}/selected.json",
-        summary=f"{R}/{{experiment}}/{{dataset}}/{{method}}/tune.csv",
+        selected=LAYOUT.selected(*RUN),
+        summary=LAYOUT.method_file(*RUN, "tune.csv"),
     log:
-        f"{R}/{{experiment}}/{{dataset}}/{{method}}/select.log",
+        LAYOUT.method_file(*RUN, "select.log"),
     conda:
         "../../envs/train.yaml"
     params:
         grid=get_grid_order,
-        tie_break=lambda wc: EXPERIMENTS[wc.experiment]["selection"]["tie_break"],
-        metric=lambda wc: EXPERIMENTS[wc.experiment]["selection"].get(
-            "metric", "val_top1"
-        ),
+        tie_break=lambda wc: PLAN.selection(wc.experiment)["tie_break"],
+        metric=lambda wc: PLAN.selection(wc.experiment)["metric"],
     shell:
         "peftstudy select --grid {params.grid} --tie-break {params.tie_break} --metric {params.metric}"
         " --metrics {input.metrics}"

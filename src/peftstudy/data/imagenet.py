@@ -34,18 +34,18 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-# CLASSNAMES re-exported: the class order and CLIP's zero-shot names are both found here.
-from peftstudy.data.imagenet_classes import CLASSNAMES as CLASSNAMES
-from peftstudy.data.imagenet_classes import IMAGENET_A_WNIDS, IMAGENET_R_WNIDS, WNIDS
 from peftstudy.data.layout import SPLIT_LISTS, sha256_bytes
 from peftstudy.io import atomic_dir, write_json
+
+# CLASSNAMES re-exported: the class order and CLIP's zero-shot names are both found here.
+from peftstudy.tables import CLASSNAMES as CLASSNAMES
+from peftstudy.tables import IMAGENET_A_WNIDS, IMAGENET_R_WNIDS, WNIDS
+from peftstudy.tables import SUBSET_WNIDS as SUBSETS
 
 NUM_CLASSES = 1000
 WNID_INDEX: dict[str, int] = {wnid: i for i, wnid in enumerate(WNIDS)}
 # What counts as an image: the suffixes the five sets use (.JPEG, .jpg, .jpeg, .png), in any case.
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
-# Names the 200-class sets' masks are looked up by (the --set names).
-SUBSETS: dict[str, tuple[str, ...]] = {"imagenet_r": IMAGENET_R_WNIDS, "imagenet_a": IMAGENET_A_WNIDS}
 # Recorded in the manifest: bump it if fewshot_split ever changes, so old and new lists are never confused.
 FEWSHOT_ALGORITHM = (
     "peftstudy-fewshot-v1: per class c (index in the sorted 1000 WNIDs), files = image names in train/<wnid> "

@@ -34,6 +34,11 @@ from numpy._core.multiarray import _reconstruct  # what pickled arrays are rebui
 from peftstudy.data.fetch import download, progress
 from peftstudy.data.layout import SPLIT_LISTS, index, read_list, sha256_bytes, write_lists
 from peftstudy.io import atomic_dir
+from peftstudy.plan.tasks import MANYSHOT_CLASSES as CLASSES
+from peftstudy.plan.tasks import MANYSHOT_FOLDED as FOLDED
+from peftstudy.plan.tasks import MANYSHOT_FOLDS as FOLDS
+from peftstudy.plan.tasks import check_subset
+from peftstudy.tables import sha256sums
 
 COMMIT = "245d2628754fa25bc56bdcbd7e63f0a4ac2eaaed"  # OSU-MLB/PETL_Vision 245d262, the code the study reran
 BASE_URL = f"https://raw.githubusercontent.com/OSU-MLB/PETL_Vision/{COMMIT}/data/annotations/"
@@ -42,87 +47,7 @@ BASE_URL = f"https://raw.githubusercontent.com/OSU-MLB/PETL_Vision/{COMMIT}/data
 # the authors' files at that commit (all of them are there, none is a Git LFS pointer), in sha256sum's format:
 # `cd data/annotations && sha256sum -c` checks a checkout against it. Fetched from BASE_URL + path into
 # `<lists dir>/<path>`.
-LISTS: dict[str, str] = {
-    path: digest
-    for digest, path in (
-        line.split()
-        for line in """
-eb2c549b18578c525ba65d1678dd9757141fa7d720ea41c1f3e826fb59166e0c  cifar100/cifar100-1k-trainval_combined.npy
-c847cab9d8ecf71087d32ff535203d9e86307e099973cfe0ce3e23b5fe94ec06  cifar100/cifar100-1k-trainval_split_train.npy
-f50892a5bf63f978a17f4214df8da78965c7612aeaa7a54467848f977095ed7f  cifar100/cifar100-1k-trainval_split_val.npy
-a644578246bf62f2177689eec49ba9390996d37a0e845fd90f7b9e9e189132fc  cifar100/cifar100-5k-trainval_combined.npy
-5f5e4baa6b4b4653b5f9d06f06459fd1a2f886f2714899850a990986fd2ddcab  cifar100/cifar100-5k-trainval_split_train.npy
-3112be07b1737f491691301b5482451ed9956f4f689f83e73d53db1ba0de50b1  cifar100/cifar100-5k-trainval_split_val.npy
-3c8d12be107b8d4df2e2edd2b4d4109ac5cd59ddadff230bbbddd4afc1daacae  cifar100/cifar100-10k-trainval_combined.npy
-9cea145510f2c500961aaf8df7e77fa484f32adc2f605eb3153d13a9011cca46  cifar100/cifar100-10k-trainval_split_train.npy
-cf4cd68a6e562844622ea4205c9fdfc407f9e4e188daaeb0ef76fa6a24cca9fb  cifar100/cifar100-10k-trainval_split_val.npy
-ea5881d02a8e0a9ae1cea375a502bd4926a78a32e82283428a0a43f88d4688ae  cifar100/cifar100-500-trainval_combined.npy
-edf5fa0eae5e1c8db872fc5315170ee79daea237fe43ea39a4ec882d2cd34d99  cifar100/cifar100-500-trainval_split_train.npy
-ba99dd96d9d1734eb29c1c729f7a8b84d8b61f003688ba93f010486f2d3dc786  cifar100/cifar100-500-trainval_split_val.npy
-f4c0e573f63f013d26d2b2720e738aa1823ff6a54522d0ebeacb62d94e3ec86b  cifar100/cifar100-full-trainval_combined.npy
-0d657da5c5e62b02e054243ec24fc5a3998809ce88b61fdbe8554696c2a68a11  cifar100/cifar100-full-trainval_split_train.npy
-14da87371f95014096d5019ea5bf292ae508704cb0d2b5c7bba4b3f5a6e2ca62  cifar100/cifar100-full-trainval_split_val.npy
-e861764bad67f321a556b0cf3a1ac17f7582780490dbc5655f0a871c9704c78e  resisc/resisc-225_combine.txt
-db1b0de89e32a83f1d67941d964b68d317a952e5c49e4dd68f18c614692e94ee  resisc/resisc-225_train_0.txt
-4af0871ddba4d85d6e74ff52c1687a6711edbc94a87fb11a96c4f28a2c653953  resisc/resisc-225_train_1.txt
-86d8ef90508d58948c4e586b5c43091dfa8232c572b82cd8b23020b039e0eed6  resisc/resisc-225_train_2.txt
-09d96da899a539285c403fd61e45fab0156c493f41a152d42dc6e0e39f59aa68  resisc/resisc-225_train_3.txt
-cf387cdb4f916ed5b51f213e6a65352f5382759caaac9c7b98d34f471acdc7d2  resisc/resisc-225_train_4.txt
-990955d48ecd0cbf5668d9734ab1308732c7067f93ae322664ad34ae0a6e828e  resisc/resisc-225_val_0.txt
-2b879d144192d65852189e04769dcfb0a565a85dfac2a60a885e634de1f36436  resisc/resisc-225_val_1.txt
-4dd707d8a3254390fe91b9628c3484f34e15eb3babf6f6a5761e49b7913db862  resisc/resisc-225_val_2.txt
-d73439fbf0b5580cf4fffca203da76de3aaa69995da922977ba330b2e12244a2  resisc/resisc-225_val_3.txt
-eb0cb001504025b3aa7702e25ce8f1aeb620947cd03efe14f93710bd66ec1ab2  resisc/resisc-225_val_4.txt
-5a4f7c68e4385ee2fe4c23e679ea4356b99d7b0346fa563cba47ca79dd2395fe  resisc/resisc-450_combine.txt
-56216a09d6a92119840e03ffca0e7a3733f5d8ffb33a81ad9526e380ce33d7fb  resisc/resisc-450_train_0.txt
-906601e118c5529671c907c05ee2cf56152d94358d040ee855845a9e0bc0196c  resisc/resisc-450_train_1.txt
-dce00d2bf0d0bd77ba85dd98a0a68b90c20389be0d7e809e4c4fc8f4253e7444  resisc/resisc-450_train_2.txt
-a86d6bba12be522a6302667accddff951934b522521faab30c4269fc34ca4209  resisc/resisc-450_train_3.txt
-00dade1da07170868fc0c52f6e39d7a6728e6c69957a24c6c5819bc25541b560  resisc/resisc-450_train_4.txt
-d5ad033f698b74779cdc663e111d387fcc8dfff919ec3b20fb3b5630d0d77c37  resisc/resisc-450_val_0.txt
-ff19d9bf1b5e53cf493e1bc9da539e3667479d40a8286ad920712b43c733e7db  resisc/resisc-450_val_1.txt
-165b2251a8c43d92392dcf3ac804bf021d4366d90b033249fdc75c5143664f61  resisc/resisc-450_val_2.txt
-dc0312c4985656cb7cb0afb523b3b738c7a4eb4cda75d5aac04665fbbe2ce665  resisc/resisc-450_val_3.txt
-2439b6b5e38c043457c1fde9c23f70c624a7f6f64833f90a3ab26c27a17d8fa2  resisc/resisc-450_val_4.txt
-35edc14fd9b1b3891218ca3a6efeeec0623d05cc8b5b5807b63448d1980c9660  resisc/resisc-900_combine.txt
-62460312d42e61d5b9062994d74bcdafb2c35a79127f516f8c4b4bbd56b0daf6  resisc/resisc-900_train.txt
-84d9ebe04d877b590b2af2d47f3b908a96711a580fead168fff400e7573cf783  resisc/resisc-900_val.txt
-29e65eaa16c6f25167718c70e1345f8d083caf1cc989cbca0de5d1269362b43d  resisc/resisc-2250_combine.txt
-08e71adadaeb11c5fe41c23e52a06fafc3dcba753f00deb6b555391871d56df8  resisc/resisc-2250_train.txt
-ccfa53c48f39fa108f4ef6fa10550e5e37b98393beeb3a4822f738f202a204e7  resisc/resisc-2250_val.txt
-c1c170395f995b603040617d546bdbc8ce79255721033060cf89aebd2d69b665  resisc/resisc-4500_combine.txt
-cd69091e70a282f81980f7fdf16978ba64945793de5997b4a014ab82b924f58e  resisc/resisc-4500_train.txt
-45107d68594d0f2b12cc7a18daf2df75e483ef928c7f417dc8ff1279d9c13a9d  resisc/resisc-4500_val.txt
-1be29a938da8a32445e193f174e95def5f19ef326bdaa3749fa00496eb6490f9  resisc/resisc-9000_combine.txt
-6c553ed77a4cfd936bf6b305bcd993ff9b413a6765671db9dc71fd2d40fba7bb  resisc/resisc-9000_train.txt
-3638a19d7cc68c51bf1883f96b23a5473f2f13dd02b219ac12e6ef39b06f50cc  resisc/resisc-9000_val.txt
-98604d2d3e0cdffa852a1819344fb8077f11707a9418f28d46e9fae4286638b5  resisc/resisc-full_combine.txt
-7e6fa5c060c277d7048ff25509f05160be5723806019043a35296c8aac84d9a3  resisc/resisc-full_train.txt
-38dfa6ac1a0ba9219ed1d0638d3526eeda21fbefcfe6b9d89c87a869d69b5a2a  resisc/resisc-full_val.txt
-2cd98451806e4bc4b880ef697c8ca58124121cc6a787152b7d1a6b314990b31f  resisc/test.txt
-7f70fb0e01877a31060cc33a281a20af2ef76a8d003baf66bcdf4aa9caaa3c96  resisc/train.txt
-""".strip().splitlines()
-    )
-}
-
-SUBSETS = {
-    "cifar100": ("500", "1k", "5k", "10k", "full"),
-    "resisc45": ("225", "450", "900", "2250", "4500", "9000", "full"),
-}
-# The small subsets are tuned on five train/val folds (STUDY.md §B.3); the others have one split.
-FOLDED = {("cifar100", "500"), ("resisc45", "225"), ("resisc45", "450")}
-FOLDS = 5
-CLASSES = {"cifar100": 100, "resisc45": 45}
-
-
-def check_subset(dataset: str, subset: str, fold: int) -> None:
-    if dataset not in SUBSETS:
-        raise ValueError(f"dataset {dataset!r}: the many-shot datasets are {', '.join(SUBSETS)}")
-    if subset not in SUBSETS[dataset]:
-        raise ValueError(f"{dataset} subset {subset!r}: the authors' subsets are {', '.join(SUBSETS[dataset])}")
-    folds = FOLDS if (dataset, subset) in FOLDED else 1
-    if not 0 <= fold < folds:
-        raise ValueError(f"{dataset} subset {subset}: fold {fold}, but it has folds 0..{folds - 1}")
+LISTS: dict[str, str] = sha256sums("petl_vision_lists.sha256")
 
 
 def subset_lists(dataset: str, subset: str, fold: int) -> dict[str, str]:

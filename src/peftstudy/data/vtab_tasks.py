@@ -5,8 +5,8 @@
 - a *label function* turns one TFDS example (numpy values) into the task's class, as task_adaptation's
   preprocessing functions do.
 
-Kept apart from :mod:`peftstudy.data.vtab_tfds` (the TensorFlow Datasets edge), so that the config check can
-read the task table without reaching TensorFlow.
+The task table itself (builders, classes, recipes and label functions by name, groups) is package data of the
+planning package (:mod:`peftstudy.plan.tasks`), read by the config check, this stage and the report.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+
+from peftstudy.plan.tasks import task_table
 
 Example = Mapping[str, Any]
 
@@ -209,32 +211,22 @@ class Task:
     image_scale: int = 1  # dSprites stores 0/1 pixels, which task_adaptation multiplies by 255
 
 
-# Keyed by the processed archive's folder names. Builders as task_adaptation asks for them, except KITTI:
-# its kitti:3.1.0 is no longer served, VPT and the archive used 3.2.0 (task_adaptation issue 18).
-VTAB_TASKS: dict[str, Task] = {
-    "cifar": Task("cifar100:3.*.*", 100, "train90", plain_label),
-    "caltech101": Task("caltech101:3.*.*", 102, "train90", plain_label),
-    "dtd": Task("dtd:3.*.*", 47, "train_validation", plain_label),
-    "oxford_flowers102": Task("oxford_flowers102:2.*.*", 102, "train_validation", plain_label),
-    "oxford_iiit_pet": Task("oxford_iiit_pet:3.*.*", 37, "train80", plain_label),
-    "svhn": Task("svhn_cropped:3.*.*", 10, "train90", plain_label),
-    "sun397": Task("sun397/tfds:4.*.*", 397, "train_validation", plain_label),
-    "patch_camelyon": Task("patch_camelyon:2.*.*", 2, "train_validation", plain_label),
-    "eurosat": Task("eurosat/rgb:2.*.*", 10, "train60_20_20", plain_label),
-    "resisc45": Task("resisc45:3.*.*", 45, "train60_20_20", plain_label),
-    "diabetic_retinopathy": Task(
-        "diabetic_retinopathy_detection/btgraham-300:3.*.*", 5, "train_validation", plain_label
-    ),
-    "clevr_count": Task("clevr:3.*.*", 8, "train90_test_validation", clevr_count),
-    "clevr_dist": Task("clevr:3.*.*", 6, "train90_test_validation", clevr_closest_distance),
-    "dmlab": Task("dmlab:2.0.1", 6, "train_validation", plain_label),
-    "kitti": Task("kitti:3.2.0", 4, "train_validation", kitti_closest_vehicle),
-    "dsprites_loc": Task("dsprites:2.*.*", 16, "train80_10_10", dsprites_x_position, image_scale=255),
-    "dsprites_ori": Task("dsprites:2.*.*", 16, "train80_10_10", dsprites_orientation, image_scale=255),
-    "smallnorb_azi": Task("smallnorb:2.*.*", 18, "halved_test", smallnorb_azimuth),
-    "smallnorb_ele": Task("smallnorb:2.*.*", 9, "halved_test", smallnorb_elevation),
+LABELS: dict[str, Callable[[Example], int]] = {
+    f.__name__: f
+    for f in (
+        plain_label,
+        clevr_count,
+        clevr_closest_distance,
+        kitti_closest_vehicle,
+        dsprites_x_position,
+        dsprites_orientation,
+        smallnorb_azimuth,
+        smallnorb_elevation,
+    )
 }
+# The task table (peftstudy/plan/vtab_tasks.csv) with each label function's name resolved.
 TASKS: dict[str, Task] = {
-    **VTAB_TASKS,
-    "clevr_dist_manyshot": Task("clevr:3.*.*", 6, "clevr_dist_manyshot", clevr_closest_distance),
+    name: Task(row.builder, row.classes, row.recipe, LABELS[row.label], row.image_key, row.image_scale)
+    for name, row in task_table().items()
 }
+VTAB_TASKS: dict[str, Task] = {name: TASKS[name] for name, row in task_table().items() if row.group}

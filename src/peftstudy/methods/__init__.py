@@ -1,10 +1,12 @@
 """The method registry: one module per PEFT method, in the spirit of HF peft's tuners.
 
-A method module defines a frozen dataclass ``Config`` (its grid keys, with help text, checked in
-``__post_init__``) and ``inject(model, cfg) -> list[str]``, which adds its modules and returns the exact
-names of the parameters it trains (the head is always trained and never listed). It registers itself
-with one ``register(...)`` call at import. Nothing outside this package names a method: the pipeline
-discovers them here, so adding a method is one file plus one row in the tests' method table.
+A method is two modules. ``methods/<name>.py``, its settings, imports no torch: a frozen dataclass ``Config``
+(its grid keys, with help text, checked in ``__post_init__``) and one ``register(name, Config)`` call, so the
+DAG checks a study's grids without torch. ``methods/modules/<name>.py`` holds its layers and
+``inject(model, cfg) -> list[str]``, which adds its modules and returns the exact names of the parameters it
+trains (the head is always trained and never listed); it is imported when a model is built. Both files are
+inputs of the method's jobs. Nothing outside this package names a method: the pipeline discovers them here,
+so adding a method is these two files plus one row in the tests' method table.
 
 Modules that add a branch give it a ``merge_factor`` attribute (1.0 = the trained branch, 0.0 = the
 backbone alone), which WiSE sets through :func:`set_merge_factor`.
@@ -18,9 +20,10 @@ import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 PACKAGE_DIR = Path(__file__).parent
 # Grid keys that belong to the training recipe rather than to a method.
@@ -31,33 +34,39 @@ RECIPE_KEYS = ("lr", "wd", "drop_path")
 class Method:
     name: str
     config: type
-    inject: Callable[[nn.Module, Any], list[str]]
 
     def keys(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self.config)]
+
+    @property
+    def inject(self) -> Callable[[nn.Module, Any], list[str]]:
+        """The method's `inject`, from its torch module (imported here, when a model is built)."""
+        return importlib.import_module(f"{__name__}.modules.{self.name}").inject
 
 
 _REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, config: type, inject: Callable[[nn.Module, Any], list[str]]) -> None:
+def register(name: str, config: type) -> None:
     if name in _REGISTRY:
         raise ValueError(f"method {name!r} is registered twice")
     if name != name.lower() or not name.isidentifier():
         raise ValueError(f"method name {name!r} must be a lowercase identifier")
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"method {name!r}: Config must be a dataclass")
-    _REGISTRY[name] = Method(name, config, inject)
+    _REGISTRY[name] = Method(name, config)
 
 
 def names() -> list[str]:
     """Every method module in this package, found without importing any of them (cheap at DAG build)."""
-    return sorted(m.name for m in pkgutil.iter_modules([str(PACKAGE_DIR)]) if not m.name.startswith("_"))
+    return sorted(
+        m.name for m in pkgutil.iter_modules([str(PACKAGE_DIR)]) if not m.name.startswith("_") and not m.ispkg
+    )
 
 
-def source_file(name: str) -> Path:
-    """The method's own module: an input of its jobs, so editing it reruns exactly them."""
-    return PACKAGE_DIR / f"{name}.py"
+def source_files(name: str) -> list[Path]:
+    """The method's own modules, settings and layers: inputs of its jobs, so editing either reruns exactly them."""
+    return [PACKAGE_DIR / f"{name}.py", PACKAGE_DIR / "modules" / f"{name}.py"]
 
 
 def get(name: str) -> Method:
@@ -141,6 +150,8 @@ def exact(model: nn.Module, predicate: Callable[[str], bool], what: str) -> list
 
 def layer_norm_names(model: nn.Module) -> list[str]:
     """Weight and bias of every LayerNorm outside the head (blocks' norm1/norm2, the final norm, CLIP's norm_pre)."""
+    from torch import nn
+
     head = set(head_names(model))
     found = [
         f"{prefix}.{name}"
@@ -157,6 +168,7 @@ def layer_norm_names(model: nn.Module) -> list[str]:
 def _timm_reinit_linears(model: nn.Module, existing: set[str]) -> None:
     """timm's init_weights_vit_timm on the Linear layers whose tensors are all new (not the backbone's)."""
     from timm.layers import trunc_normal_
+    from torch import nn
 
     for prefix, module in model.named_modules():
         if isinstance(module, nn.Linear) and not any(

@@ -1,10 +1,10 @@
 """Full fine-tuning (STUDY.md A.2 #2): every parameter, position embedding, CLS token and patch embedding included."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
-from torch import nn
-
-from peftstudy.methods import exact, register
+from peftstudy.methods import register
 
 
 @dataclass(frozen=True)
@@ -12,8 +12,4 @@ class Config:
     """Full fine-tuning has no settings of its own (its lr grid is a study setting, STUDY.md I.12)."""
 
 
-def inject(model: nn.Module, cfg: Config) -> list[str]:
-    return exact(model, lambda name: True, "full")
-
-
-register("full", Config, inject)
+register("full", Config)

@@ -1,8 +1,8 @@
 """Linear probing (STUDY.md A.2 #1): only the head trains."""
 
-from dataclasses import dataclass
+from __future__ import annotations
 
-from torch import nn
+from dataclasses import dataclass
 
 from peftstudy.methods import register
 
@@ -12,8 +12,4 @@ class Config:
     """Linear probing has no settings of its own."""
 
 
-def inject(model: nn.Module, cfg: Config) -> list[str]:
-    return []
-
-
-register("linear", Config, inject)
+register("linear", Config)

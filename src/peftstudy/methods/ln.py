@@ -1,11 +1,12 @@
 """LayerNorm tuning (STUDY.md A.2 #4, I.5): weight and bias of every LayerNorm, the final one and CLIP's ln_pre
-included. 38,400 on ViT-B/16; 39,936 on CLIP ViT-B/16."""
+included. 38,400 on ViT-B/16; 39,936 on CLIP ViT-B/16.
+"""
+
+from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
-from peftstudy.methods import layer_norm_names, register
+from peftstudy.methods import register
 
 
 @dataclass(frozen=True)
@@ -13,8 +14,4 @@ class Config:
     """LayerNorm tuning has no settings of its own."""
 
 
-def inject(model: nn.Module, cfg: Config) -> list[str]:
-    return layer_norm_names(model)
-
-
-register("ln", Config, inject)
+register("ln", Config)

@@ -7,15 +7,7 @@ the MLP branch. Xavier down, zero up and biases, so the model starts as the back
 
 from __future__ import annotations
 
-from torch import nn
-
 from peftstudy.methods import register
 from peftstudy.methods._adapters import SequentialConfig as Config
-from peftstudy.methods._adapters import sequential
 
-
-def inject(model: nn.Module, cfg: Config) -> list[str]:
-    return sequential(model, (2,), cfg.r, cfg.scale, cfg.dropout, "lora", cfg.variant)
-
-
-register("lora_p_adapter", Config, inject)
+register("lora_p_adapter", Config)

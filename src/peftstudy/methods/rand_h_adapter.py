@@ -7,15 +7,7 @@ the attention and the MLP branch. Xavier weights, N(0, 1e-6) biases. 24 * (1536 
 
 from __future__ import annotations
 
-from torch import nn
-
 from peftstudy.methods import register
 from peftstudy.methods._adapters import SequentialConfig as Config
-from peftstudy.methods._adapters import sequential
 
-
-def inject(model: nn.Module, cfg: Config) -> list[str]:
-    return sequential(model, (1, 2), cfg.r, cfg.scale, cfg.dropout, "houlsby", cfg.variant)
-
-
-register("rand_h_adapter", Config, inject)
+register("rand_h_adapter", Config)

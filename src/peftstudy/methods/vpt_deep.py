@@ -7,10 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import nn
-
 from peftstudy.methods import positive_int, register
-from peftstudy.methods._prompts import attach
 
 
 @dataclass(frozen=True)
@@ -22,8 +19,4 @@ class Config:
         positive_int("vpt_deep", "num_tokens", self.num_tokens)
 
 
-def inject(model: nn.Module, cfg: Config) -> list[str]:
-    return [attach(model, i, i, cfg.num_tokens, cfg.dropout) for i in range(len(model.blocks))]
-
-
-register("vpt_deep", Config, inject)
+register("vpt_deep", Config)

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import nn
-
 from peftstudy.methods import positive_int, register
-from peftstudy.methods._prompts import attach
 
 VARIANTS = ("authors", "original")
 
@@ -28,9 +25,4 @@ class Config:
             raise ValueError(f"vpt_shallow: variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
 
 
-def inject(model: nn.Module, cfg: Config) -> list[str]:
-    last = 0 if cfg.variant == "authors" else len(model.blocks) - 1
-    return [attach(model, 0, last, cfg.num_tokens, cfg.dropout)]
-
-
-register("vpt_shallow", Config, inject)
+register("vpt_shallow", Config)

@@ -51,7 +51,7 @@ def class_names(spec: str) -> list[str]:
     """`imagenet`: OpenAI's clean ImageNet-1k names; otherwise a text file, one class a line in label order."""
     if spec == "imagenet":
         # The package's copy, in the WNID order the ImageNet stage labels images by (the same list as open_clip's).
-        from peftstudy.data.imagenet_classes import CLASSNAMES
+        from peftstudy.tables import CLASSNAMES
 
         return list(CLASSNAMES)
     names = [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]

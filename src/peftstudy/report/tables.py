@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from peftstudy.io import atomic_path, read_json
+from peftstudy.plan.tasks import vtab_groups
 
 ANALYSIS_PATH = re.compile(r"(?P<experiment>[^/]+)/(?P<dataset>[^/]+)/analysis/(?P<kind>ensembles|agreement)\.json$")
 # Where each training job's benchmark.tsv lies (DESIGN.md §4): tune/<gp or pack>/, final/<gp>/<seed or seeds>/.
@@ -27,20 +28,7 @@ BENCHMARK_PATHS = (
     re.compile(r"(?P<phase>pretrain)/benchmark\.tsv$"),
 )
 # VTAB-1K's groups (STUDY.md C.7), by the processed folder names.
-VTAB_GROUPS = {
-    "Natural": ("cifar", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"),
-    "Specialized": ("patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy"),
-    "Structured": (
-        "clevr_count",
-        "clevr_dist",
-        "dmlab",
-        "kitti",
-        "dsprites_loc",
-        "dsprites_ori",
-        "smallnorb_azi",
-        "smallnorb_ele",
-    ),
-}
+VTAB_GROUPS = vtab_groups()
 VTAB_TASKS = tuple(t for tasks in VTAB_GROUPS.values() for t in tasks)
 MEAN_TASKS, MEAN_GROUPS = "mean over tasks", "mean over groups"
 

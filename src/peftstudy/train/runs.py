@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from peftstudy import methods, provenance
-from peftstudy.config import config_hash
 from peftstudy.io import load_npz, save_npz, save_safetensors, write_json
 from peftstudy.models import create_backbone, weights_sha256
+from peftstudy.plan.study import config_hash
 from peftstudy.train.engine import Images, Recipe, bf16_on, features, fit, predict, scores, seed_everything, to_input
 from peftstudy.train.resume import Checkpoint
 
@@ -236,13 +236,13 @@ def _finite(value: float) -> float | None:
 
 
 def tune(args: argparse.Namespace) -> None:
-    """Every grid point of `--points` in turn, each written as soon as it is done."""
-    if len(args.points) != len(args.out):
-        raise ValueError(f"{len(args.points)} grid points but {len(args.out)} --out files")
+    """Every grid point of `--points` in turn; the job's file is rewritten (atomically) as each point is done, so a
+    killed job shows what it finished (and Snakemake names it incomplete)."""
     session = Session(args, args.val)
-    for point, out in zip(args.points, args.out, strict=True):
-        _, _, metrics, _, _ = _run(session, point["gp"], point["hp"], args.seed, "tune", "val")
-        write_json(out, metrics, schema="metrics")
+    points = []
+    for point in args.points:
+        points.append(_run(session, point["gp"], point["hp"], args.seed, "tune", "val")[2])
+        write_json(args.out, {"points": points}, schema="tune")
 
 
 def final(args: argparse.Namespace) -> None:

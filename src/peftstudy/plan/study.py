@@ -1,8 +1,10 @@
-"""Study configs: cross-checks the JSON schema cannot express, grid expansion, stable grid-point ids.
+"""Study configs: composing, cross-checks the JSON schema cannot express, grid expansion, stable grid-point ids,
+packs.
 
 `snakemake.utils.validate` checks types and key names against workflow/schemas/config.schema.yaml
 first; :func:`check` then checks what refers to what (an experiment's datasets and methods, the
-grids' keys) and raises :class:`ConfigError` naming the key and what is allowed.
+grids' keys) and raises :class:`ConfigError` naming the key and what is allowed. Standard library and
+PyYAML only, like the whole planning package: the DAG is built without torch.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import itertools
 import json
 from collections.abc import Mapping
 from typing import Any
+
+from peftstudy import methods
+from peftstudy.plan.tasks import check_subset, task_table
 
 
 class ConfigError(ValueError):
@@ -48,7 +53,6 @@ def compose(config: dict[str, Any]) -> dict[str, Any]:
     underneath, in order, then its own keys on top: mappings merge key by key, anything else is replaced.
     How studies/paper.yaml brings the VTAB, many-shot and robustness studies together without copying them."""
     import yaml
-    from snakemake.utils import update_config  # how Snakemake merges several --configfile, mappings rebuilt
 
     composed: dict[str, Any] = {}
     for path in config.get("include", []):
@@ -60,6 +64,19 @@ def compose(config: dict[str, Any]) -> dict[str, Any]:
         update_config(composed, included)
     update_config(composed, {k: v for k, v in config.items() if k != "include"})
     return composed
+
+
+def update_config(config: dict[str, Any], overwrite: Mapping[str, Any]) -> None:
+    """`overwrite` merged into `config` in place as Snakemake merges several --configfile
+    (snakemake.utils.update_config): mappings key by key, rebuilt; anything else replaced."""
+    for key, value in overwrite.items():
+        if isinstance(value, Mapping):
+            sub = config.get(key)
+            sub = dict(sub) if isinstance(sub, Mapping) else {}
+            update_config(sub, value)
+            config[key] = sub
+        else:
+            config[key] = value
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -103,6 +120,23 @@ def chunks(items: list, size: int) -> list[list]:
 def pack_id(members: list) -> str:
     """Short stable id of a set of runs that share a process (named in rule names and log paths)."""
     return hashlib.sha1("+".join(map(str, members)).encode()).hexdigest()[:8]
+
+
+def pack_name(members: list[str]) -> str:
+    """A tune job's folder under tune/: the grid point's id when it trains one, else pack-<pack_id>."""
+    return members[0] if len(members) == 1 else f"pack-{pack_id(members)}"
+
+
+def tune_jobs(config: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, list[str]]]:
+    """(experiment, method) -> {pack name: its grid-point ids}: every tune job of the study, one point or a pack of
+    `runs_per_job.tune` consecutive points in grid order."""
+    return {
+        (exp_name, method): {
+            pack_name(pack): pack
+            for pack in chunks(list(points), runs_per_job(config["experiments"][exp_name], "tune"))
+        }
+        for (exp_name, method), points in grids(config).items()
+    }
 
 
 def runs_per_job(experiment: Mapping[str, Any], phase: str) -> int:
@@ -151,15 +185,16 @@ def _check_sources(config: Mapping[str, Any]) -> None:
         if source == "manual" and spec["classes"] != 1000:
             raise ConfigError(f"datasets.{name}: the ImageNet sets have classes: 1000 (labels stay 1000-way)")
         if source == "tfds":
-            from peftstudy.data.vtab_tasks import TASKS
-
-            if TASKS[spec["vtab_task"]].classes != spec["classes"]:
+            tasks = task_table()
+            if spec["vtab_task"] not in tasks:
                 raise ConfigError(
-                    f"datasets.{name}.classes: {spec['vtab_task']} has {TASKS[spec['vtab_task']].classes} classes"
+                    f"datasets.{name}.vtab_task: unknown task {spec['vtab_task']!r}; known: {', '.join(tasks)}"
+                )
+            if tasks[spec["vtab_task"]].classes != spec["classes"]:
+                raise ConfigError(
+                    f"datasets.{name}.classes: {spec['vtab_task']} has {tasks[spec['vtab_task']].classes} classes"
                 )
         if source == "manyshot":
-            from peftstudy.data.manyshot import check_subset
-
             try:
                 check_subset(spec["kind"], str(spec["subset"]), spec.get("fold", 0))
             except ValueError as err:
@@ -186,8 +221,6 @@ def datasets_from(config: Mapping[str, Any], *sources: str) -> list[str]:
 
 def check(config: Mapping[str, Any]) -> None:
     """Cross-references: every dataset and method an experiment names exists; every grid key is taken."""
-    from peftstudy import methods
-
     known_methods = methods.names()
     datasets = config["datasets"]
     _check_sources(config)

@@ -1,0 +1,61 @@
+"""The layers and `inject` of convpass (torch); its settings are peftstudy.methods.convpass."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from peftstudy.methods.convpass import Config
+from peftstudy.methods.modules._adapters import Parallel
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+class ConvPass(nn.Module):
+    def __init__(self, dim: int, grid: tuple[int, int], prefix: int, cfg: Config, device: torch.device) -> None:
+        super().__init__()
+        self.grid, self.prefix = grid, prefix
+        self.down = nn.Linear(dim, cfg.r, device=device)
+        self.conv = nn.Conv2d(cfg.r, cfg.r, 3, padding=1, device=device)
+        self.up = nn.Linear(cfg.r, dim, device=device)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.scale = cfg.scale
+        self.merge_factor = 1.0
+        nn.init.xavier_uniform_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        nn.init.zeros_(self.conv.bias)
+        if cfg.conv_init == "xavier":
+            nn.init.xavier_uniform_(self.conv.weight)
+        else:
+            nn.init.zeros_(self.conv.weight)
+            with torch.no_grad():
+                self.conv.weight[:, :, 1, 1] = torch.eye(cfg.r, device=device)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        h = quick_gelu(self.down(u))
+        b, _, r = h.shape
+        cls = h[:, : self.prefix].reshape(b * self.prefix, r, 1, 1)
+        patches = h[:, self.prefix :].transpose(1, 2).reshape(b, r, *self.grid)
+        cls = self.conv(cls).reshape(b, self.prefix, r)
+        patches = self.conv(patches).flatten(2).transpose(1, 2)
+        h = quick_gelu(torch.cat([cls, patches], dim=1))
+        return self.merge_factor * self.scale * self.up(self.dropout(h))
+
+
+def inject(model: nn.Module, cfg: Config) -> list[str]:
+    grid, prefix = tuple(model.patch_embed.grid_size), model.num_prefix_tokens
+    trainable = []
+    for i, block in enumerate(model.blocks):
+        for k in (1, 2):
+            norm = getattr(block, f"norm{k}")
+            bypass = ConvPass(model.embed_dim, grid, prefix, cfg, norm.weight.device)
+            parallel = Parallel(getattr(block, f"drop_path{k}"), getattr(block, f"ls{k}"), bypass)
+            setattr(block, f"drop_path{k}", parallel)
+            # The bypass reads the LayerNorm's output.
+            norm.register_forward_hook(lambda mod, args, out, parallel=parallel: setattr(parallel, "source", out))
+            trainable += [f"blocks.{i}.drop_path{k}.branch.{n}" for n, _ in bypass.named_parameters()]
+    return trainable

@@ -1,0 +1,361 @@
+"""What each job of a study is given: its inputs, its arguments and its resources, as pure functions of the config.
+
+common.smk builds one :class:`Plan` and its input functions are one-liners over it, so what the DAG computes is
+testable without Snakemake (and without torch: the method registry's settings modules import none).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from peftstudy import methods
+from peftstudy.plan import study
+from peftstudy.plan.defaults import DEFAULTS
+from peftstudy.plan.layout import Layout
+
+# A job's resources when neither `resources.<kind>` nor the experiment's own set them.
+JOB_DEFAULTS = {"mem_mb": 4000, "runtime": 60, "gpu": 0}
+# The result tables the tables stage writes and the report reads.
+TABLES = (
+    "tune",
+    "final",
+    "results",
+    "vtab",
+    "group_means",
+    "datasets",
+    "experiments",
+    "compute",
+    "ensembles",
+    "seed_ensembles",
+    "agreement",
+    "triples",
+    "venn",
+    "confidence",
+    "ood",
+    "wise",
+)
+# The authors' numbers (STUDY.md H), transcribed with their sources; copied beside our tables.
+AUTHORS = ("vtab1k", "manyshot", "clip_ood", "wise")
+SPLITS = ("train", "val", "trainval", "test")
+
+
+def as_json(obj: Any) -> str:
+    """A JSON argument for the shell: single-quoted, so JSON never needs escaping."""
+    text = json.dumps(obj, sort_keys=True)
+    if "'" in text:
+        raise ValueError(f"a quote in a config value cannot be passed to the shell: {text}")
+    return f"'{text}'"
+
+
+def only(names: Iterable[str]) -> str:
+    """A wildcard constraint matching exactly these names (none: matches nothing)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked study config and everything its jobs are given."""
+
+    config: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> Plan:
+        """The plan of a config that passed the JSON schema: cross-checked here (ConfigError names the key)."""
+        study.check(config)
+        return cls(config)
+
+    @cached_property
+    def layout(self) -> Layout:
+        return Layout(self.config)
+
+    @cached_property
+    def grids(self) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+        return study.grids(self.config)
+
+    @property
+    def experiments(self) -> Mapping[str, Any]:
+        return self.config["experiments"]
+
+    @property
+    def datasets(self) -> Mapping[str, Any]:
+        return self.config["datasets"]
+
+    @property
+    def robustness(self) -> Mapping[str, Any] | None:
+        return self.config.get("robustness")
+
+    @cached_property
+    def all_backbones(self) -> dict[str, Mapping[str, Any]]:
+        """The study's backbone and the other named ones: each gets its fetch (and CLIP's zero-shot head) job."""
+        return {"backbone": self.config["backbone"], **self.config.get("backbones", {})}
+
+    @cached_property
+    def config_hash(self) -> str:
+        return study.config_hash(self.config)
+
+    def default(self, key: str) -> Any:
+        return DEFAULTS[key]
+
+    # Wildcard constraints.
+
+    def constraints(self) -> dict[str, str]:
+        return {
+            "experiment": only(self.experiments),
+            "dataset": only(sorted(self.datasets, key=len, reverse=True)),
+            "method": only(methods.names()),
+            "gp": "[0-9a-f]{8}",
+            "pack": "[0-9a-f]{8}|pack-[0-9a-f]{8}",
+            "seed": r"\d+",
+            "split": only(SPLITS),
+        }
+
+    def experiments_packing(self, phase: str, packed: bool) -> list[str]:
+        """Experiments whose `phase` jobs run several runs per process (packed) or one (not packed)."""
+        return [name for name, exp in self.experiments.items() if (study.runs_per_job(exp, phase) > 1) == packed]
+
+    def seed_packs(self, experiment: str) -> list[list[int]]:
+        exp = self.experiments[experiment]
+        return study.chunks(exp["seeds"], study.runs_per_job(exp, "final"))
+
+    def datasets_from(self, *sources: str) -> list[str]:
+        return study.datasets_from(self.config, *sources)
+
+    # Resources.
+
+    def resource_spec(self, kind: str, experiment: str | None) -> dict[str, Any]:
+        """`resources.<kind>` of the study config, overridden by the experiment's own
+        (`experiments.<name>.resources.<kind>`; a CLIP run needs more than a VTAB one)."""
+        own = self.experiments[experiment].get("resources", {}).get(kind, {}) if experiment else {}
+        return {**JOB_DEFAULTS, **self.config.get("resources", {}).get(kind, {}), **own}
+
+    def resources(self, kind: str, experiment: str | None = None) -> dict[str, Any]:
+        """What a cluster job of `kind` asks for; the GPU count left out when 0 (CPU studies send no GPU request)."""
+        return {k: v for k, v in self.resource_spec(kind, experiment).items() if k != "gpu" or v}
+
+    def max_gpu(self, kind: str) -> int:
+        """The most GPUs any experiment's `kind` jobs ask for (one rule serves every experiment)."""
+        return max(self.resource_spec(kind, name)["gpu"] for name in self.experiments)
+
+    # Backbones.
+
+    def backbone_spec(self, experiment: str) -> Mapping[str, Any]:
+        """The backbone an experiment fine-tunes: its own (`backbone: <name>` under `backbones`) or the study's."""
+        name = self.experiments[experiment].get("backbone")
+        return self.config["backbones"][name] if name else self.config["backbone"]
+
+    def backbone_weights(self, experiment: str) -> str:
+        spec = self.backbone_spec(experiment)
+        return self.layout.pretrain_file("backbone.safetensors") if spec["pretrain"] else spec["weights"]
+
+    def backbone_arg(self, experiment: str) -> str:
+        """The --backbone argument: what to build and which weights to load (checked against sha256)."""
+        spec = self.backbone_spec(experiment)
+        head = spec.get("zero_shot_head")
+        return as_json(
+            {
+                "arch": spec["arch"],
+                "weights": self.backbone_weights(experiment),
+                "sha256": None if spec["pretrain"] else spec["sha256"],
+                "keep_head": self.experiments[experiment]["head"] == "pretrained",
+                **({"head": head["file"], "head_sha256": None} if head else {}),
+            }
+        )
+
+    def backbone_files(self, experiment: str) -> dict[str, str]:
+        """The files a training job of `experiment` reads besides data: weights, and CLIP's zero-shot head."""
+        spec = self.backbone_spec(experiment)
+        files = {"weights": self.backbone_weights(experiment)}
+        if "zero_shot_head" in spec:
+            files["head"] = spec["zero_shot_head"]["file"]
+        return files
+
+    # Methods and grids.
+
+    def method_sources(self, method: str) -> list[str]:
+        """A method's own modules (settings and layers) are inputs of its jobs: editing one reruns exactly them."""
+        return [os.path.relpath(path) for path in methods.source_files(method)]
+
+    def pack_points(self, experiment: str, method: str, pack: str) -> list[dict[str, Any]]:
+        """The grid points a tune job trains, in order: [{"gp": id, "hp": {...}}, ...]."""
+        try:
+            gps = self.layout.tune_jobs[experiment, method][pack]
+        except KeyError:
+            raise ValueError(
+                f"tune job {pack} is not a grid point or pack of {method} in experiment {experiment}; "
+                "request only jobs of the current config"
+            ) from None
+        grid = self.grids[experiment, method]
+        return [{"gp": gp, "hp": grid[gp]} for gp in gps]
+
+    def hp(self, experiment: str, method: str, gp: str) -> dict[str, Any]:
+        try:
+            return self.grids[experiment, method][gp]
+        except KeyError:
+            raise ValueError(
+                f"grid point {gp} is not in the grid of {method} in experiment {experiment}; "
+                "request only points of the current config"
+            ) from None
+
+    def grid_order(self, experiment: str, method: str) -> list[str]:
+        return list(self.grids[experiment, method])
+
+    def selection(self, experiment: str) -> dict[str, str]:
+        chosen = self.experiments[experiment]["selection"]
+        return {"tie_break": chosen["tie_break"], "metric": chosen.get("metric", DEFAULTS["selection_metric"])}
+
+    # Data sources.
+
+    def source_dir(self, dataset: str) -> str:
+        """The dataset's folder in the processed-VTAB layout."""
+        spec = self.datasets[dataset]
+        if spec["source"] in ("synthetic", "manual", "manyshot", "tfds"):
+            return self.layout.data_file(dataset, "source")
+        if spec["source"] == "archive":
+            return f"resources/data/{spec['archive']}/{spec['folder']}"
+        return spec["path"]
+
+    def source_inputs(self, dataset: str) -> dict[str, str]:
+        """What a dataset's folder comes from: a rule's output (generated, extracted) or a local folder."""
+        spec = self.datasets[dataset]
+        if spec["source"] == "archive":
+            return {"source": f"resources/data/{spec['archive']}", "checksum": archive_checksum(spec["archive"])}
+        return {"source": self.source_dir(dataset)}
+
+    def manyshot_inputs(self, dataset: str) -> dict[str, str]:
+        spec = self.datasets[dataset]
+        return {
+            "archive": f"resources/data/{spec['archive']}",
+            "checksum": archive_checksum(spec["archive"]),
+            "lists": manyshot_lists_dir(spec["kind"], spec["subset"]),
+            "code": "src/peftstudy/data/manyshot.py",
+        }
+
+    def source_record(self, dataset: str) -> dict[str, Any]:
+        """Where a dataset came from, for its manifest (and so every result's provenance)."""
+        spec = self.datasets[dataset]
+        if spec["source"] == "archive":
+            archive = self.config.get("archives", {})[spec["archive"]]
+            return {"source": "archive", "archive": spec["archive"], "url": archive["url"], "folder": spec["folder"]}
+        return {"source": "local", "path": spec["path"]}
+
+    def generate_spec(self, dataset: str) -> dict[str, Any]:
+        """What a synthetic dataset is rendered from: its entry without the report's keys, at the input size."""
+        return dict(study.data_spec(self.datasets[dataset]), image_size=self.config["backbone"]["image_size"])
+
+    def cache_size(self, dataset: str) -> int:
+        """The prepared cache's image size: the backbone's, or 0 (native) where the dataset asks for it."""
+        return 0 if self.datasets[dataset].get("cache") == "native" else self.config["backbone"]["image_size"]
+
+    def imagenet_args(self, dataset: str) -> dict[str, Any]:
+        spec = self.datasets[dataset]
+        return {
+            "set": spec["set"],
+            "root": spec["path"],
+            "shots": spec.get("shots", DEFAULTS["imagenet_shots"]),
+            "val_per_class": spec.get("val_per_class", DEFAULTS["imagenet_val_per_class"]),
+            "seed": spec.get("sample_seed", DEFAULTS["imagenet_sample_seed"]),
+        }
+
+    # Training jobs.
+
+    def tune_inputs(self, experiment: str, dataset: str, method: str) -> dict[str, Any]:
+        """Train and val only: no tune job can see the test split."""
+        return {
+            "train": self.layout.data(dataset, "train"),
+            "val": self.layout.data(dataset, "val"),
+            "manifest": self.layout.manifest(dataset),
+            **self.backbone_files(experiment),
+            "code": self.method_sources(method),
+        }
+
+    def final_inputs(self, experiment: str, dataset: str, method: str) -> dict[str, Any]:
+        return {
+            "train": self.layout.data(dataset, "trainval"),
+            "test": self.layout.data(dataset, "test"),
+            "manifest": self.layout.manifest(dataset),
+            **self.backbone_files(experiment),
+            "code": self.method_sources(method),
+        }
+
+    def tune_metrics(self, experiment: str, dataset: str, method: str) -> list[str]:
+        """The grid's tune results on the dataset and on each of its tuning folds (averaged by select)."""
+        folds = [dataset, *self.datasets[dataset].get("folds", [])]
+        return [path for fold in folds for path in self.layout.tune_metrics(experiment, fold, method)]
+
+    # Analysis, robustness, tables.
+
+    def ensemble_inputs(self, experiment: str, dataset: str) -> list[str]:
+        return [self.layout.final_record(experiment, dataset, m) for m in self.experiments[experiment]["methods"]]
+
+    def analysis_methods(self, experiment: str) -> list[str]:
+        """The methods whose pairs and triples are ensembled: analysis.methods, else all."""
+        chosen = self.config.get("analysis", {}).get("methods", {})
+        return chosen.get(experiment, self.experiments[experiment]["methods"])
+
+    def confident_k(self) -> float:
+        return self.config.get("analysis", {}).get("confident_k", DEFAULTS["confident_k"])
+
+    def robustness_sets(self) -> list[str]:
+        """The robustness test sets: the in-distribution one first, then the shifted ones."""
+        rob = self.robustness
+        return [rob["dataset"], *rob["ood"]] if rob else []
+
+    def robustness_experiment(self) -> str | None:
+        return self.robustness["experiment"] if self.robustness else None
+
+    def robustness_inputs(self, method: str) -> dict[str, Any]:
+        rob = self.robustness
+        return {
+            "final": self.layout.final_record(rob["experiment"], rob["dataset"], method),
+            **self.backbone_files(rob["experiment"]),
+            "code": self.method_sources(method),
+            **{name: self.layout.data(name, "test") for name in self.robustness_sets()},
+        }
+
+    def robustness_eval(self) -> str:
+        """The --eval argument: NAME=path of each test set, the in-distribution one first."""
+        return " ".join(f"{name}={self.layout.data(name, 'test')}" for name in self.robustness_sets())
+
+    def class_subsets(self) -> dict[str, Any]:
+        """The robustness test sets that cover part of the label space, with their classes (or mask's name)."""
+        return {
+            n: self.datasets[n]["class_subset"] for n in self.robustness_sets() if "class_subset" in self.datasets[n]
+        }
+
+    def report_datasets(self) -> list[str]:
+        """Datasets the study trains or tests on (their manifests give the report the split sizes)."""
+        names = {d for exp in self.experiments.values() for d in exp["datasets"]}
+        names |= set(self.robustness["ood"]) if self.robustness else set()
+        return sorted(names)
+
+    def table_inputs(self) -> dict[str, list[str]]:
+        layout = self.layout
+        return {
+            "tune": layout.tune_summaries(),
+            "finals": layout.final_records(),
+            "analysis": layout.analysis_outputs(),
+            "robustness": layout.robustness_outputs(),
+            "manifests": [layout.manifest(d) for d in self.report_datasets()],
+            "authors": [f"report/data/authors_{name}.csv" for name in AUTHORS],
+            "benchmarks": [*layout.tune_benchmarks(), *layout.other_benchmarks()],
+        }
+
+    def report_context(self) -> dict[str, Any]:
+        return study.report_context(self.config)
+
+    def report_tolerance(self) -> float:
+        return self.config.get("report", {}).get("tolerance", DEFAULTS["report_tolerance"])
+
+
+def archive_checksum(archive: str) -> str:
+    return f"resources/archives/{archive}.sha256"
+
+
+def manyshot_lists_dir(kind: str, subset: str) -> str:
+    return f"resources/lists/petl_vision/{kind}-{subset}"

@@ -1,0 +1,161 @@
+"""The results layout of DESIGN.md §4 as pure functions of a study config: every path a rule writes and every
+path a later stage reads back, from one definition.
+
+The rules take their output patterns from the same methods, called with wildcards (``"{experiment}"``) for
+arguments, so a rule's output and the paths its readers ask for cannot drift apart. A tune job writes one
+``metrics.json`` per job: the results of its grid points (one, or a pack of several; DESIGN.md §4 had one file
+per point, but one rule's outputs cannot vary in number with a wildcard).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from peftstudy.plan import study
+
+FINAL_FILES = ("metrics.json", "logits.npz", "peft.safetensors")
+
+
+@dataclass(frozen=True)
+class Layout:
+    config: Mapping[str, Any]
+
+    @cached_property
+    def tune_jobs(self) -> dict[tuple[str, str], dict[str, list[str]]]:
+        """(experiment, method) -> {pack name: grid-point ids}: study.tune_jobs, computed once."""
+        return study.tune_jobs(self.config)
+
+    @property
+    def root(self) -> str:
+        return f"results/{self.config['study']}"
+
+    def data(self, dataset: str, split: str) -> str:
+        return self.data_file(dataset, f"{split}.npz")
+
+    def manifest(self, dataset: str) -> str:
+        return self.data_file(dataset, "manifest.json")
+
+    def method_dir(self, experiment: str, dataset: str, method: str) -> str:
+        return f"{self.root}/{experiment}/{dataset}/{method}"
+
+    def runs(self) -> Iterator[tuple[str, str, str]]:
+        """Every (experiment, dataset, method) of the study, in config order."""
+        for name, exp in self.config["experiments"].items():
+            for dataset in exp["datasets"]:
+                for method in exp["methods"]:
+                    yield name, dataset, method
+
+    def tune_file(self, experiment: str, dataset: str, method: str, pack: str, name: str) -> str:
+        """A file of one tune job: `pack` is its grid point's id, or pack-<id> for a pack of points."""
+        return f"{self.method_dir(experiment, dataset, method)}/tune/{pack}/{name}"
+
+    def tune_metrics(self, experiment: str, dataset: str, method: str) -> list[str]:
+        """The metrics.json of every tune job of a (experiment, dataset, method), in grid order."""
+        packs = self.tune_jobs[experiment, method]
+        return [self.tune_file(experiment, dataset, method, pack, "metrics.json") for pack in packs]
+
+    def final_file(self, experiment: str, dataset: str, method: str, gp: str, seed: str, name: str) -> str:
+        return f"{self.method_dir(experiment, dataset, method)}/final/{gp}/seed{seed}/{name}"
+
+    def final_pack_file(self, experiment: str, dataset: str, method: str, gp: str, seeds: list, name: str) -> str:
+        """A log or benchmark of a final job that trains several seeds."""
+        return f"{self.method_dir(experiment, dataset, method)}/final/{gp}/seeds-{'-'.join(map(str, seeds))}/{name}"
+
+    def selected(self, experiment: str, dataset: str, method: str) -> str:
+        return f"{self.method_dir(experiment, dataset, method)}/selected.json"
+
+    def method_file(self, experiment: str, dataset: str, method: str, name: str) -> str:
+        """select's and collect's other files (tune.csv, logs) beside selected.json."""
+        return f"{self.method_dir(experiment, dataset, method)}/{name}"
+
+    def analysis_file(self, experiment: str, dataset: str, name: str) -> str:
+        return f"{self.root}/{experiment}/{dataset}/analysis/{name}"
+
+    def robustness_file(self, method: str, name: str) -> str:
+        return f"{self.root}/robustness/{method}/{name}"
+
+    def data_file(self, dataset: str, name: str) -> str:
+        """A dataset's files besides the caches: its source folder, manifest, logs."""
+        return f"{self.root}/data/{dataset}/{name}"
+
+    def pretrain_file(self, name: str) -> str:
+        return f"{self.root}/pretrain/{name}"
+
+    def resume_dir(self, experiment: str, dataset: str, method: str) -> str:
+        """Epoch checkpoints of a (experiment, dataset, method)'s runs: outside the declared outputs, so a failed
+        or preempted job's retry finds them (Snakemake removes a failed job's outputs, not these)."""
+        return f"{self.root}/resume/{experiment}/{dataset}/{method}"
+
+    def tables_file(self, name: str) -> str:
+        return f"{self.root}/tables/{name}"
+
+    def table(self, name: str) -> str:
+        return self.tables_file(f"{name}.csv")
+
+    def report_file(self, name: str) -> str:
+        return f"{self.root}/report/{name}"
+
+    def final_files(self, experiment: str, dataset: str, method: str, gp: str) -> list[str]:
+        seeds = self.config["experiments"][experiment]["seeds"]
+        return [self.final_file(experiment, dataset, method, gp, seed, name) for seed in seeds for name in FINAL_FILES]
+
+    def final_record(self, experiment: str, dataset: str, method: str) -> str:
+        return self.method_file(experiment, dataset, method, "final.json")
+
+    def final_records(self) -> list[str]:
+        return [self.final_record(*run) for run in self.runs()]
+
+    def tune_summaries(self) -> list[str]:
+        return [self.method_file(*run, "tune.csv") for run in self.runs()]
+
+    def analysis_outputs(self) -> list[str]:
+        """Ensembles need two methods or more."""
+        return [
+            self.analysis_file(name, dataset, f"{kind}.json")
+            for name, exp in self.config["experiments"].items()
+            if len(exp["methods"]) > 1
+            for dataset in exp["datasets"]
+            for kind in ("ensembles", "agreement")
+        ]
+
+    def robustness_outputs(self) -> list[str]:
+        rob = self.config.get("robustness")
+        if not rob:
+            return []
+        methods = self.config["experiments"][rob["experiment"]]["methods"]
+        return [self.robustness_file(m, f"{kind}.json") for m in methods for kind in ("ood", "wise")]
+
+    def tune_benchmarks(self) -> list[str]:
+        """Snakemake's benchmark file of every tune job: one per grid point, or one per pack of points."""
+        jobs = self.tune_jobs
+        return [
+            self.tune_file(experiment, dataset, method, pack, "benchmark.tsv")
+            for experiment, dataset, method in self.runs()
+            for pack in jobs[experiment, method]
+        ]
+
+    def final_benchmarks(self, experiment: str, dataset: str, method: str, gp: str) -> list[str]:
+        """The benchmark files of a selected point's final jobs: one per seed, or one per pack of seeds."""
+        exp = self.config["experiments"][experiment]
+        size = study.runs_per_job(exp, "final")
+        run = (experiment, dataset, method, gp)
+        if size > 1:
+            return [self.final_pack_file(*run, s, "benchmark.tsv") for s in study.chunks(exp["seeds"], size)]
+        return [self.final_file(*run, s, "benchmark.tsv") for s in exp["seeds"]]
+
+    def other_benchmarks(self) -> list[str]:
+        """Robustness jobs and, when the study pretrains its backbone, the pretraining job."""
+        out = [self.pretrain_file("benchmark.tsv")] if self.config["backbone"]["pretrain"] else []
+        rob = self.config.get("robustness")
+        if rob:
+            out += [
+                self.robustness_file(m, "benchmark.tsv")
+                for m in self.config["experiments"][rob["experiment"]]["methods"]
+            ]
+        return out
+
+    def report(self) -> str:
+        return self.report_file("index.html")

@@ -1,0 +1,73 @@
+"""The planning tier builds the mini and the paper studies' plans without torch, and the DAG is built without it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, Workflow
+
+# Builds every job's inputs and arguments of a study from the plan alone; prints the heavy modules it imported.
+PLAN_EVERYTHING = """
+import json, sys
+import yaml
+from peftstudy.plan import study
+from peftstudy.plan.jobs import Plan
+
+counts = {}
+for path in sys.argv[1:]:
+    with open(path) as handle:
+        plan = Plan.of(study.compose(yaml.safe_load(handle)))
+    layout = plan.layout
+    n = 0
+    for experiment, dataset, method in layout.runs():
+        plan.tune_inputs(experiment, dataset, method)
+        plan.final_inputs(experiment, dataset, method)
+        plan.backbone_arg(experiment)
+        n += len(plan.tune_metrics(experiment, dataset, method))
+        for pack in layout.tune_jobs[experiment, method]:
+            plan.pack_points(experiment, method, pack)
+    for name in plan.datasets:
+        plan.source_dir(name)
+    if plan.robustness:
+        for method in plan.experiments[plan.robustness["experiment"]]["methods"]:
+            plan.robustness_inputs(method)
+    plan.table_inputs()
+    plan.report_context()
+    counts[path] = n
+heavy = sorted(m for m in ("torch", "numpy", "pandas", "timm", "snakemake") if m in sys.modules)
+print(json.dumps({"tune_files": counts, "heavy": heavy}))
+"""
+
+
+def test_the_mini_and_paper_plans_import_no_torch():
+    proc = subprocess.run(
+        [sys.executable, "-c", PLAN_EVERYTHING, "config.yaml", "studies/paper.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["heavy"] == []
+    assert all(n > 0 for n in out["tune_files"].values())
+
+
+def test_snakemake_builds_the_dag_with_torch_unimportable(workflow: Workflow):
+    """A `torch` that fails on import first on the path: the dry run must never reach it."""
+    (workflow.root / "no_torch").mkdir()
+    (workflow.root / "no_torch/torch.py").write_text("raise ImportError('torch imported while building the DAG')\n")
+    env = workflow.env
+    env["PYTHONPATH"] = f"{workflow.root / 'no_torch'}:{env['PYTHONPATH']}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules"],
+        cwd=workflow.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tune" in proc.stdout + proc.stderr
