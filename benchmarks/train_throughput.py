@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from peftstudy.data.layout import decode
+from peftstudy.models import pick_device
 from peftstudy.train import reference
 from peftstudy.train.engine import COMPILE_MODES, Recipe, bf16_on, features, fit, seed_everything, to_input
-from peftstudy.train.runs import build, pick_device
+from peftstudy.train.runs import build
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name fragment.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0}

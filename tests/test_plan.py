@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -71,3 +72,50 @@ def test_snakemake_builds_the_dag_with_torch_unimportable(workflow: Workflow):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tune" in proc.stdout + proc.stderr
+
+
+def package_imports() -> dict[str, set[str]]:
+    """peftstudy module -> the peftstudy modules it imports anywhere in its file (function-level imports too)."""
+    src = REPO / "src"
+    modules = {
+        ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in (src / "peftstudy").rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            found |= {t for t in targets if t in modules and t != name}
+        graph[name] = found
+    return graph
+
+
+def test_no_module_of_the_package_imports_itself_back():
+    """One direction of imports (DESIGN.md §2): no cycle, lazy imports included (models.clip <-> train.runs was one).
+    A package's __init__ importing its own submodules is the package, not a cycle."""
+    graph = package_imports()
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            name = todo.pop()
+            if name == goal:
+                return True
+            if name not in seen:
+                seen.add(name)
+                todo += [t for t in graph.get(name, ()) if not goal.startswith(f"{t}.")]
+        return False
+
+    cycles = sorted(
+        (a, b)
+        for a, targets in graph.items()
+        for b in targets
+        if not a.startswith(f"{b}.") and not b.startswith(f"{a}.") and reaches(b, a)
+    )
+    assert cycles == []

@@ -23,9 +23,10 @@ from torch import nn
 
 from peftstudy import methods
 from peftstudy.io import load_npz, read_json, write_json
+from peftstudy.models import pick_device
 from peftstudy.tables import subset_classes
 from peftstudy.train.engine import predict, to_input
-from peftstudy.train.runs import load_trained, pick_device
+from peftstudy.train.runs import load_trained
 
 
 @torch.no_grad()

@@ -70,6 +70,13 @@ def check_fits(state: dict, expected: dict, what: str, arch: str, check: str) ->
         )
 
 
+def pick_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else the CPU (a GPU request on a machine without one still runs)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def weights_sha256(weights: str | Path) -> str:
     """sha256 of a weights file, hashed once per process (and again only if the file changed since)."""
     stat = os.stat(weights)

@@ -12,9 +12,8 @@ import time
 import torch
 
 from peftstudy.io import load_npz, save_safetensors, write_json
-from peftstudy.models import create_backbone
+from peftstudy.models import create_backbone, pick_device
 from peftstudy.train.engine import Recipe, fit, predict, scores, seed_everything, to_input
-from peftstudy.train.runs import pick_device
 
 
 def run(args: argparse.Namespace) -> None:

@@ -19,17 +19,10 @@ from torch import nn
 
 from peftstudy import methods, provenance
 from peftstudy.io import load_npz, save_npz, save_safetensors, write_json
-from peftstudy.models import create_backbone, weights_sha256
+from peftstudy.models import create_backbone, pick_device, weights_sha256
 from peftstudy.plan.study import config_hash
 from peftstudy.train.engine import Images, Recipe, bf16_on, features, fit, predict, scores, seed_everything, to_input
 from peftstudy.train.resume import Checkpoint
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` is CUDA when present, else the CPU (a GPU request on a machine without one still runs)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def build(
