@@ -26,8 +26,7 @@ from torch import nn
 
 from peftstudy import methods
 from peftstudy.cli import main
-from peftstudy.io import save_safetensors
-from peftstudy.models import convert
+from peftstudy.models import convert, save_safetensors
 from peftstudy.models.clip import class_names, create_clip, zero_shot_head
 from peftstudy.train.runs import count
 

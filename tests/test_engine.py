@@ -38,7 +38,7 @@ def task(tmp_path_factory):
 
 def tune(task, tmp_path, method, hps, recipe=RECIPE):
     points = [{"gp": f"{i:08x}", "hp": hp} for i, hp in enumerate(hps)]
-    outs = [str(tmp_path / f"{method}-{p['gp']}.json") for p in points]
+    out = str(tmp_path / f"{method}-{'-'.join(p['gp'] for p in points)}.json")
     args = argparse.Namespace(
         experiment="vtab",
         dataset="count",
@@ -50,12 +50,13 @@ def tune(task, tmp_path, method, hps, recipe=RECIPE):
         train=str(task / "train.npz"),
         val=str(task / "val.npz"),
         manifest=str(task / "manifest.json"),
+        threads=1,
         device="cpu",
         resume_dir="",
-        out=outs,
+        out=out,
     )
     runs.tune(args)
-    return [{k: v for k, v in read_json(o, schema="metrics").items() if k not in VOLATILE} for o in outs]
+    return [{k: v for k, v in m.items() if k not in VOLATILE} for m in read_json(out, schema="tune")["points"]]
 
 
 def test_grid_points_sharing_a_process_give_what_each_gives_alone(task, tmp_path):

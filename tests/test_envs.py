@@ -26,6 +26,25 @@ def requirement_name(spec: str) -> str:
     return re.split(r"[=<>!~\[; ]", spec.strip(), maxsplit=1)[0].lower().replace("_", "-")
 
 
+def project_distributions(extras: set[str]) -> set[str]:
+    """The package, its core dependencies and those of `extras` (which may name the package's own extras)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names = {requirement_name(r) for r in project["dependencies"]} | {"peftstudy"}
+    todo, seen = list(extras), set()
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for spec in project["optional-dependencies"][extra]:
+            own = re.fullmatch(r"peftstudy\[([\w,]+)\]", spec)
+            if own:
+                todo += own[1].split(",")
+            else:
+                names.add(requirement_name(spec))
+    return names
+
+
 def env_distributions(path: Path) -> set[str]:
     env = yaml.safe_load(path.read_text())
     names: set[str] = set()
@@ -33,8 +52,8 @@ def env_distributions(path: Path) -> set[str]:
         if isinstance(dep, dict):
             for spec in dep.get("pip", []):
                 if spec.startswith("-e"):
-                    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-                    names |= {requirement_name(r) for r in project["dependencies"]} | {"peftstudy"}
+                    extras = re.search(r"\[([\w,]+)\]", spec)
+                    names |= project_distributions(set(extras[1].split(",")) if extras else set())
                 else:
                     names.add(requirement_name(spec))
         else:
@@ -122,3 +141,8 @@ def test_the_env_holds_what_the_stage_imports(rule_file, env, stage):
         name for name in imports if not {d.lower().replace("_", "-") for d in by_import.get(name, [name])} & provided
     }
     assert not missing, f"{env.name} (for {rule_file}: peftstudy {stage}) lacks {sorted(missing)}"
+
+
+def test_the_report_env_installs_no_torch():
+    assert "torch" not in env_distributions(REPO / "envs/report.yaml")
+    assert "torch" in env_distributions(REPO / "envs/train.yaml")

@@ -24,14 +24,11 @@ def _json(text: str):
         raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text[:80]}") from err
 
 
-def _stage(target: str, uses_torch: bool = False):
-    """A stage's entry: `module:function`, imported only when that stage runs."""
+def _stage(target: str):
+    """A stage's entry: `module:function`, imported only when that stage runs (torch stages set their threads
+    through peftstudy.models.pick_device)."""
 
     def call(args: argparse.Namespace) -> None:
-        if uses_torch:
-            import torch
-
-            torch.set_num_threads(args.threads)
         module, function = target.split(":")
         getattr(importlib.import_module(module), function)(args)
 
@@ -160,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
     p.add_argument("--metrics", required=True)
-    p.set_defaults(func=_stage("peftstudy.train.pretrain:run", uses_torch=True))
+    p.set_defaults(func=_stage("peftstudy.train.pretrain:run"))
 
     p = sub.add_parser("tune", help="train grid points on train, score each on val")
     _run_args(p)
@@ -170,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--val", required=True)
     p.add_argument("--out", required=True, help="the job's metrics.json: each grid point's results, in order")
-    p.set_defaults(func=_stage("peftstudy.train.runs:tune", uses_torch=True))
+    p.set_defaults(func=_stage("peftstudy.train.runs:tune"))
 
     p = sub.add_parser("final", help="train the selected grid point on train+val, test once at the end")
     _run_args(p)
@@ -181,7 +178,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out-metrics", nargs="+", required=True, help="one per seed")
     p.add_argument("--out-logits", nargs="+", required=True, help="one per seed")
     p.add_argument("--out-weights", nargs="+", required=True, help="one per seed")
-    p.set_defaults(func=_stage("peftstudy.train.runs:final", uses_torch=True))
+    p.set_defaults(func=_stage("peftstudy.train.runs:final"))
 
     p = sub.add_parser("select", help="choose a grid point from tune results (val only)")
     p.add_argument("--grid", type=_json, required=True, help="grid-point ids in grid order")
@@ -223,7 +220,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out-ood", required=True)
     p.add_argument("--out-wise", required=True)
-    p.set_defaults(func=_stage("peftstudy.robustness:run", uses_torch=True))
+    p.set_defaults(func=_stage("peftstudy.robustness:run"))
 
     p = sub.add_parser("tables", help="tidy CSV tables of a study's results")
     p.add_argument("--study", required=True)
@@ -260,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="the head's safetensors file (proj, classifier weight and bias)")
-    p.set_defaults(func=_stage("peftstudy.models.clip:run_zero_shot_head", uses_torch=True))
+    p.set_defaults(func=_stage("peftstudy.models.clip:run_zero_shot_head"))
     return top
 
 

@@ -110,13 +110,3 @@ def load_npz(path: str | Path) -> dict[str, Any]:
 
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
-
-
-def save_safetensors(path: str | Path, tensors: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
-    """Tensors and metadata, the same bytes for the same content: safetensors writes a metadata mapping in a
-    per-process random order, so the metadata goes in as one canonical JSON string (key "peftstudy")."""
-    from safetensors.torch import save_file
-
-    packed = {"peftstudy": json.dumps(metadata, sort_keys=True)} if metadata else None
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=packed)

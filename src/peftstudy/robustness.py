@@ -137,7 +137,7 @@ def _summarise(rows: list[dict], id_name: str, ood_names: list[str]) -> dict:
 def run(args: argparse.Namespace) -> None:
     from peftstudy.models import create_backbone
 
-    device = pick_device(args.device)
+    device = pick_device(args.device, args.threads)
     named = [item.split("=", 1) for item in args.eval]
     id_name, ood_names = named[0][0], [n for n, _ in named[1:]]
     raw = {name: load_npz(path) for name, path in named}

@@ -8,15 +8,17 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, _cfg, _create_vision_transformer
 
-from peftstudy.io import sha256_file
+from peftstudy.io import atomic_path, sha256_file
 
 HEAD_NAMES = ("head.weight", "head.bias")
 
@@ -70,8 +72,22 @@ def check_fits(state: dict, expected: dict, what: str, arch: str, check: str) ->
         )
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto` is CUDA when present, else the CPU (a GPU request on a machine without one still runs)."""
+def save_safetensors(path: str | Path, tensors: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
+    """Tensors and metadata, the same bytes for the same content: safetensors writes a metadata mapping in a
+    per-process random order, so the metadata goes in as one canonical JSON string (key "peftstudy")."""
+    from safetensors.torch import save_file
+
+    packed = {"peftstudy": json.dumps(metadata, sort_keys=True)} if metadata else None
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=packed)
+
+
+def pick_device(name: str, threads: int | None = None) -> torch.device:
+    """`auto` is CUDA when present, else the CPU (a GPU request on a machine without one still runs). A stage that
+    trains or predicts calls it first, with its --threads: torch's CPU threads are set here, not in the CLI, so
+    that the CLI imports no torch (the report's env has none)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -191,7 +207,6 @@ def convert(arch: str, path: str | Path, fmt: str) -> dict[str, torch.Tensor]:
 def run_fetch(args) -> None:
     """`peftstudy fetch-backbone`: download (resumable, sha256-checked), convert, save as safetensors."""
     from peftstudy.data.fetch import download
-    from peftstudy.io import save_safetensors
 
     raw = Path(f"{args.out}.download")
     download(args.url, raw, None if args.sha256 == "none" else args.sha256)

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from peftstudy.io import save_safetensors, sha256_file
-from peftstudy.models import _read_weights, check_fits, create_backbone, pick_device
+from peftstudy.io import sha256_file
+from peftstudy.models import _read_weights, check_fits, create_backbone, pick_device, save_safetensors
 
 # The open_clip config of OpenAI's ViT-B/16: both towers use QuickGELU, as OpenAI trained them.
 CLIP_MODEL = "ViT-B-16-quickgelu"
@@ -134,7 +134,9 @@ def create_clip(
 def run_zero_shot_head(args: argparse.Namespace) -> None:
     """`peftstudy zero-shot-head`: build the head from the text tower once, save it as safetensors."""
     names = class_names(args.classnames)
-    tensors = zero_shot_head(args.clip_weights, names, clip_model=args.clip_model, device=pick_device(args.device))
+    tensors = zero_shot_head(
+        args.clip_weights, names, clip_model=args.clip_model, device=pick_device(args.device, args.threads)
+    )
     about = {
         "clip_model": args.clip_model,
         "clip_weights_sha256": sha256_file(args.clip_weights),

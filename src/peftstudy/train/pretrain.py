@@ -11,13 +11,13 @@ import time
 
 import torch
 
-from peftstudy.io import load_npz, save_safetensors, write_json
-from peftstudy.models import create_backbone, pick_device
+from peftstudy.io import load_npz, write_json
+from peftstudy.models import create_backbone, pick_device, save_safetensors
 from peftstudy.train.engine import Recipe, fit, predict, scores, seed_everything, to_input
 
 
 def run(args: argparse.Namespace) -> None:
-    device = pick_device(args.device)
+    device = pick_device(args.device, args.threads)
     seed_everything(args.seed)
     train, val = load_npz(args.train), load_npz(args.val)
     classes = int(train["num_classes"])

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from peftstudy import methods, provenance
-from peftstudy.io import load_npz, save_npz, save_safetensors, write_json
-from peftstudy.models import create_backbone, pick_device, weights_sha256
+from peftstudy.io import load_npz, save_npz, write_json
+from peftstudy.models import create_backbone, pick_device, save_safetensors, weights_sha256
 from peftstudy.plan.study import config_hash
 from peftstudy.train.engine import Images, Recipe, bf16_on, features, fit, predict, scores, seed_everything, to_input
 from peftstudy.train.resume import Checkpoint
@@ -75,7 +75,7 @@ class Session:
 
     def __init__(self, args: argparse.Namespace, held_out: str) -> None:
         self.args = args
-        self.device = pick_device(args.device)
+        self.device = pick_device(args.device, args.threads)
         self.recipe = Recipe(**args.recipe)
         self.bf16 = bf16_on(self.recipe, self.device)
         self.train = load_npz(args.train)
