@@ -51,17 +51,13 @@ def job_resources(kind, experiment=None):
 
 TUNE_SHELL = (
     "peftstudy tune --experiment {wildcards.experiment} --dataset {wildcards.dataset}"
-    " --method {wildcards.method} --points {params.points} --recipe {params.recipe}"
-    " --backbone {params.backbone} --seed {params.seed} --train {input.train} --val {input.val}"
-    " --manifest {input.manifest} --threads {threads} --resume-dir {params.resume}"
-    " --device {params.device} --out {output.metrics} > {log} 2>&1"
+    " --method {wildcards.method} {params.args} --train {input.train} --val {input.val}"
+    " --manifest {input.manifest} --threads {threads} --out {output.metrics} > {log} 2>&1"
 )
 FINAL_SHELL = (
     "peftstudy final --experiment {wildcards.experiment} --dataset {wildcards.dataset}"
-    " --method {wildcards.method} --gp {wildcards.gp} --hp {params.hp} --recipe {params.recipe}"
-    " --backbone {params.backbone} --seed {params.seeds} --train {input.train} --test {input.test}"
-    " --manifest {input.manifest} --threads {threads} --resume-dir {params.resume}"
-    " --device {params.device} --out-metrics {output.metrics} --out-logits {output.logits}"
+    " --method {wildcards.method} --gp {wildcards.gp} {params.args} --train {input.train} --test {input.test}"
+    " --manifest {input.manifest} --threads {threads} --out-metrics {output.metrics} --out-logits {output.logits}"
     " --out-weights {output.peft} > {log} 2>&1"
 )
 
@@ -70,26 +66,13 @@ def run_of(wildcards):
     return wildcards.experiment, wildcards.dataset, wildcards.method
 
 
-def get_resume_dir(wildcards):
-    return LAYOUT.resume_dir(*run_of(wildcards))
+def get_tune_args(wildcards):
+    return PLAN.tune_args(*run_of(wildcards), wildcards.pack)
 
 
-def get_recipe(wildcards):
-    return as_json(EXPERIMENTS[wildcards.experiment]["recipe"])
-
-
-def get_backbone(wildcards):
-    return PLAN.backbone_arg(wildcards.experiment)
-
-
-def get_points(wildcards):
-    return as_json(
-        PLAN.pack_points(wildcards.experiment, wildcards.method, wildcards.pack)
-    )
-
-
-def get_hp(wildcards):
-    return as_json(PLAN.hp(wildcards.experiment, wildcards.method, wildcards.gp))
+def get_final_args(seeds):
+    """A final job's arguments: `seeds` as the rule names them (a pack's), or None for the job's seed wildcard."""
+    return lambda wc: PLAN.final_args(*run_of(wc), wc.gp, seeds or wc.seed)
 
 
 def get_tune_inputs(wildcards):

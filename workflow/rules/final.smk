@@ -22,12 +22,7 @@ rule final:
     resources:
         **job_resources("final"),
     params:
-        hp=get_hp,
-        recipe=get_recipe,
-        backbone=get_backbone,
-        seeds=lambda wc: wc.seed,
-        device=config["device"],
-        resume=get_resume_dir,
+        args=get_final_args(None),
     shell:
         FINAL_SHELL
 
@@ -61,12 +56,7 @@ for pack_experiment in PLAN.experiments_packing("final", packed=True):
             resources:
                 **job_resources("final", pack_experiment),
             params:
-                hp=get_hp,
-                recipe=get_recipe,
-                backbone=get_backbone,
-                seeds=" ".join(map(str, seeds)),
-                device=config["device"],
-                resume=get_resume_dir,
+                args=get_final_args(" ".join(map(str, seeds))),
             shell:
                 FINAL_SHELL
 

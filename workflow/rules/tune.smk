@@ -19,11 +19,6 @@ rule tune:
     resources:
         **job_resources("tune"),
     params:
-        points=get_points,
-        recipe=get_recipe,
-        backbone=get_backbone,
-        seed=config["seed"],
-        device=config["device"],
-        resume=get_resume_dir,
+        args=get_tune_args,
     shell:
         TUNE_SHELL

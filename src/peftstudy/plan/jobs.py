@@ -264,6 +264,24 @@ class Plan:
 
     # Training jobs.
 
+    def run_args(self, experiment: str, dataset: str, method: str) -> str:
+        """The arguments a tune or final job of a (experiment, dataset, method) shares: recipe, backbone, device,
+        resume folder (its inputs and outputs come from the rule)."""
+        return (
+            f"--recipe {as_json(self.experiments[experiment]['recipe'])} --backbone {self.backbone_arg(experiment)}"
+            f" --device {self.config['device']} --resume-dir {self.layout.resume_dir(experiment, dataset, method)}"
+        )
+
+    def tune_args(self, experiment: str, dataset: str, method: str, pack: str) -> str:
+        """A tune job's arguments: its grid points in order, the study's seed, and run_args."""
+        points = as_json(self.pack_points(experiment, method, pack))
+        return f"--points {points} --seed {self.config['seed']} {self.run_args(experiment, dataset, method)}"
+
+    def final_args(self, experiment: str, dataset: str, method: str, gp: str, seeds: str) -> str:
+        """A final job's arguments: the grid point, its seeds (space-separated), and run_args."""
+        hp = as_json(self.hp(experiment, method, gp))
+        return f"--hp {hp} --seed {seeds} {self.run_args(experiment, dataset, method)}"
+
     def tune_inputs(self, experiment: str, dataset: str, method: str) -> dict[str, Any]:
         """Train and val only: no tune job can see the test split."""
         return {
