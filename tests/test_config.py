@@ -49,6 +49,15 @@ def test_method_grid_overrides_the_common_grid():
             "experiments.robustness.method_grids.ssf: 'ssf' is not one of this experiment's methods",
         ),
         (lambda c: c["robustness"]["ood"].append("count"), "another label space"),
+        # The recipe's choices and the task table are checked from their one definition (plan.recipe, tables/).
+        (
+            lambda c: c["experiments"]["vtab"]["recipe"].update(augment="flip"),
+            "experiments.vtab.recipe.augment 'flip': use one of none, hflip, crop_flip, crop_flips",
+        ),
+        (
+            lambda c: c["datasets"].update(svhn={"source": "tfds", "vtab_task": "svhn_cropped", "classes": 10}),
+            "datasets.svhn.vtab_task: unknown task 'svhn_cropped'",
+        ),
     ],
 )
 def test_cross_reference_errors_name_the_key_and_what_is_allowed(edit, message):

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from peftstudy import methods
+from peftstudy.plan.recipe import check_choices
 from peftstudy.plan.tasks import check_subset, task_table
 
 
@@ -268,6 +269,10 @@ def check(config: Mapping[str, Any]) -> None:
                     methods.split_hp(method, hp)
                 except (TypeError, ValueError) as err:
                     raise ConfigError(f"experiments.{exp_name}: {method} grid point {hp}: {err}") from err
+        try:
+            check_choices(exp["recipe"], f"experiments.{exp_name}.recipe")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if exp["selection"].get("metric") == "val_best_top1" and not exp["recipe"].get("eval_every"):
             raise ConfigError(
                 f"experiments.{exp_name}.selection.metric val_best_top1 needs val evaluated during training: "
@@ -330,6 +335,11 @@ def check(config: Mapping[str, Any]) -> None:
                 f"backbones.{name}.image_size {other['image_size']} differs from backbone.image_size "
                 f"{config['backbone']['image_size']}: datasets are prepared once, at one size"
             )
+    if "pretrain" in config:
+        try:
+            check_choices(config["pretrain"]["recipe"], "pretrain.recipe")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     backbone = config["backbone"]
     if backbone.get("pretrain") and config.get("pretrain", {}).get("dataset") not in datasets:
         raise ConfigError("backbone.pretrain is true, so pretrain.dataset must name a dataset under datasets")

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from peftstudy.plan.recipe import RECIPE_CHOICES, check_choices
 from peftstudy.train.resume import Checkpoint, Preempted, rng_state, set_rng_state, sigterm_flag
 
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
-AUGMENTS = ("none", "hflip", "crop_flip", "crop_flips")
+COMPILE_MODES = RECIPE_CHOICES["compile"]
+AUGMENTS = RECIPE_CHOICES["augment"]
 
 
 @dataclass(frozen=True)
@@ -64,18 +65,7 @@ class Recipe:
     keep: str = "last"
 
     def __post_init__(self) -> None:
-        if self.lr_step not in ("authors", "standard"):
-            raise ValueError(f"recipe.lr_step {self.lr_step!r}: use authors or standard")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"recipe.precision {self.precision!r}: use auto, fp32 or bf16")
-        if self.augment not in AUGMENTS:
-            raise ValueError(f"recipe.augment {self.augment!r}: use one of {', '.join(AUGMENTS)}")
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"recipe.compile {self.compile!r}: use one of {', '.join(COMPILE_MODES)}")
-        if self.feature_cache not in ("exact", "always", "never"):
-            raise ValueError(f"recipe.feature_cache {self.feature_cache!r}: use exact, always or never")
-        if self.keep not in ("last", "best"):
-            raise ValueError(f"recipe.keep {self.keep!r}: use last or best")
+        check_choices(dataclasses.asdict(self))
         if (self.early_patience or self.keep == "best") and not self.eval_every:
             raise ValueError("recipe.early_patience and recipe.keep: best need recipe.eval_every > 0")
         if self.epochs < 1 or self.batch_size < 1:
