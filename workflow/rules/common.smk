@@ -87,10 +87,6 @@ def get_tune_metrics(wildcards):
     return PLAN.tune_metrics(*run_of(wildcards))
 
 
-def get_grid_order(wildcards):
-    return as_json(PLAN.grid_order(wildcards.experiment, wildcards.method))
-
-
 def selected_gp(experiment, dataset, method):
     """The grid point `select` chose: known once that checkpoint has run."""
     run = dict(experiment=experiment, dataset=dataset, method=method)

@@ -10,10 +10,7 @@ checkpoint select:
     conda:
         "../../envs/train.yaml"
     params:
-        grid=get_grid_order,
-        tie_break=lambda wc: PLAN.selection(wc.experiment)["tie_break"],
-        metric=lambda wc: PLAN.selection(wc.experiment)["metric"],
+        args=lambda wc: PLAN.select_args(wc.experiment, wc.method),
     shell:
-        "peftstudy select --grid {params.grid} --tie-break {params.tie_break} --metric {params.metric}"
-        " --metrics {input.metrics}"
+        "peftstudy select {params.args} --metrics {input.metrics}"
         " --out {output.selected} --out-summary {output.summary} > {log} 2>&1"

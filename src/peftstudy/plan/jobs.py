@@ -209,6 +209,12 @@ class Plan:
         chosen = self.experiments[experiment]["selection"]
         return {"tie_break": chosen["tie_break"], "metric": chosen.get("metric", DEFAULTS["selection_metric"])}
 
+    def select_args(self, experiment: str, method: str) -> str:
+        """A select job's arguments: the grid order (ties), the tie-break and the metric."""
+        rule = self.selection(experiment)
+        grid = as_json(self.grid_order(experiment, method))
+        return f"--grid {grid} --tie-break {rule['tie_break']} --metric {rule['metric']}"
+
     # Data sources.
 
     def source_dir(self, dataset: str) -> str:
