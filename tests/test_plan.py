@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, Workflow
 
 # Builds every job's inputs and arguments of a study from the plan alone; prints the heavy modules it imported.
@@ -119,3 +120,22 @@ def test_no_module_of_the_package_imports_itself_back():
         if not a.startswith(f"{b}.") and not b.startswith(f"{a}.") and reaches(b, a)
     )
     assert cycles == []
+
+
+def test_a_tune_job_is_a_grid_point_or_a_named_pack_and_its_file_comes_from_the_layout():
+    from conftest import tiny_config
+
+    from peftstudy.plan.jobs import Plan
+
+    plan = Plan.of(tiny_config())
+    jobs = plan.layout.tune_jobs
+    # Unpacked: one job per point, named by its id; packed (runs_per_job.tune 2): one pack-<id> of both points.
+    assert {pack: gps for pack, gps in jobs["vtab", "lora"].items()} == {gp: [gp] for gp in plan.grids["vtab", "lora"]}
+    ((pack, gps),) = jobs["robustness", "bitfit"].items()
+    assert pack.startswith("pack-") and gps == list(plan.grids["robustness", "bitfit"])
+    assert plan.tune_metrics("robustness", "shapes", "bitfit") == [
+        f"results/tiny/robustness/shapes/bitfit/tune/{pack}/metrics.json"
+    ]
+    assert [p["gp"] for p in plan.pack_points("robustness", "bitfit", pack)] == gps
+    with pytest.raises(ValueError, match="not a grid point or pack of bitfit"):
+        plan.pack_points("robustness", "bitfit", "pack-00000000")
