@@ -24,6 +24,7 @@ from peftstudy.data import manyshot
 from peftstudy.data.fetch import FetchError, download, extract
 from peftstudy.data.layout import decode, read_list
 from peftstudy.io import read_json
+from peftstudy.plan.tasks import MANYSHOT_SUBSETS
 
 RNG = np.random.default_rng(0)
 N_TRAIN, N_TEST = 60, 20
@@ -365,7 +366,7 @@ def test_every_subset_and_fold_has_pinned_lists_at_the_full_commit():
     assert len(manyshot.LISTS) == 15 + 39
     assert all(len(digest) == 64 and int(digest, 16) >= 0 for digest in manyshot.LISTS.values())
     needed = set()
-    for dataset, subsets in manyshot.SUBSETS.items():
+    for dataset, subsets in MANYSHOT_SUBSETS.items():
         for subset in subsets:
             needed |= set(manyshot.subset_files(dataset, subset))
     assert needed == set(manyshot.LISTS)  # every pinned file is used, and every used file pinned
