@@ -66,9 +66,13 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
 
 
-def expand_grid(grid: Mapping[str, list]) -> list[dict[str, Any]]:
-    """Cartesian product in sklearn ParameterGrid order: keys sorted, the last key varying fastest."""
-    keys = sorted(grid)
+def expand_grid(grid: Mapping[str, list], authors_keys: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Cartesian product in sklearn ParameterGrid order: keys sorted, the last key varying fastest, each key's
+    values in the order listed. Keys sort by the authors' name of them (`authors_keys`, ours where they had none):
+    the order decides ties (the last best point wins, STUDY.md B.2, C.3), and the authors' ParameterGrid sorted
+    their names. Only the order: a point's id hashes its sorted dict."""
+    names = authors_keys or {}
+    keys = sorted(grid, key=lambda k: (names.get(k, k), k))
     return [
         {k: normalise(v) for k, v in zip(keys, values, strict=True)}
         for values in itertools.product(*(grid[k] for k in keys))
@@ -76,10 +80,13 @@ def expand_grid(grid: Mapping[str, list]) -> list[dict[str, Any]]:
 
 
 def method_grid(experiment: Mapping[str, Any], method: str) -> list[dict[str, Any]]:
-    """The experiment's common grid, with the method's own grid keys added or overriding (e.g. full's lr)."""
+    """The experiment's common grid, with the method's own grid keys added or overriding (e.g. full's lr),
+    iterated in the order the authors' code iterates it."""
+    from peftstudy import methods
+
     grid = dict(experiment["grid"])
     grid.update(experiment.get("method_grids", {}).get(method, {}))
-    return expand_grid(grid)
+    return expand_grid(grid, methods.authors_keys(method))
 
 
 def grids(config: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
