@@ -187,6 +187,18 @@ def data_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if k not in REPORT_DATASET_KEYS}
 
 
+def vtab_task(spec: Mapping[str, Any]) -> str | None:
+    """The VTAB task a dataset's images come from: the processed archive's folder (or a local copy of it) or the
+    TFDS task; None for made-up or other images (synthetic, ImageNet, many-shot), whatever the dataset's name.
+    The report compares our choices with the authors' where this is one of their tasks."""
+    source = spec["source"]
+    if source == "tfds":
+        return spec["vtab_task"]
+    if source in ("archive", "local"):
+        return str(spec["folder" if source == "archive" else "path"]).rstrip("/").rpartition("/")[2]
+    return None
+
+
 def datasets_from(config: Mapping[str, Any], *sources: str) -> list[str]:
     return [name for name, spec in config["datasets"].items() if spec["source"] in sources]
 
@@ -315,7 +327,8 @@ REPORT_RECIPE_KEYS = ("epochs", "lr_step", "normalize", "augment", "drop_path", 
 
 def report_context(config: Mapping[str, Any]) -> dict[str, Any]:
     """What the report needs from the config beyond the results: dataset groups and sizes-of, each experiment's
-    recipe switches, selection rule, planned seeds and grid sizes (so that what is missing can be said)."""
+    recipe switches, selection rule, planned seeds and grid sizes (so that what is missing can be said), and the
+    VTAB task each dataset is (beside the authors' choices)."""
     sizes = grids(config)
     return {
         "datasets": {
@@ -334,4 +347,5 @@ def report_context(config: Mapping[str, Any]) -> dict[str, Any]:
             for name, exp in config["experiments"].items()
         },
         "robustness_experiment": (config.get("robustness") or {}).get("experiment", ""),
+        "vtab_tasks": {name: vtab_task(spec) for name, spec in config["datasets"].items() if vtab_task(spec)},
     }
