@@ -66,9 +66,13 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
 
 
-def expand_grid(grid: Mapping[str, list]) -> list[dict[str, Any]]:
-    """Cartesian product in sklearn ParameterGrid order: keys sorted, the last key varying fastest."""
-    keys = sorted(grid)
+def expand_grid(grid: Mapping[str, list], authors_keys: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Cartesian product in sklearn ParameterGrid order: keys sorted, the last key varying fastest, each key's
+    values in the order listed. Keys sort by the authors' name of them (`authors_keys`, ours where they had none):
+    the order decides ties (the last best point wins, STUDY.md B.2, C.3), and the authors' ParameterGrid sorted
+    their names. Only the order: a point's id hashes its sorted dict."""
+    names = authors_keys or {}
+    keys = sorted(grid, key=lambda k: (names.get(k, k), k))
     return [
         {k: normalise(v) for k, v in zip(keys, values, strict=True)}
         for values in itertools.product(*(grid[k] for k in keys))
@@ -76,10 +80,13 @@ def expand_grid(grid: Mapping[str, list]) -> list[dict[str, Any]]:
 
 
 def method_grid(experiment: Mapping[str, Any], method: str) -> list[dict[str, Any]]:
-    """The experiment's common grid, with the method's own grid keys added or overriding (e.g. full's lr)."""
+    """The experiment's common grid, with the method's own grid keys added or overriding (e.g. full's lr),
+    iterated in the order the authors' code iterates it."""
+    from peftstudy import methods
+
     grid = dict(experiment["grid"])
     grid.update(experiment.get("method_grids", {}).get(method, {}))
-    return expand_grid(grid)
+    return expand_grid(grid, methods.authors_keys(method))
 
 
 def grids(config: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
@@ -178,6 +185,18 @@ REPORT_DATASET_KEYS = ("group", "size_of")
 def data_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A dataset's config entry without the report's keys: what the generate rule renders from."""
     return {k: v for k, v in spec.items() if k not in REPORT_DATASET_KEYS}
+
+
+def vtab_task(spec: Mapping[str, Any]) -> str | None:
+    """The VTAB task a dataset's images come from: the processed archive's folder (or a local copy of it) or the
+    TFDS task; None for made-up or other images (synthetic, ImageNet, many-shot), whatever the dataset's name.
+    The report compares our choices with the authors' where this is one of their tasks."""
+    source = spec["source"]
+    if source == "tfds":
+        return spec["vtab_task"]
+    if source in ("archive", "local"):
+        return str(spec["folder" if source == "archive" else "path"]).rstrip("/").rpartition("/")[2]
+    return None
 
 
 def datasets_from(config: Mapping[str, Any], *sources: str) -> list[str]:
@@ -308,7 +327,8 @@ REPORT_RECIPE_KEYS = ("epochs", "lr_step", "normalize", "augment", "drop_path", 
 
 def report_context(config: Mapping[str, Any]) -> dict[str, Any]:
     """What the report needs from the config beyond the results: dataset groups and sizes-of, each experiment's
-    recipe switches, selection rule, planned seeds and grid sizes (so that what is missing can be said)."""
+    recipe switches, selection rule, planned seeds and grid sizes (so that what is missing can be said), and the
+    VTAB task each dataset is (beside the authors' choices)."""
     sizes = grids(config)
     return {
         "datasets": {
@@ -327,4 +347,5 @@ def report_context(config: Mapping[str, Any]) -> dict[str, Any]:
             for name, exp in config["experiments"].items()
         },
         "robustness_experiment": (config.get("robustness") or {}).get("experiment", ""),
+        "vtab_tasks": {name: vtab_task(spec) for name, spec in config["datasets"].items() if vtab_task(spec)},
     }

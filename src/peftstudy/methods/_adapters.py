@@ -20,8 +20,10 @@ VARIANTS = ("authors", "original")
 class SequentialConfig:
     """Settings of a sequential bottleneck adapter (Houlsby, Pfeiffer)."""
 
-    r: int = field(default=64, metadata={"help": "bottleneck width"})
-    scale: float = field(default=0.1, metadata={"help": "s, the adapter output's multiplier"})
+    r: int = field(default=64, metadata={"help": "bottleneck width", "authors_key": "adapter_bottleneck"})
+    scale: float = field(
+        default=0.1, metadata={"help": "s, the adapter output's multiplier", "authors_key": "adapter_scaler"}
+    )
     dropout: float = field(default=0.1, metadata={"help": "dropout inside the adapter"})
     variant: str = field(default="authors", metadata={"help": "authors: drop-path/LayerScale twice; original: once"})
 

@@ -22,8 +22,8 @@ CORES = ("q", "k", "v", "o", *(f"fc1_{c}" for c in range(4)), *(f"fc2_{c}" for c
 
 @dataclass(frozen=True)
 class Config:
-    d: int = field(default=8, metadata={"help": "rank of the shared factors U, V"})
-    scale: float = field(default=1.0, metadata={"help": "s, the update's multiplier"})
+    d: int = field(default=8, metadata={"help": "rank of the shared factors U, V", "authors_key": "fact_dim"})
+    scale: float = field(default=1.0, metadata={"help": "s, the update's multiplier", "authors_key": "fact_scaler"})
     dropout: float = field(default=0.1, metadata={"help": "dropout between core and V"})
 
     def __post_init__(self) -> None:

@@ -15,8 +15,10 @@ from peftstudy.methods._adapters import Adapter, Parallel
 
 @dataclass(frozen=True)
 class Config:
-    r: int = field(default=64, metadata={"help": "bottleneck width"})
-    scale: float = field(default=0.1, metadata={"help": "s, the adapter output's multiplier"})
+    r: int = field(default=64, metadata={"help": "bottleneck width", "authors_key": "adapter_bottleneck"})
+    scale: float = field(
+        default=0.1, metadata={"help": "s, the adapter output's multiplier", "authors_key": "adapter_scaler"}
+    )
     dropout: float = field(default=0.1, metadata={"help": "dropout inside the adapter"})
 
     def __post_init__(self) -> None:

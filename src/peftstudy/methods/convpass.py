@@ -22,9 +22,18 @@ CONV_INITS = ("xavier", "identity")
 
 @dataclass(frozen=True)
 class Config:
-    r: int = field(default=8, metadata={"help": "bottleneck width"})
-    scale: float = field(default=10.0, metadata={"help": "s, the bypass output's multiplier"})
-    conv_init: str = field(default="xavier", metadata={"help": "xavier or identity (I at the centre tap)"})
+    r: int = field(default=8, metadata={"help": "bottleneck width", "authors_key": "convpass_bottleneck"})
+    scale: float = field(
+        default=10.0, metadata={"help": "s, the bypass output's multiplier", "authors_key": "convpass_scaler"}
+    )
+    conv_init: str = field(
+        default="xavier",
+        metadata={
+            "help": "xavier or identity (I at the centre tap)",
+            "authors_key": "convpass_xavier_init",
+            "authors_values": {"xavier": True, "identity": False},
+        },
+    )
     dropout: float = field(default=0.1, metadata={"help": "dropout before the up-projection"})
 
     def __post_init__(self) -> None:

@@ -21,7 +21,7 @@ VARIANTS = ("authors", "original")
 
 @dataclass(frozen=True)
 class Config:
-    r: int = field(default=8, metadata={"help": "rank of the update"})
+    r: int = field(default=8, metadata={"help": "rank of the update", "authors_key": "lora_bottleneck"})
     dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA input"})
     variant: str = field(default="authors", metadata={"help": "authors: fused q,k,v, no scaling; original: q and v"})
     alpha: float | None = field(

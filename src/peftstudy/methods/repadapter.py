@@ -16,8 +16,10 @@ from peftstudy.methods import positive_int, register
 
 @dataclass(frozen=True)
 class Config:
-    r: int = field(default=8, metadata={"help": "bottleneck width"})
-    scale: float = field(default=1.0, metadata={"help": "s, the adapter output's multiplier"})
+    r: int = field(default=8, metadata={"help": "bottleneck width", "authors_key": "repadapter_bottleneck"})
+    scale: float = field(
+        default=1.0, metadata={"help": "s, the adapter output's multiplier", "authors_key": "repadapter_scaler"}
+    )
     groups: int = field(default=2, metadata={"help": "groups of the up-projection"})
     dropout: float = field(default=0.1, metadata={"help": "dropout between the projections"})
 

@@ -15,7 +15,7 @@ from peftstudy.methods._prompts import attach
 
 @dataclass(frozen=True)
 class Config:
-    num_tokens: int = field(default=10, metadata={"help": "prompt tokens per block (P)"})
+    num_tokens: int = field(default=10, metadata={"help": "prompt tokens per block (P)", "authors_key": "vpt_num"})
     dropout: float = field(default=0.1, metadata={"help": "dropout on the prompts"})
 
     def __post_init__(self) -> None:

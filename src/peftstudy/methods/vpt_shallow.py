@@ -18,7 +18,7 @@ VARIANTS = ("authors", "original")
 
 @dataclass(frozen=True)
 class Config:
-    num_tokens: int = field(default=10, metadata={"help": "prompt tokens (P)"})
+    num_tokens: int = field(default=10, metadata={"help": "prompt tokens (P)", "authors_key": "vpt_num"})
     dropout: float = field(default=0.1, metadata={"help": "dropout on the prompts"})
     variant: str = field(default="authors", metadata={"help": "authors: dropped after block 0; original: kept"})
 

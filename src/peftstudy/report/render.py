@@ -244,6 +244,19 @@ def summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     }
 
 
+def authors_agreement(frames: dict[str, pd.DataFrame]) -> dict[str, int] | None:
+    """Of our choices on the authors' VTAB-1K tasks: how many are planned, made (compared) and their point;
+    None when the tables predate the comparison."""
+    if "selection_vs_authors" not in frames:
+        return None
+    agree = frames["selection_vs_authors"].get("agree", pd.Series(dtype=str)).astype(str).str.lower()
+    return {
+        "rows": len(agree),
+        "compared": int(agree.isin(["true", "false"]).sum()),
+        "agree": int((agree == "true").sum()),
+    }
+
+
 def _base64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
@@ -294,6 +307,9 @@ def run(args: argparse.Namespace) -> None:
         if len(ood)
         else "",
         **{f"authors_{k}": html(v) if len(v) else "" for k, v in authors.items()},
+        "selection_vs_authors": html(frames["selection_vs_authors"])
+        if len(frames.get("selection_vs_authors", ()))
+        else "",
     }
     template_path = Path(args.template)
     env = jinja2.Environment(
@@ -304,6 +320,7 @@ def run(args: argparse.Namespace) -> None:
         accuracy=accuracy_tables(vtab, means, args.tolerance) if vtab["test_top1"].notna().any() else [],
         tolerance=args.tolerance,
         tables=html_tables,
+        authors_agreement=authors_agreement(frames),
         figures=figures,
         not_computed=NOT_COMPUTED,
         csvs=sorted(p.name for p in tables.glob("*.csv")) if tables.is_dir() else [],

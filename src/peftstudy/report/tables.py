@@ -214,6 +214,52 @@ def vtab_table(results: pd.DataFrame, context: dict[str, Any], authors: pd.DataF
     return pd.DataFrame(rows, columns=[*columns, "trainable_params", "authors_top1", "diff"])
 
 
+SELECTION_COLUMNS = [
+    *("experiment", "dataset", "task", "method", "gp", "hp", "val_top1"),
+    *("authors_hp", "authors_val_top1", "agree"),
+]
+
+
+def selection_table(tune: pd.DataFrame, context: dict[str, Any], authors: pd.DataFrame | None) -> pd.DataFrame:
+    """Per planned (experiment, dataset, method) on a real VTAB-1K task the authors tuned: our chosen grid point
+    and its val top-1 (blank while not selected) beside theirs (authors_vtab1k_selection.csv, their point in our
+    key names), and whether it is their point (`agree`: every key they tuned has their value; blank while ours is
+    missing). Empty when no dataset is one of their tasks (synthetic, many-shot and ImageNet data have none)."""
+    tasks = context.get("vtab_tasks", {})
+    theirs = authors.set_index(["task", "method"]) if authors is not None else None
+    chosen = tune[tune["selected"].astype(str) == "True"]
+    ours = chosen.drop_duplicates(["experiment", "dataset", "method"]).set_index(["experiment", "dataset", "method"])
+    rows = []
+    for name, exp in context["experiments"].items():
+        for dataset in exp["datasets"]:
+            for method in exp["grid_points"]:
+                task = tasks.get(dataset)
+                if theirs is None or (task, method) not in theirs.index:
+                    continue
+                their = theirs.loc[(task, method)]
+                have = (name, dataset, method) in ours.index
+                mine = ours.loc[(name, dataset, method)] if have else None
+                agree = None
+                if have:
+                    our_hp, their_hp = json.loads(mine["hp"]), json.loads(their["hp"])
+                    agree = all(our_hp.get(key) == value for key, value in their_hp.items())
+                rows.append(
+                    {
+                        "experiment": name,
+                        "dataset": dataset,
+                        "task": task,
+                        "method": method,
+                        "gp": mine["gp"] if have else "",
+                        "hp": mine["hp"] if have else "",
+                        "val_top1": float(mine["val_top1"]) if have else math.nan,
+                        "authors_hp": their["hp"],
+                        "authors_val_top1": float(their["val_top1"]),
+                        "agree": agree,
+                    }
+                )
+    return pd.DataFrame(rows, columns=SELECTION_COLUMNS)
+
+
 def _mean(values: pd.Series) -> float:
     """The mean only when every value is there: a mean over the tasks done so far is no group mean."""
     return float(values.mean()) if len(values) and values.notna().all() else math.nan
@@ -330,9 +376,12 @@ def run(args: argparse.Namespace) -> None:
     authors = {Path(p).stem: p for p in args.authors}
     vtab1k = read_authors(authors["authors_vtab1k"]) if "authors_vtab1k" in authors else None
     vtab = vtab_table(results, context, vtab1k)
+    choices = read_authors(authors["authors_vtab1k_selection"]) if "authors_vtab1k_selection" in authors else None
+    tune = tune_table(args.tune)
     ood, wise = robustness_tables(args.robustness)
     tables = {
-        "tune": tune_table(args.tune),
+        "tune": tune,
+        "selection_vs_authors": selection_table(tune, context, choices),
         "final": finals,
         "results": results,
         "vtab": vtab,
