@@ -3,8 +3,9 @@
 Each adapted Linear gets ``out += merge_factor * s * V(Dropout(C(U(x))))`` for a d x d core C per matrix: q, k
 and v on the QKV output (concatenated), o on the attention projection, fc1 in four D-wide chunks of its 4D
 output, fc2 on its 4D input in four D-wide chunks (summed). FacT-TT keeps the cores per block (Cq, Ck, Cv,
-Co, C1: d -> 4d, C2: 4d -> d); FacT-TK draws them as T x_3 p_j from one shared d x d x d tensor T and 12
-columns p_j of a d x 144 factor matrix per block. V starts at zero, so the model starts as the backbone.
+Co, C1: d -> 4d, C2: 4d -> d); FacT-TK forms them from one shared d x d x d tensor T and 12 columns of a
+d x (12 * depth) factor matrix per block (fact_tk.py gives the layout of each of its two variants). V starts at
+zero, so the model starts as the backbone.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class FacT(nn.Module):
         self.merge_factor = 1.0
 
     def core(self, block: int, name: str) -> torch.Tensor:
+        """The d x d matrix C of core `name` (one of CORES) in block `block`, applied as u @ C.T."""
         raise NotImplementedError
 
     def delta(self, x: torch.Tensor, block: int, names: tuple[str, ...]) -> torch.Tensor:
