@@ -75,17 +75,15 @@ def _is_local(source: str) -> bool:
     return "://" not in source or source.startswith("file://")
 
 
-def _resumes_at(response, have: int) -> bool:
-    """Whether `response` continues the part file of `have` bytes: a 206 whose Content-Range starts there."""
-    if response.status != 206:
-        return False
+def _range_start(response) -> int | None:
+    """Where the bytes of a 206 response start, by its Content-Range (None when it has none that parses)."""
     match = re.fullmatch(r"bytes (\d+)-\d+/(?:\d+|\*)", response.headers.get("Content-Range", "").strip())
-    return match is not None and int(match[1]) == have
+    return int(match[1]) if match else None
 
 
 def _fetch_http(url: str, part: Path, timeout: float) -> None:
     """Append the rest of `url` to `part` (resuming at its size), or restart it if the server does not resume
-    exactly there (a 200 to the ranged request, or a 206 from another offset, would splice two files)."""
+    exactly there: a 200 to the ranged request, or a 206 from another offset, would splice two files."""
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
@@ -97,18 +95,17 @@ def _fetch_http(url: str, part: Path, timeout: float) -> None:
     except urllib.error.URLError as err:
         raise FetchError(f"{url}: {err.reason}; check the URL and the network, or put the file there") from err
     with response:
-        resumed = have > 0 and _resumes_at(response, have)
+        if response.status == 206 and _range_start(response) != have:
+            got = response.headers.get("Content-Range")
+            if not have:
+                raise FetchError(f"{url}: answered {got!r} to a request for the whole file; check the URL")
+            print(f"{url}: asked for bytes {have}-, got {got!r}; restarting", file=sys.stderr, flush=True)
+            part.unlink()
+            return _fetch_http(url, part, timeout)  # without a Range: the answer is a 200 or refused above
+        resumed = response.status == 206
         if have and not resumed:
-            if response.status == 200:
-                print(f"{url}: the server does not resume; restarting", file=sys.stderr, flush=True)
-                resumed, have = False, 0
-            else:  # a partial answer from elsewhere: its bytes belong nowhere in the part
-                got = response.headers.get("Content-Range")
-                print(f"{url}: asked for bytes {have}-, got {got!r}; restarting", file=sys.stderr, flush=True)
-                response.close()
-                part.unlink()
-                _fetch_http(url, part, timeout)
-                return
+            print(f"{url}: the server does not resume; restarting", file=sys.stderr, flush=True)
+            have = 0
         length = response.headers.get("Content-Length")
         total = (int(length) + have) if length else None
         done = have
