@@ -408,6 +408,15 @@ def test_the_rules_refuse_an_unpinned_archive_unless_allowed_and_bound_what_it_u
     assert spec["sha256"] == sha(archive) and spec["unpinned"] is True
 
 
+def test_weights_with_no_sum_no_source_and_no_pretraining_are_refused(workflow):
+    config = tiny_config()
+    config["backbone"] = dict(config["backbone"], sha256=None)
+    proc = workflow.snakemake("-n", "--configfile", str(workflow.config(config)), check=False)
+    assert proc.returncode != 0
+    assert "backbone.sha256 is null, but backbone has no source" in proc.stdout + proc.stderr
+    assert f"sha256sum {config['backbone']['weights']}" in proc.stdout + proc.stderr
+
+
 def test_index_refuses_labels_outside_the_classes(tmp_path):
     synthetic.generate(
         "count",

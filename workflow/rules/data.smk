@@ -269,6 +269,24 @@ def backbone_source_sha256(source):
     return ARCHIVES.get(archive, {}).get("sha256")
 
 
+# Weights with no sum, no source and no pretraining would be loaded unchecked: they must be pinned (a user
+# who put them there can hash them; allow_unpinned covers only downloads, whose sums the fetch reports).
+for backbone_name, backbone in ALL_BACKBONES.items():
+    if (
+        backbone["sha256"] is None
+        and "source" not in backbone
+        and not backbone["pretrain"]
+    ):
+        key = (
+            "backbone" if backbone_name == "backbone" else f"backbones.{backbone_name}"
+        )
+        raise ValueError(
+            f"{key}.sha256 is null, but {key} has no source to fetch its weights from and is not pretrained: "
+            f"{backbone['weights']} would be loaded unchecked. Pin it: `sha256sum {backbone['weights']}`, then "
+            f"{key}.sha256: <that sum> in the config."
+        )
+
+
 # One fetch rule per backbone with a `source` (the study's and each of `backbones`), run where Snakemake runs.
 for backbone_name, backbone in ALL_BACKBONES.items():
     if "source" not in backbone:
