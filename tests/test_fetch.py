@@ -366,7 +366,7 @@ def test_unpinned_data_and_weights_are_refused_unless_allowed_and_then_in_every_
         backbone_weights=res / "w.safetensors",
     )
     assert record["unpinned"] == [
-        f"data count: archive vtab_1k from u, sha256 {sha(archive)}",
+        f"data count: archive from u, sha256 {sha(archive)}",
         f"backbone {res / 'w.safetensors'}: from {server.url('weights.pth')}, sha256 {sha(weights.getvalue())}",
     ]
     validate(record, "provenance")

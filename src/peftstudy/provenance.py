@@ -58,11 +58,9 @@ def unpinned_inputs(data_manifest: str | Path, backbone_weights: str | Path | No
     found = []
     manifest = read_json(data_manifest)
     spec = manifest.get("spec", {})
-    if spec.get("unpinned"):
-        found.append(
-            f"data {manifest['dataset']}: archive {spec.get('archive', '')} from {spec.get('url', '?')}, "
-            f"sha256 {spec['sha256']}"
-        )
+    if spec.get("unpinned"):  # index and manyshot manifests; only the former know the archive's URL
+        where = f" from {spec['url']}" if "url" in spec else ""
+        found.append(f"data {manifest['dataset']}: archive{where}, sha256 {spec['sha256']}")
     if backbone_weights:
         from safetensors import safe_open
 
