@@ -208,6 +208,7 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
             config_hash=config_hash(settings),
             data_manifest=args.manifest,
             backbone_sha256=_backbone_sha256(args.backbone),
+            backbone_weights=args.backbone.get("weights"),
         ),
     }
     print(f"{args.method} {hp} seed {seed}: {split} top1 {score['top1']:.2f} ({metrics['status']})", flush=True)
