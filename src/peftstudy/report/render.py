@@ -310,8 +310,23 @@ def summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     }
 
 
-def _base64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
+def png_width(png: bytes) -> int:
+    """A PNG's width in pixels (its IHDR chunk): the page shows each figure at most that wide, so that a wide
+    figure takes a row and narrow ones sit side by side, none scaled down past reading."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    return int.from_bytes(png[16:20], "big")
+
+
+def figure(path: Path, experiments: pd.DataFrame) -> dict[str, Any]:
+    """A figure for the page: its name, caption, base64 PNG and width in pixels."""
+    png = path.read_bytes()
+    return {
+        "name": path.stem,
+        "caption": caption(path.stem, experiments),
+        "data": base64.b64encode(png).decode(),
+        "width": png_width(png),
+    }
 
 
 def html(frame: pd.DataFrame, **kwargs: Any) -> str:
@@ -329,15 +344,7 @@ def run(args: argparse.Namespace) -> None:
         pngs = sorted(figures_dir.glob("*.png"))
         experiments = table(frames, "experiments", ("experiment",))
         figures = {
-            section: [
-                {
-                    "name": p.stem,
-                    "caption": caption(p.stem, experiments),
-                    "data": base64.b64encode(p.read_bytes()).decode(),
-                }
-                for p in pngs
-                if p.stem.partition("__")[0] in kinds
-            ]
+            section: [figure(p, experiments) for p in pngs if p.stem.partition("__")[0] in kinds]
             for section, kinds in SECTIONS.items()
         }
     authors_columns = ("authors_top1", "authors_low", "authors_high")
@@ -354,8 +361,13 @@ def run(args: argparse.Namespace) -> None:
     authors["manyshot"] = with_reruns(authors["manyshot"], reruns, ["dataset", "train", "method", "dim"])
     html_tables = {
         "selected": html(selected_table(tune)) if len(tune) else "",
-        "ensembles": html(full.drop(columns=[c for c in ("size",) if c in full])) if len(full) else "",
-        "ood": html(ood.pivot_table(index="set", columns="method", values="top1", sort=False).reset_index())
+        # All methods: their number, not the long list of names that pushed the accuracies off the page.
+        "ensembles": html(full.drop(columns="members").rename(columns={"size": "methods"})) if len(full) else "",
+        "ood": html(
+            ood.pivot_table(index="set", columns="method", values="top1", sort=False)
+            .rename_axis(columns=None)
+            .reset_index()
+        )
         if len(ood)
         else "",
         **{f"authors_{k}": html(v) if len(v) else "" for k, v in authors.items()},
