@@ -328,6 +328,36 @@ def test_a_partial_study_renders_and_says_what_is_not_computed_yet(tmp_path: Pat
     assert "<img" not in page
 
 
+def test_the_page_shows_the_authors_reruns_states_the_rule_and_names_the_metric(tmp_path: Path):
+    tables_dir = tmp_path / "tables"
+    tables_dir.mkdir()
+    authors = tables.read_authors(DATA / "authors_vtab1k.csv")
+    reruns = tables.read_authors(DATA / "authors_reruns.csv")
+    # svhn: 88.2 from runs 88.43, 19.59, 88.2 (Pfeiffer adapter); dtd: 71.3 from 71.06, 70.8, 71.28.
+    ours = results({("svhn", "lora_p_adapter"): 80.0, ("dtd", "lora_p_adapter"): 74.0})
+    ctx = context(["svhn", "dtd"], ["lora_p_adapter"], {"svhn": "Natural", "dtd": "Natural"})
+    ctx["experiments"]["vtab"]["selection_metric"] = "val_best_top1"
+    vtab = tables.vtab_table(ours, ctx, authors, reruns)
+    frames = {"vtab": vtab, "group_means": tables.group_means(vtab), "experiments": tables.experiments_table(ctx)}
+    frames["tune"] = pd.DataFrame(
+        [{"experiment": "vtab", "dataset": "svhn", "method": "lora_p_adapter", "gp": "abcd1234", "hp": "{}"}]
+    ).assign(val_top1=50.0, val_best_top1=55.5, selected=True, selection_metric="val_best_top1")
+    for name, frame in frames.items():
+        frame.to_csv(tables_dir / f"{name}.csv", index=False)
+    for name in ("reruns", "manyshot"):
+        shutil.copyfile(DATA / f"authors_{name}.csv", tables_dir / f"authors_{name}.csv")
+    page = render_page(tables_dir, tmp_path / "report")
+    assert '<small class="reruns">[19.6–88.4]</small>' in page and "[70.8–71.3]" in page
+    # Marked: dtd only (+2.7, outside 70.8–71.28); svhn's −8.2 lies within the authors' own runs.
+    assert page.count('<td class="off">') == 1
+    assert "exceeds 1.0 points <em>and</em> our number lies outside" in page
+    assert "2 of the authors' 2 numbers here come from finals they ran more than" in page
+    assert "81.33–82.54 (2 runs)" in page  # the many-shot table: CIFAR-100 500, LoRA r=1
+    assert "vtab: 2 datasets × 1 method," in page
+    assert "best-evaluation val top-1</td>" in page and "55.5" in page
+    assert "last-epoch" not in page
+
+
 # --- the tiny study's report, built by the pipeline and opened in a browser ---------------------------------------
 
 
