@@ -328,7 +328,10 @@ def test_a_partial_study_renders_and_says_what_is_not_computed_yet(tmp_path: Pat
     assert "<img" not in page
 
 
-def test_the_page_shows_the_authors_reruns_states_the_rule_and_names_the_metric(tmp_path: Path):
+@pytest.fixture(scope="module")
+def reruns_page(tmp_path_factory) -> Path:
+    """A page of two VTAB tasks of one method beside the authors' numbers and reruns, selected on val_best_top1."""
+    tmp_path = tmp_path_factory.mktemp("reruns-page")
     tables_dir = tmp_path / "tables"
     tables_dir.mkdir()
     authors = tables.read_authors(DATA / "authors_vtab1k.csv")
@@ -346,7 +349,12 @@ def test_the_page_shows_the_authors_reruns_states_the_rule_and_names_the_metric(
         frame.to_csv(tables_dir / f"{name}.csv", index=False)
     for name in ("reruns", "manyshot"):
         shutil.copyfile(DATA / f"authors_{name}.csv", tables_dir / f"authors_{name}.csv")
-    page = render_page(tables_dir, tmp_path / "report")
+    render_page(tables_dir, tmp_path / "report")
+    return tmp_path / "report" / "index.html"
+
+
+def test_the_page_shows_the_authors_reruns_states_the_rule_and_names_the_metric(reruns_page: Path):
+    page = reruns_page.read_text()
     assert '<small class="reruns">[19.6–88.4]</small>' in page and "[70.8–71.3]" in page
     # Marked: dtd only (+2.7, outside 70.8–71.28); svhn's −8.2 lies within the authors' own runs.
     assert page.count('<td class="off">') == 1
@@ -356,6 +364,19 @@ def test_the_page_shows_the_authors_reruns_states_the_rule_and_names_the_metric(
     assert "vtab: 2 datasets × 1 method," in page
     assert "best-evaluation val top-1</td>" in page and "55.5" in page
     assert "last-epoch" not in page
+
+
+@pytest.mark.slow
+def test_a_marked_difference_is_red_in_the_browser_and_the_others_are_not(reruns_page: Path):
+    with browser() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = chromium.new_page()
+        page.goto(reruns_page.as_uri(), wait_until="load")
+        colours = page.eval_on_selector_all(
+            "#acc-vtab tr.task .diff", "els => els.map(e => [e.textContent, getComputedStyle(e).color])"
+        )
+        chromium.close()
+    assert sorted(colours) == [["+2.7", "rgb(187, 0, 0)"], ["-8.2", "rgb(102, 102, 102)"]]
 
 
 # --- the tiny study's report, built by the pipeline and opened in a browser ---------------------------------------
