@@ -347,9 +347,14 @@ def run(args: argparse.Namespace) -> None:
             section: [figure(p, experiments) for p in pngs if p.stem.partition("__")[0] in kinds]
             for section, kinds in SECTIONS.items()
         }
-    authors_columns = ("authors_top1", "authors_low", "authors_high")
-    vtab = table(frames, "vtab", ("experiment", "group", "dataset", "method", "test_top1", *authors_columns))
-    means = table(frames, "group_means", ("experiment", "method", "group", "test_top1", *authors_columns))
+    vtab = table(
+        frames, "vtab", ("experiment", "group", "dataset", "method", "test_top1", "authors_top1", *RERUN_COLUMNS)
+    )
+    means = table(
+        frames,
+        "group_means",
+        ("experiment", "method", "group", "test_top1", "authors_top1", "authors_low", "authors_high"),
+    )
     tune = table(frames, "tune", ("experiment", "dataset", "method", "gp", "hp", "selected", "selection_metric"))
     ensembles = table(frames, "ensembles", ("experiment", "dataset", "members", "size", "top1", "best_member_top1"))
     full = ensembles[ensembles["size"] == ensembles.groupby(["experiment", "dataset"])["size"].transform("max")]

@@ -209,7 +209,7 @@ def vtab_table(
     ranges = (
         rerun_ranges(reruns[reruns["experiment"] == AUTHORS_VTAB]).set_index(["dataset", "method"])
         if reruns is not None
-        else pd.DataFrame(columns=["authors_runs", "authors_low", "authors_high"])
+        else pd.DataFrame(columns=list(RERUN_COLUMNS))
     )
     rows = []
     for name, exp in context["experiments"].items():
