@@ -207,5 +207,5 @@ def test_report_tables_are_written_beside_the_page(tiny):
     seed_ensembles = (root / "tables/seed_ensembles.csv").read_text().splitlines()
     assert len(seed_ensembles) == 1 + 2
     selected = json.loads((root / "vtab/count/lora/selected.json").read_text())
-    assert set(selected) == {"gp", "hp", "val_top1", "rule"}
+    assert set(selected) == {"gp", "hp", "metric", "score", "rule"} and selected["metric"] == "val_top1"
     assert Path(root / "report/figures.ipynb").exists()

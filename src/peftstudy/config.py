@@ -341,6 +341,7 @@ def report_context(config: Mapping[str, Any]) -> dict[str, Any]:
                 "seeds": exp["seeds"],
                 "head": exp["head"],
                 "tie_break": exp["selection"]["tie_break"],
+                "selection_metric": exp["selection"].get("metric", "val_top1"),
                 "recipe": {k: exp["recipe"][k] for k in REPORT_RECIPE_KEYS if k in exp["recipe"]},
                 "grid_points": {m: len(sizes[name, m]) for m in exp["methods"]},
             }

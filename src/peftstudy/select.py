@@ -31,6 +31,7 @@ SUMMARY_COLUMNS = (
 )
 
 
+# What each selection metric is, in the words of selected.json's rule and of the report.
 METRIC_WORDS = {"val_top1": "last-epoch val top-1", "val_best_top1": "best-evaluation val top-1"}
 
 
@@ -94,7 +95,13 @@ def run(args: argparse.Namespace) -> None:
     )
     write_json(
         args.out,
-        {"gp": best["gp"], "hp": best["hp"], "val_top1": best["metrics"][args.metric], "rule": rule},
+        {
+            "gp": best["gp"],
+            "hp": best["hp"],
+            "metric": args.metric,
+            "score": best["metrics"][args.metric],
+            "rule": rule,
+        },
         schema="selected",
     )
     with atomic_path(args.out_summary) as tmp, open(tmp, "w", newline="") as handle:

@@ -53,10 +53,13 @@ def group_of(dataset: str, context: dict[str, Any]) -> str:
 
 
 def tune_table(paths: list[str]) -> pd.DataFrame:
+    """Every tune run, marked where selected, with the metric its (experiment, dataset, method) selected on."""
     frames = []
     for path in paths:
         frame = pd.read_csv(path)
-        frame["selected"] = frame["gp"] == read_json(Path(path).with_name("selected.json"), schema="selected")["gp"]
+        selected = read_json(Path(path).with_name("selected.json"), schema="selected")
+        frame["selected"] = frame["gp"] == selected["gp"]
+        frame["selection_metric"] = selected["metric"]
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
@@ -139,6 +142,7 @@ def experiments_table(context: dict[str, Any]) -> pd.DataFrame:
                     "seeds": " ".join(map(str, exp["seeds"])),
                     "head": exp["head"],
                     "tie_break": exp["tie_break"],
+                    "selection_metric": exp["selection_metric"],
                     "robustness": name == context.get("robustness_experiment"),
                     **exp["recipe"],
                 }
@@ -172,6 +176,11 @@ def compute_table(benchmarks: list[str]) -> pd.DataFrame:
     )
 
 
+# The authors' experiment (tune_output/<name>) behind authors_vtab1k.csv, and what is known of its reruns.
+AUTHORS_VTAB = "default_vtab"
+RERUN_COLUMNS = ("authors_runs", "authors_low", "authors_high")
+
+
 def read_authors(path: str | Path) -> pd.DataFrame:
     """An authors_*.csv: its `#` lines name the source, the rest is the table."""
     return pd.read_csv(path, comment="#")
@@ -183,10 +192,25 @@ def authors_top1(authors: pd.DataFrame | None, dataset: str, method: str) -> flo
     return float(authors.loc[authors["method"] == method, dataset].iloc[0])
 
 
-def vtab_table(results: pd.DataFrame, context: dict[str, Any], authors: pd.DataFrame | None) -> pd.DataFrame:
+def rerun_ranges(reruns: pd.DataFrame) -> pd.DataFrame:
+    """authors_reruns.csv with each final's runs (space-separated test top-1) as their number, lowest and highest."""
+    runs = reruns["test_top1"].astype(str).str.split().map(lambda values: [float(v) for v in values])
+    return reruns.drop(columns="test_top1").assign(
+        authors_runs=runs.map(len), authors_low=runs.map(min), authors_high=runs.map(max)
+    )
+
+
+def vtab_table(
+    results: pd.DataFrame, context: dict[str, Any], authors: pd.DataFrame | None, reruns: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Every planned (experiment, dataset, method), ours (NaN while missing) beside the authors' (NaN where they
-    have none: a non-VTAB dataset or method) and the difference."""
+    have none: a non-VTAB dataset or method), the range of their reruns of that final, and the difference."""
     ours = results.set_index(["experiment", "dataset", "method"]) if len(results) else None
+    ranges = (
+        rerun_ranges(reruns[reruns["experiment"] == AUTHORS_VTAB]).set_index(["dataset", "method"])
+        if reruns is not None
+        else pd.DataFrame(columns=list(RERUN_COLUMNS))
+    )
     rows = []
     for name, exp in context["experiments"].items():
         for dataset in exp["datasets"]:
@@ -196,6 +220,7 @@ def vtab_table(results: pd.DataFrame, context: dict[str, Any], authors: pd.DataF
                 row = ours.loc[key] if have else None
                 mine = float(row["test_top1"]) if have else math.nan
                 theirs = authors_top1(authors, dataset, method)
+                spread = ranges.loc[(dataset, method)] if (dataset, method) in ranges.index else None
                 rows.append(
                     {
                         "experiment": name,
@@ -207,11 +232,15 @@ def vtab_table(results: pd.DataFrame, context: dict[str, Any], authors: pd.DataF
                         "seeds": int(row["seeds"]) if have else 0,
                         "trainable_params": int(row["trainable_params"]) if have else math.nan,
                         "authors_top1": theirs,
+                        **{
+                            column: math.nan if math.isnan(theirs) or spread is None else float(spread[column])
+                            for column in RERUN_COLUMNS
+                        },
                         "diff": mine - theirs,
                     }
                 )
     columns = ["experiment", "group", "dataset", "method", "test_top1", "test_top1_std", "seeds"]
-    return pd.DataFrame(rows, columns=[*columns, "trainable_params", "authors_top1", "diff"])
+    return pd.DataFrame(rows, columns=[*columns, "trainable_params", "authors_top1", *RERUN_COLUMNS, "diff"])
 
 
 SELECTION_COLUMNS = [
@@ -267,23 +296,20 @@ def _mean(values: pd.Series) -> float:
 
 def group_means(vtab: pd.DataFrame) -> pd.DataFrame:
     """Per (experiment, method): each group's mean, the mean over tasks and the mean over the group means,
-    ours and the authors' over the same tasks (STUDY.md C.7: which overall mean the paper uses is unknown)."""
+    ours and the authors' over the same tasks (STUDY.md C.7: which overall mean the paper uses is unknown), with
+    the range the authors' mean spans over their reruns (the mean of the lowest runs to that of the highest)."""
+    values = ("test_top1", "authors_top1", "authors_low", "authors_high")
     rows = []
     for (experiment, method), frame in vtab.groupby(["experiment", "method"], sort=False):
-        groups = list(dict.fromkeys(frame["group"]))
-        means = {}
-        for group in groups:
-            part = frame[frame["group"] == group]
-            means[group] = (_mean(part["test_top1"]), _mean(part["authors_top1"]), len(part))
-        ours_groups = pd.Series([m[0] for m in means.values()])
-        theirs_groups = pd.Series([m[1] for m in means.values()])
-        means[MEAN_TASKS] = (_mean(frame["test_top1"]), _mean(frame["authors_top1"]), len(frame))
-        means[MEAN_GROUPS] = (_mean(ours_groups), _mean(theirs_groups), len(frame))
-        for group, (ours, theirs, n) in means.items():
+        groups = {group: frame[frame["group"] == group] for group in dict.fromkeys(frame["group"])}
+        per_group = {group: ({v: _mean(part[v]) for v in values}, len(part)) for group, part in groups.items()}
+        over_groups = {v: _mean(pd.Series([m[v] for m, _ in per_group.values()])) for v in values}
+        over_tasks = {v: _mean(frame[v]) for v in values}
+        means = {**per_group, MEAN_TASKS: (over_tasks, len(frame)), MEAN_GROUPS: (over_groups, len(frame))}
+        for group, (m, n) in means.items():
             row = {"experiment": experiment, "method": method, "group": group, "tasks": n}
-            rows.append({**row, "test_top1": ours, "authors_top1": theirs, "diff": ours - theirs})
-    columns = ["experiment", "method", "group", "tasks", "test_top1", "authors_top1", "diff"]
-    return pd.DataFrame(rows, columns=columns)
+            rows.append({**row, **m, "diff": m["test_top1"] - m["authors_top1"]})
+    return pd.DataFrame(rows, columns=["experiment", "method", "group", "tasks", *values, "diff"])
 
 
 DATASET_KEY = ["experiment", "dataset"]
@@ -375,7 +401,8 @@ def run(args: argparse.Namespace) -> None:
     results = results_table(finals).assign(study=args.study, config_hash=args.config_hash)
     authors = {Path(p).stem: p for p in args.authors}
     vtab1k = read_authors(authors["authors_vtab1k"]) if "authors_vtab1k" in authors else None
-    vtab = vtab_table(results, context, vtab1k)
+    reruns = read_authors(authors["authors_reruns"]) if "authors_reruns" in authors else None
+    vtab = vtab_table(results, context, vtab1k, reruns)
     choices = read_authors(authors["authors_vtab1k_selection"]) if "authors_vtab1k_selection" in authors else None
     tune = tune_table(args.tune)
     ood, wise = robustness_tables(args.robustness)
