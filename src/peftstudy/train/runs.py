@@ -170,9 +170,10 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
     )
     logits, score = latest[0] if latest and recipe.keep == "last" else held_out_scores()
     trainable_params, head_params = count(model, trainable)
-    diverged = result.diverged or not np.isfinite(score["loss"])
+    reason = result.divergence or (None if np.isfinite(score["loss"]) else f"non-finite {split} logits")
     metrics = {
-        "status": "diverged" if diverged else "ok",
+        "status": "diverged" if reason else "ok",
+        "divergence": {"rule": recipe.divergence, "reason": reason},
         "phase": phase,
         "experiment": args.experiment,
         "dataset": args.dataset,
