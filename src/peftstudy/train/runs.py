@@ -86,6 +86,11 @@ class Session:
         self.recipe = Recipe(**args.recipe)
         self.bf16 = bf16_on(self.recipe, self.device)
         self.train = load_npz(args.train)
+        if len(self.train["labels"]) < self.recipe.batch_size:  # before any model is built
+            raise ValueError(
+                f"{args.train}: {len(self.train['labels'])} training images of {args.dataset} are fewer than one "
+                f"batch: lower experiments.{args.experiment}.recipe.batch_size ({self.recipe.batch_size})"
+            )
         self._held_out_path = held_out
         self._held_out: dict[str, Any] | None = None
         self._inputs: dict[str, Images] = {}
