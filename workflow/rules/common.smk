@@ -2,9 +2,8 @@ import json
 import os
 import re
 
-from snakemake.utils import validate
-
 from peftstudy import config as study
+from peftstudy import io as study_io
 from peftstudy import methods as method_registry
 from peftstudy.results import Layout
 
@@ -13,7 +12,7 @@ if "include" in config:
     composed = study.compose(config)
     config.clear()
     config.update(composed)
-validate(config, schema="../schemas/config.schema.yaml")
+study_io.validate_config(config)  # the key path first, not the whole schema
 study.check(config)
 
 LAYOUT = Layout(config)
