@@ -228,7 +228,7 @@ def vtab_table(results: pd.DataFrame, context: dict[str, Any], authors: pd.DataF
                         "group": group_of(dataset, context),
                         "dataset": dataset,
                         "method": method,
-                        "status": row["status"] if have else "missing",
+                        "status": row.get("status", "ok") if have else "missing",
                         "test_top1": mine,
                         "test_top1_std": float(row["test_top1_std"]) if have else math.nan,
                         "seeds": int(row["seeds"]) if have else 0,
