@@ -108,7 +108,7 @@ RUN_KEY = ["experiment", "dataset", "method"]
 def results_table(finals: pd.DataFrame, diverged: list[tuple[str, str, str]] = ()) -> pd.DataFrame:
     """Mean and std of test top-1 over seeds per (experiment, dataset, method); a run whose every grid point
     diverged is a row of its own, status all-diverged and no score."""
-    columns = [*RUN_KEY, "status", "test_top1", "test_top1_std", "seeds", "trainable_params", "gp"]
+    columns = [*RUN_KEY, "test_top1", "test_top1_std", "seeds", "trainable_params", "gp", "status"]
     done = (
         finals.groupby(RUN_KEY, sort=True)
         .agg(
@@ -123,7 +123,7 @@ def results_table(finals: pd.DataFrame, diverged: list[tuple[str, str, str]] = (
         if len(finals)
         else pd.DataFrame(columns=columns)
     )
-    failed = pd.DataFrame([(*key, ALL_DIVERGED, math.nan, math.nan, 0) for key in diverged], columns=columns[:7])
+    failed = pd.DataFrame([dict(zip(RUN_KEY, key, strict=True), seeds=0, status=ALL_DIVERGED) for key in diverged])
     frames = [f for f in (done[columns], failed.reindex(columns=columns)) if len(f)]
     merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     return merged.sort_values(RUN_KEY, ignore_index=True)
@@ -237,8 +237,8 @@ def vtab_table(results: pd.DataFrame, context: dict[str, Any], authors: pd.DataF
                         "diff": mine - theirs,
                     }
                 )
-    columns = ["experiment", "group", "dataset", "method", "status", "test_top1", "test_top1_std", "seeds"]
-    return pd.DataFrame(rows, columns=[*columns, "trainable_params", "authors_top1", "diff"])
+    columns = ["experiment", "group", "dataset", "method", "test_top1", "test_top1_std", "seeds"]
+    return pd.DataFrame(rows, columns=[*columns, "trainable_params", "authors_top1", "diff", "status"])
 
 
 def _mean(values: pd.Series) -> float:
