@@ -197,7 +197,11 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_stage("peftstudy.select:run"))
 
     p = sub.add_parser("collect", help="record the selected finals of one (experiment, dataset, method)")
-    p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of each seed's final run")
+    p.add_argument("--selected", required=True, help="selected.json")
+    p.add_argument("--metrics", nargs="*", default=[], help="each seed's final metrics.json (none: all diverged)")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--method", required=True)
     p.add_argument("--out", required=True, help="final.json")
     p.set_defaults(func=_stage("peftstudy.collect:run"))
 

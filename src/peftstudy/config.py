@@ -203,6 +203,23 @@ def datasets_from(config: Mapping[str, Any], *sources: str) -> list[str]:
     return [name for name, spec in config["datasets"].items() if spec["source"] in sources]
 
 
+def _check_batch_sizes(config: Mapping[str, Any]) -> None:
+    """A batch no larger than the training split, where the config gives its size (synthetic datasets): the
+    loop drops the last partial batch, so a larger one leaves an epoch with no step. Other datasets are
+    checked when their run starts (runs.Session)."""
+    datasets = config["datasets"]
+    for exp_name, exp in config["experiments"].items():
+        batch = exp["recipe"]["batch_size"]
+        for name in exp["datasets"]:
+            for tuned in (name, *datasets.get(name, {}).get("folds", [])):
+                train = datasets.get(tuned, {}).get("train")
+                if train is not None and 0 < train < batch:
+                    raise ConfigError(
+                        f"experiments.{exp_name}.recipe.batch_size {batch} is larger than the {train} training "
+                        f"images of datasets.{tuned}.train: lower the batch size or raise the train size"
+                    )
+
+
 def check(config: Mapping[str, Any]) -> None:
     """Cross-references: every dataset and method an experiment names exists; every grid key is taken."""
     from peftstudy import methods
@@ -210,6 +227,7 @@ def check(config: Mapping[str, Any]) -> None:
     known_methods = methods.names()
     datasets = config["datasets"]
     _check_sources(config)
+    _check_batch_sizes(config)
     for exp_name, exp in config["experiments"].items():
         for i, name in enumerate(exp["datasets"]):
             if name not in datasets:

@@ -72,6 +72,7 @@ rule collect:
     """Record the selected finals of one (experiment, dataset, method), with their checksums."""
     input:
         get_selected_finals,
+        selected=f"{R}/{{experiment}}/{{dataset}}/{{method}}/selected.json",
     output:
         record=report(
             f"{R}/{{experiment}}/{{dataset}}/{{method}}/final.json",
@@ -86,4 +87,6 @@ rule collect:
     params:
         metrics=lambda wc, input: [p for p in input if p.endswith("metrics.json")],
     shell:
-        "peftstudy collect --metrics {params.metrics} --out {output.record} > {log} 2>&1"
+        "peftstudy collect --selected {input.selected} --metrics {params.metrics} --out {output.record}"
+        " --experiment {wildcards.experiment} --dataset {wildcards.dataset} --method {wildcards.method}"
+        " > {log} 2>&1"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -112,6 +113,22 @@ def positive_int(owner: str, key: str, value: Any) -> None:
     """The check every method Config makes of its sizes (rank, tokens): a positive integer, or a clear error."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{owner}: {key} must be a positive integer, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def positive_number(owner: str, key: str, value: Any) -> None:
+    """A multiplier (scale, alpha): a finite number > 0 (0 would switch the method off), or a clear error."""
+    if not _is_number(value) or value <= 0:
+        raise ValueError(f"{owner}: {key} must be a number > 0, got {value!r}")
+
+
+def fraction(owner: str, key: str, value: Any) -> None:
+    """A dropout rate: a number in [0, 1), or a clear error."""
+    if not _is_number(value) or not 0 <= value < 1:
+        raise ValueError(f"{owner}: {key} must be a number in [0, 1), got {value!r}")
 
 
 def head_names(model: nn.Module) -> list[str]:

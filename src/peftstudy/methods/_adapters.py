@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peftstudy.methods import positive_int
+from peftstudy.methods import fraction, positive_int, positive_number
 
 INITS = ("houlsby", "lora", "kaiming")
 VARIANTS = ("authors", "original")
@@ -29,6 +29,8 @@ class SequentialConfig:
 
     def __post_init__(self) -> None:
         positive_int("adapter", "r", self.r)
+        positive_number("adapter", "scale", self.scale)
+        fraction("adapter", "dropout", self.dropout)
         if self.variant not in VARIANTS:
             raise ValueError(f"adapter: variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
 

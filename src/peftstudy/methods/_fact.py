@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peftstudy.methods import positive_int
+from peftstudy.methods import fraction, positive_int, positive_number
 
 # Cores per block, in the order the d x (12 * depth) factor matrix of FacT-TK assigns its columns.
 CORES = ("q", "k", "v", "o", *(f"fc1_{c}" for c in range(4)), *(f"fc2_{c}" for c in range(4)))
@@ -29,6 +29,8 @@ class Config:
 
     def __post_init__(self) -> None:
         positive_int("fact", "d", self.d)
+        positive_number("fact", "scale", self.scale)
+        fraction("fact", "dropout", self.dropout)
 
 
 class FacT(nn.Module):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from peftstudy.methods import positive_int, register
+from peftstudy.methods import fraction, positive_int, positive_number, register
 from peftstudy.methods._adapters import Adapter, Parallel
 
 
@@ -23,6 +23,8 @@ class Config:
 
     def __post_init__(self) -> None:
         positive_int("adaptformer", "r", self.r)
+        positive_number("adaptformer", "scale", self.scale)
+        fraction("adaptformer", "dropout", self.dropout)
 
 
 def inject(model: nn.Module, cfg: Config) -> list[str]:

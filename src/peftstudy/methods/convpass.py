@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peftstudy.methods import positive_int, register
+from peftstudy.methods import fraction, positive_int, positive_number, register
 from peftstudy.methods._adapters import Parallel
 
 CONV_INITS = ("xavier", "identity")
@@ -38,6 +38,8 @@ class Config:
 
     def __post_init__(self) -> None:
         positive_int("convpass", "r", self.r)
+        positive_number("convpass", "scale", self.scale)
+        fraction("convpass", "dropout", self.dropout)
         if self.conv_init not in CONV_INITS:
             raise ValueError(f"convpass: conv_init {self.conv_init!r}; use one of {', '.join(CONV_INITS)}")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peftstudy.methods import positive_int, register
+from peftstudy.methods import fraction, positive_int, positive_number, register
 
 VARIANTS = ("authors", "original")
 
@@ -30,10 +30,11 @@ class Config:
 
     def __post_init__(self) -> None:
         positive_int("lora", "r", self.r)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora: dropout must be in [0, 1), got {self.dropout!r}")
+        fraction("lora", "dropout", self.dropout)
         if self.variant not in VARIANTS:
             raise ValueError(f"lora: variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
+        if self.alpha is not None:
+            positive_number("lora", "alpha", self.alpha)
         if self.alpha is not None and self.variant == "authors":
             raise ValueError("lora: alpha applies to the original variant only (the authors' LoRA has no scaling)")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peftstudy.methods import positive_int, register
+from peftstudy.methods import fraction, positive_int, positive_number, register
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class Config:
 
     def __post_init__(self) -> None:
         positive_int("repadapter", "r", self.r)
+        positive_number("repadapter", "scale", self.scale)
+        fraction("repadapter", "dropout", self.dropout)
         positive_int("repadapter", "groups", self.groups)
         if self.r % self.groups:
             raise ValueError(f"repadapter: r must be a multiple of groups ({self.groups}), got {self.r!r}")

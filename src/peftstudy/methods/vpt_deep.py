@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from peftstudy.methods import positive_int, register
+from peftstudy.methods import fraction, positive_int, register
 from peftstudy.methods._prompts import attach
 
 
@@ -20,6 +20,7 @@ class Config:
 
     def __post_init__(self) -> None:
         positive_int("vpt_deep", "num_tokens", self.num_tokens)
+        fraction("vpt_deep", "dropout", self.dropout)
 
 
 def inject(model: nn.Module, cfg: Config) -> list[str]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from peftstudy.methods import positive_int, register
+from peftstudy.methods import fraction, positive_int, register
 from peftstudy.methods._prompts import attach
 
 VARIANTS = ("authors", "original")
@@ -24,6 +24,7 @@ class Config:
 
     def __post_init__(self) -> None:
         positive_int("vpt_shallow", "num_tokens", self.num_tokens)
+        fraction("vpt_shallow", "dropout", self.dropout)
         if self.variant not in VARIANTS:
             raise ValueError(f"vpt_shallow: variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
 

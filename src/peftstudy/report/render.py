@@ -185,6 +185,13 @@ def rerun_summary(frame: pd.DataFrame, tolerance: float) -> dict[str, Any]:
     }
 
 
+def _all_diverged(by_method: pd.DataFrame, method: str) -> dict[str, Any]:
+    """A cell whose every grid point diverged says so, instead of the dash of a result still to come."""
+    if by_method.get("status", pd.Series(dtype=str)).get(method) != "all-diverged":
+        return {}
+    return {"ours": "all diverged", "diverged": True, "missing": False}
+
+
 def accuracy_tables(vtab: pd.DataFrame, means: pd.DataFrame, tolerance: float) -> list[dict[str, Any]]:
     """Per experiment: rows of tasks, grouped, each group followed by its mean; the two overall means; the
     trainable parameters. Columns are the methods in config order."""
@@ -196,7 +203,13 @@ def accuracy_tables(vtab: pd.DataFrame, means: pd.DataFrame, tolerance: float) -
         for group, part in frame.groupby("group", sort=False):
             for dataset, cells in part.groupby("dataset", sort=False):
                 by = cells.set_index("method")
-                rows.append({"label": dataset, "kind": "task", "cells": [_cells(by, x, tolerance) for x in methods]})
+                rows.append(
+                    {
+                        "label": dataset,
+                        "kind": "task",
+                        "cells": [_cells(by, x, tolerance) | _all_diverged(by, x) for x in methods],
+                    }
+                )
             rows.append(_mean_row(m, group, f"{group} ({part['dataset'].nunique()})", methods, tolerance))
         for label in ("mean over tasks", "mean over groups"):
             rows.append(_mean_row(m, label, label, methods, tolerance))
@@ -264,7 +277,8 @@ def summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     compute = table(frames, "compute", ("phase", "seconds", "cpu_seconds"))
     vtab = table(frames, "vtab", ("experiment", "dataset", "method", "test_top1"))
     planned_tune = int((experiments["datasets"] * experiments["grid_points"]).sum()) if len(experiments) else 0
-    missing = vtab[vtab["test_top1"].isna()]
+    diverged = vtab["status"] == "all-diverged" if "status" in vtab else pd.Series(False, index=vtab.index)
+    missing = vtab[vtab["test_top1"].isna() & ~diverged]
     return {
         "study": results["study"].iloc[0] if len(results) else NOT_COMPUTED,
         "config_hash": results["config_hash"].iloc[0] if len(results) else NOT_COMPUTED,
@@ -295,6 +309,7 @@ def summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
         ],
         "finals": len(final),
         "missing": [f"{r.experiment}/{r.dataset}/{r.method}" for r in missing.itertuples()],
+        "all_diverged": [f"{r.experiment}/{r.dataset}/{r.method}" for r in vtab[diverged].itertuples()],
         "devices": sorted(final["device"].astype(str).unique()),
         "hosts": sorted(final.get("host", pd.Series(dtype=str)).astype(str).unique()),
         "compute": [

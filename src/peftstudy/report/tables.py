@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from peftstudy.io import atomic_path, read_json
+from peftstudy.select import ALL_DIVERGED
 
 ANALYSIS_PATH = re.compile(r"(?P<experiment>[^/]+)/(?P<dataset>[^/]+)/analysis/(?P<kind>ensembles|agreement)\.json$")
 # Where each training job's benchmark.tsv lies (DESIGN.md §4): tune/<gp or pack>/, final/<gp>/<seed or seeds>/.
@@ -58,10 +59,20 @@ def tune_table(paths: list[str]) -> pd.DataFrame:
     for path in paths:
         frame = pd.read_csv(path)
         selected = read_json(Path(path).with_name("selected.json"), schema="selected")
-        frame["selected"] = frame["gp"] == selected["gp"]
-        frame["selection_metric"] = selected["metric"]
+        frame["selected"] = frame["gp"] == selected.get("gp")  # no gp: every point diverged
+        frame["selection_metric"] = selected.get("metric", "")
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def all_diverged(records: list[str]) -> list[tuple[str, str, str]]:
+    """The (experiment, dataset, method) runs whose every grid point diverged (final.json says so)."""
+    found = []
+    for path in records:
+        record = read_json(path, schema="final")
+        if record.get("status") == ALL_DIVERGED:
+            found.append((record["experiment"], record["dataset"], record["method"]))
+    return found
 
 
 def final_table(records: list[str]) -> pd.DataFrame:
@@ -94,16 +105,31 @@ def final_table(records: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def results_table(finals: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std of test top-1 over seeds per (experiment, dataset, method)."""
-    grouped = finals.groupby(["experiment", "dataset", "method"], sort=True)
-    return grouped.agg(
-        test_top1=("test_top1", "mean"),
-        test_top1_std=("test_top1", "std"),
-        seeds=("seed", "count"),
-        trainable_params=("trainable_params", "first"),
-        gp=("gp", "first"),
-    ).reset_index()
+RUN_KEY = ["experiment", "dataset", "method"]
+
+
+def results_table(finals: pd.DataFrame, diverged: list[tuple[str, str, str]] = ()) -> pd.DataFrame:
+    """Mean and std of test top-1 over seeds per (experiment, dataset, method); a run whose every grid point
+    diverged is a row of its own, status all-diverged and no score."""
+    columns = [*RUN_KEY, "test_top1", "test_top1_std", "seeds", "trainable_params", "gp", "status"]
+    done = (
+        finals.groupby(RUN_KEY, sort=True)
+        .agg(
+            test_top1=("test_top1", "mean"),
+            test_top1_std=("test_top1", "std"),
+            seeds=("seed", "count"),
+            trainable_params=("trainable_params", "first"),
+            gp=("gp", "first"),
+        )
+        .reset_index()
+        .assign(status="ok")
+        if len(finals)
+        else pd.DataFrame(columns=columns)
+    )
+    failed = pd.DataFrame([dict(zip(RUN_KEY, key, strict=True), seeds=0, status=ALL_DIVERGED) for key in diverged])
+    frames = [f for f in (done[columns], failed.reindex(columns=columns)) if len(f)]
+    merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return merged.sort_values(RUN_KEY, ignore_index=True)
 
 
 def datasets_table(context: dict[str, Any], manifests: list[str]) -> pd.DataFrame:
@@ -227,10 +253,11 @@ def vtab_table(
                         "group": group_of(dataset, context),
                         "dataset": dataset,
                         "method": method,
+                        "status": row.get("status", "ok") if have else "missing",
                         "test_top1": mine,
                         "test_top1_std": float(row["test_top1_std"]) if have else math.nan,
                         "seeds": int(row["seeds"]) if have else 0,
-                        "trainable_params": int(row["trainable_params"]) if have else math.nan,
+                        "trainable_params": int(row["trainable_params"]) if have and row["seeds"] else math.nan,
                         "authors_top1": theirs,
                         **{
                             column: math.nan if math.isnan(theirs) or spread is None else float(spread[column])
@@ -240,7 +267,7 @@ def vtab_table(
                     }
                 )
     columns = ["experiment", "group", "dataset", "method", "test_top1", "test_top1_std", "seeds"]
-    return pd.DataFrame(rows, columns=[*columns, "trainable_params", "authors_top1", *RERUN_COLUMNS, "diff"])
+    return pd.DataFrame(rows, columns=[*columns, "trainable_params", "authors_top1", *RERUN_COLUMNS, "diff", "status"])
 
 
 SELECTION_COLUMNS = [
@@ -360,10 +387,13 @@ def analysis_tables(paths: list[str]) -> dict[str, pd.DataFrame]:
 
 
 def robustness_tables(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ID/OOD accuracy and WiSE curves; a method whose every grid point diverged has neither (results says so)."""
     ood, wise = [], []
     for path in paths:
         if path.endswith("ood.json"):
             d = read_json(path, schema="ood")
+            if d.get("status") == ALL_DIVERGED:
+                continue
             ood.append({"method": d["method"], "set": d["id_set"], "kind": "id", "top1": d["id"]})
             ood += [{"method": d["method"], "set": k, "kind": "ood", "top1": v} for k, v in d["ood"].items()]
         else:
@@ -398,7 +428,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
     context = json.loads(args.context)
     finals = final_table(args.finals)
-    results = results_table(finals).assign(study=args.study, config_hash=args.config_hash)
+    results = results_table(finals, all_diverged(args.finals)).assign(study=args.study, config_hash=args.config_hash)
     authors = {Path(p).stem: p for p in args.authors}
     vtab1k = read_authors(authors["authors_vtab1k"]) if "authors_vtab1k" in authors else None
     reruns = read_authors(authors["authors_reruns"]) if "authors_reruns" in authors else None
