@@ -93,15 +93,15 @@ def test_packs_chunk_each_grid_in_grid_order():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"thredas": 2}, "Additional properties are not allowed ('thredas' was unexpected)"),
-        ({"threads": "two"}, "'two' is not of type 'integer'"),
+        ({"thredas": 2}, "config: thredas: unknown key (did you mean `threads`?)"),
+        ({"threads": "two"}, "config: threads: 'two' is not of type 'integer'"),
         (
             {"experiments": {"vtab": {"methods": ["lorra"]}}},
             f"unknown method 'lorra'; known: {KNOWN}",
         ),
         (
             {"experiments": {"vtab": {"recipe": {"epochs": 8, "batch_size": 32, "lr_stpe": "x"}}}},
-            "'lr_stpe' was unexpected",
+            "config: experiments.vtab.recipe.lr_stpe: unknown key (did you mean `lr_step`?)",
         ),
     ],
 )

@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import io
 import os
+import shutil
 import tarfile
 import threading
 import zipfile
@@ -16,9 +17,9 @@ import numpy as np
 import pytest
 from conftest import jobs, tiny_config
 
-from peftstudy.data import layout, synthetic
+from peftstudy.data import fetch, layout, synthetic
 from peftstudy.data.fetch import FetchError, download, extract
-from peftstudy.io import read_json
+from peftstudy.io import read_json, validate
 
 
 class Server:
@@ -28,6 +29,7 @@ class Server:
         self.files: dict[str, bytes] = {}
         self.cut: int | None = None  # bytes to send before dropping the connection, once
         self.ranges = True
+        self.range_start: int | None = None  # a 206 from this offset whatever was asked (a broken server)
         self.requests: list[dict[str, str]] = []
         server = self
 
@@ -42,6 +44,7 @@ class Server:
                 rng = self.headers.get("Range")
                 if rng and server.ranges:
                     start = int(rng.removeprefix("bytes=").rstrip("-"))
+                    start = start if server.range_start is None else server.range_start
                     if start >= len(data):
                         self.send_error(416)
                         return
@@ -125,6 +128,42 @@ def test_a_missing_url_or_local_file_says_so(server, tmp_path):
         download(str(tmp_path / "absent"), tmp_path / "x", None)
 
 
+def test_an_unpinned_download_fails_with_its_sum_and_the_line_to_pin_and_is_not_fetched_again(server, tmp_path):
+    server.files["w.bin"] = PAYLOAD
+    dest = tmp_path / "w.bin"
+    with pytest.raises(FetchError) as err:
+        download(server.url("w.bin"), dest, None, config_key="archives.w")
+    message = str(err.value)
+    assert f"archives.w.sha256: {sha(PAYLOAD)}" in message and "allow_unpinned: true" in message
+    assert not dest.exists()
+    asked = len(server.requests)
+    assert download(server.url("w.bin"), dest, sha(PAYLOAD)) == sha(PAYLOAD)  # pinned now: the kept download
+    assert server.requests[asked]["Range"] == f"bytes={len(PAYLOAD)}-"  # answered 416: nothing sent again
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_an_unpinned_download_is_accepted_only_when_allowed(server, tmp_path):
+    server.files["w.bin"] = PAYLOAD
+    assert download(server.url("w.bin"), tmp_path / "w.bin", None, allow_unpinned=True) == sha(PAYLOAD)
+    assert (tmp_path / "w.bin").read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize("server_kind", ["ignores Range", "answers another range"])
+def test_a_resumed_download_is_never_spliced(server, tmp_path, server_kind):
+    """Unpinned (no sum to catch it): a 200 to a ranged request, or a 206 from elsewhere than asked, restarts."""
+    server.files["w.bin"] = PAYLOAD
+    server.cut = 1 << 20
+    dest = tmp_path / "w.bin"
+    with pytest.raises(FetchError, match="run again to resume"):
+        download(server.url("w.bin"), dest, None, allow_unpinned=True)
+    if server_kind == "ignores Range":
+        server.ranges = False
+    else:
+        server.range_start = 0
+    assert download(server.url("w.bin"), dest, None, allow_unpinned=True) == sha(PAYLOAD)
+    assert dest.read_bytes() == PAYLOAD
+
+
 def tar_bytes(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
@@ -168,12 +207,63 @@ def test_zip_traversal_is_refused_and_a_good_zip_extracts(tmp_path):
     assert (tmp_path / "out/d/x.txt").read_text() == "x"
 
 
-def test_a_truncated_archive_is_an_error_naming_it(tmp_path):
-    archive = tmp_path / "t.tar.gz"
-    archive.write_bytes(tar_bytes({"a.txt": os.urandom(100_000)})[:500])
-    with pytest.raises((FetchError, tarfile.TarError, EOFError)):
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_a_truncated_archive_is_named_and_removed_so_a_rerun_fetches_it_afresh(tmp_path, kind):
+    payload = {"a.txt": os.urandom(100_000), "b.txt": os.urandom(100_000)}
+    archive = tmp_path / f"t.{kind}"
+    whole = tar_bytes(payload) if kind == "tar.gz" else zip_bytes(payload)
+    archive.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(FetchError) as err:
         extract(archive, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    assert f"{archive}: truncated or corrupt" in str(err.value) and "removed: run again" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_archive_of_dot_slash_members_extracts(tmp_path):
+    """`tar -C dir .` makes members `./`, `./a.txt`: common, and `./` has no parts."""
+    (tmp_path / "made/sub").mkdir(parents=True)
+    (tmp_path / "made/sub/a.txt").write_text("a")
+    archive = tmp_path / "dot.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(tmp_path / "made", arcname=".")
+    with tarfile.open(archive) as tf:
+        assert tf.getnames()[0] == "."
+    extract(archive, tmp_path / "out")
+    assert (tmp_path / "out/sub/a.txt").read_text() == "a"
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_an_archive_unpacking_to_more_than_its_limit_is_refused_before_writing(tmp_path):
+    bomb = tmp_path / "bomb.zip"
+    bomb.write_bytes(zip_bytes({f"{i}.bin": bytes(1 << 20) for i in range(4)}))  # 4 MiB of zeros in ~4 KB
+    assert bomb.stat().st_size < 20_000
+    with pytest.raises(FetchError) as err:
+        extract(bomb, tmp_path / "out", max_bytes=1 << 20, config_key="archives.bomb")
+    message = str(err.value)
+    assert "unpacks to 4.2 MB" in message and "limit of 1.0 MB" in message and "free on" in message
+    assert "raise archives.bomb.max_unpacked_gb" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.zip"]
+    extract(bomb, tmp_path / "out", max_bytes=8 << 20)  # under the limit: unpacked
+    assert (tmp_path / "out/3.bin").stat().st_size == 1 << 20
+
+
+def test_an_archive_larger_than_the_free_space_is_refused_before_writing(tmp_path, monkeypatch):
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(tar_bytes({"a.bin": bytes(1 << 20)}))
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(fetch.shutil, "disk_usage", lambda path: usage._replace(free=100_000))
+    with pytest.raises(FetchError) as err:
+        extract(archive, tmp_path / "out")
+    message = str(err.value)
+    assert "unpacks to 1.0 MB" in message and f"0.1 MB free on {tmp_path}" in message and "limit" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.gz"]
 
 
 def processed_vtab_tar(root: Path) -> bytes:
@@ -222,6 +312,109 @@ def test_a_corrupt_archive_fails_its_fetch_job_with_the_sums(workflow, server, t
     log = (workflow.root / "resources/archives/vtab_1k.log").read_text()
     assert sha(archive) in log and sha(archive[:-100]) in log
     assert not (workflow.root / "resources/archives/vtab_1k").exists()
+
+
+def test_unpinned_data_and_weights_are_refused_unless_allowed_and_then_in_every_results_provenance(server, tmp_path):
+    """The stages the rules run: `fetch` and `fetch-backbone` refuse an unpinned download unless
+    --allow-unpinned, and then the manifest and the weights carry it into provenance.record."""
+    import torch
+
+    from peftstudy import provenance
+    from peftstudy.cli import main
+    from peftstudy.models import create_backbone
+
+    archive = processed_vtab_tar(tmp_path / "made")
+    weights = io.BytesIO()
+    torch.save(create_backbone("peftstudy_vit_test", 5).state_dict(), weights)
+    server.files.update({"vtab-1k.tar.gz": archive, "weights.pth": weights.getvalue()})
+    res = tmp_path / "resources"
+    fetch_archive = ["fetch", "--url", server.url("vtab-1k.tar.gz"), "--sha256", "none"]
+    fetch_archive += [
+        "--config-key",
+        "archives.vtab_1k",
+        "--out",
+        f"{res}/vtab_1k",
+        "--out-checksum",
+        f"{res}/v.sha256",
+    ]
+    fetch_weights = ["fetch-backbone", "--url", server.url("weights.pth"), "--sha256", "none", "--format", "torch"]
+    fetch_weights += [
+        "--arch",
+        "peftstudy_vit_test",
+        "--config-key",
+        "backbone.source",
+        "--out",
+        f"{res}/w.safetensors",
+    ]
+    with pytest.raises(FetchError, match=f"archives.vtab_1k.sha256: {sha(archive)}"):
+        main(fetch_archive)
+    with pytest.raises(FetchError, match=f"backbone.source.sha256: {sha(weights.getvalue())}"):
+        main(fetch_weights)
+    assert not (res / "vtab_1k").exists() and not (res / "w.safetensors").exists()
+
+    main([*fetch_archive, "--allow-unpinned"])
+    main([*fetch_weights, "--allow-unpinned"])
+    main(["extract", "--archive", f"{res}/vtab_1k", "--out", f"{res}/data"])
+    about = '{"source": "archive", "archive": "vtab_1k", "url": "u", "folder": "vtab-1k/count"}'
+    index = ["index", "--dataset", "count", "--source", f"{res}/data/vtab-1k/count", "--classes", "6"]
+    main([*index, "--about", about, "--checksum-file", f"{res}/v.sha256", "--out", f"{res}/manifest.json"])
+    assert read_json(res / "manifest.json", schema="manifest")["spec"]["unpinned"] is True
+    record = provenance.record(
+        config_hash="x",
+        data_manifest=res / "manifest.json",
+        backbone_sha256=None,
+        backbone_weights=res / "w.safetensors",
+    )
+    assert record["unpinned"] == [
+        f"data count: archive from u, sha256 {sha(archive)}",
+        f"backbone {res / 'w.safetensors'}: from {server.url('weights.pth')}, sha256 {sha(weights.getvalue())}",
+    ]
+    validate(record, "provenance")
+
+    # Pinned, the same files leave nothing in the provenance.
+    main([*fetch_archive[:4], sha(archive), *fetch_archive[5:]])
+    main([*index, "--about", about, "--checksum-file", f"{res}/v.sha256", "--out", f"{res}/manifest.json"])
+    main([*fetch_weights[:4], sha(weights.getvalue()), *fetch_weights[5:]])
+    record = provenance.record(
+        config_hash="x",
+        data_manifest=res / "manifest.json",
+        backbone_sha256=None,
+        backbone_weights=res / "w.safetensors",
+    )
+    assert record["unpinned"] == []
+    validate(record, "provenance")
+
+
+@pytest.mark.slow
+def test_the_rules_refuse_an_unpinned_archive_unless_allowed_and_bound_what_it_unpacks(workflow, server, tmp_path):
+    archive = processed_vtab_tar(tmp_path / "made")
+    server.files["vtab-1k.tar.gz"] = archive
+    config = tiny_config()
+    config["archives"] = {"vtab_1k": {"url": server.url("vtab-1k.tar.gz"), "sha256": None, "max_unpacked_gb": 1e-6}}
+    config["datasets"]["count"] = {"source": "archive", "archive": "vtab_1k", "folder": "vtab-1k/count", "classes": 6}
+    target = "results/tiny/data/count/manifest.json"
+    assert workflow.snakemake(target, "--configfile", str(workflow.config(config)), check=False).returncode != 0
+    log = (workflow.root / "resources/archives/vtab_1k.log").read_text()
+    assert f"archives.vtab_1k.sha256: {sha(archive)}" in log and "allow_unpinned: true" in log
+
+    config["allow_unpinned"] = True
+    assert workflow.snakemake(target, "--configfile", str(workflow.config(config)), check=False).returncode != 0
+    log = (workflow.root / "resources/data/vtab_1k.log").read_text()
+    assert "limit of 0.0 MB (archives.vtab_1k.max_unpacked_gb in the config)" in log
+
+    config["archives"]["vtab_1k"]["max_unpacked_gb"] = 1
+    workflow.snakemake(target, "--configfile", str(workflow.config(config)))
+    spec = read_json(workflow.root / target, schema="manifest")["spec"]
+    assert spec["sha256"] == sha(archive) and spec["unpinned"] is True
+
+
+def test_weights_with_no_sum_no_source_and_no_pretraining_are_refused(workflow):
+    config = tiny_config()
+    config["backbone"] = dict(config["backbone"], sha256=None)
+    proc = workflow.snakemake("-n", "--configfile", str(workflow.config(config)), check=False)
+    assert proc.returncode != 0
+    assert "backbone.sha256 is null, but backbone has no source" in proc.stdout + proc.stderr
+    assert f"sha256sum {config['backbone']['weights']}" in proc.stdout + proc.stderr
 
 
 def test_index_refuses_labels_outside_the_classes(tmp_path):

@@ -51,6 +51,7 @@ METHODS = [
     ),
     ("fact_tt", {"d": 32}, 196_608, 2 * 128 * 32 + 4 * 12 * 32**2, True),
     ("fact_tk", {"d": 32}, 86_528, 2 * 128 * 32 + 32**3 + 48 * 32, True),
+    ("fact_tk", {"d": 32, "variant": "per_chunk"}, 86_528, 2 * 128 * 32 + 32**3 + 48 * 32, True),
     ("fact_tk", {"d": 1}, 1_681, 2 * 128 + 1 + 48, True),
 ]
 IDS = [f"{name}-{cfg}" for name, cfg, *_ in METHODS]

@@ -1,8 +1,9 @@
 """The whole DAG on a tiny study, from a clean directory to the report, and what reruns when something changes.
 
 Rerun behaviour is asserted on the jobs Snakemake reports (its plan or its run log), never on timestamps.
-One workflow copy is shared by the tests of this module, in order: each scenario starts from the state the
-previous one left, as a user's edits would.
+One workflow copy is shared by the tests of this module; its fixture makes the first run, from a clean directory
+to the report. Run in order, each scenario starts from the state the previous one left, as a user's edits would;
+each also passes alone (`-k editing`), from the first run's state.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
-from conftest import copy_repo, jobs, tiny_config
+from conftest import Workflow, copy_repo, jobs, tiny_config
 
 from peftstudy.io import read_json
 
@@ -22,16 +24,23 @@ pytestmark = pytest.mark.slow
 RESULTS = "results/tiny"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    wf = copy_repo(tmp_path_factory.mktemp("tiny"))
-    config = wf.config(tiny_config(), "tiny.yaml")
-    return wf, config
-
-
 def run(wf, config, *extra):
     proc = wf.snakemake("--configfile", str(config), *extra)
     return jobs(proc.stdout + proc.stderr)
+
+
+class Tiny(NamedTuple):
+    wf: Workflow
+    config: Path
+    first_run: list[tuple[str, dict[str, str]]]  # the jobs of the run from a clean directory
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Tiny:
+    """The tiny study's workflow copy after its first run, which every scenario starts from."""
+    wf = copy_repo(tmp_path_factory.mktemp("tiny"))
+    config = wf.config(tiny_config(), "tiny.yaml")
+    return Tiny(wf, config, run(wf, config))
 
 
 def kind(rule: str) -> str:
@@ -45,8 +54,7 @@ def counts(executed):
 
 
 def test_full_dag_from_clean_directory_to_report(tiny):
-    wf, config = tiny
-    executed = run(wf, config)
+    wf, executed = tiny.wf, tiny.first_run
     c = counts(executed)
     # VTAB, one run per job: 2 tasks x (linear 1 + lora 2 grid points) = 6 tune jobs; 4 finals (one seed).
     # Robustness, packed: per method one tune job (2 drop-path points) and one final job (2 seeds).
@@ -90,7 +98,7 @@ def test_full_dag_from_clean_directory_to_report(tiny):
 
 
 def test_second_run_has_nothing_to_do(tiny):
-    wf, config = tiny
+    wf, config, _ = tiny
     proc = wf.snakemake("--configfile", str(config), "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
     assert counts(run(wf, config)) == Counter()
@@ -111,7 +119,7 @@ def planned_inputs(wf, config, *args) -> dict[str, list[str]]:
 
 
 def test_no_tune_or_select_job_reads_the_test_split(tiny):
-    wf, config = tiny
+    wf, config, _ = tiny
     inputs_by_rule = planned_inputs(wf, config, "--forceall")
     assert inputs_by_rule["tune"] and inputs_by_rule["select"]
     for rule in ("tune", "select"):
@@ -121,7 +129,7 @@ def test_no_tune_or_select_job_reads_the_test_split(tiny):
 
 
 def test_adding_a_grid_point_reruns_only_its_tune_select_and_dependants(tiny):
-    wf, config = tiny
+    wf, config, _ = tiny
     root = wf.root / RESULTS
     before = {d: read_json(root / f"vtab/{d}/lora/selected.json")["gp"] for d in ("count", "digits")}
     cfg = yaml.safe_load(config.read_text())
@@ -147,7 +155,7 @@ def test_adding_a_grid_point_reruns_only_its_tune_select_and_dependants(tiny):
 
 
 def test_editing_a_method_module_reruns_only_that_method(tiny):
-    wf, config = tiny
+    wf, config, _ = tiny
     module = wf.root / "src/peftstudy/methods/bitfit.py"
     module.write_text(module.read_text() + "\n# an edit\n")
     executed = run(wf, config)
@@ -160,7 +168,7 @@ def test_editing_a_method_module_reruns_only_that_method(tiny):
 
 
 def test_a_deleted_final_output_is_rebuilt_alone(tiny):
-    wf, config = tiny
+    wf, config, _ = tiny
     root = wf.root / RESULTS
     gp = read_json(root / "vtab/count/linear/selected.json")["gp"]
     target = root / f"vtab/count/linear/final/{gp}/seed0/logits.npz"
@@ -175,7 +183,7 @@ def test_a_deleted_final_output_is_rebuilt_alone(tiny):
 
 
 def test_a_deleted_output_of_a_packed_job_reruns_its_pack_with_the_same_results(tiny):
-    wf, config = tiny
+    wf, config, _ = tiny
     root = wf.root / RESULTS
     gp = read_json(root / "robustness/shapes/linear/selected.json")["gp"]
     seeds = [root / f"robustness/shapes/linear/final/{gp}/seed{s}/logits.npz" for s in (0, 1)]
@@ -190,7 +198,7 @@ def test_a_deleted_output_of_a_packed_job_reruns_its_pack_with_the_same_results(
 
 
 def test_report_tables_are_written_beside_the_page(tiny):
-    wf, _ = tiny
+    wf = tiny.wf
     root = wf.root / RESULTS
     results = (root / "report/tables/results.csv").read_text().splitlines()
     header = results[0].split(",")
@@ -200,5 +208,5 @@ def test_report_tables_are_written_beside_the_page(tiny):
     seed_ensembles = (root / "tables/seed_ensembles.csv").read_text().splitlines()
     assert len(seed_ensembles) == 1 + 2
     selected = json.loads((root / "vtab/count/lora/selected.json").read_text())
-    assert set(selected) == {"gp", "hp", "val_top1", "rule"}
+    assert set(selected) == {"gp", "hp", "metric", "score", "rule"} and selected["metric"] == "val_top1"
     assert Path(root / "report/figures.ipynb").exists()

@@ -1,15 +1,20 @@
 """Preemption and kills: a run killed (SIGKILL) or preempted (SIGTERM) mid-training and started again resumes
-from its last epoch and ends with the same bytes as a run never interrupted (CPU)."""
+from its last epoch and ends with the same bytes as a run never interrupted (CPU): a final run, and a tune run
+that evaluates every epoch, stops early and keeps its best epoch, killed after that best epoch. A checkpoint
+of a run with other settings is ignored."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import BIN, REPO, prepare_mini_task
 
@@ -18,22 +23,36 @@ from peftstudy.train.resume import PREEMPTED_STATUS
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 BACKBONE = CONFIG["backbone"]
 RECIPE = {"epochs": 12, "batch_size": 32, "warmup_epochs": 1, "lr_step": "authors", "drop_path": 0.1}
+HP = {"lr": 0.005, "wd": 0.0001, "r": 4}
+# Val every epoch, early stopping, the best epoch's weights kept. With HP_TUNE the run's best val epoch comes
+# a few epochs before it stops (checked below), so a kill can land between them.
+TUNE_RECIPE = dict(RECIPE, epochs=20, eval_every=1, early_patience=3, keep="best")
+HP_TUNE = {"lr": 0.01, "wd": 0.0001, "r": 4}
+VOLATILE = ("wall_seconds", "provenance")
 
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    return prepare_mini_task(tmp_path_factory.mktemp("count"), "count", ("trainval", "test"))
+    return prepare_mini_task(tmp_path_factory.mktemp("count"), "count", ("train", "val", "trainval", "test"))
 
 
-def final_command(task, out, resume_dir):
+def command(phase, task, out, resume_dir, recipe=RECIPE, hp=HP):
+    """The `peftstudy tune` or `final` command of one LoRA grid point (id 00000000) with seed 0, on the CPU."""
     backbone = dict(BACKBONE, weights=str(REPO / BACKBONE["weights"]), keep_head=False)
     del backbone["image_size"], backbone["pretrain"]
+    common = [
+        "--experiment", "vtab", "--dataset", "count", "--method", "lora", "--recipe", json.dumps(recipe),
+        "--backbone", json.dumps(backbone), "--seed", "0", "--manifest", str(task / "manifest.json"),
+        "--device", "cpu", "--resume-dir", str(resume_dir),
+    ]  # fmt: skip
+    if phase == "tune":
+        return [
+            str(BIN / "peftstudy"), "tune", *common, "--points", json.dumps([{"gp": "00000000", "hp": hp}]),
+            "--train", str(task / "train.npz"), "--val", str(task / "val.npz"), "--out", str(out / "metrics.json"),
+        ]  # fmt: skip
     return [
-        str(BIN / "peftstudy"), "final", "--experiment", "vtab", "--dataset", "count", "--method", "lora",
-        "--gp", "00000000", "--hp", json.dumps({"lr": 0.005, "wd": 0.0001, "r": 4}),
-        "--recipe", json.dumps(RECIPE), "--backbone", json.dumps(backbone), "--seed", "0",
+        str(BIN / "peftstudy"), "final", *common, "--gp", "00000000", "--hp", json.dumps(hp),
         "--train", str(task / "trainval.npz"), "--test", str(task / "test.npz"),
-        "--manifest", str(task / "manifest.json"), "--device", "cpu", "--resume-dir", str(resume_dir),
         "--out-metrics", str(out / "metrics.json"), "--out-logits", str(out / "logits.npz"),
         "--out-weights", str(out / "peft.safetensors"),
     ]  # fmt: skip
@@ -43,28 +62,53 @@ def env():
     return dict(os.environ, PYTHONPATH=str(REPO / "src"))
 
 
-def interrupted(cmd, checkpoint, sig):
-    """Start `cmd`, send `sig` once its second epoch checkpoint is on disk, wait for it to end."""
+def run(cmd) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def epochs_saved(checkpoint: Path) -> int:
+    """The epochs a checkpoint holds (0 while there is none); it is replaced atomically, so always whole."""
+    if not checkpoint.exists():
+        return 0
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["result"]["epochs_run"]
+
+
+def interrupted(cmd, checkpoint, sig, after_epoch=2):
+    """Start `cmd`, send `sig` once a checkpoint of at least `after_epoch` epochs is on disk, wait for it to end."""
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = None
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if checkpoint.exists():
             stamp = checkpoint.stat().st_mtime_ns
-            if seen is not None and stamp != seen:  # rewritten once: at least two epochs done
+            if stamp != seen and epochs_saved(checkpoint) >= after_epoch:
                 proc.send_signal(sig)
                 break
             seen = stamp
         time.sleep(0.02)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=300)
     return proc.returncode, out
+
+
+def same_metrics(a: Path, b: Path) -> dict:
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert {k: v for k, v in ma.items() if k not in VOLATILE} == {k: v for k, v in mb.items() if k not in VOLATILE}
+    return ma
 
 
 def same_files(a, b):
     for name in ("logits.npz", "peft.safetensors"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
-    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
-    assert ma["metrics"] == mb["metrics"] and ma["epochs_run"] == mb["epochs_run"] == RECIPE["epochs"]
+    assert same_metrics(a, b)["epochs_run"] == RECIPE["epochs"]
+
+
+def resumed_after(log: str) -> int:
+    """The epoch a run says it resumed after."""
+    match = re.search(r"resumed from \S+ after epoch (\d+)", log)
+    assert match, log
+    return int(match[1])
 
 
 @pytest.mark.parametrize(
@@ -73,13 +117,56 @@ def same_files(a, b):
 def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(task, tmp_path, sig, status):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     whole.mkdir(), broken.mkdir()
-    subprocess.run(final_command(task, whole, tmp_path / "resume-whole"), env=env(), check=True, capture_output=True)
+    run(command("final", task, whole, tmp_path / "resume-whole"))
     checkpoint = tmp_path / "resume/final-00000000-seed0.pt"
-    code, log = interrupted(final_command(task, broken, tmp_path / "resume"), checkpoint, sig)
+    code, log = interrupted(command("final", task, broken, tmp_path / "resume"), checkpoint, sig)
     assert code == status, log
     assert checkpoint.exists() and not (broken / "metrics.json").exists()
-    again = subprocess.run(final_command(task, broken, tmp_path / "resume"), env=env(), capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr
-    assert "resumed from" in again.stderr
+    again = run(command("final", task, broken, tmp_path / "resume"))
+    assert resumed_after(again.stderr) >= 2
     same_files(whole, broken)
     assert not checkpoint.exists()  # removed once the run is done
+
+
+@pytest.fixture(scope="module")
+def whole_tune(task, tmp_path_factory) -> tuple[Path, dict]:
+    """An uninterrupted tune run: its folder and metrics, its best val epoch well before it stopped early."""
+    whole = tmp_path_factory.mktemp("whole")
+    run(command("tune", task, whole, whole / "resume", TUNE_RECIPE, HP_TUNE))
+    metrics = json.loads((whole / "metrics.json").read_text())
+    best, ran = metrics["metrics"]["val_best_epoch"], metrics["epochs_run"]
+    assert best + 2 < ran < TUNE_RECIPE["epochs"], (best, ran)  # early stopping, some epochs after the best
+    return whole, metrics
+
+
+def test_a_tune_run_killed_after_its_best_epoch_resumes_with_that_best_state(task, tmp_path, whole_tune):
+    whole, metrics = whole_tune
+    best = metrics["metrics"]["val_best_epoch"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    checkpoint = tmp_path / "resume/tune-00000000-seed0.pt"
+    tune = command("tune", task, broken, tmp_path / "resume", TUNE_RECIPE, HP_TUNE)
+    code, log = interrupted(tune, checkpoint, signal.SIGKILL, after_epoch=best + 1)
+    assert code == -signal.SIGKILL, log
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert saved["result"]["best_epoch"] == best < saved["result"]["epochs_run"] and saved["best_params"]
+    again = run(tune)
+    assert resumed_after(again.stderr) > best  # the kept weights can only have come from the checkpoint
+    assert "early stop" in again.stderr
+    same_metrics(whole, broken)
+    assert not checkpoint.exists()
+
+
+def test_a_checkpoint_of_a_run_with_other_settings_is_ignored(task, tmp_path, whole_tune):
+    whole, _ = whole_tune
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    checkpoint = tmp_path / "resume/tune-00000000-seed0.pt"
+    # The same grid point id and seed, so the same checkpoint file, but another learning rate.
+    other = command("tune", task, broken, tmp_path / "resume", TUNE_RECIPE, dict(HP_TUNE, lr=0.002))
+    code, log = interrupted(other, checkpoint, signal.SIGTERM)
+    assert code == PREEMPTED_STATUS and epochs_saved(checkpoint) >= 2, log
+    again = run(command("tune", task, broken, tmp_path / "resume", TUNE_RECIPE, HP_TUNE))
+    assert "saved by a run with other settings; starting afresh" in again.stderr
+    assert "resumed from" not in again.stderr
+    same_metrics(whole, broken)

@@ -49,6 +49,12 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume-dir", default="", help="checkpoint each epoch here and resume from it (preemption)")
 
 
+def _pin_args(p: argparse.ArgumentParser) -> None:
+    """Arguments of the stages that download: what an unpinned sum means."""
+    p.add_argument("--allow-unpinned", action="store_true", help="accept --sha256 none (the config's allow_unpinned)")
+    p.add_argument("--config-key", default="", help="the config entry the sum is pinned under, for errors")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="peftstudy", description=__doc__)
     sub = top.add_subparsers(dest="stage", required=True)
@@ -63,14 +69,16 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fetch", help="download a file (resumable), checked against its sha256")
     p.add_argument("--url", required=True, help="http(s):// or file:// URL, or a local path")
-    p.add_argument("--sha256", required=True, help="the expected sha256, or none (print it, to pin)")
+    p.add_argument("--sha256", required=True, help="the expected sha256, or none (refused unless --allow-unpinned)")
+    _pin_args(p)
     p.add_argument("--out", required=True)
     p.add_argument("--out-checksum", required=True, help="the file's sha256, written beside it")
     p.set_defaults(func=_stage("peftstudy.data.fetch:run_fetch"))
 
     p = sub.add_parser("fetch-backbone", help="download backbone weights, convert them to timm safetensors")
     p.add_argument("--url", required=True)
-    p.add_argument("--sha256", required=True, help="the download's sha256, or none (print it, to pin)")
+    p.add_argument("--sha256", required=True, help="the download's sha256, or none (refused unless --allow-unpinned)")
+    _pin_args(p)
     p.add_argument("--format", required=True, choices=["npz", "safetensors", "torch"])
     p.add_argument("--arch", required=True, help="timm architecture the weights are for")
     p.add_argument("--out", required=True, help="the safetensors file (backbone.weights)")
@@ -79,6 +87,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="unpack a tar or zip archive atomically, refusing unsafe members")
     p.add_argument("--archive", required=True)
     p.add_argument("--out", required=True, help="the folder to create")
+    p.add_argument("--max-unpacked-gb", type=float, default=None, help="refuse to unpack more (default 50)")
+    p.add_argument("--config-key", default="", help="the archive's entry in the config (archives.<name>), for errors")
     p.set_defaults(func=_stage("peftstudy.data.fetch:run_extract"))
 
     p = sub.add_parser("index", help="the manifest of a dataset folder already in the processed-VTAB layout")
@@ -190,7 +200,11 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_stage("peftstudy.select:run"))
 
     p = sub.add_parser("collect", help="record the selected finals of one (experiment, dataset, method)")
-    p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of each seed's final run")
+    p.add_argument("--selected", required=True, help="selected.json")
+    p.add_argument("--metrics", nargs="*", default=[], help="each seed's final metrics.json (none: all diverged)")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--method", required=True)
     p.add_argument("--out", required=True, help="final.json")
     p.set_defaults(func=_stage("peftstudy.collect:run"))
 

@@ -2,7 +2,9 @@
 
 `final.json` lists each seed's run folder with the sha256 of its metrics, logits and weights, so a
 consumer reruns exactly when a final's outputs change, and each consumer job resolves its own
-selection checkpoint (Snakemake stops an input function at the first unresolved one).
+selection checkpoint (Snakemake stops an input function at the first unresolved one). When every grid
+point diverged it says so (`status: all-diverged`, no runs), for the analysis to leave the method out and
+the tables to show it.
 """
 
 from __future__ import annotations
@@ -11,11 +13,19 @@ import argparse
 from pathlib import Path
 
 from peftstudy.io import read_json, sha256_file, write_json
+from peftstudy.select import ALL_DIVERGED
 
 FILES = ("metrics.json", "logits.npz", "peft.safetensors")
 
 
 def run(args: argparse.Namespace) -> None:
+    selected = read_json(args.selected, schema="selected")
+    if selected.get("status") == ALL_DIVERGED:
+        if args.metrics:
+            raise ValueError(f"{args.selected}: every grid point diverged, yet final runs were given")
+        record = {"experiment": args.experiment, "dataset": args.dataset, "method": args.method}
+        write_json(args.out, record | {"status": ALL_DIVERGED, "tune_runs": selected["runs"], "runs": []}, "final")
+        return
     runs = []
     for path in args.metrics:
         folder = Path(path).parent

@@ -158,7 +158,8 @@ def analyse(
     # methods would be 65k. dict.fromkeys drops the all-methods set when it is one of the triples already.
     pairs = list(itertools.combinations(chosen, 2))
     triples = list(itertools.combinations(chosen, 3))
-    sets = list(dict.fromkeys([*pairs, *triples, tuple(everyone)]))
+    together = [tuple(everyone)] if len(everyone) > 1 else []  # one method left (the others all diverged)
+    sets = list(dict.fromkeys([*pairs, *triples, *together]))
     ensembles = []
     for combo in sets:
         per_seed = [combine([logits[m][s] for m in combo], labels) for s in seeds]
@@ -216,8 +217,12 @@ def analyse(
 def run(args: argparse.Namespace) -> None:
     logits: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     labels = None
+    all_diverged = []
     for final in args.finals:
         record = read_json(final, schema="final")
+        if record.get("status") == "all-diverged":  # no final to compare: left out, the tables say why
+            all_diverged.append(record["method"])
+            print(f"{record['method']}: every grid point diverged, left out of the analysis", flush=True)
         for run_ in record["runs"]:
             path = f"{run_['dir']}/logits.npz"
             data = load_npz(path)
@@ -225,6 +230,7 @@ def run(args: argparse.Namespace) -> None:
                 raise ValueError(f"{path}: its test labels differ from the other methods'; were they one test set?")
             labels = data["labels"]
             logits[record["method"]][run_["seed"]] = data["logits"]
-    ensembles, pairs = analyse(logits, labels, args.confident_k, args.methods)
+    chosen = [m for m in args.methods if m not in all_diverged] if args.methods is not None else None
+    ensembles, pairs = analyse(logits, labels, args.confident_k, chosen)
     write_json(args.out_ensembles, ensembles, schema="ensembles")
     write_json(args.out_agreement, pairs, schema="agreement")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -22,17 +23,64 @@ def _umask() -> int:
     return mask
 
 
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _os_cause(error: BaseException) -> OSError | None:
+    """The OSError behind `error`: itself, or one it was raised from or during (torch's writer turns a full
+    disk into an `inline_container` RuntimeError whose context is the OSError)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _says_disk_full(error: BaseException, folder: Path) -> bool:
+    """For writers that keep no OSError (safetensors words it, torch's path writer drops it): the message, or
+    the free space."""
+    if any(os.strerror(code) in str(error) for code in FULL_ERRNOS):
+        return True
+    try:
+        return shutil.disk_usage(folder).free == 0
+    except OSError:
+        return False
+
+
+def _disk_full_error(error: Exception, path: Path) -> OSError | None:
+    """The OSError to raise when writing `path` failed for a full disk (or quota), naming the file; else None
+    (any other error stays as it was: the block may have failed at something other than writing)."""
+    cause = _os_cause(error)
+    if (cause is not None and cause.errno in FULL_ERRNOS) or _says_disk_full(error, path.parent):
+        code = cause.errno if cause is not None and cause.errno in FULL_ERRNOS else errno.ENOSPC
+        return OSError(code, f"could not write {path}: disk full ({os.strerror(code)}); free space under {path.parent}")
+    return None
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary file is removed in every case. A write that fails for a full disk (or quota) raises an
+    OSError naming `path` and the cause, whatever library was writing: torch, safetensors and numpy each
+    report it in their own words, or not at all.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results should be readable like any other file
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results should be readable like any other file
         yield Path(tmp)
         os.replace(tmp, path)
+    except Exception as error:
+        full = _disk_full_error(error, path)
+        if full is None:
+            raise
+        raise full from error
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -50,6 +98,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except Exception as error:
+        full = _disk_full_error(error, path)
+        if full is None:
+            raise
+        raise full from error
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -76,19 +129,65 @@ def _validator(schema: str):
     return jsonschema.Draft202012Validator(specs[f"{schema}.schema.yaml"], registry=registry)
 
 
+def _key_path(parts: Iterable[Any]) -> str:
+    """experiments.vtab.grid.lr[0], as a user would point at it in the YAML."""
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+    return text or "(top level)"
+
+
+def _problems(error: Any) -> list[tuple[int, str]]:
+    """One violation as (rank, line): the key path first, then what is wrong; unknown keys (rank 0) come with
+    the closest allowed one, since a misspelt key also makes the key it meant go missing."""
+    import difflib
+
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        # Every alternative failed: say what each wanted (its own description included).
+        options = dict.fromkeys(line.partition(": ")[2] for e in error.context for _, line in _problems(e))
+        return [(1, f"{_key_path(error.absolute_path)}: {' or '.join(options)}")]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        lines = []
+        for key in sorted(set(error.instance) - set(allowed)):
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean `{close[0]}`?)" if close else ""
+            where = _key_path([*error.absolute_path, key])
+            lines.append((0, f"{where}: unknown key{hint}; allowed: {', '.join(allowed)}"))
+        if lines:
+            return lines
+    about = error.schema.get("description") if isinstance(error.schema, dict) else None
+    leaf = error.validator not in ("required", "additionalProperties")
+    about = f" — {' '.join(about.split())}" if about and leaf else ""
+    return [(1, f"{_key_path(error.absolute_path)}: {error.message}{about}")]
+
+
+def schema_problems(obj: Any, schema: str) -> list[str]:
+    """Every violation of workflow/schemas/<schema>.schema.yaml, one line each, unknown keys first."""
+    found = [p for error in _validator(schema).iter_errors(obj) for p in _problems(error)]
+    return [line for _, line in sorted(set(found))]
+
+
 def validate(obj: Any, schema: str) -> None:
     """Raise ValueError naming the first violation of workflow/schemas/<schema>.schema.yaml."""
-    errors = sorted(_validator(schema).iter_errors(obj), key=lambda e: list(e.absolute_path))
-    if errors:
-        where = "/".join(map(str, errors[0].absolute_path)) or "(top level)"
-        raise ValueError(f"{schema} file invalid at {where}: {errors[0].message}")
+    problems = schema_problems(obj, schema)
+    if problems:
+        raise ValueError(f"{schema} file invalid at {problems[0]}")
+
+
+def validate_config(config: Any) -> None:
+    """The study config against config.schema.yaml, every problem on its own line with its key path first
+    (snakemake.utils.validate prints the whole schema, the location last)."""
+    problems = schema_problems(config, "config")
+    if problems:
+        more = f"\n({len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ValueError("config: " + "\nconfig: ".join(problems[:3]) + more)
 
 
 def write_json(path: str | Path, obj: Any, schema: str | None = None) -> None:
     if schema is not None:
         validate(obj, schema)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        handle.write(text)
 
 
 def read_json(path: str | Path, schema: str | None = None) -> Any:

@@ -1,8 +1,10 @@
-"""Provenance of a result: code version and hash, config hash, packages, data and weight checksums."""
+"""Provenance of a result: code version and hash, config hash, packages, data and weight checksums, and which
+of its inputs were downloaded without a pinned sha256 (the config's `allow_unpinned: true`)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import socket
 import subprocess
@@ -10,7 +12,7 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from peftstudy.io import sha256_file
+from peftstudy.io import read_json, sha256_file
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGES = ("peftstudy", "torch", "timm", "numpy", "safetensors")
@@ -49,7 +51,33 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-def record(*, config_hash: str, data_manifest: str | Path, backbone_sha256: str | None) -> dict:
+def unpinned_inputs(data_manifest: str | Path, backbone_weights: str | Path | None) -> list[str]:
+    """The downloads behind a result that no pinned sha256 checked: the dataset's archive (its manifest says
+    so, from the fetch's checksum file) and the backbone's weights (their metadata says so, from fetch-backbone).
+    """
+    found = []
+    manifest = read_json(data_manifest)
+    spec = manifest.get("spec", {})
+    if spec.get("unpinned"):  # index and manyshot manifests; only the former know the archive's URL
+        where = f" from {spec['url']}" if "url" in spec else ""
+        found.append(f"data {manifest['dataset']}: archive{where}, sha256 {spec['sha256']}")
+    if backbone_weights:
+        from safetensors import safe_open
+
+        with safe_open(str(backbone_weights), "np") as weights:
+            about = json.loads((weights.metadata() or {}).get("peftstudy", "{}"))
+        if about.get("pinned") is False:
+            found.append(f"backbone {backbone_weights}: from {about['source']}, sha256 {about['source_sha256']}")
+    return found
+
+
+def record(
+    *,
+    config_hash: str,
+    data_manifest: str | Path,
+    backbone_sha256: str | None,
+    backbone_weights: str | Path | None = None,
+) -> dict:
     return {
         "code_version": code_version(),
         "code_hash": code_hash(),
@@ -57,6 +85,7 @@ def record(*, config_hash: str, data_manifest: str | Path, backbone_sha256: str 
         "packages": {name: _version(name) for name in PACKAGES},
         "data_manifest_sha256": sha256_file(data_manifest),
         "backbone_sha256": backbone_sha256,
+        "unpinned": unpinned_inputs(data_manifest, backbone_weights),
         "host": socket.gethostname(),
         "python": platform.python_version(),
     }

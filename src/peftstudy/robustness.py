@@ -140,12 +140,19 @@ def run(args: argparse.Namespace) -> None:
     device = pick_device(args.device, args.threads)
     named = [item.split("=", 1) for item in args.eval]
     id_name, ood_names = named[0][0], [n for n, _ in named[1:]]
+    record = read_json(args.final, schema="final")
+    if record.get("status") == "all-diverged":  # nothing to evaluate: recorded so, for the tables to say why
+        common = {"method": args.method, "id_set": id_name, "ood_sets": ood_names, "status": "all-diverged"}
+        subsets = sorted(args.class_subsets or {})
+        write_json(args.out_ood, {**common, "seeds": [], "class_subsets": subsets, "per_seed": []}, schema="ood")
+        reason = "every grid point diverged: no final to interpolate"
+        write_json(args.out_wise, {**common, "alphas": list(args.alphas), "points": [], "procedure": reason}, "wise")
+        return
     raw = {name: load_npz(path) for name, path in named}
     subsets = {name: _classes(spec) for name, spec in (args.class_subsets or {}).items()}
     classes = int(raw[id_name]["num_classes"])
     per_seed_ood, curves = [], []
     not_mergeable = ""
-    record = read_json(args.final, schema="final")
     backbone_names = {n for n, _ in create_backbone(args.backbone["arch"], classes, device="meta").named_parameters()}
     sets = None
     for final_dir in (r["dir"] for r in record["runs"]):

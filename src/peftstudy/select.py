@@ -2,7 +2,9 @@
 
 The rule is the authors' (STUDY.md C.3): the highest last-epoch val top-1 (`val_top1`) wins, or for their
 CLIP runs the best val evaluation (`val_best_top1`); ties go to the last tied point in grid order
-(`tie_break="last"`), or to the first. Diverged runs never win.
+(`tie_break="last"`), or to the first. Diverged runs never win. When every grid point diverged, selected.json
+says so (`status: all-diverged`, naming each run and why): nothing is chosen, no final is scheduled, and the
+tables and the report show that (experiment, dataset, method) as all-diverged.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import csv
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from peftstudy.io import atomic_path, read_json, write_json
@@ -31,13 +34,28 @@ SUMMARY_COLUMNS = (
 )
 
 
+# What each selection metric is, in the words of selected.json's rule and of the report.
 METRIC_WORDS = {"val_top1": "last-epoch val top-1", "val_best_top1": "best-evaluation val top-1"}
+
+
+ALL_DIVERGED = "all-diverged"
+
+
+class AllDiverged(ValueError):
+    """No grid point has a finite score to choose by."""
+
+
+def chosen_gp(selected: str | Path) -> str | None:
+    """The grid point a selected.json chose, or None when every grid point diverged (no finals to run)."""
+    record = read_json(selected, schema="selected")
+    return None if record.get("status") == ALL_DIVERGED else record["gp"]
 
 
 def choose(
     results: Sequence[dict[str, Any]], order: Sequence[str], tie_break: str = "last", metric: str = "val_top1"
 ) -> dict[str, Any]:
-    """The winning result among tune `results`, given the grid order of their `gp` ids. Pure."""
+    """The winning result among tune `results`, given the grid order of their `gp` ids; AllDiverged when no
+    grid point can win. Pure."""
     if tie_break not in ("last", "first"):
         raise ValueError(f"tie_break {tie_break!r}: use last or first")
     if metric not in METRIC_WORDS:
@@ -54,7 +72,7 @@ def choose(
         raise ValueError(f"tune results for grid points not in the grid: {missing}")
     ok = [r for r in results if r["status"] == "ok" and r["metrics"].get(metric) is not None]
     if not ok:
-        raise ValueError(
+        raise AllDiverged(
             f"every one of the {len(results)} grid points diverged or has no val score; widen the grid (e.g. lower lr)"
         )
     ranked = sorted(ok, key=lambda r: position[r["gp"]])
@@ -86,17 +104,30 @@ def run(args: argparse.Namespace) -> None:
     if any(r["phase"] != "tune" for r in results):
         raise ValueError("select reads tune results only")
     folds = sorted({r["dataset"] for r in results})
-    best = choose(average_folds(results, args.metric), args.grid, args.tie_break, args.metric)
     rule = (
         f"max {METRIC_WORDS[args.metric]}"
         + (f" averaged over {len(folds)} tuning folds ({', '.join(folds)})" if len(folds) > 1 else "")
         + f"; ties to the {args.tie_break} grid point in grid order; diverged runs excluded"
     )
-    write_json(
-        args.out,
-        {"gp": best["gp"], "hp": best["hp"], "val_top1": best["metrics"][args.metric], "rule": rule},
-        schema="selected",
-    )
+    try:
+        best = choose(average_folds(results, args.metric), args.grid, args.tie_break, args.metric)
+    except AllDiverged as err:
+        # Recorded, not raised: the other runs' tables and report still get built, and show this one as such.
+        best = None
+        write_json(args.out, {"status": ALL_DIVERGED, "rule": rule, "runs": diverged_runs(results)}, schema="selected")
+        print(f"{err}: recorded in {args.out}", flush=True)
+    else:
+        write_json(
+            args.out,
+            {
+                "gp": best["gp"],
+                "hp": best["hp"],
+                "metric": args.metric,
+                "score": best["metrics"][args.metric],
+                "rule": rule,
+            },
+            schema="selected",
+        )
     with atomic_path(args.out_summary) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(SUMMARY_COLUMNS)
@@ -118,4 +149,25 @@ def run(args: argparse.Namespace) -> None:
                     r["wall_seconds"],
                 ]
             )
-    print(f"selected {best['gp']} {best['hp']} ({args.metric} {best['metrics'][args.metric]:.2f})", flush=True)
+    if best is not None:
+        print(f"selected {best['gp']} {best['hp']} ({args.metric} {best['metrics'][args.metric]:.2f})", flush=True)
+
+
+def diverged_runs(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each tune run of an all-diverged grid, named (experiment/dataset/method, grid point) with its reason. Pure."""
+    return [
+        {
+            "run": f"{r['experiment']}/{r['dataset']}/{r['method']}",
+            "gp": r["gp"],
+            "hp": r["hp"],
+            "status": r["status"],
+            "reason": _reason(r),
+        }
+        for r in results
+    ]
+
+
+def _reason(result: dict[str, Any]) -> str:
+    if result["status"] == "ok":
+        return "no val score"
+    return (result.get("divergence") or {}).get("reason") or "diverged"  # metrics.json from before the record

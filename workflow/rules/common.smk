@@ -1,7 +1,6 @@
 import json
 
-from snakemake.utils import validate
-
+from peftstudy import io as study_io
 from peftstudy.plan import study
 from peftstudy.plan.jobs import (
     AUTHORS,
@@ -13,13 +12,14 @@ from peftstudy.plan.jobs import (
     only,
 )
 from peftstudy.plan.tasks import MANYSHOT_SUBSETS
+from peftstudy.select import chosen_gp
 
 # A study may include others (studies/paper.yaml): merged here, before anything reads the config.
 if "include" in config:
     composed = study.compose(config)
     config.clear()
     config.update(composed)
-validate(config, schema="../schemas/config.schema.yaml")
+study_io.validate_config(config)  # the key path first, not the whole schema
 
 # Everything the DAG computes comes from the plan (src/peftstudy/plan); the functions below only unpack wildcards.
 PLAN = Plan.of(config)
@@ -88,16 +88,15 @@ def get_tune_metrics(wildcards):
 
 
 def selected_gp(experiment, dataset, method):
-    """The grid point `select` chose: known once that checkpoint has run."""
+    """The grid point `select` chose: known once that checkpoint has run; None when every one diverged."""
     run = dict(experiment=experiment, dataset=dataset, method=method)
-    with open(checkpoints.select.get(**run).output.selected) as handle:
-        return json.load(handle)["gp"]
+    return chosen_gp(checkpoints.select.get(**run).output.selected)
 
 
 def selected_finals(experiment, dataset, method):
-    """The final runs (every seed) of the selected grid point."""
+    """The final runs (every seed) of the selected grid point: none when every grid point diverged."""
     gp = selected_gp(experiment, dataset, method)
-    return LAYOUT.final_files(experiment, dataset, method, gp)
+    return LAYOUT.final_files(experiment, dataset, method, gp) if gp else []
 
 
 def get_selected_finals(wildcards):
@@ -114,7 +113,8 @@ def get_final_benchmarks(wildcards):
     return [
         path
         for run in LAYOUT.runs()
-        for path in LAYOUT.final_benchmarks(*run, selected_gp(*run))
+        if (gp := selected_gp(*run))
+        for path in LAYOUT.final_benchmarks(*run, gp)
     ]
 
 

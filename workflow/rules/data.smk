@@ -3,6 +3,10 @@
 # resources/, a local folder) is recorded in the manifest and so in every result's provenance.
 
 
+# Downloads with no pinned sha256 are refused unless the config says otherwise (and results then record them).
+ALLOW_UNPINNED = "--allow-unpinned" if config.get("allow_unpinned", False) else ""
+
+
 localrules:
     generate,
     fetch,
@@ -45,8 +49,10 @@ rule fetch:
     params:
         url=lambda wc: ARCHIVES[wc.archive]["url"],
         sha256=lambda wc: ARCHIVES[wc.archive]["sha256"] or "none",
+        allow=ALLOW_UNPINNED,
     shell:
-        "peftstudy fetch --url {params.url:q} --sha256 {params.sha256} --out {output.archive}"
+        "peftstudy fetch --url {params.url:q} --sha256 {params.sha256} {params.allow}"
+        " --config-key archives.{wildcards.archive} --out {output.archive}"
         " --out-checksum {output.checksum} > {log} 2>&1"
 
 
@@ -60,8 +66,15 @@ rule extract:
         "resources/data/{archive}.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        limit=lambda wc: (
+            f"--max-unpacked-gb {ARCHIVES[wc.archive]['max_unpacked_gb']}"
+            if "max_unpacked_gb" in ARCHIVES.get(wc.archive, {})
+            else ""
+        ),
     shell:
-        "peftstudy extract --archive {input.archive} --out {output.folder} > {log} 2>&1"
+        "peftstudy extract --archive {input.archive} --out {output.folder} {params.limit}"
+        " --config-key archives.{wildcards.archive} > {log} 2>&1"
 
 
 rule index:
@@ -239,6 +252,14 @@ for backbone_name, backbone in PLAN.all_backbones.items():
             " --out {output.head} > {log} 2>&1"
 
 
+def backbone_source_sha256(source):
+    """A backbone source's pinned sum; a checkpoint fetched as one of `archives` is pinned there."""
+    archive = source["url"].removeprefix("resources/archives/")
+    if source["sha256"] or archive == source["url"]:
+        return source["sha256"]
+    return ARCHIVES.get(archive, {}).get("sha256")
+
+
 # One fetch rule per backbone with a `source` (the study's and each of `backbones`), run where Snakemake runs.
 for backbone_name, backbone in PLAN.all_backbones.items():
     if "source" not in backbone:
@@ -262,9 +283,16 @@ for backbone_name, backbone in PLAN.all_backbones.items():
             "../../envs/train.yaml"
         params:
             url=backbone["source"]["url"],
-            sha256=backbone["source"]["sha256"] or "none",
+            sha256=backbone_source_sha256(backbone["source"]) or "none",
+            allow=ALLOW_UNPINNED,
+            key=(
+                "backbone.source"
+                if backbone_name == "backbone"
+                else f"backbones.{backbone_name}.source"
+            ),
             fmt=backbone["source"]["format"],
             arch=backbone["arch"],
         shell:
-            "peftstudy fetch-backbone --url {params.url:q} --sha256 {params.sha256} --format {params.fmt}"
-            " --arch {params.arch} --out {output.weights} > {log} 2>&1"
+            "peftstudy fetch-backbone --url {params.url:q} --sha256 {params.sha256} {params.allow}"
+            " --config-key {params.key} --format {params.fmt} --arch {params.arch} --out {output.weights}"
+            " > {log} 2>&1"

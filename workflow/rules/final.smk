@@ -65,6 +65,7 @@ rule collect:
     """Record the selected finals of one (experiment, dataset, method), with their checksums."""
     input:
         get_selected_finals,
+        selected=LAYOUT.selected(*RUN),
     output:
         record=report(
             LAYOUT.final_record(*RUN),
@@ -79,4 +80,6 @@ rule collect:
     params:
         metrics=lambda wc, input: [p for p in input if p.endswith("metrics.json")],
     shell:
-        "peftstudy collect --metrics {params.metrics} --out {output.record} > {log} 2>&1"
+        "peftstudy collect --selected {input.selected} --metrics {params.metrics} --out {output.record}"
+        " --experiment {wildcards.experiment} --dataset {wildcards.dataset} --method {wildcards.method}"
+        " > {log} 2>&1"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from peftstudy.data.fetch import archive_record
 from peftstudy.io import atomic_dir, read_json, save_npz, write_json
 
 # Cache split name -> VTAB-1K list file.
@@ -158,7 +159,7 @@ def run_index(args) -> None:
     """`peftstudy index`."""
     about = dict(args.about)
     if args.checksum_file:
-        about["sha256"] = Path(args.checksum_file).read_text().split()[0]
+        about.update(archive_record(args.checksum_file))
     index(args.source, args.dataset, args.classes, about, args.out)
 
 

@@ -27,11 +27,12 @@ import pickle
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy._core.multiarray import _reconstruct  # what pickled arrays are rebuilt with (numpy 2 name)
 
-from peftstudy.data.fetch import download, progress
+from peftstudy.data.fetch import archive_record, download, progress
 from peftstudy.data.layout import SPLIT_LISTS, index, read_list, sha256_bytes, write_lists
 from peftstudy.io import atomic_dir
 from peftstudy.plan.tasks import MANYSHOT_CLASSES as CLASSES
@@ -271,7 +272,7 @@ def build(
     out: str | Path,
     manifest: str | Path,
     name: str = "",
-    archive_sha256: str | None = None,
+    archive: Mapping[str, Any] | None = None,
     pins: Mapping[str, str] = LISTS,
 ) -> None:
     """One subset and fold in the processed-VTAB layout at `out`, and its manifest."""
@@ -284,8 +285,7 @@ def build(
     used = subset_lists(dataset, subset, fold).values()
     about = {"source": "manyshot", "subset": subset, "fold": fold, "commit": COMMIT}
     about["lists"] = {key: pins[key] for key in used}
-    if archive_sha256:
-        about["sha256"] = archive_sha256
+    about.update(archive or {})  # the archive's sha256 (and whether it was pinned)
     # index() checks what training relies on (labels in range, every listed image present) and writes the
     # manifest with the lists' sha256, as for any folder in the layout.
     index(out, name, CLASSES[dataset], about, manifest)
@@ -301,7 +301,7 @@ def pins_with(overrides: Mapping[str, str] | None) -> dict[str, str]:
 
 def run(args) -> None:
     """`peftstudy manyshot`."""
-    archive = Path(args.checksum_file).read_text().split()[0] if args.checksum_file else None
+    archive = archive_record(args.checksum_file) if args.checksum_file else None
     build(
         args.dataset,
         args.subset,

@@ -8,6 +8,11 @@ trains (the head is always trained and never listed); it is imported when a mode
 inputs of the method's jobs. Nothing outside this package names a method: the pipeline discovers them here,
 so adding a method is these two files plus one row in the tests' method table.
 
+A grid key the authors' code also had names it in its field metadata (``"authors_key"``, and
+``"authors_values"`` where their values differ from ours): the grid is iterated in the order of those names
+(:func:`authors_keys`), which decides the authors' ties, and the authors' choices translate to our grid points
+(:func:`from_authors`).
+
 Modules that add a branch give it a ``merge_factor`` attribute (1.0 = the trained branch, 0.0 = the
 backbone alone), which WiSE sets through :func:`set_merge_factor`.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,8 +32,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 PACKAGE_DIR = Path(__file__).parent
-# Grid keys that belong to the training recipe rather than to a method.
-RECIPE_KEYS = ("lr", "wd", "drop_path")
+# Grid keys that belong to the training recipe rather than to a method -> the authors' name of each.
+RECIPE_KEYS = {"lr": "lr", "wd": "wd", "drop_path": "drop_path_rate"}
 
 
 @dataclass(frozen=True)
@@ -89,10 +95,49 @@ def split_hp(name: str, hp: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
     return recipe, method.config(**{k: v for k, v in hp.items() if k not in RECIPE_KEYS})
 
 
+def authors_keys(name: str) -> dict[str, str]:
+    """Our grid key -> the authors' name of it, for the recipe keys and the method's keys the authors had."""
+    fields = dataclasses.fields(get(name).config)
+    return {**RECIPE_KEYS, **{f.name: f.metadata["authors_key"] for f in fields if "authors_key" in f.metadata}}
+
+
+def from_authors(name: str, authors_hp: Mapping[str, Any]) -> dict[str, Any]:
+    """One of the authors' grid points (a `param_set` or `best_tune` dict) in our key names and values."""
+    ours = {theirs: key for key, theirs in authors_keys(name).items()}
+    values = {f.name: f.metadata.get("authors_values", {}) for f in dataclasses.fields(get(name).config)}
+    unknown = sorted(set(authors_hp) - set(ours))
+    if unknown:
+        raise ValueError(f"method {name!r} has no grid key the authors called {', '.join(map(repr, unknown))}")
+    hp = {}
+    for theirs, value in authors_hp.items():
+        key = ours[theirs]
+        mapped = {v: k for k, v in values.get(key, {}).items()}  # theirs -> ours; empty: the same values
+        if mapped and value not in mapped:
+            raise ValueError(f"method {name!r}: {theirs}={value!r} is none of {', '.join(map(repr, mapped))}")
+        hp[key] = mapped.get(value, value)
+    return hp
+
+
 def positive_int(owner: str, key: str, value: Any) -> None:
     """The check every method Config makes of its sizes (rank, tokens): a positive integer, or a clear error."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{owner}: {key} must be a positive integer, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def positive_number(owner: str, key: str, value: Any) -> None:
+    """A multiplier (scale, alpha): a finite number > 0 (0 would switch the method off), or a clear error."""
+    if not _is_number(value) or value <= 0:
+        raise ValueError(f"{owner}: {key} must be a number > 0, got {value!r}")
+
+
+def fraction(owner: str, key: str, value: Any) -> None:
+    """A dropout rate: a number in [0, 1), or a clear error."""
+    if not _is_number(value) or not 0 <= value < 1:
+        raise ValueError(f"{owner}: {key} must be a number in [0, 1), got {value!r}")
 
 
 def head_names(model: nn.Module) -> list[str]:

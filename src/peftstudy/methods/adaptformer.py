@@ -7,17 +7,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peftstudy.methods import positive_int, register
+from peftstudy.methods import fraction, positive_int, positive_number, register
 
 
 @dataclass(frozen=True)
 class Config:
-    r: int = field(default=64, metadata={"help": "bottleneck width"})
-    scale: float = field(default=0.1, metadata={"help": "s, the adapter output's multiplier"})
+    r: int = field(default=64, metadata={"help": "bottleneck width", "authors_key": "adapter_bottleneck"})
+    scale: float = field(
+        default=0.1, metadata={"help": "s, the adapter output's multiplier", "authors_key": "adapter_scaler"}
+    )
     dropout: float = field(default=0.1, metadata={"help": "dropout inside the adapter"})
 
     def __post_init__(self) -> None:
         positive_int("adaptformer", "r", self.r)
+        positive_number("adaptformer", "scale", self.scale)
+        fraction("adaptformer", "dropout", self.dropout)
 
 
 register("adaptformer", Config)

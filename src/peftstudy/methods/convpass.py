@@ -11,20 +11,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peftstudy.methods import positive_int, register
+from peftstudy.methods import fraction, positive_int, positive_number, register
 
 CONV_INITS = ("xavier", "identity")
 
 
 @dataclass(frozen=True)
 class Config:
-    r: int = field(default=8, metadata={"help": "bottleneck width"})
-    scale: float = field(default=10.0, metadata={"help": "s, the bypass output's multiplier"})
-    conv_init: str = field(default="xavier", metadata={"help": "xavier or identity (I at the centre tap)"})
+    r: int = field(default=8, metadata={"help": "bottleneck width", "authors_key": "convpass_bottleneck"})
+    scale: float = field(
+        default=10.0, metadata={"help": "s, the bypass output's multiplier", "authors_key": "convpass_scaler"}
+    )
+    conv_init: str = field(
+        default="xavier",
+        metadata={
+            "help": "xavier or identity (I at the centre tap)",
+            "authors_key": "convpass_xavier_init",
+            "authors_values": {"xavier": True, "identity": False},
+        },
+    )
     dropout: float = field(default=0.1, metadata={"help": "dropout before the up-projection"})
 
     def __post_init__(self) -> None:
         positive_int("convpass", "r", self.r)
+        positive_number("convpass", "scale", self.scale)
+        fraction("convpass", "dropout", self.dropout)
         if self.conv_init not in CONV_INITS:
             raise ValueError(f"convpass: conv_init {self.conv_init!r}; use one of {', '.join(CONV_INITS)}")
 

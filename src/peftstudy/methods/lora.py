@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peftstudy.methods import positive_int, register
+from peftstudy.methods import fraction, positive_int, positive_number, register
 
 VARIANTS = ("authors", "original")
 
 
 @dataclass(frozen=True)
 class Config:
-    r: int = field(default=8, metadata={"help": "rank of the update"})
+    r: int = field(default=8, metadata={"help": "rank of the update", "authors_key": "lora_bottleneck"})
     dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA input"})
     variant: str = field(default="authors", metadata={"help": "authors: fused q,k,v, no scaling; original: q and v"})
     alpha: float | None = field(
@@ -27,10 +27,11 @@ class Config:
 
     def __post_init__(self) -> None:
         positive_int("lora", "r", self.r)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora: dropout must be in [0, 1), got {self.dropout!r}")
+        fraction("lora", "dropout", self.dropout)
         if self.variant not in VARIANTS:
             raise ValueError(f"lora: variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
+        if self.alpha is not None:
+            positive_number("lora", "alpha", self.alpha)
         if self.alpha is not None and self.variant == "authors":
             raise ValueError("lora: alpha applies to the original variant only (the authors' LoRA has no scaling)")
 

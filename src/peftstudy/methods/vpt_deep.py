@@ -7,16 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peftstudy.methods import positive_int, register
+from peftstudy.methods import fraction, positive_int, register
 
 
 @dataclass(frozen=True)
 class Config:
-    num_tokens: int = field(default=10, metadata={"help": "prompt tokens per block (P)"})
+    num_tokens: int = field(default=10, metadata={"help": "prompt tokens per block (P)", "authors_key": "vpt_num"})
     dropout: float = field(default=0.1, metadata={"help": "dropout on the prompts"})
 
     def __post_init__(self) -> None:
         positive_int("vpt_deep", "num_tokens", self.num_tokens)
+        fraction("vpt_deep", "dropout", self.dropout)
 
 
 register("vpt_deep", Config)

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peftstudy.methods import positive_int, register
+from peftstudy.methods import fraction, positive_int, register
 
 VARIANTS = ("authors", "original")
 
 
 @dataclass(frozen=True)
 class Config:
-    num_tokens: int = field(default=10, metadata={"help": "prompt tokens (P)"})
+    num_tokens: int = field(default=10, metadata={"help": "prompt tokens (P)", "authors_key": "vpt_num"})
     dropout: float = field(default=0.1, metadata={"help": "dropout on the prompts"})
     variant: str = field(default="authors", metadata={"help": "authors: dropped after block 0; original: kept"})
 
     def __post_init__(self) -> None:
         positive_int("vpt_shallow", "num_tokens", self.num_tokens)
+        fraction("vpt_shallow", "dropout", self.dropout)
         if self.variant not in VARIANTS:
             raise ValueError(f"vpt_shallow: variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
 

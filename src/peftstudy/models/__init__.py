@@ -209,7 +209,16 @@ def run_fetch(args) -> None:
     from peftstudy.data.fetch import download
 
     raw = Path(f"{args.out}.download")
-    download(args.url, raw, None if args.sha256 == "none" else args.sha256)
+    pinned = args.sha256 != "none"
+    sha256 = download(
+        args.url,
+        raw,
+        args.sha256 if pinned else None,
+        allow_unpinned=args.allow_unpinned,
+        config_key=args.config_key,
+    )
     state = convert(args.arch, raw, args.format)
-    save_safetensors(args.out, state, {"arch": args.arch, "source": args.url, "format": args.format})
+    # Whether the download's sum was pinned travels with the weights, into every result's provenance.
+    about = {"arch": args.arch, "source": args.url, "format": args.format, "source_sha256": sha256, "pinned": pinned}
+    save_safetensors(args.out, state, about)
     print(f"{args.out}: {len(state)} tensors of {args.arch}, sha256 {sha256_file(args.out)}", flush=True)

@@ -14,6 +14,9 @@ RECIPE_CHOICES: dict[str, tuple[str, ...]] = {
     "feature_cache": ("exact", "always", "never"),
     "keep": ("last", "best"),
     "peft_init": ("own", "authors"),
+    # What makes a run diverged (train/engine.py): explosion (default) adds a loss far above its start to the
+    # authors' non_finite rule.
+    "divergence": ("explosion", "non_finite"),
 }
 
 

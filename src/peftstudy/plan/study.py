@@ -84,9 +84,13 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
 
 
-def expand_grid(grid: Mapping[str, list]) -> list[dict[str, Any]]:
-    """Cartesian product in sklearn ParameterGrid order: keys sorted, the last key varying fastest."""
-    keys = sorted(grid)
+def expand_grid(grid: Mapping[str, list], authors_keys: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Cartesian product in sklearn ParameterGrid order: keys sorted, the last key varying fastest, each key's
+    values in the order listed. Keys sort by the authors' name of them (`authors_keys`, ours where they had none):
+    the order decides ties (the last best point wins, STUDY.md B.2, C.3), and the authors' ParameterGrid sorted
+    their names. Only the order: a point's id hashes its sorted dict."""
+    names = authors_keys or {}
+    keys = sorted(grid, key=lambda k: (names.get(k, k), k))
     return [
         {k: normalise(v) for k, v in zip(keys, values, strict=True)}
         for values in itertools.product(*(grid[k] for k in keys))
@@ -94,10 +98,13 @@ def expand_grid(grid: Mapping[str, list]) -> list[dict[str, Any]]:
 
 
 def method_grid(experiment: Mapping[str, Any], method: str) -> list[dict[str, Any]]:
-    """The experiment's common grid, with the method's own grid keys added or overriding (e.g. full's lr)."""
+    """The experiment's common grid, with the method's own grid keys added or overriding (e.g. full's lr),
+    iterated in the order the authors' code iterates it."""
+    from peftstudy import methods
+
     grid = dict(experiment["grid"])
     grid.update(experiment.get("method_grids", {}).get(method, {}))
-    return expand_grid(grid)
+    return expand_grid(grid, methods.authors_keys(method))
 
 
 def grids(config: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
@@ -216,8 +223,50 @@ def data_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if k not in REPORT_DATASET_KEYS}
 
 
+def vtab_task(spec: Mapping[str, Any]) -> str | None:
+    """The VTAB task a dataset's images come from: the processed archive's folder (or a local copy of it) or the
+    TFDS task; None for made-up or other images (synthetic, ImageNet, many-shot), whatever the dataset's name.
+    The report compares our choices with the authors' where this is one of their tasks."""
+    source = spec["source"]
+    if source == "tfds":
+        return spec["vtab_task"]
+    if source in ("archive", "local"):
+        return str(spec["folder" if source == "archive" else "path"]).rstrip("/").rpartition("/")[2]
+    return None
+
+
 def datasets_from(config: Mapping[str, Any], *sources: str) -> list[str]:
     return [name for name, spec in config["datasets"].items() if spec["source"] in sources]
+
+
+def _check_batch_sizes(config: Mapping[str, Any]) -> None:
+    """A batch no larger than the training split, where the config gives its size (synthetic datasets): the
+    loop drops the last partial batch, so a larger one leaves an epoch with no step. Other datasets are
+    checked when their run starts (runs.Session)."""
+    datasets = config["datasets"]
+    for exp_name, exp in config["experiments"].items():
+        batch = exp["recipe"]["batch_size"]
+        for name in exp["datasets"]:
+            for tuned in (name, *datasets.get(name, {}).get("folds", [])):
+                train = datasets.get(tuned, {}).get("train")
+                if train is not None and 0 < train < batch:
+                    raise ConfigError(
+                        f"experiments.{exp_name}.recipe.batch_size {batch} is larger than the {train} training "
+                        f"images of datasets.{tuned}.train: lower the batch size or raise the train size"
+                    )
+
+
+def _check_weights_pinned(config: Mapping[str, Any]) -> None:
+    """Weights with no sum, no source and no pretraining would be loaded unchecked: they must be pinned (a user who
+    put them there can hash them; allow_unpinned covers only downloads, whose sums the fetch reports)."""
+    for name, backbone in {"backbone": config["backbone"], **config.get("backbones", {})}.items():
+        if backbone["sha256"] is None and "source" not in backbone and not backbone["pretrain"]:
+            key = "backbone" if name == "backbone" else f"backbones.{name}"
+            raise ConfigError(
+                f"{key}.sha256 is null, but {key} has no source to fetch its weights from and is not pretrained: "
+                f"{backbone['weights']} would be loaded unchecked. Pin it: `sha256sum {backbone['weights']}`, then "
+                f"{key}.sha256: <that sum> in the config."
+            )
 
 
 def check(config: Mapping[str, Any]) -> None:
@@ -225,6 +274,8 @@ def check(config: Mapping[str, Any]) -> None:
     known_methods = methods.names()
     datasets = config["datasets"]
     _check_sources(config)
+    _check_batch_sizes(config)
+    _check_weights_pinned(config)
     for exp_name, exp in config["experiments"].items():
         for i, name in enumerate(exp["datasets"]):
             if name not in datasets:
@@ -351,7 +402,8 @@ REPORT_RECIPE_KEYS = ("epochs", "lr_step", "normalize", "augment", "drop_path", 
 
 def report_context(config: Mapping[str, Any]) -> dict[str, Any]:
     """What the report needs from the config beyond the results: dataset groups and sizes-of, each experiment's
-    recipe switches, selection rule, planned seeds and grid sizes (so that what is missing can be said)."""
+    recipe switches, selection rule, planned seeds and grid sizes (so that what is missing can be said), and the
+    VTAB task each dataset is (beside the authors' choices)."""
     sizes = grids(config)
     return {
         "datasets": {
@@ -364,10 +416,12 @@ def report_context(config: Mapping[str, Any]) -> dict[str, Any]:
                 "seeds": exp["seeds"],
                 "head": exp["head"],
                 "tie_break": exp["selection"]["tie_break"],
+                "selection_metric": exp["selection"].get("metric", "val_top1"),
                 "recipe": {k: exp["recipe"][k] for k in REPORT_RECIPE_KEYS if k in exp["recipe"]},
                 "grid_points": {m: len(sizes[name, m]) for m in exp["methods"]},
             }
             for name, exp in config["experiments"].items()
         },
         "robustness_experiment": (config.get("robustness") or {}).get("experiment", ""),
+        "vtab_tasks": {name: vtab_task(spec) for name, spec in config["datasets"].items() if vtab_task(spec)},
     }

@@ -17,6 +17,8 @@ from typing import Any
 import pandas as pd
 
 from peftstudy.io import atomic_path
+from peftstudy.report.tables import RERUN_COLUMNS, rerun_ranges
+from peftstudy.select import METRIC_WORDS
 
 NOT_COMPUTED = "not computed yet"
 # Which quirk of the authors' code each recipe value reproduces (STUDY.md §I), for the captions.
@@ -79,17 +81,23 @@ def protocol(experiments: pd.DataFrame, experiment: str) -> str:
     if rows.empty:
         return ""
     row = rows.iloc[0]
-    tie = "the last" if row.get("tie_break") == "last" else "the first"
+    last = row.get("tie_break") == "last"
+    tie = "the last point in grid order, the authors’ rule" if last else "the first point in grid order"
     seeds = str(row.get("seeds", "")).split()
     text = (
-        f"Experiment {experiment}: each method at the grid point with the highest last-epoch val top-1 "
-        f"(ties to {tie} point in grid order{', the authors’ rule' if tie == 'the last' else ''}), retrained on "
-        f"train+val and tested once after its last epoch; {len(seeds)} seed{'s' if len(seeds) != 1 else ''}."
+        f"Experiment {experiment}: each method at the grid point with the highest "
+        f"{METRIC_WORDS[row['selection_metric']]} (ties to {tie}), retrained on train+val and tested once after its "
+        f"last epoch; {plural(len(seeds), 'seed')}."
     )
     quirks = [text for (key, value), text in QUIRKS.items() if key in row and _same(row[key], value)]
     if quirks:
         text += " Authors' quirks reproduced: " + "; ".join(quirks) + "."
     return text
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 dataset', '3 datasets'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _same(cell: Any, value: Any) -> bool:
@@ -126,16 +134,62 @@ def _fmt(value: float, spec: str = ".1f") -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def _cell(ours: float, std: float, theirs: float, tolerance: float) -> dict[str, Any]:
+def beyond_noise(ours: float, theirs: float, low: float, high: float, tolerance: float) -> bool:
+    """Whether a difference from the authors counts as real (is marked): more than `tolerance` points, and our
+    number outside [low, high], the range of the authors' own reruns of that final (NaN where not known)."""
+    if math.isnan(ours) or math.isnan(theirs):
+        return False
+    return abs(ours - theirs) > tolerance and not low <= ours <= high
+
+
+def _cell(
+    ours: float, std: float, theirs: float, tolerance: float, low: float = math.nan, high: float = math.nan
+) -> dict[str, Any]:
     diff = ours - theirs
     return {
         "ours": _fmt(ours),
         "std": "" if math.isnan(std) or std == 0 else f"± {std:.1f}",
         "authors": "" if math.isnan(theirs) else _fmt(theirs),
+        "reruns": f"{low:.1f}–{high:.1f}" if low < high else "",
         "diff": "" if math.isnan(diff) else f"{diff:+.1f}",
-        "off": not math.isnan(diff) and abs(diff) > tolerance,
+        "off": beyond_noise(ours, theirs, low, high, tolerance),
         "missing": math.isnan(ours),
     }
+
+
+def _cells(by: pd.DataFrame, method: str, tolerance: float) -> dict[str, Any]:
+    """One method's cell of a row of `by` (indexed by method): ours, the authors' and their reruns' range."""
+    if method not in by.index:
+        return _cell(math.nan, math.nan, math.nan, tolerance)
+    row = by.loc[method]
+    return _cell(
+        row["test_top1"],
+        row.get("test_top1_std", math.nan),
+        row["authors_top1"],
+        tolerance,
+        row["authors_low"],
+        row["authors_high"],
+    )
+
+
+def rerun_summary(frame: pd.DataFrame, tolerance: float) -> dict[str, Any]:
+    """How many of the authors' numbers in an experiment's table come from finals they ran more than once, and
+    how far apart those runs lie."""
+    known = frame[frame["authors_top1"].notna() & frame["authors_runs"].notna()]
+    spread = (known["authors_high"] - known["authors_low"])[known["authors_runs"] > 1]
+    return {
+        "numbers": len(known),
+        "rerun": len(spread),
+        "median": _fmt(spread.median(), ".2f") if len(spread) else "",
+        "over": int((spread > tolerance).sum()),
+    }
+
+
+def _all_diverged(by_method: pd.DataFrame, method: str) -> dict[str, Any]:
+    """A cell whose every grid point diverged says so, instead of the dash of a result still to come."""
+    if by_method.get("status", pd.Series(dtype=str)).get(method) != "all-diverged":
+        return {}
+    return {"ours": "all diverged", "diverged": True, "missing": False}
 
 
 def accuracy_tables(vtab: pd.DataFrame, means: pd.DataFrame, tolerance: float) -> list[dict[str, Any]]:
@@ -153,10 +207,7 @@ def accuracy_tables(vtab: pd.DataFrame, means: pd.DataFrame, tolerance: float) -
                     {
                         "label": dataset,
                         "kind": "task",
-                        "cells": [
-                            _cell(by.at[x, "test_top1"], by.at[x, "test_top1_std"], by.at[x, "authors_top1"], tolerance)
-                            for x in methods
-                        ],
+                        "cells": [_cells(by, x, tolerance) | _all_diverged(by, x) for x in methods],
                     }
                 )
             rows.append(_mean_row(m, group, f"{group} ({part['dataset'].nunique()})", methods, tolerance))
@@ -174,19 +225,47 @@ def accuracy_tables(vtab: pd.DataFrame, means: pd.DataFrame, tolerance: float) -
             }
         )
         has_authors = frame["authors_top1"].notna().any()
-        out.append({"experiment": experiment, "methods": methods, "rows": rows, "authors": bool(has_authors)})
+        out.append(
+            {
+                "experiment": experiment,
+                "methods": methods,
+                "rows": rows,
+                "authors": bool(has_authors),
+                "reruns": rerun_summary(frame, tolerance),
+            }
+        )
     return out
 
 
 def _mean_row(means: pd.DataFrame, group: str, label: str, methods: list[str], tolerance: float) -> dict[str, Any]:
     by = means[means["group"] == group].set_index("method")
-    cells = [
-        _cell(by.at[x, "test_top1"], math.nan, by.at[x, "authors_top1"], tolerance)
-        if x in by.index
-        else _cell(math.nan, math.nan, math.nan, tolerance)
-        for x in methods
-    ]
-    return {"label": label, "kind": "mean", "cells": cells}
+    return {"label": label, "kind": "mean", "cells": [_cells(by, x, tolerance) for x in methods]}
+
+
+def with_reruns(authors: pd.DataFrame, reruns: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The authors' numbers with a `reruns` column: the range of their own runs of that final, where they ran it
+    more than once (rows of authors_reruns.csv matched on `keys`)."""
+    if authors.empty or reruns.empty:
+        return authors
+    ranges = rerun_ranges(reruns)[[*keys, *RERUN_COLUMNS]]
+    merged = authors.merge(ranges, on=keys, how="left", validate="one_to_one")
+    return authors.assign(
+        reruns=[
+            f"{low:.2f}–{high:.2f} ({runs:.0f} runs)" if runs > 1 else ""
+            for runs, low, high in merged[list(RERUN_COLUMNS)].itertuples(index=False)
+        ]
+    )
+
+
+def selected_table(tune: pd.DataFrame) -> pd.DataFrame:
+    """The selected grid points (one row per tuning fold), each with the metric it won on and its score."""
+    chosen = tune[tune["selected"].astype(str) == "True"]
+    return chosen[["experiment", "dataset", "method", "gp", "hp"]].assign(
+        **{
+            "selected on": [METRIC_WORDS[m] for m in chosen["selection_metric"]],
+            "score": [row[row["selection_metric"]] for _, row in chosen.iterrows()],
+        }
+    )
 
 
 def summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
@@ -198,7 +277,8 @@ def summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     compute = table(frames, "compute", ("phase", "seconds", "cpu_seconds"))
     vtab = table(frames, "vtab", ("experiment", "dataset", "method", "test_top1"))
     planned_tune = int((experiments["datasets"] * experiments["grid_points"]).sum()) if len(experiments) else 0
-    missing = vtab[vtab["test_top1"].isna()]
+    diverged = vtab["status"] == "all-diverged" if "status" in vtab else pd.Series(False, index=vtab.index)
+    missing = vtab[vtab["test_top1"].isna() & ~diverged]
     return {
         "study": results["study"].iloc[0] if len(results) else NOT_COMPUTED,
         "config_hash": results["config_hash"].iloc[0] if len(results) else NOT_COMPUTED,
@@ -229,6 +309,7 @@ def summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
         ],
         "finals": len(final),
         "missing": [f"{r.experiment}/{r.dataset}/{r.method}" for r in missing.itertuples()],
+        "all_diverged": [f"{r.experiment}/{r.dataset}/{r.method}" for r in vtab[diverged].itertuples()],
         "devices": sorted(final["device"].astype(str).unique()),
         "hosts": sorted(final.get("host", pd.Series(dtype=str)).astype(str).unique()),
         "compute": [
@@ -244,8 +325,36 @@ def summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     }
 
 
-def _base64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
+def authors_agreement(frames: dict[str, pd.DataFrame]) -> dict[str, int] | None:
+    """Of our choices on the authors' VTAB-1K tasks: how many are planned, made (compared) and their point;
+    None when the tables predate the comparison."""
+    if "selection_vs_authors" not in frames:
+        return None
+    agree = frames["selection_vs_authors"].get("agree", pd.Series(dtype=str)).astype(str).str.lower()
+    return {
+        "rows": len(agree),
+        "compared": int(agree.isin(["true", "false"]).sum()),
+        "agree": int((agree == "true").sum()),
+    }
+
+
+def png_width(png: bytes) -> int:
+    """A PNG's width in pixels (its IHDR chunk): the page shows each figure at most that wide, so that a wide
+    figure takes a row and narrow ones sit side by side, none scaled down past reading."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    return int.from_bytes(png[16:20], "big")
+
+
+def figure(path: Path, experiments: pd.DataFrame) -> dict[str, Any]:
+    """A figure for the page: its name, caption, base64 PNG and width in pixels."""
+    png = path.read_bytes()
+    return {
+        "name": path.stem,
+        "caption": caption(path.stem, experiments),
+        "data": base64.b64encode(png).decode(),
+        "width": png_width(png),
+    }
 
 
 def html(frame: pd.DataFrame, **kwargs: Any) -> str:
@@ -263,47 +372,53 @@ def run(args: argparse.Namespace) -> None:
         pngs = sorted(figures_dir.glob("*.png"))
         experiments = table(frames, "experiments", ("experiment",))
         figures = {
-            section: [
-                {
-                    "name": p.stem,
-                    "caption": caption(p.stem, experiments),
-                    "data": base64.b64encode(p.read_bytes()).decode(),
-                }
-                for p in pngs
-                if p.stem.partition("__")[0] in kinds
-            ]
+            section: [figure(p, experiments) for p in pngs if p.stem.partition("__")[0] in kinds]
             for section, kinds in SECTIONS.items()
         }
-    vtab = table(frames, "vtab", ("experiment", "group", "dataset", "method", "test_top1", "authors_top1"))
-    means = table(frames, "group_means", ("experiment", "method", "group", "test_top1", "authors_top1"))
-    tune = table(frames, "tune", ("experiment", "dataset", "method", "gp", "hp", "val_top1", "selected"))
+    vtab = table(
+        frames, "vtab", ("experiment", "group", "dataset", "method", "test_top1", "authors_top1", *RERUN_COLUMNS)
+    )
+    means = table(
+        frames,
+        "group_means",
+        ("experiment", "method", "group", "test_top1", "authors_top1", "authors_low", "authors_high"),
+    )
+    tune = table(frames, "tune", ("experiment", "dataset", "method", "gp", "hp", "selected", "selection_metric"))
     ensembles = table(frames, "ensembles", ("experiment", "dataset", "members", "size", "top1", "best_member_top1"))
     full = ensembles[ensembles["size"] == ensembles.groupby(["experiment", "dataset"])["size"].transform("max")]
     ood = table(frames, "ood", ("method", "set", "kind", "top1"))
     authors = {
         name: table(frames, f"authors_{name}", ("method",)) for name in ("vtab1k", "manyshot", "clip_ood", "wise")
     }
+    reruns = table(frames, "authors_reruns", ("dataset", "train", "method", "dim", "test_top1"))
+    authors["manyshot"] = with_reruns(authors["manyshot"], reruns, ["dataset", "train", "method", "dim"])
     html_tables = {
-        "selected": html(
-            tune[tune["selected"].astype(str) == "True"][["experiment", "dataset", "method", "gp", "hp", "val_top1"]]
+        "selected": html(selected_table(tune)) if len(tune) else "",
+        # All methods: their number, not the long list of names that pushed the accuracies off the page.
+        "ensembles": html(full.drop(columns="members").rename(columns={"size": "methods"})) if len(full) else "",
+        "ood": html(
+            ood.pivot_table(index="set", columns="method", values="top1", sort=False)
+            .rename_axis(columns=None)
+            .reset_index()
         )
-        if len(tune)
-        else "",
-        "ensembles": html(full.drop(columns=[c for c in ("size",) if c in full])) if len(full) else "",
-        "ood": html(ood.pivot_table(index="set", columns="method", values="top1", sort=False).reset_index())
         if len(ood)
         else "",
         **{f"authors_{k}": html(v) if len(v) else "" for k, v in authors.items()},
+        "selection_vs_authors": html(frames["selection_vs_authors"])
+        if len(frames.get("selection_vs_authors", ()))
+        else "",
     }
     template_path = Path(args.template)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(template_path.parent), autoescape=jinja2.select_autoescape(["html", "j2"])
     )
+    env.filters["plural"] = plural
     page = env.get_template(template_path.name).render(
         summary=summary(frames),
         accuracy=accuracy_tables(vtab, means, args.tolerance) if vtab["test_top1"].notna().any() else [],
         tolerance=args.tolerance,
         tables=html_tables,
+        authors_agreement=authors_agreement(frames),
         figures=figures,
         not_computed=NOT_COMPUTED,
         csvs=sorted(p.name for p in tables.glob("*.csv")) if tables.is_dir() else [],

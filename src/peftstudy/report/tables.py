@@ -14,6 +14,7 @@ import pandas as pd
 
 from peftstudy.io import atomic_path, read_json
 from peftstudy.plan.tasks import vtab_groups
+from peftstudy.select import ALL_DIVERGED
 
 ANALYSIS_PATH = re.compile(r"(?P<experiment>[^/]+)/(?P<dataset>[^/]+)/analysis/(?P<kind>ensembles|agreement)\.json$")
 # Where each training job's benchmark.tsv lies (DESIGN.md §4): tune/<gp or pack>/, final/<gp>/<seed or seeds>/.
@@ -41,12 +42,25 @@ def group_of(dataset: str, context: dict[str, Any]) -> str:
 
 
 def tune_table(paths: list[str]) -> pd.DataFrame:
+    """Every tune run, marked where selected, with the metric its (experiment, dataset, method) selected on."""
     frames = []
     for path in paths:
         frame = pd.read_csv(path)
-        frame["selected"] = frame["gp"] == read_json(Path(path).with_name("selected.json"), schema="selected")["gp"]
+        selected = read_json(Path(path).with_name("selected.json"), schema="selected")
+        frame["selected"] = frame["gp"] == selected.get("gp")  # no gp: every point diverged
+        frame["selection_metric"] = selected.get("metric", "")
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def all_diverged(records: list[str]) -> list[tuple[str, str, str]]:
+    """The (experiment, dataset, method) runs whose every grid point diverged (final.json says so)."""
+    found = []
+    for path in records:
+        record = read_json(path, schema="final")
+        if record.get("status") == ALL_DIVERGED:
+            found.append((record["experiment"], record["dataset"], record["method"]))
+    return found
 
 
 def final_table(records: list[str]) -> pd.DataFrame:
@@ -79,16 +93,31 @@ def final_table(records: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def results_table(finals: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std of test top-1 over seeds per (experiment, dataset, method)."""
-    grouped = finals.groupby(["experiment", "dataset", "method"], sort=True)
-    return grouped.agg(
-        test_top1=("test_top1", "mean"),
-        test_top1_std=("test_top1", "std"),
-        seeds=("seed", "count"),
-        trainable_params=("trainable_params", "first"),
-        gp=("gp", "first"),
-    ).reset_index()
+RUN_KEY = ["experiment", "dataset", "method"]
+
+
+def results_table(finals: pd.DataFrame, diverged: list[tuple[str, str, str]] = ()) -> pd.DataFrame:
+    """Mean and std of test top-1 over seeds per (experiment, dataset, method); a run whose every grid point
+    diverged is a row of its own, status all-diverged and no score."""
+    columns = [*RUN_KEY, "test_top1", "test_top1_std", "seeds", "trainable_params", "gp", "status"]
+    done = (
+        finals.groupby(RUN_KEY, sort=True)
+        .agg(
+            test_top1=("test_top1", "mean"),
+            test_top1_std=("test_top1", "std"),
+            seeds=("seed", "count"),
+            trainable_params=("trainable_params", "first"),
+            gp=("gp", "first"),
+        )
+        .reset_index()
+        .assign(status="ok")
+        if len(finals)
+        else pd.DataFrame(columns=columns)
+    )
+    failed = pd.DataFrame([dict(zip(RUN_KEY, key, strict=True), seeds=0, status=ALL_DIVERGED) for key in diverged])
+    frames = [f for f in (done[columns], failed.reindex(columns=columns)) if len(f)]
+    merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return merged.sort_values(RUN_KEY, ignore_index=True)
 
 
 def datasets_table(context: dict[str, Any], manifests: list[str]) -> pd.DataFrame:
@@ -127,6 +156,7 @@ def experiments_table(context: dict[str, Any]) -> pd.DataFrame:
                     "seeds": " ".join(map(str, exp["seeds"])),
                     "head": exp["head"],
                     "tie_break": exp["tie_break"],
+                    "selection_metric": exp["selection_metric"],
                     "robustness": name == context.get("robustness_experiment"),
                     **exp["recipe"],
                 }
@@ -160,6 +190,11 @@ def compute_table(benchmarks: list[str]) -> pd.DataFrame:
     )
 
 
+# The authors' experiment (tune_output/<name>) behind authors_vtab1k.csv, and what is known of its reruns.
+AUTHORS_VTAB = "default_vtab"
+RERUN_COLUMNS = ("authors_runs", "authors_low", "authors_high")
+
+
 def read_authors(path: str | Path) -> pd.DataFrame:
     """An authors_*.csv: its `#` lines name the source, the rest is the table."""
     return pd.read_csv(path, comment="#")
@@ -171,10 +206,25 @@ def authors_top1(authors: pd.DataFrame | None, dataset: str, method: str) -> flo
     return float(authors.loc[authors["method"] == method, dataset].iloc[0])
 
 
-def vtab_table(results: pd.DataFrame, context: dict[str, Any], authors: pd.DataFrame | None) -> pd.DataFrame:
+def rerun_ranges(reruns: pd.DataFrame) -> pd.DataFrame:
+    """authors_reruns.csv with each final's runs (space-separated test top-1) as their number, lowest and highest."""
+    runs = reruns["test_top1"].astype(str).str.split().map(lambda values: [float(v) for v in values])
+    return reruns.drop(columns="test_top1").assign(
+        authors_runs=runs.map(len), authors_low=runs.map(min), authors_high=runs.map(max)
+    )
+
+
+def vtab_table(
+    results: pd.DataFrame, context: dict[str, Any], authors: pd.DataFrame | None, reruns: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Every planned (experiment, dataset, method), ours (NaN while missing) beside the authors' (NaN where they
-    have none: a non-VTAB dataset or method) and the difference."""
+    have none: a non-VTAB dataset or method), the range of their reruns of that final, and the difference."""
     ours = results.set_index(["experiment", "dataset", "method"]) if len(results) else None
+    ranges = (
+        rerun_ranges(reruns[reruns["experiment"] == AUTHORS_VTAB]).set_index(["dataset", "method"])
+        if reruns is not None
+        else pd.DataFrame(columns=list(RERUN_COLUMNS))
+    )
     rows = []
     for name, exp in context["experiments"].items():
         for dataset in exp["datasets"]:
@@ -184,22 +234,74 @@ def vtab_table(results: pd.DataFrame, context: dict[str, Any], authors: pd.DataF
                 row = ours.loc[key] if have else None
                 mine = float(row["test_top1"]) if have else math.nan
                 theirs = authors_top1(authors, dataset, method)
+                spread = ranges.loc[(dataset, method)] if (dataset, method) in ranges.index else None
                 rows.append(
                     {
                         "experiment": name,
                         "group": group_of(dataset, context),
                         "dataset": dataset,
                         "method": method,
+                        "status": row.get("status", "ok") if have else "missing",
                         "test_top1": mine,
                         "test_top1_std": float(row["test_top1_std"]) if have else math.nan,
                         "seeds": int(row["seeds"]) if have else 0,
-                        "trainable_params": int(row["trainable_params"]) if have else math.nan,
+                        "trainable_params": int(row["trainable_params"]) if have and row["seeds"] else math.nan,
                         "authors_top1": theirs,
+                        **{
+                            column: math.nan if math.isnan(theirs) or spread is None else float(spread[column])
+                            for column in RERUN_COLUMNS
+                        },
                         "diff": mine - theirs,
                     }
                 )
     columns = ["experiment", "group", "dataset", "method", "test_top1", "test_top1_std", "seeds"]
-    return pd.DataFrame(rows, columns=[*columns, "trainable_params", "authors_top1", "diff"])
+    return pd.DataFrame(rows, columns=[*columns, "trainable_params", "authors_top1", *RERUN_COLUMNS, "diff", "status"])
+
+
+SELECTION_COLUMNS = [
+    *("experiment", "dataset", "task", "method", "gp", "hp", "val_top1"),
+    *("authors_hp", "authors_val_top1", "agree"),
+]
+
+
+def selection_table(tune: pd.DataFrame, context: dict[str, Any], authors: pd.DataFrame | None) -> pd.DataFrame:
+    """Per planned (experiment, dataset, method) on a real VTAB-1K task the authors tuned: our chosen grid point
+    and its val top-1 (blank while not selected) beside theirs (authors_vtab1k_selection.csv, their point in our
+    key names), and whether it is their point (`agree`: every key they tuned has their value; blank while ours is
+    missing). Empty when no dataset is one of their tasks (synthetic, many-shot and ImageNet data have none)."""
+    tasks = context.get("vtab_tasks", {})
+    theirs = authors.set_index(["task", "method"]) if authors is not None else None
+    chosen = tune[tune["selected"].astype(str) == "True"]
+    ours = chosen.drop_duplicates(["experiment", "dataset", "method"]).set_index(["experiment", "dataset", "method"])
+    rows = []
+    for name, exp in context["experiments"].items():
+        for dataset in exp["datasets"]:
+            for method in exp["grid_points"]:
+                task = tasks.get(dataset)
+                if theirs is None or (task, method) not in theirs.index:
+                    continue
+                their = theirs.loc[(task, method)]
+                have = (name, dataset, method) in ours.index
+                mine = ours.loc[(name, dataset, method)] if have else None
+                agree = None
+                if have:
+                    our_hp, their_hp = json.loads(mine["hp"]), json.loads(their["hp"])
+                    agree = all(our_hp.get(key) == value for key, value in their_hp.items())
+                rows.append(
+                    {
+                        "experiment": name,
+                        "dataset": dataset,
+                        "task": task,
+                        "method": method,
+                        "gp": mine["gp"] if have else "",
+                        "hp": mine["hp"] if have else "",
+                        "val_top1": float(mine["val_top1"]) if have else math.nan,
+                        "authors_hp": their["hp"],
+                        "authors_val_top1": float(their["val_top1"]),
+                        "agree": agree,
+                    }
+                )
+    return pd.DataFrame(rows, columns=SELECTION_COLUMNS)
 
 
 def _mean(values: pd.Series) -> float:
@@ -209,23 +311,20 @@ def _mean(values: pd.Series) -> float:
 
 def group_means(vtab: pd.DataFrame) -> pd.DataFrame:
     """Per (experiment, method): each group's mean, the mean over tasks and the mean over the group means,
-    ours and the authors' over the same tasks (STUDY.md C.7: which overall mean the paper uses is unknown)."""
+    ours and the authors' over the same tasks (STUDY.md C.7: which overall mean the paper uses is unknown), with
+    the range the authors' mean spans over their reruns (the mean of the lowest runs to that of the highest)."""
+    values = ("test_top1", "authors_top1", "authors_low", "authors_high")
     rows = []
     for (experiment, method), frame in vtab.groupby(["experiment", "method"], sort=False):
-        groups = list(dict.fromkeys(frame["group"]))
-        means = {}
-        for group in groups:
-            part = frame[frame["group"] == group]
-            means[group] = (_mean(part["test_top1"]), _mean(part["authors_top1"]), len(part))
-        ours_groups = pd.Series([m[0] for m in means.values()])
-        theirs_groups = pd.Series([m[1] for m in means.values()])
-        means[MEAN_TASKS] = (_mean(frame["test_top1"]), _mean(frame["authors_top1"]), len(frame))
-        means[MEAN_GROUPS] = (_mean(ours_groups), _mean(theirs_groups), len(frame))
-        for group, (ours, theirs, n) in means.items():
+        groups = {group: frame[frame["group"] == group] for group in dict.fromkeys(frame["group"])}
+        per_group = {group: ({v: _mean(part[v]) for v in values}, len(part)) for group, part in groups.items()}
+        over_groups = {v: _mean(pd.Series([m[v] for m, _ in per_group.values()])) for v in values}
+        over_tasks = {v: _mean(frame[v]) for v in values}
+        means = {**per_group, MEAN_TASKS: (over_tasks, len(frame)), MEAN_GROUPS: (over_groups, len(frame))}
+        for group, (m, n) in means.items():
             row = {"experiment": experiment, "method": method, "group": group, "tasks": n}
-            rows.append({**row, "test_top1": ours, "authors_top1": theirs, "diff": ours - theirs})
-    columns = ["experiment", "method", "group", "tasks", "test_top1", "authors_top1", "diff"]
-    return pd.DataFrame(rows, columns=columns)
+            rows.append({**row, **m, "diff": m["test_top1"] - m["authors_top1"]})
+    return pd.DataFrame(rows, columns=["experiment", "method", "group", "tasks", *values, "diff"])
 
 
 DATASET_KEY = ["experiment", "dataset"]
@@ -276,10 +375,13 @@ def analysis_tables(paths: list[str]) -> dict[str, pd.DataFrame]:
 
 
 def robustness_tables(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ID/OOD accuracy and WiSE curves; a method whose every grid point diverged has neither (results says so)."""
     ood, wise = [], []
     for path in paths:
         if path.endswith("ood.json"):
             d = read_json(path, schema="ood")
+            if d.get("status") == ALL_DIVERGED:
+                continue
             ood.append({"method": d["method"], "set": d["id_set"], "kind": "id", "top1": d["id"]})
             ood += [{"method": d["method"], "set": k, "kind": "ood", "top1": v} for k, v in d["ood"].items()]
         else:
@@ -314,13 +416,17 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
     context = json.loads(args.context)
     finals = final_table(args.finals)
-    results = results_table(finals).assign(study=args.study, config_hash=args.config_hash)
+    results = results_table(finals, all_diverged(args.finals)).assign(study=args.study, config_hash=args.config_hash)
     authors = {Path(p).stem: p for p in args.authors}
     vtab1k = read_authors(authors["authors_vtab1k"]) if "authors_vtab1k" in authors else None
-    vtab = vtab_table(results, context, vtab1k)
+    reruns = read_authors(authors["authors_reruns"]) if "authors_reruns" in authors else None
+    vtab = vtab_table(results, context, vtab1k, reruns)
+    choices = read_authors(authors["authors_vtab1k_selection"]) if "authors_vtab1k_selection" in authors else None
+    tune = tune_table(args.tune)
     ood, wise = robustness_tables(args.robustness)
     tables = {
-        "tune": tune_table(args.tune),
+        "tune": tune,
+        "selection_vs_authors": selection_table(tune, context, choices),
         "final": finals,
         "results": results,
         "vtab": vtab,

@@ -29,6 +29,13 @@ from peftstudy.train.resume import Checkpoint, Preempted, rng_state, set_rng_sta
 
 COMPILE_MODES = RECIPE_CHOICES["compile"]
 AUGMENTS = RECIPE_CHOICES["augment"]
+# What makes a run diverged (recipe.divergence). non_finite: the authors' rule, a NaN/inf loss or weights only
+# (they skip such batches and carry on, STUDY.md B.1). explosion (the default) adds a last-epoch train loss
+# above EXPLOSION_FACTOR x its start, the start being the loss before the first update or, if larger, that of
+# a uniform guess (ln classes): a working run ends below both, and a run that ends 10x above them predicts
+# confidently wrong (a probe's run at loss 1e7 scored chance and won selection).
+EXPLOSION_FACTOR = 10.0
+DIVERGENCE_RULES = RECIPE_CHOICES["divergence"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class Recipe:
     eval_every: int = 0
     early_patience: int = 0
     keep: str = "last"
+    divergence: str = "explosion"  # DIVERGENCE_RULES
 
     def __post_init__(self) -> None:
         check_choices(dataclasses.asdict(self))
@@ -79,6 +87,9 @@ class TrainResult:
     train_top1: float = float("nan")
     skipped_batches: int = 0
     diverged: bool = False
+    divergence: str | None = None  # why the run counts as diverged (None: it does not)
+    initial_loss: float = float("nan")  # the first batch's loss, before any update
+    num_classes: int = 0
     lr_per_epoch: list[float] = field(default_factory=list)
     evals: list[tuple[int, float]] = field(default_factory=list)  # (epoch, held-out top-1) per evaluation
     best_epoch: int = 0
@@ -270,6 +281,8 @@ def fit(
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     logits = forward(xb)
                 loss = nn.functional.cross_entropy(logits.float(), yb)
+                if epoch == 0 and step == 0:  # the start of the explosion rule: one host sync per run
+                    result.initial_loss, result.num_classes = loss.item(), logits.shape[1]
                 finite = torch.isfinite(loss)
                 if not on_device_skip and not finite.item():
                     totals[3] += 1
@@ -337,11 +350,29 @@ def fit(
                 p.copy_(best_params[name])
     if checkpoint:
         checkpoint.clear()
-    # A run whose whole last epoch was skipped, or whose weights went non-finite, has diverged.
-    last_epoch_dead = not math.isfinite(result.train_loss)
     bad_weights = any(not torch.isfinite(p).all() for p in params)
-    result.diverged = last_epoch_dead or bad_weights
+    result.divergence = divergence(result, bad_weights, recipe.divergence)
+    result.diverged = result.divergence is not None
     return result
+
+
+def divergence(result: TrainResult, bad_weights: bool, rule: str) -> str | None:
+    """Why a finished run counts as diverged under `rule` (DIVERGENCE_RULES), or None. Pure."""
+    if bad_weights:
+        return "non-finite weights"
+    if not math.isfinite(result.train_loss):
+        return "every batch of the last epoch had a non-finite loss"
+    if rule == "non_finite":
+        return None
+    uniform = math.log(result.num_classes) if result.num_classes > 1 else math.nan
+    starts = [v for v in (result.initial_loss, uniform) if math.isfinite(v)]
+    start = max(starts, default=math.inf)
+    if result.train_loss > EXPLOSION_FACTOR * start:
+        return (
+            f"last-epoch train loss {result.train_loss:.4g} > {EXPLOSION_FACTOR:g} x its start {start:.4g} "
+            f"(max of the initial loss {result.initial_loss:.4g} and ln {result.num_classes} classes)"
+        )
+    return None
 
 
 @torch.no_grad()

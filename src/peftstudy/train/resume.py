@@ -11,7 +11,6 @@ with status 143, and the job's retry or requeue resumes.
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from peftstudy.io import atomic_path
 
 PREEMPTED_STATUS = 143  # 128 + SIGTERM, what a shell reports for a job that SIGTERM ended
 
@@ -46,11 +47,11 @@ class Checkpoint:
         return state
 
     def save(self, state: dict[str, Any]) -> None:
-        """Written beside the target and renamed, so a kill mid-write leaves the previous checkpoint."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        torch.save(dict(state, key=self.key), tmp)
-        os.replace(tmp, self.path)
+        """Written beside the target and renamed, so a kill mid-write leaves the previous checkpoint; a failed
+        write leaves no temporary file and names the checkpoint and the cause (a full disk)."""
+        # Through a Python file: torch then reports a write error as the OSError it was, not by a C++ position.
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as handle:
+            torch.save(dict(state, key=self.key), handle)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

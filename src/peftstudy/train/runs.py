@@ -79,6 +79,11 @@ class Session:
         self.recipe = Recipe(**args.recipe)
         self.bf16 = bf16_on(self.recipe, self.device)
         self.train = load_npz(args.train)
+        if len(self.train["labels"]) < self.recipe.batch_size:  # before any model is built
+            raise ValueError(
+                f"{args.train}: {len(self.train['labels'])} training images of {args.dataset} are fewer than one "
+                f"batch: lower experiments.{args.experiment}.recipe.batch_size ({self.recipe.batch_size})"
+            )
         self._held_out_path = held_out
         self._held_out: dict[str, Any] | None = None
         self._inputs: dict[str, Images] = {}
@@ -163,9 +168,10 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
     )
     logits, score = latest[0] if latest and recipe.keep == "last" else held_out_scores()
     trainable_params, head_params = count(model, trainable)
-    diverged = result.diverged or not np.isfinite(score["loss"])
+    reason = result.divergence or (None if np.isfinite(score["loss"]) else f"non-finite {split} logits")
     metrics = {
-        "status": "diverged" if diverged else "ok",
+        "status": "diverged" if reason else "ok",
+        "divergence": {"rule": recipe.divergence, "reason": reason},
         "phase": phase,
         "experiment": args.experiment,
         "dataset": args.dataset,
@@ -201,6 +207,7 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
             config_hash=config_hash(settings),
             data_manifest=args.manifest,
             backbone_sha256=_backbone_sha256(args.backbone),
+            backbone_weights=args.backbone.get("weights"),
         ),
     }
     print(f"{args.method} {hp} seed {seed}: {split} top1 {score['top1']:.2f} ({metrics['status']})", flush=True)

@@ -24,6 +24,7 @@ class FacT(nn.Module):
         self.merge_factor = 1.0
 
     def core(self, block: int, name: str) -> torch.Tensor:
+        """The d x d matrix C of core `name` (one of CORES) in block `block`, applied as u @ C.T."""
         raise NotImplementedError
 
     def delta(self, x: torch.Tensor, block: int, names: tuple[str, ...]) -> torch.Tensor:
