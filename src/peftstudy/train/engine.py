@@ -212,8 +212,9 @@ class Run:
     """One training run as :func:`train_together` drives it: the arguments of :func:`fit`, and the state of
     torch's global RNG (drop-path, dropout, augmentation) as it stood when the run was set up.
 
-    Each run owns its RNG: the batch order comes from its own generator, and the global RNG is swapped in for
-    its steps only, so a run draws exactly what it would draw alone whichever runs it is interleaved with.
+    Each run owns its RNG: the batch order comes from its own generator, and the global RNG, as it stood when
+    the run was made, is swapped in for its steps only, so a run draws exactly what it would draw alone
+    whichever runs it is interleaved with.
     """
 
     model: nn.Module
@@ -285,7 +286,9 @@ def train_together(runs: Sequence[Run]) -> list[TrainResult]:
         if stream is not None:
             stream.wait_stream(torch.cuda.current_stream(device))  # the inputs were made on the default stream
     steppers = [_steps(run) for run in runs]
-    swap = len(runs) > 1  # a run alone keeps the global RNG as its caller left it
+    swap = len(runs) > 1  # a run alone needs its state set once, not swapped in at every step
+    if not swap:
+        set_rng_state(runs[0].rng, device)
     results: list[TrainResult | None] = [None] * len(runs)
     live = list(range(len(runs)))
     checkpoints = [run.checkpoint for run in runs if run.checkpoint]
