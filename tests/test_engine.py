@@ -244,7 +244,7 @@ def test_runs_trained_together_give_what_each_gives_alone(task, tmp_path, device
     Drop-path and augmentation draw from torch's global RNG, and evaluation runs between epochs, so the test
     fails if a run's draws, batches or state leaked into another's."""
     hps = [{"lr": lr, "wd": 0.0001, "r": r} for lr, r in ((0.001, 2), (0.005, 4), (0.003, 2))]
-    recipe = dict(RECIPE, epochs=2, augment="hflip", eval_every=1)
+    recipe = dict(RECIPE, epochs=2, warmup_epochs=0, augment="hflip", eval_every=1)
     together = tune(task, tmp_path / "together", "lora", hps, recipe, concurrent=3, device=device)
     alone = [tune(task, tmp_path / f"alone{i}", "lora", [hp], recipe, device=device)[0] for i, hp in enumerate(hps)]
     for t, a in zip(together, alone, strict=True):

@@ -18,7 +18,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -324,7 +324,7 @@ def train_together(runs: Sequence[Run]) -> list[TrainResult]:
     return [r for r in results if r is not None]
 
 
-def _steps(run: Run) -> Iterator[None]:
+def _steps(run: Run) -> Generator[None, None, TrainResult]:
     """One run's training, yielding after every step; returns its :class:`TrainResult`."""
     model, x, y, recipe, checkpoint, evaluate = run.model, run.x, run.y, run.recipe, run.checkpoint, run.evaluate
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
