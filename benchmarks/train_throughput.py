@@ -1,19 +1,27 @@
 """Training throughput: the authors' loop (STUDY.md B.1) against peftstudy's engine, same method, model, data.
 
 (a) reference: fp32; each epoch, DataLoader workers decode every image file and resize it (PIL bicubic);
-(b) engine: the split decoded once into a uint8 cache (timed apart: the prepare rule does it once per
-dataset for all of its ~530 runs), kept on the device, converted per batch; bf16 autocast on CUDA
-(--precision), fused AdamW on CUDA, optional torch.compile; the linear probe on cached features.
+(b) engine: the split decoded once into a uint8 cache (the prepare rule does it once per dataset split for
+all of its runs: its time is printed on its own line, and amortised over --runs-per-cache runs in the
+`+decode` column), kept on the device, converted per batch; fused AdamW on CUDA; at each of --precisions
+(fp32 beside the reference separates the data path from the precision), optionally torch.compile'd, and
+with --concurrent runs trained at once (issue 17: a GPU that one run at batch 64 leaves launch-bound).
 
-Both train the same freshly initialised model (seeded alike) for --epochs epochs after one untimed warm-up
-epoch (worker start-up, cuDNN autotuning, compilation). Images/s = trained images / wall time. On CUDA it
-also prints the engine's MFU: measured FLOPs of a training step (torch's FlopCounterMode) x steps/s over
-the device's dense bf16 peak. The last line is `speedup=<x>x`: the engine over the reference for one
-method, or their geometric mean over several (each method's ratio is printed above it).
+Like for like: every engine row runs what the pipeline runs, at the recipe's drop-path. The linear probe's
+engine rows run the live backbone (frozen, in train mode, drop-path on), as the reference does; its cached-
+feature row (features once, in eval mode, no drop-path: another computation, which the pipeline uses only
+without drop-path) is printed apart and left out of the speedup.
+
+Both train freshly initialised models (seeded alike) for --epochs epochs after one untimed warm-up epoch
+(worker start-up, cuDNN autotuning, compilation). Images/s = trained images / wall time. On CUDA each engine
+row also gives MFU: measured FLOPs of a training step (torch's FlopCounterMode) x images/s over the device's
+dense bf16 peak (fp32 rows against the same peak, so the columns compare). --sweep-images projects a sweep's
+GPU-hours from the measured rates (the arithmetic is printed). The last line is `speedup=<x>x`: the engine
+as the pipeline runs it on this device (default precision, --compile, --concurrent) over the reference, the
+geometric mean over --methods (each method's ratio is printed above it).
 
     python benchmarks/train_throughput.py --methods lora                          # CPU, the mini ViT
-    python benchmarks/train_throughput.py --arch vit_base_patch16_224 --image-size 224 --native-size 320 \
-        --n 512 --batch-size 64 --methods linear bitfit lora rand_h_adapter full --compile reduce-overhead   # a GPU
+    bash benchmarks/gpu_table.sh                                                  # every GPU row (ViT-B/16)
 """
 
 from __future__ import annotations
@@ -30,11 +38,23 @@ import torch
 from peftstudy.data.layout import decode
 from peftstudy.models import pick_device
 from peftstudy.train import reference
-from peftstudy.train.engine import COMPILE_MODES, Recipe, bf16_on, features, fit, seed_everything, to_input
+from peftstudy.train.engine import (
+    COMPILE_MODES,
+    Recipe,
+    Run,
+    bf16_on,
+    features,
+    fit,
+    seed_everything,
+    to_input,
+    train_together,
+)
 from peftstudy.train.runs import build
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name fragment.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0}
+# VTAB-1K's sweep (STUDY.md): 9,804 tune runs of 100 epochs on 800 images, 304 finals of 100 on 1,000.
+VTAB1K_SWEEP_IMAGES = 9_804 * 100 * 800 + 304 * 100 * 1_000
 
 
 def make_images(root: Path, n: int, native: int, classes: int, seed: int) -> list[tuple[str, int]]:
@@ -54,6 +74,8 @@ def make_images(root: Path, n: int, native: int, classes: int, seed: int) -> lis
 
 
 def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
     name = torch.cuda.get_device_name(device)
     for fragment, tflops in PEAK_BF16_TFLOPS.items():
         if fragment in name:
@@ -74,68 +96,122 @@ def step_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: b
     return float(counter.get_total_flops())
 
 
-def run_method(method: str, args: argparse.Namespace, root: Path, rows, cache: np.ndarray, device) -> float:
-    labels = np.array([label for _, label in rows], dtype=np.int64)
-    backbone = {"arch": args.arch, "weights": None, "sha256": None, "keep_head": False}
-    hp = {"lr": 1e-3, "wd": 1e-4}
-    base = dict(batch_size=args.batch_size, warmup_epochs=0, drop_path=args.drop_path, lr_step="authors")
-    ours = Recipe(epochs=args.epochs, precision=args.precision, compile=args.compile, **base)
-    bf16 = bf16_on(ours, device)
-
-    def fresh(recipe: Recipe):
-        seed_everything(0)
-        model, *_ = build(method, hp, backbone, args.classes, recipe, device)
-        return model
-
-    # (a) the reference loop, after one warm-up epoch.
-    data = reference.ImageFiles(root, rows, args.image_size)
-    ref_recipe = Recipe(epochs=args.epochs, precision="fp32", **base)
-    warm = Recipe(epochs=1, precision="fp32", **base)
-    reference.fit(fresh(warm), data, lr=1e-3, wd=1e-4, recipe=warm, seed=0, workers=args.workers, device=device)
-    _, ref_rate = reference.fit(
-        fresh(ref_recipe), data, lr=1e-3, wd=1e-4, recipe=ref_recipe, seed=0, workers=args.workers, device=device
-    )
-
-    # (b) the engine, from the uint8 cache; the linear probe from cached features (their pass is timed).
-    y = torch.from_numpy(labels).to(device)
-
-    def engine_run(recipe: Recipe) -> tuple[float, torch.nn.Module]:
-        model = fresh(recipe)
-        cfg = model.pretrained_cfg
-        synchronize(device)
-        start = time.perf_counter()
-        x = to_input(cache, cfg["mean"], cfg["std"], device)
-        net = model
-        if method == "linear":
-            x, net = features(model, x, recipe.eval_batch_size, bf16=bf16), model.head
-        result = fit(net, x, y, lr=1e-3, wd=1e-4, recipe=recipe, seed=0, log_every=0)
-        synchronize(device)
-        trained = result.epochs_run * (len(y) // recipe.batch_size) * recipe.batch_size
-        return trained / (time.perf_counter() - start), model
-
-    engine_run(Recipe(epochs=1, precision=args.precision, compile=args.compile, **base))
-    our_rate, model = engine_run(ours)
-    ratio = our_rate / ref_rate
-    mode = (
-        ("bf16" if bf16 else "fp32")
-        + (f", compile {args.compile}" if args.compile != "off" else "")
-        + (", cached features" if method == "linear" else "")
-    )
-    line = f"{method}: reference {ref_rate:.1f} img/s, engine {our_rate:.1f} img/s ({mode})"
-    if device.type == "cuda" and method != "linear":
-        peak = peak_flops(device)
-        x = to_input(cache[: args.batch_size], model.pretrained_cfg["mean"], model.pretrained_cfg["std"], device)
-        flops = step_flops(model, x[:], y[: args.batch_size], bf16) / args.batch_size
-        line += f", {flops / 1e9:.1f} GFLOP/img"
-        if peak:
-            line += f", MFU {100 * flops * our_rate / peak:.1f}%"
-    print(f"{line}; speedup[{method}]={ratio:.2f}x", flush=True)
-    return ratio
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class Bench:
+    """One method's runs on one device: the data, and how to build and time a run."""
+
+    def __init__(self, method: str, args: argparse.Namespace, root: Path, rows, cache: np.ndarray, device):
+        self.method, self.args, self.root, self.rows, self.cache, self.device = method, args, root, rows, cache, device
+        self.y = torch.from_numpy(np.array([label for _, label in rows], dtype=np.int64)).to(device)
+        self.base = dict(
+            batch_size=args.batch_size, warmup_epochs=0, drop_path=args.drop_path, lr_step="authors", epochs=1
+        )
+        self.peak = peak_flops(device)
+
+    def model(self, recipe: Recipe, seed: int = 0) -> torch.nn.Module:
+        backbone = {"arch": self.args.arch, "weights": None, "sha256": None, "keep_head": False}
+        seed_everything(seed)
+        model, *_ = build(self.method, {"lr": 1e-3, "wd": 1e-4}, backbone, self.args.classes, recipe, self.device)
+        return model
+
+    def engine(self, precision: str, compile_mode: str, concurrent: int) -> tuple[float, float | None]:
+        """Images/s (all runs together) and MFU of `concurrent` engine runs, after a warm-up epoch."""
+        for epochs in (1, self.args.epochs):  # the first, untimed: compilation, autotuning
+            recipe = Recipe(**dict(self.base, epochs=epochs, precision=precision, compile=compile_mode))
+            models = [self.model(recipe, seed) for seed in range(concurrent)]
+            cfg = models[0].pretrained_cfg
+            x = to_input(self.cache, cfg["mean"], cfg["std"], self.device)
+            runs = [Run(m, x, self.y, 1e-3 * (1 + s), 1e-4, recipe, s, log_every=0) for s, m in enumerate(models)]
+            synchronize(self.device)
+            start = time.perf_counter()
+            train_together(runs)
+            synchronize(self.device)
+            seconds = time.perf_counter() - start
+        steps = len(self.y) // self.args.batch_size
+        rate = concurrent * self.args.epochs * steps * self.args.batch_size / seconds
+        return rate, self.mfu(models[0], bf16_on(recipe, self.device), rate)
+
+    def mfu(self, model: torch.nn.Module, bf16: bool, rate: float) -> float | None:
+        if self.peak is None:
+            return None
+        cfg, b = model.pretrained_cfg, self.args.batch_size
+        x = to_input(self.cache[:b], cfg["mean"], cfg["std"], self.device)[:]
+        return 100 * step_flops(model, x, self.y[:b], bf16) / b * rate / self.peak
+
+    def reference(self) -> float:
+        data = reference.ImageFiles(self.root, self.rows, self.args.image_size)
+        for epochs in (1, self.args.epochs):
+            recipe = Recipe(**dict(self.base, epochs=epochs, precision="fp32"))
+            kwargs = dict(lr=1e-3, wd=1e-4, recipe=recipe, seed=0, workers=self.args.workers, device=self.device)
+            _, rate = reference.fit(self.model(recipe), data, **kwargs)
+        return rate
+
+    def cached_linear(self, precision: str) -> float:
+        """The linear probe on features computed once (eval mode, no drop-path); the features' pass is timed."""
+        recipe = Recipe(**dict(self.base, epochs=self.args.epochs, precision=precision))
+        model = self.model(recipe)
+        cfg = model.pretrained_cfg
+        synchronize(self.device)
+        start = time.perf_counter()
+        x = features(
+            model, to_input(self.cache, cfg["mean"], cfg["std"], self.device), 256, bf16_on(recipe, self.device)
+        )
+        fit(model.head, x, self.y, lr=1e-3, wd=1e-4, recipe=recipe, seed=0, log_every=0)
+        synchronize(self.device)
+        steps = len(self.y) // self.args.batch_size
+        return self.args.epochs * steps * self.args.batch_size / (time.perf_counter() - start)
+
+
+def run_method(bench: Bench, decode_seconds_per_image: float) -> tuple[float, float, float | None]:
+    """Print the method's rows; return (speedup as the pipeline runs, pipeline img/s, its MFU)."""
+    args, method = bench.args, bench.method
+    ref_rate = bench.reference()
+    print(f"| {method} | reference (fp32, decode every epoch) | {ref_rate:,.0f} | | | 1.00x |", flush=True)
+
+    def row(label: str, rate: float, mfu: float | None) -> None:
+        # The decode, once per split, spread over the runs that share its cache.
+        with_decode = 1 / (1 / rate + decode_seconds_per_image / args.epochs / args.runs_per_cache)
+        mfu_text = f"{mfu:.1f} %" if mfu is not None else ""
+        print(f"| {method} | {label} | {rate:,.0f} | {with_decode:,.0f} | {mfu_text} | {rate / ref_rate:.2f}x |")
+
+    default_precision = "bf16" if bench.device.type == "cuda" else "fp32"
+    eager = {}
+    for precision in args.precisions:
+        eager[precision] = bench.engine(precision, "off", 1)
+        row(f"engine {precision}{', live backbone' if method == 'linear' else ''}", *eager[precision])
+    pipeline = eager.get(default_precision) or bench.engine(default_precision, "off", 1)
+    if args.compile != "off":
+        pipeline = bench.engine(default_precision, args.compile, 1)
+        row(f"engine {default_precision}, compile {args.compile}", *pipeline)
+    if args.concurrent > 1:
+        pipeline = bench.engine(default_precision, args.compile, args.concurrent)
+        compiled = f", compile {args.compile}" if args.compile != "off" else ""
+        row(f"engine {default_precision}{compiled}, {args.concurrent} runs at once", *pipeline)
+    if method == "linear":
+        cached = bench.cached_linear(default_precision)
+        print(
+            f"| {method} | (other computation) cached features: eval mode, no drop-path | {cached:,.0f} | | | "
+            f"({cached / ref_rate:.2f}x) |"
+        )
+    ratio = pipeline[0] / ref_rate
+    print(f"speedup[{method}]={ratio:.2f}x", flush=True)
+    return ratio, pipeline[0], pipeline[1]
+
+
+def project(rates: dict[str, float], mfus: dict[str, float | None], images: int) -> None:
+    """A sweep's device-hours from the measured rates, the methods weighted equally; the arithmetic shown."""
+    seconds_per_image = {m: 1 / r for m, r in rates.items()}
+    mean = np.mean(list(seconds_per_image.values()))
+    terms = " + ".join(f"1/{r:,.0f}" for r in rates.values())
+    print(f"projection: {images:,} training images x mean s/img ({terms}) / {len(rates)} = {mean * 1e6:.1f} us/img")
+    print(f"projection: {images:,} x {mean * 1e6:.1f} us = {images * mean / 3600:,.1f} device-hours (training only)")
+    known = [m for m in mfus.values() if m is not None]
+    if known:
+        print(f"mean MFU over {', '.join(mfus)}: {np.mean(known):.1f} %")
 
 
 def main() -> None:
@@ -151,8 +227,11 @@ def main() -> None:
     p.add_argument("--drop-path", type=float, default=0.1)
     p.add_argument("--workers", type=int, default=2, help="reference DataLoader workers (the authors: 4)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"], help="engine rows")
     p.add_argument("--compile", default="off", choices=COMPILE_MODES, help="torch.compile mode of the engine")
+    p.add_argument("--concurrent", type=int, default=1, help="also time this many engine runs trained at once")
+    p.add_argument("--runs-per-cache", type=int, default=1, help="runs sharing one decode (VTAB-1K: ~530)")
+    p.add_argument("--sweep-images", type=int, default=0, help=f"project a sweep (VTAB-1K: {VTAB1K_SWEEP_IMAGES})")
     p.add_argument("--device", default="auto")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -163,8 +242,19 @@ def main() -> None:
         rows = make_images(root, args.n, args.native_size, args.classes, seed=0)
         start = time.perf_counter()
         cache = np.stack([decode(root / rel, args.image_size) for rel, _ in rows])
-        print(f"prepare (once per dataset split): {len(rows) / (time.perf_counter() - start):.0f} img/s decoded")
-        ratios = [run_method(m, args, root, rows, cache, device) for m in args.methods]
+        decode_seconds = time.perf_counter() - start
+        print(
+            f"prepare (one-off decode of the split, once for all its runs): {len(rows)} images in "
+            f"{decode_seconds:.2f} s ({len(rows) / decode_seconds:,.0f} img/s)"
+        )
+        print("| method | loop | img/s | img/s +decode | MFU | speedup |\n|---|---|---|---|---|---|")
+        ratios, rates, mfus = [], {}, {}
+        for method in args.methods:
+            bench = Bench(method, args, root, rows, cache, device)
+            ratio, rates[method], mfus[method] = run_method(bench, decode_seconds / len(rows))
+            ratios.append(ratio)
+    if args.sweep_images:
+        project(rates, mfus, args.sweep_images)
     print(f"speedup={math.exp(np.mean(np.log(ratios))):.2f}x")
 
 

@@ -82,6 +82,7 @@ def _tune_linear(task: Path, out: Path, lrs: list[float], divergence: str) -> li
             resume_dir="",
             out=job_file,
             threads=1,
+            concurrent=1,
         )
     )
     return read_json(job_file, schema="tune")["points"]
@@ -178,13 +179,14 @@ def test_a_batch_larger_than_the_training_split_fails_before_any_model_is_built(
         train=str(count_task / "train.npz"),
         device="cpu",
         threads=1,
+        concurrent=1,
     )
     with pytest.raises(
         ValueError,
         match=r"train.npz: 320 training images of count are fewer than one batch: lower "
         r"experiments.vtab.recipe.batch_size \(4096\)",
     ):
-        runs.Session(args, str(count_task / "val.npz"))
+        runs.Session(args, str(count_task / "val.npz"), 1)
 
 
 # A full disk

@@ -47,6 +47,12 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume-dir", default="", help="checkpoint each epoch here and resume from it (preemption)")
+    p.add_argument(
+        "--concurrent",
+        type=int,
+        default=0,
+        help="runs trained at once, interleaved step by step (0: all of the job's on a GPU, one on the CPU)",
+    )
 
 
 def _pin_args(p: argparse.ArgumentParser) -> None:

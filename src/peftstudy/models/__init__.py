@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +83,45 @@ def save_safetensors(path: str | Path, tensors: dict[str, Any], metadata: dict[s
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=packed)
 
 
-def pick_device(name: str, threads: int | None = None) -> torch.device:
-    """`auto` is CUDA when present, else the CPU (a GPU request on a machine without one still runs). A stage that
-    trains or predicts calls it first, with its --threads: torch's CPU threads are set here, not in the CLI, so
-    that the CLI imports no torch (the report's env has none)."""
+# Set when a job was given GPUs: Slurm's counts and device lists, and CUDA's own list; the values each
+# takes to say "none".
+GPU_ALLOCATION = {
+    "SLURM_GPUS": ("", "0"),
+    "SLURM_GPUS_ON_NODE": ("", "0"),
+    "SLURM_JOB_GPUS": ("",),
+    "SLURM_STEP_GPUS": ("",),
+    "CUDA_VISIBLE_DEVICES": ("", "-1", "NoDevFiles"),
+}
+
+
+def pick_device(name: str, threads: int | None = None, environ: Mapping[str, str] = os.environ) -> torch.device:
+    """`auto` is CUDA when present, else the CPU; a job that asks for a GPU and finds none fails instead.
+
+    Asking is `--device cuda` (the config's `device`), or `auto` in a job given GPUs (GPU_ALLOCATION): training
+    such a job on the CPU would take days and look like a slow GPU. A stage that trains or predicts calls it first,
+    with its --threads: torch's CPU threads are set here, not in the CLI, so that the CLI imports no torch (the
+    report's env has none).
+    """
     if threads is not None:
         torch.set_num_threads(threads)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda" if name == "auto" else name)
+    if name != "auto":
+        if torch.device(name).type == "cuda":
+            raise RuntimeError(
+                f"device {name!r} asked for, but torch finds no CUDA device on {os.uname().nodename} "
+                f"(torch {torch.__version__}, CUDA build {torch.version.cuda}): check the node's driver and the "
+                "environment's torch, or set the config's `device` to auto or cpu"
+            )
+        return torch.device(name)
+    given = [f"{var}={environ[var]}" for var, none in GPU_ALLOCATION.items() if environ.get(var, "") not in none]
+    if given:
+        raise RuntimeError(
+            f"this job was given GPUs ({', '.join(given)}) but torch finds no CUDA device on {os.uname().nodename} "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}): check the node's driver and the "
+            "environment's torch; to train on the CPU, run the job without a GPU allocation or with `device: cpu`"
+        )
+    return torch.device("cpu")
 
 
 def weights_sha256(weights: str | Path) -> str:

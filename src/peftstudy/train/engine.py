@@ -5,8 +5,9 @@ memory than float); each batch is an index slice converted and normalised on the
 decoded or resized per epoch. Evaluation happens only where the caller asks: the loop itself never looks
 at a held-out split.
 
-Speed options (issue 7), none of which changes what a result means: bf16 autocast (`precision`, the
-default on CUDA; fp32 stays the reference and the CPU default), fused AdamW on CUDA, `torch.compile`.
+Speed options (issues 7 and 17), none of which changes what a result means: bf16 autocast (`precision`, the
+default on CUDA; fp32 stays the reference and the CPU default), fused AdamW on CUDA, `torch.compile` (with
+eager's random draws), and several runs trained at once (:func:`train_together`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from peftstudy.plan.recipe import RECIPE_CHOICES, check_choices
-from peftstudy.train.resume import Checkpoint, Preempted, rng_state, set_rng_state, sigterm_flag
+from peftstudy.train.resume import NO_SIGNAL, Checkpoint, Preempted, rng_state, set_rng_state, sigterm_flag
 
 COMPILE_MODES = RECIPE_CHOICES["compile"]
 AUGMENTS = RECIPE_CHOICES["augment"]
@@ -207,6 +208,44 @@ def _optimizer(params: list[torch.Tensor], lr: float, wd: float) -> torch.optim.
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=fused or None)
 
 
+@dataclass
+class Run:
+    """One training run as :func:`train_together` drives it: the arguments of :func:`fit`, and the state of
+    torch's global RNG (drop-path, dropout, augmentation) as it stood when the run was set up.
+
+    Each run owns its RNG: the batch order comes from its own generator, and the global RNG, as it stood when
+    the run was made, is swapped in for its steps only, so a run draws exactly what it would draw alone
+    whichever runs it is interleaved with.
+    """
+
+    model: nn.Module
+    x: torch.Tensor | Images
+    y: torch.Tensor
+    lr: float
+    wd: float
+    recipe: Recipe
+    seed: int
+    checkpoint: Checkpoint | None = None
+    evaluate: Callable[[], float] | None = None
+    log_every: int = 1
+    rng: dict[str, torch.Tensor] = field(default_factory=dict)
+    at: tuple[int, int, int] = (0, 0, 0)  # (epoch, step, steps per epoch) of the last step taken, for the log
+
+    def __post_init__(self) -> None:
+        if not self.rng:
+            self.rng = rng_state(self.y.device)
+
+
+def _compiled(model: nn.Module, mode: str) -> nn.Module:
+    """`torch.compile(model)`, drawing its random numbers (drop-path, dropout) as eager mode does: inductor's
+    own generator would give a compiled run other draws than the same run eager, so the two could only be
+    compared statistically; with eager's draws they differ by rounding alone (tested)."""
+    import torch._inductor.config
+
+    torch._inductor.config.fallback_random = True
+    return torch.compile(model, mode=mode)
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor | Images,
@@ -223,26 +262,87 @@ def fit(
     """Train the parameters of `model` that require grad on (x, y). A non-finite loss skips its batch.
 
     `x` is an :class:`Images` or a tensor of model inputs (the linear probe's cached features). With a
-    `checkpoint`, training resumes from it and saves to it at every epoch's end; SIGTERM ends the run after
-    the current epoch's save (:class:`Preempted`). It is removed once training is done.
+    `checkpoint`, training resumes from it and saves to it at every epoch's end; SIGTERM ends the run within a
+    training step (:class:`Preempted`), and the resumed run replays the epoch from its start, so it ends with
+    the same weights as one never interrupted. The checkpoint is removed once training is done.
     `evaluate` (the held-out top-1 of `model` as it stands) is called every `recipe.eval_every` epochs; it
     draws no random numbers, so evaluating never changes the training trajectory.
     """
+    run = Run(model, x, y, lr, wd, recipe, seed, checkpoint, evaluate, log_every)
+    return train_together([run])[0]
+
+
+def train_together(runs: Sequence[Run]) -> list[TrainResult]:
+    """Train `runs` interleaved step by step (round robin) in this process; their results, in order.
+
+    Several small runs keep a GPU busier than one (issue 17): on CUDA each run launches on its own stream,
+    so one run's kernels fill the gaps another leaves. A run's result does not depend on its companions:
+    each has its own batch-order generator, its own global-RNG state (swapped in around its steps) and its
+    own tensors (tested bitwise on the CPU against the run alone).
+    """
+    device = runs[0].y.device
+    cuda = device.type == "cuda"
+    streams = [torch.cuda.Stream(device) if cuda and len(runs) > 1 else None for _ in runs]
+    for stream in streams:
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(device))  # the inputs were made on the default stream
+    steppers = [_steps(run) for run in runs]
+    swap = len(runs) > 1  # a run alone needs its state set once, not swapped in at every step
+    if not swap:
+        set_rng_state(runs[0].rng, device)
+    results: list[TrainResult | None] = [None] * len(runs)
+    live = list(range(len(runs)))
+    checkpoints = [run.checkpoint for run in runs if run.checkpoint]
+    with sigterm_flag() if checkpoints else contextlib.nullcontext(dict(NO_SIGNAL)) as preempt:
+        while live:
+            for i in list(live):
+                if swap:
+                    set_rng_state(runs[i].rng, device)
+                try:
+                    with torch.cuda.stream(streams[i]) if streams[i] is not None else contextlib.nullcontext():
+                        next(steppers[i])
+                except StopIteration as done:
+                    results[i] = done.value
+                    live.remove(i)
+                if swap:
+                    runs[i].rng = rng_state(device)
+                preempt["steps"] += 1
+                if preempt["stop"]:
+                    # Every run resumes from its last epoch-boundary checkpoint (or from the start in its first
+                    # epoch); the steps since then are replayed, so stopping here loses no bit of the result.
+                    after = preempt["steps"] - preempt["signalled_at"]
+                    epoch, step, steps = runs[i].at
+                    print(
+                        f"SIGTERM: stopped {after} training step(s) after it, in epoch {epoch} at step {step} of "
+                        f"{steps}; resume from " + ", ".join(str(c.path) for c in checkpoints),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    raise Preempted(checkpoints[0].path)
+    for stream in streams:
+        if stream is not None:
+            torch.cuda.current_stream(device).wait_stream(stream)
+    return [r for r in results if r is not None]
+
+
+def _steps(run: Run) -> Generator[None, None, TrainResult]:
+    """One run's training, yielding after every step; returns its :class:`TrainResult`."""
+    model, x, y, recipe, checkpoint, evaluate = run.model, run.x, run.y, run.recipe, run.checkpoint, run.evaluate
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     if not params:
         raise RuntimeError("nothing to train: no parameter requires grad")
     # Decoupled weight decay on every trainable tensor, biases and norms included (STUDY.md B.1).
-    optimizer = _optimizer(params, lr, wd)
+    optimizer = _optimizer(params, run.lr, run.wd)
     scheduler = cosine_schedule(optimizer, recipe)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(run.seed)
     n = len(y)
     steps = n // recipe.batch_size  # drop_last, as the authors' loader
     if steps == 0:
         raise ValueError(f"{n} training images are fewer than one batch of {recipe.batch_size}")
     result = TrainResult()
     model.train()
-    forward = model if recipe.compile == "off" else torch.compile(model, mode=recipe.compile)
+    forward = model if recipe.compile == "off" else _compiled(model, recipe.compile)
     graphs = recipe.compile in ("reduce-overhead", "max-autotune") and y.is_cuda
     device = y.device
     bf16 = bf16_on(recipe, device)
@@ -267,83 +367,85 @@ def fit(
     # host never waits for the GPU inside an epoch. Elsewhere the host checks the loss, which costs nothing there.
     on_device_skip = bool(optimizer.defaults.get("fused"))
     start = time.time()
-    with sigterm_flag() if checkpoint else contextlib.nullcontext({"stop": False}) as preempt:
-        for epoch in range(start_epoch, recipe.epochs):
-            result.lr_per_epoch.append(optimizer.param_groups[0]["lr"])
-            order = torch.randperm(n, generator=generator).to(device)
-            totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, correct, seen, skipped
-            for step in range(steps):
-                idx = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
-                xb = x.train_batch(idx) if isinstance(x, Images) else x[idx]
-                yb = y[idx]
-                if graphs:
-                    torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    logits = forward(xb)
-                loss = nn.functional.cross_entropy(logits.float(), yb)
-                if epoch == 0 and step == 0:  # the start of the explosion rule: one host sync per run
-                    result.initial_loss, result.num_classes = loss.item(), logits.shape[1]
-                finite = torch.isfinite(loss)
-                if not on_device_skip and not finite.item():
-                    totals[3] += 1
-                    continue
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if on_device_skip:
-                    optimizer.found_inf = (~finite).float()
-                optimizer.step()
-                kept = finite.double()
-                batch = torch.stack(
-                    [
-                        torch.where(finite, loss.detach().double(), 0.0) * len(yb),
-                        (logits.argmax(1) == yb).sum().double() * kept,
-                        kept * len(yb),
-                        1.0 - kept,
-                    ]
-                )
-                totals += batch
-            loss_sum, correct, seen, skipped = totals.tolist()  # the epoch's one host sync
-            scheduler.step(epoch if recipe.lr_step == "authors" else epoch + 1)
-            result.epochs_run = epoch + 1
-            result.skipped_batches += int(skipped)
-            result.train_loss = loss_sum / seen if seen else float("nan")
-            result.train_top1 = 100.0 * correct / seen if seen else float("nan")
-            if log_every and ((epoch + 1) % log_every == 0 or epoch + 1 == recipe.epochs):
-                print(
-                    f"epoch {epoch + 1}/{recipe.epochs} lr {result.lr_per_epoch[-1]:.2e} loss {result.train_loss:.4f} "
-                    f"top1 {result.train_top1:.1f} skipped {int(skipped)} ({time.time() - start:.1f}s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            stop = False
-            if evaluating and ((epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs):
-                top1 = evaluate()
-                model.train()
-                result.evals.append((epoch + 1, top1))
-                # Strictly better only: the first of equal evaluations stays the best (the authors' rule).
-                if not top1 <= result.best_top1:
-                    result.best_top1, result.best_epoch = top1, epoch + 1
-                    if recipe.keep == "best":
-                        best_params = {name: p.detach().clone() for name, p in named}
-                since_best = sum(1 for e, _ in result.evals if e > result.best_epoch)
-                stop = bool(recipe.early_patience) and since_best >= recipe.early_patience
-                print(f"epoch {epoch + 1}: held-out top1 {top1:.2f} (best {result.best_top1:.2f})", file=sys.stderr)
-            if checkpoint and epoch + 1 < recipe.epochs and not stop:
-                checkpoint.save(
-                    {
-                        "params": {name: p.detach().cpu() for name, p in named},
-                        "optimizer": optimizer.state_dict(),
-                        "generator": generator.get_state(),
-                        "rng": rng_state(device),
-                        "result": dataclasses.asdict(result),
-                        "best_params": best_params,
-                    }
-                )
-                if preempt["stop"]:
-                    raise Preempted(checkpoint.path)
-            if stop:
-                print(f"early stop: {recipe.early_patience} evaluations without a better top-1", file=sys.stderr)
-                break
+    for epoch in range(start_epoch, recipe.epochs):
+        result.lr_per_epoch.append(optimizer.param_groups[0]["lr"])
+        order = torch.randperm(n, generator=generator).to(device)
+        totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, correct, seen, skipped
+        for step in range(steps):
+            if step:
+                yield  # the last step's yield comes after the epoch's bookkeeping (and checkpoint)
+            run.at = (epoch + 1, step + 1, steps)
+            idx = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
+            xb = x.train_batch(idx) if isinstance(x, Images) else x[idx]
+            yb = y[idx]
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = forward(xb)
+            loss = nn.functional.cross_entropy(logits.float(), yb)
+            if epoch == 0 and step == 0:  # the start of the explosion rule: one host sync per run
+                result.initial_loss, result.num_classes = loss.item(), logits.shape[1]
+            finite = torch.isfinite(loss)
+            if not on_device_skip and not finite.item():
+                totals[3] += 1
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if on_device_skip:
+                optimizer.found_inf = (~finite).float()
+            optimizer.step()
+            kept = finite.double()
+            batch = torch.stack(
+                [
+                    torch.where(finite, loss.detach().double(), 0.0) * len(yb),
+                    (logits.argmax(1) == yb).sum().double() * kept,
+                    kept * len(yb),
+                    1.0 - kept,
+                ]
+            )
+            totals += batch
+        loss_sum, correct, seen, skipped = totals.tolist()  # the epoch's one host sync
+        scheduler.step(epoch if recipe.lr_step == "authors" else epoch + 1)
+        result.epochs_run = epoch + 1
+        result.skipped_batches += int(skipped)
+        result.train_loss = loss_sum / seen if seen else float("nan")
+        result.train_top1 = 100.0 * correct / seen if seen else float("nan")
+        if run.log_every and ((epoch + 1) % run.log_every == 0 or epoch + 1 == recipe.epochs):
+            print(
+                f"epoch {epoch + 1}/{recipe.epochs} lr {result.lr_per_epoch[-1]:.2e} loss {result.train_loss:.4f} "
+                f"top1 {result.train_top1:.1f} skipped {int(skipped)} ({time.time() - start:.1f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        stop = False
+        if evaluating and ((epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs):
+            top1 = evaluate()
+            model.train()
+            result.evals.append((epoch + 1, top1))
+            # Strictly better only: the first of equal evaluations stays the best (the authors' rule).
+            if not top1 <= result.best_top1:
+                result.best_top1, result.best_epoch = top1, epoch + 1
+                if recipe.keep == "best":
+                    best_params = {name: p.detach().clone() for name, p in named}
+            since_best = sum(1 for e, _ in result.evals if e > result.best_epoch)
+            stop = bool(recipe.early_patience) and since_best >= recipe.early_patience
+            print(f"epoch {epoch + 1}: held-out top1 {top1:.2f} (best {result.best_top1:.2f})", file=sys.stderr)
+        if checkpoint and epoch + 1 < recipe.epochs and not stop:
+            checkpoint.save(
+                {
+                    "params": {name: p.detach().cpu() for name, p in named},
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "rng": rng_state(device),
+                    "result": dataclasses.asdict(result),
+                    "best_params": best_params,
+                }
+            )
+        if stop:
+            print(f"early stop: {recipe.early_patience} evaluations without a better top-1", file=sys.stderr)
+            break
+        if epoch + 1 < recipe.epochs:
+            yield
     if best_params is not None:
         with torch.no_grad():
             for name, p in named:

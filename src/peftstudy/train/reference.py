@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from peftstudy.data.layout import decode
 from peftstudy.train.engine import Recipe, TrainResult, cosine_schedule
@@ -38,6 +39,20 @@ class ImageFiles(Dataset):
         return torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().div(255.0), label
 
 
+class EngineOrder(Sampler[int]):
+    """The engine's batch order: one `randperm` per epoch from a generator seeded with the run's seed. Fed to
+    this loop, it takes the authors' shuffle out of a comparison with the engine, leaving the data path."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.generator = n, torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(torch.randperm(self.n, generator=self.generator).tolist())
+
+
 def fit(
     model: nn.Module,
     data: ImageFiles,
@@ -48,8 +63,10 @@ def fit(
     seed: int,
     workers: int,
     device: torch.device | str,
+    engine_order: bool = False,
 ) -> tuple[TrainResult, float]:
-    """Train as the authors do; returns the result and the training images per second."""
+    """Train as the authors do; returns the result and the training images per second. `engine_order`: shuffle
+    as the engine does (:class:`EngineOrder`) instead of with the DataLoader's own sampler."""
     device = torch.device(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
@@ -57,7 +74,8 @@ def fit(
     loader = DataLoader(
         data,
         batch_size=recipe.batch_size,
-        shuffle=True,
+        shuffle=None if engine_order else True,
+        sampler=EngineOrder(len(data), seed) if engine_order else None,
         drop_last=True,
         num_workers=workers,
         pin_memory=device.type == "cuda",

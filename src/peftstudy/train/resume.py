@@ -4,8 +4,9 @@ A checkpoint holds what the next epoch depends on: the trained tensors, the opti
 batch-order generator, torch's RNG (drop-path, dropout, augmentation), the epoch and the result so far. A run
 resumed from it ends with the same weights and metrics as one never interrupted (tested bitwise on the CPU).
 It carries the run's key (the hash of its settings), so a changed run never resumes from a stale file.
-SIGTERM (Slurm's preemption and time limit) sets a flag; the loop saves at the end of the epoch and exits
-with status 143, and the job's retry or requeue resumes.
+SIGTERM (Slurm's preemption and time limit) sets a flag; the loop stops after the training step under way
+and exits with status 143 (well within Slurm's KillWait of 30 s), and the job's retry or requeue resumes from
+the last epoch boundary, replaying the steps since: the same bytes as a run never interrupted.
 """
 
 from __future__ import annotations
@@ -57,14 +58,19 @@ class Checkpoint:
         self.path.unlink(missing_ok=True)
 
 
+# What :func:`sigterm_flag` yields: `stop` once SIGTERM came; the training loop counts its `steps`, and the
+# handler notes the count it came at (`signalled_at`), so the log can say how many steps stopping took.
+NO_SIGNAL = {"stop": False, "steps": 0, "signalled_at": 0}
+
+
 @contextmanager
-def sigterm_flag() -> Iterator[dict[str, bool]]:
+def sigterm_flag() -> Iterator[dict[str, int]]:
     """While active, SIGTERM sets flag["stop"] instead of ending the process."""
-    flag = {"stop": False}
+    flag = dict(NO_SIGNAL)
 
     def handler(signum: int, frame: object) -> None:
-        print("SIGTERM: saving at the end of this epoch, then exiting", file=sys.stderr, flush=True)
-        flag["stop"] = True
+        print("SIGTERM: stopping after this training step", file=sys.stderr, flush=True)
+        flag["stop"], flag["signalled_at"] = True, flag["steps"]
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:

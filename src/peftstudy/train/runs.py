@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,19 @@ from peftstudy import methods, provenance
 from peftstudy.io import load_npz, save_npz, write_json
 from peftstudy.models import create_backbone, pick_device, save_safetensors, weights_sha256
 from peftstudy.plan.study import config_hash
-from peftstudy.train.engine import Images, Recipe, bf16_on, features, fit, predict, scores, seed_everything, to_input
+from peftstudy.train.engine import (
+    Images,
+    Recipe,
+    Run,
+    TrainResult,
+    bf16_on,
+    features,
+    predict,
+    scores,
+    seed_everything,
+    to_input,
+    train_together,
+)
 from peftstudy.train.resume import Checkpoint
 
 
@@ -69,15 +82,19 @@ class Session:
     linear probe's cached features.
 
     A process may train several grid points (or seeds) of one (method, dataset), which saves the start-up,
-    data loading and weight reading of each (issue 7). Every run reseeds before building its model, so its
-    result is the same whichever runs share its process.
+    data loading and weight reading of each (issue 7), and may train them at once (`concurrent`, issue 17).
+    Every run reseeds before building its model and owns its RNG while training, so its result is the same
+    whichever runs share its process.
     """
 
-    def __init__(self, args: argparse.Namespace, held_out: str) -> None:
+    def __init__(self, args: argparse.Namespace, held_out: str, runs: int) -> None:
         self.args = args
         self.device = pick_device(args.device, args.threads)
         self.recipe = Recipe(**args.recipe)
         self.bf16 = bf16_on(self.recipe, self.device)
+        # Runs trained at once, interleaved: `--concurrent`, or by default all of the job's on a GPU (which one
+        # run leaves idle at the protocol's batch size) and one at a time on the CPU (no idle units to fill).
+        self.concurrent = args.concurrent or (runs if self.device.type == "cuda" else 1)
         self.train = load_npz(args.train)
         if len(self.train["labels"]) < self.recipe.batch_size:  # before any model is built
             raise ValueError(
@@ -119,11 +136,24 @@ class Session:
         return mode == "always" or (mode == "exact" and drop_path == 0)
 
 
-def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, split: str):
-    """Train one grid point with one seed, then score the held-out split once.
+@dataclasses.dataclass
+class _Pending:
+    """A run set up and ready to train (its model built, its RNG captured), and how to score it after."""
 
-    Returns (model, trainable names, metrics, logits, labels).
-    """
+    gp: str
+    hp: dict[str, Any]
+    seed: int
+    model: nn.Module
+    trainable: list[str]
+    cfg: Any
+    cached: bool
+    run: Run
+    held_out_scores: Callable[[], tuple[torch.Tensor, dict[str, float]]]
+    latest: list[tuple[torch.Tensor, dict[str, float]]]
+
+
+def _set_up(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str) -> _Pending:
+    """Build one grid point's model for one seed and the :class:`Run` that trains it."""
     args, recipe, device = session.args, session.recipe, session.device
     train = session.train
     seed_everything(seed)
@@ -137,12 +167,11 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
     if args.resume_dir:
         key = config_hash(dict(settings, phase=phase, cached_features=cached))
         checkpoint = Checkpoint(Path(args.resume_dir) / f"{phase}-{gp}-seed{seed}.pt", key)
-    labels = session.held_out["labels"]
 
     def held_out_scores() -> tuple[torch.Tensor, dict[str, float]]:
         x_held = session.features("held_out", model) if cached else session.inputs("held_out", model)
         logits = predict(net, x_held, recipe.eval_batch_size, bf16=session.bf16)
-        return logits, scores(logits, torch.from_numpy(labels))
+        return logits, scores(logits, torch.from_numpy(session.held_out["labels"]))
 
     # The latest evaluation during training. fit evaluates the last epoch it runs, so with `keep: last` that
     # is the score of the weights training ends with, and it is not computed a second time.
@@ -152,8 +181,7 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
         latest[:] = [held_out_scores()]
         return latest[0][1]["top1"]
 
-    start = time.time()
-    result = fit(
+    run = Run(
         net,
         x_train,
         y,
@@ -166,9 +194,35 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
         # best-test checkpoint (keep: best, labelled as a test-set oracle), never to stop early otherwise.
         evaluate=evaluate if phase == "tune" or recipe.keep == "best" else None,
     )
-    logits, score = latest[0] if latest and recipe.keep == "last" else held_out_scores()
-    trainable_params, head_params = count(model, trainable)
+    return _Pending(gp, hp, seed, model, trainable, cfg, cached, run, held_out_scores, latest)
+
+
+def _train(session: Session, specs: list[tuple[str, dict[str, Any], int]], phase: str, split: str):
+    """Train (gp, hp, seed) runs, `session.concurrent` at a time, interleaved; yield each one's
+    (model, trainable names, metrics, logits, labels) as its group ends, in order."""
+    for first in range(0, len(specs), session.concurrent):
+        group = [_set_up(session, gp, hp, seed, phase) for gp, hp, seed in specs[first : first + session.concurrent]]
+        start = time.time()
+        results = train_together([pending.run for pending in group])
+        wall = (time.time() - start) / len(group)
+        for pending, result in zip(group, results, strict=True):
+            yield _finish(session, pending, result, wall, phase, split)
+
+
+def _finish(session: Session, pending: _Pending, result: TrainResult, wall: float, phase: str, split: str):
+    """Score a trained run's held-out split (once) and write up its metrics."""
+    args, recipe = session.args, session.recipe
+    latest = pending.latest
+    logits, score = latest[0] if latest and recipe.keep == "last" else pending.held_out_scores()
+    trainable_params, head_params = count(pending.model, pending.trainable)
     reason = result.divergence or (None if np.isfinite(score["loss"]) else f"non-finite {split} logits")
+    settings = {
+        "method": args.method,
+        "hp": pending.hp,
+        "recipe": args.recipe,
+        "backbone": args.backbone,
+        "seed": pending.seed,
+    }
     metrics = {
         "status": "diverged" if reason else "ok",
         "divergence": {"rule": recipe.divergence, "reason": reason},
@@ -176,11 +230,11 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
         "experiment": args.experiment,
         "dataset": args.dataset,
         "method": args.method,
-        "gp": gp,
-        "hp": hp,
-        "method_config": dataclasses.asdict(cfg),
+        "gp": pending.gp,
+        "hp": pending.hp,
+        "method_config": dataclasses.asdict(pending.cfg),
         "recipe": dataclasses.asdict(recipe),
-        "seed": seed,
+        "seed": pending.seed,
         "metrics": {
             "train_loss": _finite(result.train_loss),
             "train_top1": _finite(result.train_top1),
@@ -197,10 +251,10 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
         "head_params": head_params,
         "epochs_run": result.epochs_run,
         "skipped_batches": result.skipped_batches,
-        "wall_seconds": round(time.time() - start, 3),
-        "device": str(device),
+        "wall_seconds": round(wall, 3),  # runs trained together share their wall time equally
+        "device": str(session.device),
         "precision": "bf16" if session.bf16 else "fp32",
-        "cached_features": cached,
+        "cached_features": pending.cached,
         "provenance": provenance.record(
             # The hash of the settings this run depends on, not of the whole study config: an unrelated edit
             # elsewhere in the config must not make a result look different (or rerun it).
@@ -210,8 +264,9 @@ def _run(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str, s
             backbone_weights=args.backbone.get("weights"),
         ),
     }
-    print(f"{args.method} {hp} seed {seed}: {split} top1 {score['top1']:.2f} ({metrics['status']})", flush=True)
-    return model, trainable, metrics, logits, labels
+    line = f"{args.method} {pending.hp} seed {pending.seed}: {split} top1 {score['top1']:.2f} ({metrics['status']})"
+    print(line, flush=True)
+    return pending.model, pending.trainable, metrics, logits, session.held_out["labels"]
 
 
 def _kept(recipe: Recipe, split: str) -> str:
@@ -236,12 +291,13 @@ def _finite(value: float) -> float | None:
 
 
 def tune(args: argparse.Namespace) -> None:
-    """Every grid point of `--points` in turn; the job's file is rewritten (atomically) as each point is done, so a
-    killed job shows what it finished (and Snakemake names it incomplete)."""
-    session = Session(args, args.val)
+    """Every grid point of `--points`, `concurrent` at a time; the job's file is rewritten (atomically) as each
+    group is done, so a killed job shows what it finished (and Snakemake names it incomplete)."""
+    session = Session(args, args.val, len(args.points))
+    specs = [(point["gp"], point["hp"], args.seed) for point in args.points]
     points = []
-    for point in args.points:
-        points.append(_run(session, point["gp"], point["hp"], args.seed, "tune", "val")[2])
+    for _, _, metrics, _, _ in _train(session, specs, "tune", "val"):
+        points.append(metrics)
         write_json(args.out, {"points": points}, schema="tune")
 
 
@@ -250,9 +306,11 @@ def final(args: argparse.Namespace) -> None:
     outs = (args.out_metrics, args.out_logits, args.out_weights)
     if any(len(o) != len(args.seed) for o in outs):
         raise ValueError(f"{len(args.seed)} seeds: give as many --out-metrics, --out-logits and --out-weights")
-    session = Session(args, args.test)
-    for seed, out_metrics, out_logits, out_weights in zip(args.seed, *outs, strict=True):
-        model, trainable, metrics, logits, labels = _run(session, args.gp, args.hp, seed, "final", "test")
+    session = Session(args, args.test, len(args.seed))
+    specs = [(args.gp, args.hp, seed) for seed in args.seed]
+    for (model, trainable, metrics, logits, labels), out_metrics, out_logits, out_weights in zip(
+        _train(session, specs, "final", "test"), *outs, strict=True
+    ):
         params = dict(model.named_parameters())
         save_safetensors(out_weights, {n: params[n] for n in trainable}, {"method": args.method, "gp": args.gp})
         save_npz(out_logits, logits=logits.numpy().astype(np.float32), labels=labels)
