@@ -36,7 +36,7 @@ def test_sweep_overhead_on_the_tiny_study(workflow: Workflow, tmp_path) -> None:
     assert sorted(sizes) == [1, 2], proc.stdout
     # tiny: vtab (2 tasks x linear and LoRA) and robustness (1 task x 2 methods); a checkpoint per method and task.
     assert [int(sizes[k][3]) for k in (1, 2)] == [4, 6]
-    for _, _, planned, _, executed, cpu in (m.groups() for m in sizes.values()):
+    for _, planned, _, executed, cpu in (m.groups() for m in sizes.values()):
         assert int(executed) > int(planned)  # the finals appear behind the checkpoints
         assert float(cpu) > 0
     match = LAST_LINE.match(proc.stdout.strip().splitlines()[-1])
