@@ -1,8 +1,10 @@
 """benchmarks/sweep_overhead.py on the tiny study: each size runs the real DAG through Snakemake (stand-in jobs,
-the real selections), and the projection to the study at its full size reproduces what was measured there."""
+the real selections), and the projection to the study at its full size reproduces what was measured there. Its
+stand-in for `peftstudy` writes what the schemas accept."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import pytest
 import yaml
 from conftest import REPO, Workflow, tiny_config
 
-pytestmark = pytest.mark.slow
+from peftstudy.io import validate
 
 SIZE_LINE = re.compile(
     r"^datasets=(\d): planned (\d+) jobs, (\d+) checkpoints, executed (\d+); Snakemake CPU (\d+\.\d\d) s", re.MULTILINE
@@ -19,6 +21,7 @@ SIZE_LINE = re.compile(
 LAST_LINE = re.compile(r"^snakemake_seconds=(\d+) jobs=(\d+) checkpoints=(\d+)$")
 
 
+@pytest.mark.slow
 def test_sweep_overhead_on_the_tiny_study(workflow: Workflow, tmp_path) -> None:
     study = tmp_path / "tiny.yaml"
     study.write_text(yaml.safe_dump(tiny_config()))
@@ -45,3 +48,24 @@ def test_sweep_overhead_on_the_tiny_study(workflow: Workflow, tmp_path) -> None:
     full = sizes[2]
     assert (int(match[2]), int(match[3])) == (int(full[2]), int(full[3]))
     assert abs(int(match[1]) - float(full[5])) <= 0.25 * float(full[5]) + 1
+
+
+def test_the_stand_in_writes_what_the_schemas_accept(tmp_path) -> None:
+    run = {"--experiment": "vtab", "--dataset": "count", "--method": "lora", "--recipe": "{}"}
+    stages = {
+        "tune": {**run, "--points": '[{"gp": "0123abcd", "hp": {"lr": 0.1}}]', "--seed": "0", "--out": "tune.json"},
+        "final": {
+            **run,
+            **{"--gp": "0123abcd", "--hp": '{"lr": 0.1}', "--seed": "0", "--out-metrics": "final.json"},
+            **{"--out-logits": "logits.npz", "--out-weights": "peft.safetensors"},
+        },
+        "ensemble": {"--methods": "lora", "--out-ensembles": "ensembles.json", "--out-agreement": "agreement.json"},
+        "robustness": {"--method": "lora", "--eval": "id=a.npz", "--alphas": "[0.0, 1.0]", "--out-ood": "ood.json"}
+        | {"--out-wise": "wise.json"},
+    }
+    for stage, args in stages.items():
+        argv = [str(REPO / "benchmarks/sweep_stand_in.py"), stage, *(x for pair in args.items() for x in pair)]
+        subprocess.run([sys.executable, *argv], cwd=tmp_path, check=True)
+    schemas = {"tune": "metrics", "final": "metrics", "ensembles": "ensembles", "agreement": "agreement"}
+    for name, schema in (schemas | {"ood": "ood", "wise": "wise"}).items():
+        validate(json.loads((tmp_path / f"{name}.json").read_text()), schema)
