@@ -23,7 +23,7 @@ Last line:
 
     snakemake_seconds=<projected CPU seconds of the --project study> jobs=<n> checkpoints=<n>
 
-    python benchmarks/sweep_overhead.py                          # VTAB-1K at 1, 2 and 3 tasks -> studies/paper.yaml
+    python benchmarks/sweep_overhead.py                          # VTAB-1K at 1 to 4 tasks -> studies/paper.yaml
     python benchmarks/sweep_overhead.py --configfile config.yaml --datasets 1 2 3 --project config.yaml
     python benchmarks/sweep_overhead.py --configfile config.yaml --datasets 1 --slurm debug   # the slurm profile
 """
@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--configfile", action="append", type=Path, help=f"repeatable, merged in order (default {DEFAULT_CONFIG})"
     )
-    parser.add_argument("--datasets", type=int, nargs="+", default=[1, 2, 3], help="sizes: datasets per experiment")
+    parser.add_argument("--datasets", type=int, nargs="+", default=[1, 2, 3, 4], help="sizes: datasets per experiment")
     parser.add_argument(
         "--project", action="append", type=Path, help=f"the study to project to, repeatable (default {DEFAULT_PROJECT})"
     )
