@@ -1,0 +1,260 @@
+"""Sweep overhead: the CPU time of Snakemake's own process over a whole study run, projected to the paper.
+
+Snakemake's main loop builds the DAG, re-evaluates it after every checkpoint (each `select`), and runs a
+scheduling round after every finished job; at paper scale that alone may take hours. This measures it on the
+study's real DAG through Snakemake's real scheduler, in a scratch copy of the repository (the checkout stays
+clean):
+
+1. For each size k, the study restricted to the first k datasets of each experiment (an extra --configfile
+   overriding `experiments.<name>.datasets`), a dry run lists the jobs; the data stage's jobs (downloads,
+   extraction, indexing: every job no stand-in answers) get faked outputs, older sources first, as
+   benchmarks/dag_scale.py fakes them.
+2. `snakemake all` then runs every other job for real, with `peftstudy` replaced by benchmarks/sweep_stand_in.py
+   (first on PATH in the scratch copy: schema-valid outputs in milliseconds; `select` and `collect` are the real
+   ones). A second dry run must find nothing to do.
+3. The CPU time (user + system) of Snakemake's own process is read from /proc/<pid>/stat when it exits (before
+   it is reaped): the stand-ins, shells, `sbatch` and `squeue` calls are its children, counted apart. CPU time,
+   not wall time: other work on a shared machine inflates the latter.
+4. The fit: seconds = a + b * jobs + c * checkpoints * jobs (each checkpoint re-evaluates the whole DAG; each
+   scheduling round walks every ready job), by non-negative least squares over the sizes, jobs and
+   checkpoints being the dry run's planned counts; projected to the --project study's own counts (its dry run).
+
+Last line:
+
+    snakemake_seconds=<projected CPU seconds of the --project study> jobs=<n> checkpoints=<n>
+
+    python benchmarks/sweep_overhead.py                          # VTAB-1K at 1 to 4 tasks -> studies/paper.yaml
+    python benchmarks/sweep_overhead.py --configfile config.yaml --datasets 1 2 3 --project config.yaml
+    python benchmarks/sweep_overhead.py --configfile config.yaml --datasets 1 --slurm debug   # the slurm profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from dag_scale import COPIED, REPO, SNAKEMAKE, Job, fake_outputs, load_config, parse_jobs
+from scipy.optimize import nnls
+
+STAND_IN = Path(__file__).resolve().parent / "sweep_stand_in.py"
+DEFAULT_CONFIG = REPO / "studies/vtab1k.yaml"
+DEFAULT_PROJECT = REPO / "studies/paper.yaml"
+# Rules whose jobs run for real (the stand-in answers their `peftstudy <stage>`); every other job is faked.
+RUN_RULES = ("prepare", "tune", "select", "final", "collect", "ensemble", "robustness", "tables", "report", "all")
+DONE = re.compile(r"(\d+) of (\d+) steps \(100%\) done")
+NOTHING = "Nothing to be done"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Measured:
+    datasets: int
+    planned: int  # jobs of the dry run before anything ran (the finals behind the checkpoints not yet known)
+    checkpoints: int
+    executed: int
+    cpu: float  # Snakemake's own process
+    children_cpu: float  # the jobs it ran locally, sbatch and squeue calls
+    wall: float
+
+
+@dataclass
+class Process:
+    wall: float
+    cpu: float
+    children_cpu: float
+    returncode: int
+    output: str
+
+
+def run_measured(cmd: Sequence[str], cwd: Path, env: dict[str, str], log: Path, limit: float | None = None) -> Process:
+    """Run `cmd`, SIGKILLed after `limit` seconds; its own CPU time is read from /proc when it has exited but is not
+    yet reaped (WNOWAIT): what `getrusage(RUSAGE_CHILDREN)` gives would include every job it ran. No `timeout`
+    wrapper: the process measured must be the command itself."""
+    began = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        killer = threading.Timer(limit, proc.kill) if limit else None
+        if killer:
+            killer.start()
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        if killer:
+            killer.cancel()
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        returncode = proc.wait()
+    wall = time.perf_counter() - began
+    # After the command name: utime, stime, cutime, cstime are fields 12-15 (proc(5) numbers them 14-17).
+    utime, stime, cutime, cstime = (int(f) / TICKS for f in fields[11:15])
+    return Process(wall, utime + stime, cutime + cstime, returncode, log.read_text())
+
+
+def dry_run(root: Path, configfiles: Sequence[Path], env: dict[str, str], *args: str) -> str:
+    cmd = [str(SNAKEMAKE), "all", "-n", "--configfile", *map(str, configfiles), *args]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-6000:]}")
+    return proc.stdout + proc.stderr
+
+
+def plan(root: Path, configfiles: Sequence[Path], env: dict[str, str]) -> list[Job]:
+    jobs = parse_jobs(dry_run(root, configfiles, env))
+    if not jobs:
+        raise SystemExit(f"the dry run of {[str(p) for p in configfiles]} planned no job")
+    return jobs
+
+
+def restricted(config: dict, datasets: int) -> dict:
+    """A config override: each experiment's first `datasets` datasets (all methods, grids and seeds kept)."""
+    return {
+        "experiments": {name: {"datasets": exp["datasets"][:datasets]} for name, exp in config["experiments"].items()}
+    }
+
+
+def is_faked(job: Job) -> bool:
+    return job.rule.split("_")[0] not in RUN_RULES
+
+
+def copy_repo(root: Path) -> None:
+    root.mkdir(parents=True)
+    for name in COPIED:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
+
+
+def install_stand_in(bin_dir: Path) -> None:
+    bin_dir.mkdir()
+    command = bin_dir / "peftstudy"
+    command.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STAND_IN}" "$@"\n')
+    command.chmod(0o755)
+
+
+def slurm_profile(root: Path, partition: str) -> None:
+    """The project's slurm profile for a small local Slurm: its partition, quick polls, no conda, small jobs
+    (as tests/test_slurm.py adapts it); the study config comes from the benchmark's --configfile."""
+    profile = yaml.safe_load((REPO / "slurm/config.yaml").read_text())
+    for key in ("configfile", "software-deployment-method"):
+        profile.pop(key, None)
+    profile.update({"slurm-init-seconds-before-status-checks": 2, "latency-wait": 5})
+    profile["default-resources"] = {"slurm_partition": partition, "mem_mb": 500, "runtime": 10}
+    (root / "slurm").mkdir(exist_ok=True)
+    (root / "slurm/config.yaml").write_text(yaml.safe_dump(profile))
+
+
+def measure(
+    scratch: Path, configfiles: Sequence[Path], datasets: int, run_args: Sequence[str], slurm: str | None
+) -> Measured:
+    """One size: a fresh copy, the data stage faked, the whole study run, then nothing left to do."""
+    root = scratch / f"k{datasets}"
+    copy_repo(root)
+    install_stand_in(root / "bin")
+    if slurm:
+        slurm_profile(root, slurm)
+    override = root / "sweep_size.yaml"
+    override.write_text(yaml.safe_dump(restricted(load_config(root, configfiles), datasets)))
+    configs = [*configfiles, override]
+    tables = root / "tables_outputs.txt"
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(root / "src"),  # the copy's package (the real select and collect), not the checkout's
+        PATH=f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        SWEEP_TABLES_OUTPUTS=str(tables),
+    )
+
+    sources = time.time() - 24 * 3600  # in the past: Snakemake warns about mtimes in the future
+    for path in root.rglob("*"):
+        os.utime(path, (sources, sources), follow_symlinks=False)
+    jobs = plan(root, configs, env)
+    fake_outputs(root, [job for job in jobs if is_faked(job)], sources)
+    tables.write_text("\n".join(out for job in jobs if job.rule == "tables" for out in job.outputs))
+
+    executor = ["--profile", "slurm"] if slurm else []
+    cmd = [str(SNAKEMAKE), "all", "--configfile", *map(str, configs), *executor, *run_args]
+    # A Snakemake stuck polling Slurm ignores SIGTERM (LOCAL_SLURM.md (d)): SIGKILL after an hour.
+    run = run_measured(cmd, root, env, root / "run.log", limit=3600 if slurm else None)
+    if run.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({run.returncode}):\n{run.output[-8000:]}")
+    done = DONE.findall(run.output)
+    if not done:
+        raise SystemExit(f"no '... steps (100%) done' in the run's log:\n{run.output[-3000:]}")
+    if NOTHING not in dry_run(root, configs, env, "--quiet", "rules"):
+        raise SystemExit(f"after the run, a dry run still plans jobs:\n{dry_run(root, configs, env)[-6000:]}")
+    return Measured(
+        datasets=datasets,
+        planned=len(jobs),
+        checkpoints=sum(job.checkpoint for job in jobs),
+        executed=int(done[-1][1]),
+        cpu=run.cpu,
+        children_cpu=run.children_cpu,
+        wall=run.wall,
+    )
+
+
+def terms(jobs: float, checkpoints: float) -> list[float]:
+    return [1.0, jobs, checkpoints * jobs]
+
+
+def fit(sizes: Sequence[Measured]) -> np.ndarray:
+    """a, b, c >= 0 of seconds = a + b * jobs + c * checkpoints * jobs."""
+    design = np.array([terms(m.planned, m.checkpoints) for m in sizes])
+    coefficients, _ = nnls(design, np.array([m.cpu for m in sizes]))
+    return coefficients
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--configfile", action="append", type=Path, help=f"repeatable, merged in order (default {DEFAULT_CONFIG})"
+    )
+    parser.add_argument("--datasets", type=int, nargs="+", default=[1, 2, 3, 4], help="sizes: datasets per experiment")
+    parser.add_argument(
+        "--project", action="append", type=Path, help=f"the study to project to, repeatable (default {DEFAULT_PROJECT})"
+    )
+    parser.add_argument("--cores", type=int, default=8, help="local executor: --cores of the measured runs")
+    parser.add_argument("--scheduler", default="greedy", help="Snakemake's --scheduler (greedy or ilp)")
+    parser.add_argument("--slurm", metavar="PARTITION", help="run through the slurm profile on this partition")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch copies (their path is printed)")
+    args = parser.parse_args(argv)
+    configfiles = [p.resolve() for p in (args.configfile or [DEFAULT_CONFIG])]
+    project = [p.resolve() for p in (args.project or [DEFAULT_PROJECT])]
+    run_args = ["--scheduler", args.scheduler, *([] if args.slurm else ["--cores", str(args.cores)])]
+
+    scratch = Path(tempfile.mkdtemp(prefix="sweep_overhead."))
+    try:
+        sizes = []
+        for k in args.datasets:
+            m = measure(scratch, configfiles, k, run_args, args.slurm)
+            sizes.append(m)
+            print(
+                f"datasets={k}: planned {m.planned} jobs, {m.checkpoints} checkpoints, executed {m.executed};"
+                f" Snakemake CPU {m.cpu:.2f} s (its jobs {m.children_cpu:.2f} s), wall {m.wall:.1f} s,"
+                f" {1000 * m.cpu / m.executed:.1f} ms per executed job",
+                flush=True,
+            )
+        a, b, c = fit(sizes)
+        print(f"fit: seconds = {a:.3g} + {b:.3g} * jobs + {c:.3g} * checkpoints * jobs", flush=True)
+        copy_repo(scratch / "project")
+        env = dict(os.environ, PYTHONPATH=str(scratch / "project/src"))
+        jobs = plan(scratch / "project", project, env)
+        n, checkpoints = len(jobs), sum(job.checkpoint for job in jobs)
+        seconds = float(np.dot([a, b, c], terms(n, checkpoints)))
+        print(f"snakemake_seconds={seconds:.0f} jobs={n} checkpoints={checkpoints}", flush=True)
+    finally:
+        if args.keep:
+            print(f"kept {scratch}", file=sys.stderr)
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""A stand-in for the `peftstudy` command, for benchmarks/sweep_overhead.py only (never on the product path).
+
+Placed first on PATH in the benchmark's scratch copy, it answers each `peftstudy <stage>` a workflow rule calls in
+milliseconds: every output the stage's arguments name, with content that its JSON schema
+(workflow/schemas/*.schema.yaml) accepts. `select` and `collect` run the real code: they are pure, cheap and
+decide what the DAG does next (the chosen grid point names the finals), and they check the stand-in's metrics
+against the metrics schema as they read them. Stages the benchmark fakes before the run (downloads, extraction,
+indexing) are refused by argparse, so a job that should not run fails loudly. Standard library only: it starts
+in ~20 ms.
+
+The `tables` stage's outputs are not in its arguments (only their folder): the benchmark lists them, from the
+study's dry run, in the file named by $SWEEP_TABLES_OUTPUTS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REAL_STAGES = ("select", "collect")
+PROVENANCE = {
+    "code_version": "stand-in",
+    "code_hash": "",
+    "config_hash": "",
+    "packages": {},
+    "data_manifest_sha256": "",
+    "backbone_sha256": None,
+    "host": "",
+    "python": "",
+}
+
+
+def write(path: str | Path, content: bytes | str) -> None:
+    """Atomically: Snakemake must never see a half-written output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(content.encode() if isinstance(content, str) else content)
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write(path, json.dumps(obj, indent=1, sort_keys=True))
+
+
+def score(gp: str) -> float:
+    """A deterministic top-1 per grid point (in %), so that selection picks varied winners."""
+    return int(gp[:4], 16) % 1000 / 10
+
+
+def metrics(args: argparse.Namespace, phase: str, gp: str, hp: dict, seed: int) -> dict[str, Any]:
+    """A metrics.json the metrics schema accepts."""
+    top1 = score(gp)
+    measured = {"val_top1": top1, "val_best_top1": top1} if phase == "tune" else {"test_top1": top1}
+    return {
+        "status": "ok",
+        "phase": phase,
+        "experiment": args.experiment,
+        "dataset": args.dataset,
+        "method": args.method,
+        "gp": gp,
+        "hp": hp,
+        "method_config": {},
+        "recipe": json.loads(args.recipe),
+        "seed": seed,
+        "metrics": {"train_loss": 0.0, "train_top1": top1, **measured},
+        "trainable_params": 0,
+        "head_params": 0,
+        "epochs_run": 0,
+        "skipped_batches": 0,
+        "wall_seconds": 0.0,
+        "device": "stand-in",
+        "precision": "fp32",
+        "cached_features": False,
+        "kept": "last",
+        "provenance": PROVENANCE,
+    }
+
+
+def tune(args: argparse.Namespace) -> None:
+    points = json.loads(args.points)
+    if len(points) != len(args.out):
+        raise SystemExit(f"tune: {len(points)} grid points but {len(args.out)} --out files")
+    for point, out in zip(points, args.out, strict=True):
+        write_json(out, metrics(args, "tune", point["gp"], point["hp"], args.seed))
+
+
+def final(args: argparse.Namespace) -> None:
+    runs = zip(args.seed, args.out_metrics, args.out_logits, args.out_weights, strict=True)
+    for seed, out_metrics, out_logits, out_weights in runs:
+        write_json(out_metrics, metrics(args, "final", args.gp, json.loads(args.hp), int(seed)))
+        write(out_logits, f"stand-in logits {args.gp} {seed}")
+        write(out_weights, f"stand-in weights {args.gp} {seed}")
+
+
+def prepare(args: argparse.Namespace) -> None:
+    write(args.out, "stand-in split cache")
+
+
+def ensemble(args: argparse.Namespace) -> None:
+    common = {"methods": args.methods, "seeds": []}
+    write_json(
+        args.out_ensembles,
+        common
+        | {
+            "ensemble_methods": args.methods,
+            "n_test": 0,
+            "combination": "stand-in",
+            "members": {},
+            "ensembles": [],
+            "seed_ensembles": {},
+        },
+    )
+    write_json(
+        args.out_agreement, common | {"confident_k": 1, "confidence": [], "pairs": [], "triples": [], "venn": []}
+    )
+
+
+def robustness(args: argparse.Namespace) -> None:
+    sets = [item.split("=", 1)[0] for item in args.eval]
+    common = {"method": args.method, "id_set": sets[0], "ood_sets": sets[1:]}
+    write_json(
+        args.out_ood,
+        common | {"seeds": [], "id": 0.0, "ood": {}, "ood_mean": 0.0, "class_subsets": [], "per_seed": []},
+    )
+    write_json(args.out_wise, common | {"alphas": json.loads(args.alphas), "points": [], "procedure": "stand-in"})
+
+
+def tables(args: argparse.Namespace) -> None:
+    listing = os.environ.get("SWEEP_TABLES_OUTPUTS")
+    if not listing:
+        raise SystemExit("tables: $SWEEP_TABLES_OUTPUTS (the list of the tables job's outputs) is not set")
+    for path in Path(listing).read_text().split():
+        write(path, "stand-in\n")
+
+
+def report(args: argparse.Namespace) -> None:
+    write(args.out, "<html>stand-in</html>\n")
+    write(args.out_notebook, json.dumps({"cells": []}))
+
+
+def run_args(p: argparse.ArgumentParser) -> None:
+    for name in ("experiment", "dataset", "method", "recipe"):
+        p.add_argument(f"--{name}", required=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="peftstudy (stand-in)")
+    sub = top.add_subparsers(dest="stage", required=True)
+
+    def stage(name: str, func: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name)
+        p.set_defaults(func=func)
+        return p
+
+    p = stage("tune", tune)
+    run_args(p)
+    p.add_argument("--points", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", nargs="+", required=True)
+    p = stage("final", final)
+    run_args(p)
+    p.add_argument("--gp", required=True)
+    p.add_argument("--hp", required=True)
+    p.add_argument("--seed", nargs="+", required=True)
+    for name in ("out-metrics", "out-logits", "out-weights"):
+        p.add_argument(f"--{name}", nargs="+", required=True)
+    stage("prepare", prepare).add_argument("--out", required=True)
+    p = stage("ensemble", ensemble)
+    p.add_argument("--methods", nargs="+", required=True)
+    p.add_argument("--out-ensembles", required=True)
+    p.add_argument("--out-agreement", required=True)
+    p = stage("robustness", robustness)
+    p.add_argument("--method", required=True)
+    p.add_argument("--eval", nargs="+", required=True)
+    p.add_argument("--alphas", required=True)
+    p.add_argument("--out-ood", required=True)
+    p.add_argument("--out-wise", required=True)
+    stage("tables", tables)
+    p = stage("report", report)
+    p.add_argument("--out", required=True)
+    p.add_argument("--out-notebook", required=True)
+    return top
+
+
+def main(argv: Sequence[str]) -> None:
+    if argv and argv[0] in REAL_STAGES:
+        from peftstudy.cli import main as real_main
+
+        real_main(list(argv))
+        return
+    # A stage without a stand-in fails here ("invalid choice"); arguments a stand-in does not need are ignored.
+    args, _ = parser().parse_known_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
