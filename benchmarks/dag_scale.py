@@ -136,7 +136,13 @@ def fake_round(root: Path, jobs: Sequence[Job], config: dict, after: float) -> f
         if job.checkpoint:
             gp, hp = next(iter(study_grids[job.wildcards["experiment"], job.wildcards["method"]].items()))
             selected = root / next(p for p in job.outputs if p.endswith("selected.json"))
-            content = {"gp": gp, "hp": hp, "val_top1": 0.0, "rule": "faked by benchmarks/dag_scale.py"}
+            content = {
+                "gp": gp,
+                "hp": hp,
+                "metric": "val_top1",
+                "score": 0.0,
+                "rule": "faked by benchmarks/dag_scale.py",
+            }
             write_json(selected, content, schema="selected")
     depth = levels(jobs)
     for i, job in enumerate(jobs):

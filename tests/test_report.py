@@ -234,7 +234,7 @@ def test_selected_json_and_the_report_name_the_selection_metric(tmp_path: Path):
     for gp, last, best in (("aaaaaaaa", 70.0, 71.0), ("bbbbbbbb", 60.0, 80.0)):
         paths.append(tmp_path / gp / "metrics.json")
         paths[-1].parent.mkdir()
-        write_json(paths[-1], tune_metrics(gp, last, best), schema="metrics")
+        write_json(paths[-1], {"points": [tune_metrics(gp, last, best)]}, schema="tune")
     out = tmp_path / "selected.json"
     grid = json.dumps(["aaaaaaaa", "bbbbbbbb"])
     args = ["--metric", "val_best_top1", "--metrics", *map(str, paths), "--out", str(out)]

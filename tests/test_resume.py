@@ -92,8 +92,14 @@ def interrupted(cmd, checkpoint, sig, after_epoch=2):
     return proc.returncode, out
 
 
+def run_metrics(folder: Path) -> dict:
+    """The one run's metrics of a final's metrics.json, or of a one-point tune job's file."""
+    record = json.loads((folder / "metrics.json").read_text())
+    return record["points"][0] if "points" in record else record
+
+
 def same_metrics(a: Path, b: Path) -> dict:
-    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    ma, mb = run_metrics(a), run_metrics(b)
     assert {k: v for k, v in ma.items() if k not in VOLATILE} == {k: v for k, v in mb.items() if k not in VOLATILE}
     return ma
 
@@ -133,7 +139,7 @@ def whole_tune(task, tmp_path_factory) -> tuple[Path, dict]:
     """An uninterrupted tune run: its folder and metrics, its best val epoch well before it stopped early."""
     whole = tmp_path_factory.mktemp("whole")
     run(command("tune", task, whole, whole / "resume", TUNE_RECIPE, HP_TUNE))
-    metrics = json.loads((whole / "metrics.json").read_text())
+    metrics = run_metrics(whole)
     best, ran = metrics["metrics"]["val_best_epoch"], metrics["epochs_run"]
     assert best + 2 < ran < TUNE_RECIPE["epochs"], (best, ran)  # early stopping, some epochs after the best
     return whole, metrics
