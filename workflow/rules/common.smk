@@ -128,3 +128,11 @@ def get_all_selected_finals(wildcards):
     stops at the first selection not yet made; the collect jobs meanwhile run the others in parallel.
     """
     return [path for run in LAYOUT.runs() for path in selected_finals(*run)]
+
+
+def backbone_source_sha256(source):
+    """A backbone source's pinned sum; a checkpoint fetched as one of `archives` is pinned there."""
+    archive = source["url"].removeprefix("resources/archives/")
+    if source["sha256"] or archive == source["url"]:
+        return source["sha256"]
+    return ARCHIVES.get(archive, {}).get("sha256")

@@ -252,14 +252,6 @@ for backbone_name, backbone in PLAN.all_backbones.items():
             " --out {output.head} > {log} 2>&1"
 
 
-def backbone_source_sha256(source):
-    """A backbone source's pinned sum; a checkpoint fetched as one of `archives` is pinned there."""
-    archive = source["url"].removeprefix("resources/archives/")
-    if source["sha256"] or archive == source["url"]:
-        return source["sha256"]
-    return ARCHIVES.get(archive, {}).get("sha256")
-
-
 # One fetch rule per backbone with a `source` (the study's and each of `backbones`), run where Snakemake runs.
 for backbone_name, backbone in PLAN.all_backbones.items():
     if "source" not in backbone:
