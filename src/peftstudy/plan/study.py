@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from peftstudy import methods
+from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.recipe import check_choices
 from peftstudy.plan.tasks import check_subset, task_table
 
@@ -100,8 +101,6 @@ def expand_grid(grid: Mapping[str, list], authors_keys: Mapping[str, str] | None
 def method_grid(experiment: Mapping[str, Any], method: str) -> list[dict[str, Any]]:
     """The experiment's common grid, with the method's own grid keys added or overriding (e.g. full's lr),
     iterated in the order the authors' code iterates it."""
-    from peftstudy import methods
-
     grid = dict(experiment["grid"])
     grid.update(experiment.get("method_grids", {}).get(method, {}))
     return expand_grid(grid, methods.authors_keys(method))
@@ -416,7 +415,7 @@ def report_context(config: Mapping[str, Any]) -> dict[str, Any]:
                 "seeds": exp["seeds"],
                 "head": exp["head"],
                 "tie_break": exp["selection"]["tie_break"],
-                "selection_metric": exp["selection"].get("metric", "val_top1"),
+                "selection_metric": exp["selection"].get("metric", DEFAULTS["selection_metric"]),
                 "recipe": {k: exp["recipe"][k] for k in REPORT_RECIPE_KEYS if k in exp["recipe"]},
                 "grid_points": {m: len(sizes[name, m]) for m in exp["methods"]},
             }

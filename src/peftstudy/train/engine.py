@@ -29,14 +29,12 @@ from peftstudy.plan.recipe import RECIPE_CHOICES, check_choices
 from peftstudy.train.resume import NO_SIGNAL, Checkpoint, Preempted, rng_state, set_rng_state, sigterm_flag
 
 COMPILE_MODES = RECIPE_CHOICES["compile"]
-AUGMENTS = RECIPE_CHOICES["augment"]
 # What makes a run diverged (recipe.divergence). non_finite: the authors' rule, a NaN/inf loss or weights only
 # (they skip such batches and carry on, STUDY.md B.1). explosion (the default) adds a last-epoch train loss
 # above EXPLOSION_FACTOR x its start, the start being the loss before the first update or, if larger, that of
 # a uniform guess (ln classes): a working run ends below both, and a run that ends 10x above them predicts
 # confidently wrong (a probe's run at loss 1e7 scored chance and won selection).
 EXPLOSION_FACTOR = 10.0
-DIVERGENCE_RULES = RECIPE_CHOICES["divergence"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,7 @@ class Recipe:
     eval_every: int = 0
     early_patience: int = 0
     keep: str = "last"
-    divergence: str = "explosion"  # DIVERGENCE_RULES
+    divergence: str = "explosion"  # RECIPE_CHOICES["divergence"]
 
     def __post_init__(self) -> None:
         check_choices(dataclasses.asdict(self))
@@ -459,7 +457,7 @@ def _steps(run: Run) -> Generator[None, None, TrainResult]:
 
 
 def divergence(result: TrainResult, bad_weights: bool, rule: str) -> str | None:
-    """Why a finished run counts as diverged under `rule` (DIVERGENCE_RULES), or None. Pure."""
+    """Why a finished run counts as diverged under `rule` (RECIPE_CHOICES["divergence"]), or None. Pure."""
     if bad_weights:
         return "non-finite weights"
     if not math.isfinite(result.train_loss):
