@@ -74,20 +74,31 @@ def test_the_default_config_is_valid():
     assert all(len(grids["vtab", m]) == 2 for m in methods.names())
 
 
-def test_packs_chunk_each_grid_in_grid_order():
+def test_packs_hold_each_point_once_in_grid_order_and_an_edit_changes_one_pack():
     config = copy.deepcopy(DEFAULT)
     vtab = config["experiments"]["vtab"]
     vtab["runs_per_job"] = {"tune": 2}
-    vtab["method_grids"]["lora"] = {"r": [1, 2, 4]}  # 2 lr x 3 r = 6 points -> 3 packs
-    vtab["method_grids"]["full"] = {"lr": [0.1, 0.2, 0.3]}  # 3 points -> 2 packs, the last of one
-    packs = study.tune_packs(config)
-    grids = study.grids(config)
-    assert [gp for pack in packs["vtab", "lora"] for gp in pack] == list(grids["vtab", "lora"])
-    assert [len(p) for p in packs["vtab", "lora"]] == [2, 2, 2]
-    assert [len(p) for p in packs["vtab", "full"]] == [2, 1]
+    vtab["method_grids"]["lora"] = {"r": [1, 2, 4, 8]}  # 2 lr x 4 r = 8 points -> 4 packs of 2 on average
+    vtab["method_grids"]["full"] = {"lr": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]}  # 7 points -> 4 packs
+    jobs = study.tune_jobs(config)
+    grid = list(study.grids(config)["vtab", "lora"])
+    lora = jobs["vtab", "lora"]
+    assert sorted(gp for gps in lora.values() for gp in gps) == sorted(grid)
+    assert all(gps == sorted(gps, key=grid.index) for gps in lora.values())
+    # 4 packs (some may be empty: a point's pack is its id's, so sizes vary around the mean of 2).
+    assert {name.split("-")[0] for name in lora} == {"pack4"}
+    # Adding a point, then removing one, changes exactly one pack: the others keep their names and points.
+    before = jobs["vtab", "full"]
+    vtab["method_grids"]["full"]["lr"].append(0.8)  # 8 points: still 4 packs
+    added = study.tune_jobs(config)["vtab", "full"]
+    assert len([name for name in added if added[name] != before.get(name)]) == 1
+    del vtab["method_grids"]["full"]["lr"][0]
+    removed = study.tune_jobs(config)["vtab", "full"]
+    assert len([name for name in added if removed.get(name) != added[name]]) == 1
+    # One point per job: named by its id.
     config["experiments"]["robustness"]["runs_per_job"] = {"tune": 1}
-    assert not [key for key in study.tune_packs(config) if key[0] == "robustness"]
-    assert study.pack_id(packs["vtab", "full"][0]) != study.pack_id(packs["vtab", "full"][1])
+    points = study.tune_jobs(config)["robustness", "bitfit"]
+    assert points == {gp: [gp] for gp in study.grids(config)["robustness", "bitfit"]}
 
 
 @pytest.mark.parametrize(

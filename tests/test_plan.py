@@ -129,13 +129,13 @@ def test_a_tune_job_is_a_grid_point_or_a_named_pack_and_its_file_comes_from_the_
 
     plan = Plan.of(tiny_config())
     jobs = plan.layout.tune_jobs
-    # Unpacked: one job per point, named by its id; packed (runs_per_job.tune 2): one pack-<id> of both points.
+    # Unpacked: one job per point, named by its id; packed (runs_per_job.tune 2): its 2 points in pack1-0.
     assert {pack: gps for pack, gps in jobs["vtab", "lora"].items()} == {gp: [gp] for gp in plan.grids["vtab", "lora"]}
     ((pack, gps),) = jobs["robustness", "bitfit"].items()
-    assert pack.startswith("pack-") and gps == list(plan.grids["robustness", "bitfit"])
+    assert pack == "pack1-0" and gps == list(plan.grids["robustness", "bitfit"])
     assert plan.tune_metrics("robustness", "shapes", "bitfit") == [
         f"results/tiny/robustness/shapes/bitfit/tune/{pack}/metrics.json"
     ]
     assert [p["gp"] for p in plan.pack_points("robustness", "bitfit", pack)] == gps
     with pytest.raises(ValueError, match="not a grid point or pack of bitfit"):
-        plan.pack_points("robustness", "bitfit", "pack-00000000")
+        plan.pack_points("robustness", "bitfit", "pack2-1")

@@ -176,3 +176,30 @@ def test_a_checkpoint_of_a_run_with_other_settings_is_ignored(task, tmp_path, wh
     assert "saved by a run with other settings; starting afresh" in again.stderr
     assert "resumed from" not in again.stderr
     same_metrics(whole, broken)
+
+
+def test_a_tune_job_whose_pack_changed_trains_only_its_new_points(task, tmp_path):
+    """A pack that gains a point (plan.study.packs) reruns as one job: its old points come back as they were
+    written (same wall time: not retrained), the new one as if trained alone; losing a point trains nothing; a
+    changed recipe reuses nothing."""
+    recipe = dict(RECIPE, epochs=2)
+    points = {gp: dict(HP, lr=lr) for gp, lr in (("0000000a", 0.001), ("0000000b", 0.005), ("0000000c", 0.01))}
+
+    def tune(gps, out, resume, job_recipe=recipe):
+        cmd = command("tune", task, out, resume, recipe=job_recipe)
+        cmd[cmd.index("--points") + 1] = json.dumps([{"gp": gp, "hp": points[gp]} for gp in gps])
+        done = run(cmd)
+        return done.stdout, {p["gp"]: p for p in json.loads((out / "metrics.json").read_text())["points"]}
+
+    resume = tmp_path / "resume"
+    _, first = tune(["0000000a", "0000000b"], tmp_path / "first", resume)
+    log, grown = tune(["0000000a", "0000000b", "0000000c"], tmp_path / "grown", resume)
+    assert "2 of 3 grid points reused" in log and list(grown) == ["0000000a", "0000000b", "0000000c"]
+    assert {gp: grown[gp] for gp in first} == first
+    _, alone = tune(["0000000c"], tmp_path / "alone", tmp_path / "resume-alone")
+    strip = lambda m: {k: v for k, v in m.items() if k not in VOLATILE}  # noqa: E731
+    assert strip(grown["0000000c"]) == strip(alone["0000000c"])
+    log, shrunk = tune(["0000000a", "0000000c"], tmp_path / "shrunk", resume)
+    assert "2 of 2 grid points reused" in log and shrunk == {gp: grown[gp] for gp in ("0000000a", "0000000c")}
+    log, _ = tune(["0000000a"], tmp_path / "other-recipe", resume, dict(recipe, epochs=3))
+    assert "reused" not in log

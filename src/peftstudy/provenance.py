@@ -12,6 +12,7 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
+from peftstudy import methods  # settings modules only: no torch
 from peftstudy.io import read_json, sha256_file
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -23,6 +24,24 @@ def code_hash() -> str:
     """sha256 over the package's Python sources (path + content), independent of git."""
     digest = hashlib.sha256()
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        digest.update(str(path.relative_to(PACKAGE_DIR)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@cache
+def training_code_hash(method: str) -> str:
+    """sha256 over the code a run of `method` executes: the engine, models, shared layers and the method's own
+    modules (not the other methods', the report's or the data stage's, whose edits cannot change the run)."""
+    shared = [
+        *sorted((PACKAGE_DIR / "train").glob("*.py")),
+        *sorted((PACKAGE_DIR / "models").glob("*.py")),
+        PACKAGE_DIR / "methods" / "__init__.py",
+        *sorted((PACKAGE_DIR / "methods" / "modules").glob("_*.py")),
+        PACKAGE_DIR / "io.py",
+    ]
+    digest = hashlib.sha256()
+    for path in [*shared, *methods.source_files(method)]:
         digest.update(str(path.relative_to(PACKAGE_DIR)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

@@ -111,7 +111,7 @@ class Plan:
             "dataset": only(sorted(self.datasets, key=len, reverse=True)),
             "method": only(methods.names()),
             "gp": "[0-9a-f]{8}",
-            "pack": "[0-9a-f]{8}|pack-[0-9a-f]{8}",
+            "pack": r"[0-9a-f]{8}|pack\d+-\d+",
             "seed": r"\d+",
             "split": only(SPLITS),
         }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -124,44 +125,36 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def pack_id(members: list) -> str:
-    """Short stable id of a set of runs that share a process (named in rule names and log paths)."""
-    return hashlib.sha1("+".join(map(str, members)).encode()).hexdigest()[:8]
+def packs(points: list[str], size: int) -> dict[str, list[str]]:
+    """A (method, dataset)'s tune jobs: {job name: its grid-point ids, in grid order}.
 
-
-def pack_name(members: list[str]) -> str:
-    """A tune job's folder under tune/: the grid point's id when it trains one, else pack-<pack_id>."""
-    return members[0] if len(members) == 1 else f"pack-{pack_id(members)}"
+    `size` 1: one job per point, named by its id. Otherwise each point goes to pack `int(id) % n` of `n` packs,
+    `n` the smallest power of two that keeps the mean pack at `size` points or fewer, named pack<n>-<index>. A
+    point's pack depends on its own id and `n` only, so adding a point changes one pack and removing one changes
+    one (`n` changes only when the grid's size crosses a power of two times `size`); with the tune job's result
+    cache (train.runs.tune), a job whose pack changed trains only its new points.
+    """
+    if size == 1:
+        return {gp: [gp] for gp in points}
+    count = 1 << max(0, math.ceil(math.log2(len(points) / size)))
+    members: dict[int, list[str]] = {}
+    for gp in points:
+        members.setdefault(int(gp, 16) % count, []).append(gp)
+    return {f"pack{count}-{index}": members[index] for index in sorted(members)}
 
 
 def tune_jobs(config: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, list[str]]]:
-    """(experiment, method) -> {pack name: its grid-point ids}: every tune job of the study, one point or a pack of
-    `runs_per_job.tune` consecutive points in grid order."""
+    """(experiment, method) -> {job name: its grid-point ids}: every tune job of the study (see :func:`packs`)."""
     return {
-        (exp_name, method): {
-            pack_name(pack): pack
-            for pack in chunks(list(points), runs_per_job(config["experiments"][exp_name], "tune"))
-        }
+        (exp_name, method): packs(list(points), runs_per_job(config["experiments"][exp_name], "tune"))
         for (exp_name, method), points in grids(config).items()
     }
 
 
 def runs_per_job(experiment: Mapping[str, Any], phase: str) -> int:
-    """How many tune grid points / final seeds one job of `experiment` trains in one process."""
+    """How many tune grid points (on average, packs: :func:`packs`) / final seeds one job of `experiment` trains
+    in one process."""
     return int(experiment.get("runs_per_job", {}).get(phase, 1))
-
-
-def tune_packs(config: Mapping[str, Any]) -> dict[tuple[str, str], list[list[str]]]:
-    """(experiment, method) -> its grid-point ids in chunks of `runs_per_job.tune`, in grid order.
-
-    Only experiments that pack (runs_per_job.tune > 1) are listed; the others run one point per job.
-    """
-    out = {}
-    for (exp_name, method), points in grids(config).items():
-        size = runs_per_job(config["experiments"][exp_name], "tune")
-        if size > 1:
-            out[exp_name, method] = chunks(list(points), size)
-    return out
 
 
 # The keys each dataset source needs, and the ones it must not have.

@@ -22,6 +22,7 @@ from peftstudy import methods, provenance
 from peftstudy.io import load_npz, save_npz, write_json
 from peftstudy.models import create_backbone, pick_device, save_safetensors, weights_sha256
 from peftstudy.plan.study import config_hash
+from peftstudy.train.cache import TuneResults
 from peftstudy.train.engine import (
     Images,
     Recipe,
@@ -291,14 +292,28 @@ def _finite(value: float) -> float | None:
 
 
 def tune(args: argparse.Namespace) -> None:
-    """Every grid point of `--points`, `concurrent` at a time; the job's file is rewritten (atomically) as each
-    group is done, so a killed job shows what it finished (and Snakemake names it incomplete)."""
-    session = Session(args, args.val, len(args.points))
-    specs = [(point["gp"], point["hp"], args.seed) for point in args.points]
-    points = []
-    for _, _, metrics, _, _ in _train(session, specs, "tune", "val"):
-        points.append(metrics)
-        write_json(args.out, {"points": points}, schema="tune")
+    """Every grid point of `--points`, `concurrent` at a time, but those an earlier job already trained with the
+    same settings, data and code (train.cache: a pack that gained or lost a point retrains nothing else). The
+    job's file is rewritten (atomically) as each group is done, so a killed job shows what it finished (and
+    Snakemake names it incomplete)."""
+    kept = TuneResults(args) if args.resume_dir else None
+    results = {p["gp"]: kept.get(p) for p in args.points} if kept else {}
+    todo = [p for p in args.points if not results.get(p["gp"])]
+    if len(todo) < len(args.points):
+        print(f"{len(args.points) - len(todo)} of {len(args.points)} grid points reused from {kept.folder}", flush=True)
+
+    def write() -> None:
+        write_json(args.out, {"points": [results[p["gp"]] for p in args.points if results.get(p["gp"])]}, "tune")
+
+    if todo:
+        session = Session(args, args.val, len(todo))
+        specs = [(point["gp"], point["hp"], args.seed) for point in todo]
+        for point, (_, _, metrics, _, _) in zip(todo, _train(session, specs, "tune", "val"), strict=True):
+            if kept:
+                kept.put(point, metrics)
+            results[point["gp"]] = metrics
+            write()
+    write()
 
 
 def final(args: argparse.Namespace) -> None:
