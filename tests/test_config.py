@@ -8,6 +8,7 @@ import os
 import pytest
 import yaml
 from conftest import REPO
+from snakemake.utils import update_config
 
 from peftstudy import methods
 from peftstudy.plan import study
@@ -166,7 +167,10 @@ def test_the_vtab1k_study_plans_the_papers_runs_and_fetches_on_the_login_node(wo
     proc = workflow.snakemake("-n", "--configfile", "studies/vtab1k.yaml")
     out = proc.stdout + proc.stderr
     stats = job_stats(out)
-    assert stats["tune"] == 19 * 516 == 9_804 and stats["select"] == 19 * 16 == 304
+    # 516 grid points per task in dense jobs (runs_per_job.tune 32: 27 per task); one selection per task.
+    config = study.compose(yaml.safe_load((workflow.root / "studies/vtab1k.yaml").read_text()))
+    assert planned_tunes(config) == 19 * 516 == 9_804
+    assert stats["tune"] == tune_jobs(config) == 19 * 27 and stats["select"] == 19
     assert stats["fetch"] == 1 and stats["extract"] == 1 and stats["fetch_backbone"] == 1 and stats["index"] == 19
     # Downloads are localrules (login node); a dry run's log does not say so, the parsed workflow does.
     assert {"fetch", "extract", "fetch_backbone"} <= localrules(workflow.root, "studies/vtab1k.yaml")
@@ -174,7 +178,20 @@ def test_the_vtab1k_study_plans_the_papers_runs_and_fetches_on_the_login_node(wo
     clean = job_stats(
         workflow.snakemake("-n", "--configfile", "studies/vtab1k.yaml", "studies/vtab1k-clean.yaml").stdout
     )
-    assert clean["tune"] == 9_804 + 19 * 4
+    clean_config = copy.deepcopy(config)  # the overlay merged as Snakemake merges configfiles
+    update_config(clean_config, yaml.safe_load((workflow.root / "studies/vtab1k-clean.yaml").read_text()))
+    assert planned_tunes(clean_config) == 9_804 + 19 * 4 and clean["tune"] == tune_jobs(clean_config)
+
+
+def tune_jobs(config: dict) -> int:
+    """Tune jobs of a study config: its packs (plan.study.tune_jobs) on every dataset and tuning fold."""
+    packs = study.tune_jobs(config)
+    return sum(
+        (1 + len(config["datasets"][dataset].get("folds", []))) * len(packs[name, method])
+        for name, exp in config["experiments"].items()
+        for dataset in exp["datasets"]
+        for method in exp["methods"]
+    )
 
 
 def planned_tunes(config: dict) -> int:
@@ -205,9 +222,17 @@ def test_the_paper_study_brings_vtab_manyshot_and_robustness_together(workflow, 
     # points, and linear/full/BitFit/SSF x 12; the 5-fold subsets tune on each fold. B.4: 15 methods x 2 drop-paths.
     assert planned_tunes(studies["manyshot"]) == 13_742 and planned_tunes(studies["robustness"]) == 30
     stats = job_stats(workflow.snakemake("-n", "--configfile", "studies/paper.yaml").stdout)
-    assert stats["tune"] == 9_804 + 13_742 + 30
-    manyshot_selects = sum(len(e["datasets"]) * len(e["methods"]) for e in studies["manyshot"]["experiments"].values())
-    assert stats["select"] == 304 + manyshot_selects + 15
+    assert planned_tunes(paper) == 9_804 + 13_742 + 30 and stats["tune"] == tune_jobs(paper)
+    assert stats["select"] == sum(len(e["datasets"]) for e in paper["experiments"].values())
+    # The cluster's share (issue 16): every job but the login node's (localrules) is one Slurm submission.
+    local = localrules(workflow.root, "studies/paper.yaml")
+    planned = sum(n for rule, n in stats.items() if rule not in local and rule != "total")
+    # The finals hide behind the selections in a fresh plan: one job per seed pack of each (method, dataset).
+    finals = sum(
+        len(e["datasets"]) * len(e["methods"]) * len(study.chunks(e["seeds"], study.runs_per_job(e, "final")))
+        for e in paper["experiments"].values()
+    )
+    assert planned + finals <= 3_000, (planned, finals, stats)
     assert stats["manyshot"] == 24 and stats["manyshot_lists"] == 12 and stats["imagenet"] == 5
     downloads = {"fetch", "extract", "fetch_backbone", "fetch_clip", "imagenet", "manyshot_lists", "vtab_tfds"}
     assert downloads <= localrules(workflow.root, "studies/paper.yaml")

@@ -18,6 +18,7 @@ import yaml
 from conftest import Workflow, copy_repo, jobs, tiny_config
 
 from peftstudy.io import read_json
+from peftstudy.select import chosen_gp
 
 pytestmark = pytest.mark.slow
 
@@ -60,11 +61,11 @@ def test_full_dag_from_clean_directory_to_report(tiny):
     # Robustness, packed: per method one tune job (2 drop-path points) and one final job (2 seeds).
     tunes = [wc for rule, wc in executed if rule == "tune"]
     assert Counter(wc["experiment"] for wc in tunes) == {"vtab": 6, "robustness": 2}
-    assert all(wc["pack"].startswith("pack-") == (wc["experiment"] == "robustness") for wc in tunes)
+    assert all(wc["pack"].startswith("pack") == (wc["experiment"] == "robustness") for wc in tunes)
     assert c["final"] == 4
     packed = Counter(kind(rule) for rule, _ in executed if rule.startswith("final_"))
     assert packed == {"final": 2}
-    assert c["select"] == 6 and c["collect"] == 6
+    assert c["select"] == 3 and c["collect"] == 6  # one selection per (experiment, dataset)
     assert c["ensemble"] == 3 and c["robustness"] == 2 and c["report"] == 1
     root = wf.root / RESULTS
     html = (root / "report/index.html").read_text()
@@ -76,7 +77,7 @@ def test_full_dag_from_clean_directory_to_report(tiny):
     assert len(tune) == 6 + 4 and len(finals) == 4 + 4  # VTAB and robustness
     for m in tune + finals:
         assert m["status"] == "ok" and m["provenance"]["config_hash"]
-    for path in root.glob("*/*/*/selected.json"):
+    for path in root.glob("*/*/selected.json"):
         read_json(path, schema="selected")
     for schema in ("ensembles", "agreement"):
         for path in root.glob(f"*/*/analysis/{schema}.json"):
@@ -131,7 +132,7 @@ def test_no_tune_or_select_job_reads_the_test_split(tiny):
 def test_adding_a_grid_point_reruns_only_its_tune_select_and_dependants(tiny):
     wf, config, _ = tiny
     root = wf.root / RESULTS
-    before = {d: read_json(root / f"vtab/{d}/lora/selected.json")["gp"] for d in ("count", "digits")}
+    before = {d: chosen_gp(root / f"vtab/{d}/selected.json", "lora") for d in ("count", "digits")}
     cfg = yaml.safe_load(config.read_text())
     cfg["experiments"]["vtab"]["method_grids"]["lora"]["r"].append(1)
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -140,15 +141,14 @@ def test_adding_a_grid_point_reruns_only_its_tune_select_and_dependants(tiny):
     assert len(tunes) == 2 and {wc["method"] for wc in tunes} == {"lora"}
     assert {wc["dataset"] for wc in tunes} == {"count", "digits"}
     selects = [wc for rule, wc in executed if rule == "select"]
-    assert sorted(wc["dataset"] for wc in selects) == ["count", "digits"] and {wc["method"] for wc in selects} == {
-        "lora"
-    }
-    after = {d: read_json(root / f"vtab/{d}/lora/selected.json")["gp"] for d in ("count", "digits")}
+    assert sorted(selects, key=str) == [{"experiment": "vtab", "dataset": d} for d in ("count", "digits")]
+    after = {d: chosen_gp(root / f"vtab/{d}/selected.json", "lora") for d in ("count", "digits")}
     changed = {d for d in after if after[d] != before[d]}
     finals = [wc for rule, wc in executed if rule == "final"]
     assert {(wc["dataset"], wc["gp"]) for wc in finals} == {(d, after[d]) for d in changed}
-    collects = {wc["dataset"] for rule, wc in executed if rule == "collect"}
-    assert collects == changed
+    # Only LoRA's records, where its choice changed: the other method's entry of the same selected.json is as it was.
+    collects = {(wc["dataset"], wc["method"]) for rule, wc in executed if rule == "collect"}
+    assert collects == {(d, "lora") for d in changed}
     allowed = {"tune", "select", "final", "collect", "ensemble", "tables", "report"}
     assert {kind(r) for r in counts(executed)} <= allowed
     assert not [wc for rule, wc in executed if rule in ("tune", "final") and wc.get("method") != "lora"]
@@ -159,9 +159,11 @@ def test_editing_a_method_module_reruns_only_that_method(tiny):
     module = wf.root / "src/peftstudy/methods/bitfit.py"
     module.write_text(module.read_text() + "\n# an edit\n")
     executed = run(wf, config)
-    stages = ("tune", "final", "select", "collect")
+    stages = ("tune", "final", "collect")
     trained = {(kind(rule), wc["method"]) for rule, wc in executed if kind(rule) in stages}
     assert trained == {(r, "bitfit") for r in stages}
+    # The one selection holding bitfit's choice reran (every method's choice there is remade, the same bytes).
+    assert [wc for rule, wc in executed if rule == "select"] == [{"experiment": "robustness", "dataset": "shapes"}]
     assert [wc for rule, wc in executed if rule == "robustness"] == [{"method": "bitfit"}]
     assert {wc["experiment"] for rule, wc in executed if kind(rule) == "tune"} == {"robustness"}
     assert "ensemble" in counts(executed) and "report" in counts(executed)
@@ -170,7 +172,7 @@ def test_editing_a_method_module_reruns_only_that_method(tiny):
 def test_a_deleted_final_output_is_rebuilt_alone(tiny):
     wf, config, _ = tiny
     root = wf.root / RESULTS
-    gp = read_json(root / "vtab/count/linear/selected.json")["gp"]
+    gp = chosen_gp(root / "vtab/count/selected.json", "linear")
     target = root / f"vtab/count/linear/final/{gp}/seed0/logits.npz"
     original = target.read_bytes()
     target.unlink()
@@ -185,7 +187,7 @@ def test_a_deleted_final_output_is_rebuilt_alone(tiny):
 def test_a_deleted_output_of_a_packed_job_reruns_its_pack_with_the_same_results(tiny):
     wf, config, _ = tiny
     root = wf.root / RESULTS
-    gp = read_json(root / "robustness/shapes/linear/selected.json")["gp"]
+    gp = chosen_gp(root / "robustness/shapes/selected.json", "linear")
     seeds = [root / f"robustness/shapes/linear/final/{gp}/seed{s}/logits.npz" for s in (0, 1)]
     original = [p.read_bytes() for p in seeds]
     seeds[1].unlink()
@@ -207,6 +209,6 @@ def test_report_tables_are_written_beside_the_page(tiny):
     # The robustness experiment's two seeds give each of its methods a seed-ensemble control.
     seed_ensembles = (root / "tables/seed_ensembles.csv").read_text().splitlines()
     assert len(seed_ensembles) == 1 + 2
-    selected = json.loads((root / "vtab/count/lora/selected.json").read_text())
+    selected = json.loads((root / "vtab/count/selected.json").read_text())["methods"]["lora"]
     assert set(selected) == {"gp", "hp", "metric", "score", "rule"} and selected["metric"] == "val_top1"
     assert Path(root / "report/figures.ipynb").exists()

@@ -27,9 +27,11 @@ for path in sys.argv[1:]:
         plan.tune_inputs(experiment, dataset, method)
         plan.final_inputs(experiment, dataset, method)
         plan.backbone_arg(experiment)
-        n += len(plan.tune_metrics(experiment, dataset, method))
         for pack in layout.tune_jobs[experiment, method]:
             plan.pack_points(experiment, method, pack)
+    for experiment, dataset in layout.selections():
+        plan.select_args(experiment)
+        n += len(plan.tune_metrics(experiment, dataset))
     for name in plan.datasets:
         plan.source_dir(name)
     if plan.robustness:
@@ -133,9 +135,9 @@ def test_a_tune_job_is_a_grid_point_or_a_named_pack_and_its_file_comes_from_the_
     assert {pack: gps for pack, gps in jobs["vtab", "lora"].items()} == {gp: [gp] for gp in plan.grids["vtab", "lora"]}
     ((pack, gps),) = jobs["robustness", "bitfit"].items()
     assert pack == "pack1-0" and gps == list(plan.grids["robustness", "bitfit"])
-    assert plan.tune_metrics("robustness", "shapes", "bitfit") == [
-        f"results/tiny/robustness/shapes/bitfit/tune/{pack}/metrics.json"
-    ]
+    assert f"results/tiny/robustness/shapes/bitfit/tune/{pack}/metrics.json" in plan.tune_metrics(
+        "robustness", "shapes"
+    )
     assert [p["gp"] for p in plan.pack_points("robustness", "bitfit", pack)] == gps
     with pytest.raises(ValueError, match="not a grid point or pack of bitfit"):
         plan.pack_points("robustness", "bitfit", "pack2-1")

@@ -236,10 +236,10 @@ def test_selected_json_and_the_report_name_the_selection_metric(tmp_path: Path):
         paths[-1].parent.mkdir()
         write_json(paths[-1], {"points": [tune_metrics(gp, last, best)]}, schema="tune")
     out = tmp_path / "selected.json"
-    grid = json.dumps(["aaaaaaaa", "bbbbbbbb"])
+    grids = json.dumps({"lora": ["aaaaaaaa", "bbbbbbbb"]})
     args = ["--metric", "val_best_top1", "--metrics", *map(str, paths), "--out", str(out)]
-    cli.main(["select", "--grid", grid, *args, "--out-summary", str(tmp_path / "tune.csv")])
-    selected = read_json(out, schema="selected")
+    cli.main(["select", "--grids", grids, *args, "--out-summary", str(tmp_path / "tune.csv")])
+    selected = read_json(out, schema="selected")["methods"]["lora"]
     assert (selected["gp"], selected["metric"], selected["score"]) == ("bbbbbbbb", "val_best_top1", 80.0)
     assert "val_top1" not in selected and METRIC_WORDS["val_best_top1"] in selected["rule"]
 
@@ -458,6 +458,6 @@ def test_the_tiny_study_tables_hold_compute_and_the_authors_numbers(tiny_report:
     assert (csv / "authors_vtab1k.csv").read_text().startswith("# source:")
     page = (tiny_report / "index.html").read_text()
     assert "not computed yet" in page  # no many-shot experiment in the tiny study
-    assert json.loads((tiny_report.parent / "vtab/count/lora/selected.json").read_text())["gp"] in page
+    assert json.loads((tiny_report.parent / "vtab/count/selected.json").read_text())["methods"]["lora"]["gp"] in page
     # Synthetic datasets are none of the authors' VTAB-1K tasks: no choice of theirs to compare ours with.
     assert pd.read_csv(csv / "selection_vs_authors.csv").empty and "Does not apply" in page

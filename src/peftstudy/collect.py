@@ -12,17 +12,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from peftstudy.io import read_json, sha256_file, write_json
+from peftstudy.io import read_json, sha256_file, validate, write_json
 from peftstudy.select import ALL_DIVERGED
 
 FILES = ("metrics.json", "logits.npz", "peft.safetensors")
 
 
 def run(args: argparse.Namespace) -> None:
-    selected = read_json(args.selected, schema="selected")
+    # The method's own entry of its dataset's selected.json: passed as a value, not the file, so that a change of
+    # another method's choice there reruns no collect of this one.
+    selected = args.choice
+    validate({"methods": {args.method: selected}}, "selected")
     if selected.get("status") == ALL_DIVERGED:
         if args.metrics:
-            raise ValueError(f"{args.selected}: every grid point diverged, yet final runs were given")
+            raise ValueError(f"{args.method} on {args.dataset}: every grid point diverged, yet final runs were given")
         record = {"experiment": args.experiment, "dataset": args.dataset, "method": args.method}
         write_json(args.out, record | {"status": ALL_DIVERGED, "tune_runs": selected["runs"], "runs": []}, "final")
         return

@@ -1,4 +1,8 @@
-"""Selection: the tune results of one (experiment, dataset, method) -> the chosen grid point (val only).
+"""Selection: the tune results of one (experiment, dataset) -> each method's chosen grid point (val only).
+
+One selection per (experiment, dataset), not per method: a checkpoint's completion makes Snakemake re-evaluate
+the whole DAG, so their number is what a paper-sized run pays for (docs/scale.md). Each method's entry of
+selected.json changes only when its own choice does, and the finals and records read their own entry.
 
 The rule is the authors' (STUDY.md C.3): the highest last-epoch val top-1 (`val_top1`) wins, or for their
 CLIP runs the best val evaluation (`val_best_top1`); ties go to the last tied point in grid order
@@ -45,9 +49,14 @@ class AllDiverged(ValueError):
     """No grid point has a finite score to choose by."""
 
 
-def chosen_gp(selected: str | Path) -> str | None:
-    """The grid point a selected.json chose, or None when every grid point diverged (no finals to run)."""
-    record = read_json(selected, schema="selected")
+def chosen(selected: str | Path, method: str) -> dict[str, Any]:
+    """A method's entry of a selected.json: its grid point, or `status: all-diverged`."""
+    return read_json(selected, schema="selected")["methods"][method]
+
+
+def chosen_gp(selected: str | Path, method: str) -> str | None:
+    """The grid point a selected.json chose for `method`, or None when every grid point diverged (no finals)."""
+    record = chosen(selected, method)
     return None if record.get("status") == ALL_DIVERGED else record["gp"]
 
 
@@ -99,39 +108,47 @@ def average_folds(results: Sequence[dict[str, Any]], metric: str) -> list[dict[s
     return averaged
 
 
+def choice(results: Sequence[dict[str, Any]], order: Sequence[str], tie_break: str, metric: str) -> dict[str, Any]:
+    """One method's entry of selected.json from its tune results (on every tuning fold): the winner, with the rule
+    in words, or `status: all-diverged` naming each run and why. Pure."""
+    folds = sorted({r["dataset"] for r in results})
+    rule = (
+        f"max {METRIC_WORDS[metric]}"
+        + (f" averaged over {len(folds)} tuning folds ({', '.join(folds)})" if len(folds) > 1 else "")
+        + f"; ties to the {tie_break} grid point in grid order; diverged runs excluded"
+    )
+    try:
+        best = choose(average_folds(results, metric), order, tie_break, metric)
+    except AllDiverged:
+        # Recorded, not raised: the other runs' tables and report still get built, and show this one as such.
+        return {"status": ALL_DIVERGED, "rule": rule, "runs": diverged_runs(results)}
+    return {"gp": best["gp"], "hp": best["hp"], "metric": metric, "score": best["metrics"][metric], "rule": rule}
+
+
 def run(args: argparse.Namespace) -> None:
     results = [point for path in args.metrics for point in read_json(path, schema="tune")["points"]]
     if any(r["phase"] != "tune" for r in results):
         raise ValueError("select reads tune results only")
-    folds = sorted({r["dataset"] for r in results})
-    rule = (
-        f"max {METRIC_WORDS[args.metric]}"
-        + (f" averaged over {len(folds)} tuning folds ({', '.join(folds)})" if len(folds) > 1 else "")
-        + f"; ties to the {args.tie_break} grid point in grid order; diverged runs excluded"
-    )
-    try:
-        best = choose(average_folds(results, args.metric), args.grid, args.tie_break, args.metric)
-    except AllDiverged as err:
-        # Recorded, not raised: the other runs' tables and report still get built, and show this one as such.
-        best = None
-        write_json(args.out, {"status": ALL_DIVERGED, "rule": rule, "runs": diverged_runs(results)}, schema="selected")
-        print(f"{err}: recorded in {args.out}", flush=True)
-    else:
-        write_json(
-            args.out,
-            {
-                "gp": best["gp"],
-                "hp": best["hp"],
-                "metric": args.metric,
-                "score": best["metrics"][args.metric],
-                "rule": rule,
-            },
-            schema="selected",
-        )
+    by_method: dict[str, list[dict[str, Any]]] = {method: [] for method in args.grids}
+    for r in results:
+        if r["method"] not in by_method:
+            raise ValueError(f"tune results of {r['method']}, which --grids does not name: {sorted(args.grids)}")
+        by_method[r["method"]].append(r)
+    untuned = [method for method, rs in by_method.items() if not rs]
+    if untuned:
+        raise ValueError(f"no tune results for {', '.join(untuned)}: give every method's tune files")
+    choices = {m: choice(rs, args.grids[m], args.tie_break, args.metric) for m, rs in by_method.items()}
+    write_json(args.out, {"methods": choices}, schema="selected")
+    for method, record in choices.items():
+        if record.get("status") == ALL_DIVERGED:
+            print(f"{method}: every grid point diverged or has no val score: recorded in {args.out}", flush=True)
+        else:
+            print(f"{method}: selected {record['gp']} {record['hp']} ({args.metric} {record['score']:.2f})", flush=True)
+    position = {(m, gp): (i, j) for i, (m, order) in enumerate(args.grids.items()) for j, gp in enumerate(order)}
     with atomic_path(args.out_summary) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(SUMMARY_COLUMNS)
-        for r in sorted(results, key=lambda r: (args.grid.index(r["gp"]), r["dataset"])):
+        for r in sorted(results, key=lambda r: (position[r["method"], r["gp"]], r["dataset"])):
             m = r["metrics"]
             writer.writerow(
                 [
@@ -149,8 +166,6 @@ def run(args: argparse.Namespace) -> None:
                     r["wall_seconds"],
                 ]
             )
-    if best is not None:
-        print(f"selected {best['gp']} {best['hp']} ({args.metric} {best['metrics'][args.metric]:.2f})", flush=True)
 
 
 def diverged_runs(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

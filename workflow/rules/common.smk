@@ -12,7 +12,7 @@ from peftstudy.plan.jobs import (
     only,
 )
 from peftstudy.plan.tasks import MANYSHOT_SUBSETS
-from peftstudy.select import chosen_gp
+from peftstudy.select import chosen, chosen_gp
 
 # A study may include others (studies/paper.yaml): merged here, before anything reads the config.
 if "include" in config:
@@ -29,24 +29,35 @@ DATASETS = PLAN.datasets
 ARCHIVES = config.get("archives", {})
 # Output patterns: layout methods called with the wildcards for arguments.
 RUN = ("{experiment}", "{dataset}", "{method}")
+SELECTION = ("{experiment}", "{dataset}")
 
 
 wildcard_constraints:
     **PLAN.constraints(),
 
 
-def job_resources(kind, experiment=None):
-    """A job's resources (PLAN.resources); without a fixed experiment (one rule serving several), memory and
-    runtime follow the job's experiment wildcard and the GPU count is the most any of them asks.
+def job_resources(kind, experiment=None, runs=1):
+    """A job's resources (PLAN.resources). A tune or final job's runtime is per run, times the grid points or seeds
+    it trains; where one rule serves every experiment, memory and runtime follow the job's experiment wildcard and
+    the GPU count is the most any of them asks.
     """
     if experiment is not None or kind not in ("tune", "final"):
-        return PLAN.resources(kind, experiment)
+        return PLAN.resources(kind, experiment, runs)
     gpu = PLAN.max_gpu(kind)
     return {
         "mem_mb": lambda wc: PLAN.resource_spec(kind, wc.experiment)["mem_mb"],
-        "runtime": lambda wc: PLAN.resource_spec(kind, wc.experiment)["runtime"],
+        "runtime": lambda wc: PLAN.resources(kind, wc.experiment, job_runs(kind, wc))[
+            "runtime"
+        ],
         **({"gpu": gpu} if gpu else {}),
     }
+
+
+def job_runs(kind, wildcards):
+    """The runs a job of the one tune (or final) rule trains: its pack's grid points (one seed)."""
+    if kind == "tune":
+        return PLAN.tune_runs(wildcards.experiment, wildcards.method, wildcards.pack)
+    return 1
 
 
 TUNE_SHELL = (
@@ -84,13 +95,45 @@ def get_final_inputs(wildcards):
 
 
 def get_tune_metrics(wildcards):
-    return PLAN.tune_metrics(*run_of(wildcards))
+    return PLAN.tune_metrics(wildcards.experiment, wildcards.dataset)
+
+
+def selection(experiment, dataset):
+    """The dataset's selected.json: known once its checkpoint has run."""
+    return checkpoints.select.get(
+        experiment=experiment, dataset=dataset
+    ).output.selected
 
 
 def selected_gp(experiment, dataset, method):
-    """The grid point `select` chose: known once that checkpoint has run; None when every one diverged."""
-    run = dict(experiment=experiment, dataset=dataset, method=method)
-    return chosen_gp(checkpoints.select.get(**run).output.selected)
+    """The grid point `select` chose for the method; None when every one diverged."""
+    return chosen_gp(selection(experiment, dataset), method)
+
+
+def selection_made(experiment, dataset):
+    """No file, only the dataset's selection resolved: a job whose input function resolves the checkpoint is
+    re-planned when it completes; one that only reads records that collect jobs make is not, and would rerun
+    whenever any method of the dataset is re-selected (Snakemake keeps the reason it planned before the
+    checkpoint ran). A named input of its own keeps the job's other inputs known meanwhile (a dry run formats
+    the shell command).
+    """
+    selection(experiment, dataset)
+    return []
+
+
+def get_selection_made(wildcards):
+    return selection_made(wildcards.experiment, wildcards.dataset)
+
+
+def get_robustness_selection_made(wildcards):
+    return selection_made(PLAN.robustness["experiment"], PLAN.robustness["dataset"])
+
+
+def get_choice(wildcards):
+    """A collect job's own method's choice, as a parameter: it reruns when that entry changes, not the file."""
+    return as_json(
+        chosen(selection(wildcards.experiment, wildcards.dataset), wildcards.method)
+    )
 
 
 def selected_finals(experiment, dataset, method):

@@ -4,6 +4,7 @@ rule ensemble:
     """
     input:
         finals=lambda wc: PLAN.ensemble_inputs(wc.experiment, wc.dataset),
+        selection=get_selection_made,
     output:
         ensembles=report(
             LAYOUT.analysis_file("{experiment}", "{dataset}", "ensembles.json"),

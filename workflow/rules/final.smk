@@ -54,7 +54,7 @@ for pack_experiment in PLAN.experiments_packing("final", packed=True):
                 "../../envs/train.yaml"
             threads: config["threads"]
             resources:
-                **job_resources("final", pack_experiment),
+                **job_resources("final", pack_experiment, len(seeds)),
             params:
                 args=get_final_args(" ".join(map(str, seeds))),
             shell:
@@ -65,7 +65,6 @@ rule collect:
     """Record the selected finals of one (experiment, dataset, method), with their checksums."""
     input:
         get_selected_finals,
-        selected=LAYOUT.selected(*RUN),
     output:
         record=report(
             LAYOUT.final_record(*RUN),
@@ -78,8 +77,9 @@ rule collect:
     conda:
         "../../envs/train.yaml"
     params:
+        choice=get_choice,
         metrics=lambda wc, input: [p for p in input if p.endswith("metrics.json")],
     shell:
-        "peftstudy collect --selected {input.selected} --metrics {params.metrics} --out {output.record}"
+        "peftstudy collect --choice {params.choice} --metrics {params.metrics} --out {output.record}"
         " --experiment {wildcards.experiment} --dataset {wildcards.dataset} --method {wildcards.method}"
         " > {log} 2>&1"

@@ -2,6 +2,7 @@ rule robustness:
     """One method's finals on the in-distribution and shifted test sets, and its WiSE curve."""
     input:
         unpack(lambda wc: PLAN.robustness_inputs(wc.method)),
+        selection=get_robustness_selection_made,
     output:
         ood=report(
             LAYOUT.robustness_file("{method}", "ood.json"),

@@ -135,9 +135,16 @@ class Plan:
         own = self.experiments[experiment].get("resources", {}).get(kind, {}) if experiment else {}
         return {**JOB_DEFAULTS, **self.config.get("resources", {}).get(kind, {}), **own}
 
-    def resources(self, kind: str, experiment: str | None = None) -> dict[str, Any]:
-        """What a cluster job of `kind` asks for; the GPU count left out when 0 (CPU studies send no GPU request)."""
-        return {k: v for k, v in self.resource_spec(kind, experiment).items() if k != "gpu" or v}
+    def resources(self, kind: str, experiment: str | None = None, runs: int = 1) -> dict[str, Any]:
+        """What a cluster job of `kind` asks for; the GPU count left out when 0 (CPU studies send no GPU request).
+        A tune or final job's runtime is per run: a job training `runs` grid points or seeds asks for that many."""
+        spec = self.resource_spec(kind, experiment)
+        spec["runtime"] *= runs
+        return {k: v for k, v in spec.items() if k != "gpu" or v}
+
+    def tune_runs(self, experiment: str, method: str, pack: str) -> int:
+        """The grid points one tune job trains."""
+        return len(self.layout.tune_jobs[experiment, method][pack])
 
     def max_gpu(self, kind: str) -> int:
         """The most GPUs any experiment's `kind` jobs ask for (one rule serves every experiment)."""
@@ -210,11 +217,11 @@ class Plan:
         chosen = self.experiments[experiment]["selection"]
         return {"tie_break": chosen["tie_break"], "metric": chosen.get("metric", DEFAULTS["selection_metric"])}
 
-    def select_args(self, experiment: str, method: str) -> str:
-        """A select job's arguments: the grid order (ties), the tie-break and the metric."""
+    def select_args(self, experiment: str) -> str:
+        """A select job's arguments: each method's grid order (ties), the tie-break and the metric."""
         rule = self.selection(experiment)
-        grid = as_json(self.grid_order(experiment, method))
-        return f"--grid {grid} --tie-break {rule['tie_break']} --metric {rule['metric']}"
+        grids = as_json({m: self.grid_order(experiment, m) for m in self.experiments[experiment]["methods"]})
+        return f"--grids {grids} --tie-break {rule['tie_break']} --metric {rule['metric']}"
 
     # Data sources.
 
@@ -308,10 +315,15 @@ class Plan:
             "code": self.method_sources(method),
         }
 
-    def tune_metrics(self, experiment: str, dataset: str, method: str) -> list[str]:
-        """The grid's tune results on the dataset and on each of its tuning folds (averaged by select)."""
+    def tune_metrics(self, experiment: str, dataset: str) -> list[str]:
+        """Every method's tune results on the dataset and on each of its tuning folds (averaged by select)."""
         folds = [dataset, *self.datasets[dataset].get("folds", [])]
-        return [path for fold in folds for path in self.layout.tune_metrics(experiment, fold, method)]
+        return [
+            path
+            for method in self.experiments[experiment]["methods"]
+            for fold in folds
+            for path in self.layout.tune_metrics(experiment, fold, method)
+        ]
 
     # Analysis, robustness, tables.
 

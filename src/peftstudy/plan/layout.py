@@ -64,11 +64,21 @@ class Layout:
         """A log or benchmark of a final job that trains several seeds."""
         return f"{self.method_dir(experiment, dataset, method)}/final/{gp}/seeds-{'-'.join(map(str, seeds))}/{name}"
 
-    def selected(self, experiment: str, dataset: str, method: str) -> str:
-        return f"{self.method_dir(experiment, dataset, method)}/selected.json"
+    def selection_file(self, experiment: str, dataset: str, name: str) -> str:
+        """The selection of a (experiment, dataset), every method's: selected.json, tune.csv, select.log."""
+        return f"{self.root}/{experiment}/{dataset}/{name}"
+
+    def selected(self, experiment: str, dataset: str) -> str:
+        return self.selection_file(experiment, dataset, "selected.json")
+
+    def selections(self) -> Iterator[tuple[str, str]]:
+        """Every (experiment, dataset) of the study, in config order: one selection each."""
+        for name, exp in self.config["experiments"].items():
+            for dataset in exp["datasets"]:
+                yield name, dataset
 
     def method_file(self, experiment: str, dataset: str, method: str, name: str) -> str:
-        """select's and collect's other files (tune.csv, logs) beside selected.json."""
+        """collect's files (final.json, its log)."""
         return f"{self.method_dir(experiment, dataset, method)}/{name}"
 
     def analysis_file(self, experiment: str, dataset: str, name: str) -> str:
@@ -109,7 +119,7 @@ class Layout:
         return [self.final_record(*run) for run in self.runs()]
 
     def tune_summaries(self) -> list[str]:
-        return [self.method_file(*run, "tune.csv") for run in self.runs()]
+        return [self.selection_file(*selection, "tune.csv") for selection in self.selections()]
 
     def analysis_outputs(self) -> list[str]:
         """Ensembles need two methods or more."""

@@ -42,13 +42,15 @@ def group_of(dataset: str, context: dict[str, Any]) -> str:
 
 
 def tune_table(paths: list[str]) -> pd.DataFrame:
-    """Every tune run, marked where selected, with the metric its (experiment, dataset, method) selected on."""
+    """Every tune run (tune.csv of each (experiment, dataset)), marked where selected, with the metric its
+    method was selected on."""
     frames = []
     for path in paths:
         frame = pd.read_csv(path)
-        selected = read_json(Path(path).with_name("selected.json"), schema="selected")
-        frame["selected"] = frame["gp"] == selected.get("gp")  # no gp: every point diverged
-        frame["selection_metric"] = selected.get("metric", "")
+        choices = read_json(Path(path).with_name("selected.json"), schema="selected")["methods"]
+        # No gp: every point of that method diverged.
+        frame["selected"] = frame["gp"] == frame["method"].map({m: c.get("gp") for m, c in choices.items()})
+        frame["selection_metric"] = frame["method"].map({m: c.get("metric", "") for m, c in choices.items()})
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
