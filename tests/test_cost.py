@@ -157,3 +157,44 @@ def test_a_broken_study_config_stops_the_estimate_naming_the_key(tmp_path, capsy
     with pytest.raises(SystemExit, match=r"experiments\.vtab"):
         cost.run(argparse.Namespace(configfile=[str(path)], gpu="H100"))
     assert capsys.readouterr().out == ""
+
+
+def test_the_report_sets_the_gpu_hours_spent_beside_the_estimate(tmp_path):
+    """Benchmark seconds x the GPUs each job asked for, per experiment, beside the estimate (tables, then page)."""
+    from test_report import render_page
+
+    from peftstudy.report import render, tables
+
+    config = tiny_config()
+    config["resources"] = {"tune": {"gpu": 1}, "final": {"gpu": 2}, "robustness": {"gpu": 1}}
+    plan = Plan.of(config)
+    context = {**plan.report_context(), "cost": cost.report_context(plan, "X1", rates(lora=200.0, linear=100.0))}
+    layout = plan.layout
+    seconds = {layout.tune_benchmarks()[0]: 3600, layout.final_benchmarks("vtab", "count", "lora", "abcd1234")[0]: 1800}
+    seconds.update({path: 360 for path in layout.other_benchmarks()})  # the two robustness jobs
+    for path, s in seconds.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{s}\t0:00:00\t100.0\t2.0\n")
+    compute = tables.with_gpu_hours(tables.compute_table([str(tmp_path / p) for p in seconds]), context["cost"])
+    assert compute["gpu_hours"].tolist() == [1.0, 1.0, 0.1, 0.1]  # tune 1 GPU, final 2, robustness 1
+    experiments = tables.with_estimate(tables.experiments_table(context), context["cost"])
+    estimated = {
+        e.experiment: e.gpu_hours for e in cost.estimate(plan, "X1", rates(lora=200.0, linear=100.0)).experiments
+    }
+    assert experiments.groupby("experiment")["estimated_gpu_hours"].sum().to_dict() == pytest.approx(estimated)
+    tables_dir = tmp_path / "tables"
+    tables_dir.mkdir()
+    compute.to_csv(tables_dir / "compute.csv", index=False)
+    experiments.to_csv(tables_dir / "experiments.csv", index=False)
+    summary = render.summary(render.load_tables(tables_dir))["cost"]
+    assert summary["gpu"] == "X1" and summary["spent"] == pytest.approx(2.2)
+    assert [(r["experiment"], r["jobs"], r["spent"]) for r in summary["rows"]] == [
+        ("vtab", 2, pytest.approx(2.0)),
+        ("robustness", 0, 0.0),
+        ("robustness jobs", 2, pytest.approx(0.2)),
+    ]
+    assert summary["rows"][0]["estimated"] == pytest.approx(estimated["vtab"])
+    page = render_page(tables_dir, tmp_path / "report")
+    assert "2.20 spent" in page and "estimated before the run on X1" in page and "not estimated" in page
+    # Without the cost in the context (tables made before it), the tables and the page stay as they were.
+    assert tables.with_gpu_hours(compute.drop(columns=["gpus", "gpu_hours"]), None).columns.tolist()[-1] == "max_rss_mb"

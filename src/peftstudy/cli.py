@@ -272,7 +272,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("estimate", help="a study's jobs, runs, images and GPU-hours before it is submitted")
     p.add_argument("--configfile", nargs="+", required=True, help="the study config(s), as given to snakemake")
-    p.add_argument("--gpu", default="H100", help="a GPU of peftstudy/tables/throughput.csv (measured rates)")
+    p.add_argument("--gpu", help="a GPU of peftstudy/tables/throughput.csv (measured rates; default: H100)")
     p.set_defaults(func=_stage("peftstudy.plan.cost:run"))
 
     p = sub.add_parser("zero-shot-head", help="CLIP's zero-shot head from its text tower (STUDY.md A.1), once")

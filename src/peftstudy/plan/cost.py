@@ -22,15 +22,18 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peftstudy.plan import study
 from peftstudy.plan.defaults import DEFAULTS
-from peftstudy.plan.jobs import Plan
 from peftstudy.plan.tasks import MANYSHOT_FOLDED, task_table
 from peftstudy.tables import open_table
 
+if TYPE_CHECKING:  # the plan may put the cost in its report context: no import cycle at run time
+    from peftstudy.plan.jobs import Plan
+
 THROUGHPUT_TABLE = "throughput.csv"
+DEFAULT_GPU = "H100"  # the GPU the shipped rates were measured on
 THROUGHPUT_COLUMNS = ("gpu", "model", "method", "precision", "images_per_second", "source")
 
 # A VTAB-1K task: tuned on train800, its final run on train800val200 (STUDY.md C.1, C.4).
@@ -130,6 +133,7 @@ class ExperimentCost:
     final_runs: int = 0
     images: int = 0
     gpu_hours: float = 0.0
+    method_hours: dict[str, float] = field(default_factory=dict)  # gpu_hours by method
     # Datasets whose size is not known: their runs are counted, their images and hours are not.
     unsized: list[str] = field(default_factory=list)
 
@@ -207,6 +211,7 @@ def estimate(plan: Plan, gpu: str, rates: Sequence[Rate]) -> Estimate:
                     cost.images += tune_images + final_images
                     seconds = (tune_images * gpus["tune"] + final_images * gpus["final"]) / rate.images_per_second
                     cost.gpu_hours += seconds / 3600
+                    cost.method_hours[method] = cost.method_hours.get(method, 0.0) + seconds / 3600
         costs.append(cost)
     named = next((r.gpu for r in rates if r.gpu.lower() == gpu.lower()), gpu)  # as the table spells it
     return Estimate(plan.config["study"], named, costs, len(plan.layout.other_benchmarks()), used)
@@ -260,14 +265,35 @@ def render(est: Estimate, plan: Plan) -> str:
     return "\n".join(out)
 
 
+def report_context(plan: Plan, gpu: str = DEFAULT_GPU, rates: Sequence[Rate] | None = None) -> dict[str, Any]:
+    """What the report needs to set the GPU-hours spent beside the estimate: the GPUs each training job asks for
+    (tune and final by experiment; robustness and pretraining by phase) and the estimated GPU-hours per
+    (experiment, method) on `gpu`."""
+    est = estimate(plan, gpu, read_rates() if rates is None else rates)
+    return {
+        "gpu": est.gpu,
+        "gpus": {
+            name: {phase: plan.resource_spec(phase, name)["gpu"] for phase in ("tune", "final")}
+            for name in plan.experiments
+        },
+        "phase_gpus": {
+            "robustness": plan.resource_spec("robustness", plan.robustness_experiment())["gpu"],
+            "pretrain": plan.resource_spec("pretrain", None)["gpu"],
+        },
+        "estimated_gpu_hours": {e.experiment: e.method_hours for e in est.experiments},
+    }
+
+
 def summarise(names: list[str], shown: int = 6) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def run(args: Any) -> None:
     """`peftstudy estimate`: print the estimate of a study config (no job is run, nothing is written)."""
+    from peftstudy.plan.jobs import Plan
+
     try:
         plan = Plan.of(load_config(args.configfile))
-        print(render(estimate(plan, args.gpu, read_rates()), plan))
+        print(render(estimate(plan, args.gpu or DEFAULT_GPU, read_rates()), plan))
     except (OSError, ValueError) as err:  # a config error names its key, an unknown GPU the measured ones
         raise SystemExit(f"peftstudy estimate: {err}") from None
