@@ -1,6 +1,7 @@
 """Issue 16 on a real Slurm (.ci/slurm-up starts the one-node cluster in CI): a training job submitted with
 --requeue, requeued by `scontrol requeue` after its first epoch checkpoint, runs again, resumes from that
-checkpoint (its log says so) and ends with the bytes of a run never interrupted.
+checkpoint (its log says so) and ends with the bytes of a run never interrupted; sbatch'ed by hand, and as a
+Snakemake job of the slurm executor with the profile's `slurm-requeue: true`, whose run then still succeeds.
 
 Outside CI, without Slurm, the test skips; with CI=true a missing Slurm fails it (the `slurm` fixture).
 """
@@ -15,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import prepare_mini_task
+import yaml
+from conftest import BIN, REPO, prepare_mini_task
 from test_preemption import RECIPE, env, final_command
 from test_slurm import slurm  # noqa: F401  (the fixture: skip here, fail under CI=true)
 
@@ -34,6 +36,15 @@ def requeue_command(task: Path, out: Path, resume_dir: Path) -> list[str]:
 def job_state(job: str) -> str:
     out = subprocess.run(["squeue", "-j", job, "-t", "all", "-h", "-o", "%T"], capture_output=True, text=True)
     return out.stdout.strip()
+
+
+def requeue_when_checkpointed(job_id: str, checkpoint: Path) -> None:
+    """`scontrol requeue` once the first epoch's checkpoint is on disk, then release the job at once (Slurm holds
+    a requeued job back for about 2 minutes: BeginTime)."""
+    wait_for(checkpoint.exists, "the first epoch's checkpoint", 300)
+    subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
+    wait_for(lambda: job_state(job_id) == "PENDING", "the requeued job to pend", 120)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, capture_output=True)
 
 
 def wait_for(condition, what: str, seconds: float) -> None:
@@ -55,11 +66,7 @@ def test_a_requeued_slurm_job_resumes_from_its_checkpoint_to_the_same_bytes(slur
     job_id = job.stdout.strip().split(";")[0]
     try:
         checkpoint = resume / "final-00000000-seed0.pt"
-        wait_for(checkpoint.exists, "the first epoch's checkpoint", 300)
-        subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
-        # Slurm holds a requeued job (BeginTime, ~2 min here); release it at once.
-        wait_for(lambda: job_state(job_id) == "PENDING", "the requeued job to pend", 120)
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, capture_output=True)
+        requeue_when_checkpointed(job_id, checkpoint)
         # Meanwhile, the same run uninterrupted, outside Slurm.
         subprocess.run(requeue_command(task, whole, tmp_path / "resume-whole"), env=env(), check=True)
         wait_for(lambda: job_state(job_id) in ("COMPLETED", "FAILED", "CANCELLED"), "the job to end", 300)
@@ -78,3 +85,58 @@ def test_a_requeued_slurm_job_resumes_from_its_checkpoint_to_the_same_bytes(slur
         assert (whole / name).read_bytes() == (requeued / name).read_bytes(), name
     ours, theirs = (json.loads((d / "metrics.json").read_text()) for d in (whole, requeued))
     assert ours["metrics"] == theirs["metrics"] and theirs["epochs_run"] == EPOCHS
+
+
+# One training job through the slurm executor, with the profile's settings that matter here (slurm/config.yaml).
+SNAKEFILE = """
+rule final:
+    output:
+        "out/metrics.json",
+    log:
+        "final.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        command={command!r},
+    shell:
+        "{{params.command}} > {{log}} 2>&1"
+"""
+
+
+def test_a_requeued_snakemake_slurm_job_resumes_and_the_run_succeeds(slurm, tmp_path):  # noqa: F811
+    """The plugin keeps polling a requeued job (PENDING again, then RUNNING) and reports it when it completes;
+    the job's second start reruns the rule (the job step runs with --force --ignore-incomplete), which resumes."""
+    task = prepare_mini_task(tmp_path / "count", "count", ("trainval", "test"))
+    command = requeue_command(task, tmp_path / "out", tmp_path / "resume")
+    (tmp_path / "Snakefile").write_text(SNAKEFILE.format(command=shlex.join(command)))
+    profile = {k: v for k, v in yaml.safe_load((REPO / "slurm/config.yaml").read_text()).items() if "slurm" in k}
+    assert profile["slurm-requeue"] is True
+    snakemake = [
+        "timeout", "-s", "KILL", "300", str(BIN / "snakemake"), "--executor", "slurm", "--jobs", "1",
+        "--slurm-requeue", "--slurm-status-command", profile["slurm-status-command"],
+        "--slurm-init-seconds-before-status-checks", "2", "--default-resources", "slurm_partition=debug",
+        "--latency-wait", "5",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        snakemake, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_for(
+            lambda: (tmp_path / "final.log").exists() and "SLURM_JOB_ID=" in (tmp_path / "final.log").read_text(),
+            "the job to start",
+            120,
+        )
+        job_id = re.search(r"SLURM_JOB_ID=(\d+)", (tmp_path / "final.log").read_text())[1]
+        requeue_when_checkpointed(job_id, tmp_path / "resume/final-00000000-seed0.pt")
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out[-5000:]
+    assert "Restarts=1" in subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    log = (tmp_path / "final.log").read_text()
+    assert re.search(r"resumed from \S+ after epoch [1-9]", log), log
+    whole = tmp_path / "whole"
+    subprocess.run(requeue_command(task, whole, tmp_path / "resume-whole"), env=env(), check=True)
+    for name in ("logits.npz", "peft.safetensors"):
+        assert (whole / name).read_bytes() == (tmp_path / "out" / name).read_bytes(), name
