@@ -240,8 +240,9 @@ def render(est: Estimate, plan: Plan) -> str:
         f" + {est.other_jobs} robustness/pretraining; data preparation jobs (a few per dataset) come on top."
     )
     out.append(
-        "GPU-hours: training images / the method's rate x the GPUs a job asks for, one run at a time; evaluation,"
-        " data preparation and robustness jobs not included."
+        "GPU-hours: training images / the method's rate x the GPUs a job asks for, one run at a time, every run to"
+        " its last epoch (early stopping ends some sooner); evaluation, data preparation and robustness jobs not"
+        " included."
     )
     out.append("Rates used (training images/s of one run alone):")
     uses: dict[tuple[Rate, str], list[str]] = {}
