@@ -188,17 +188,14 @@ def estimate(plan: Plan, gpu: str, rates: Sequence[Rate]) -> Estimate:
         model = plan.backbone_spec(name)["arch"]
         gpus = {phase: plan.resource_spec(phase, name)["gpu"] for phase in ("tune", "final")}
         final_packs = plan.seed_packs(name)
-        for dataset in exp["datasets"]:
-            sizes = train_sizes(plan.config, dataset)
-            if sizes is None:
-                cost.unsized.append(dataset)
-            for method in exp["methods"]:
-                rate, _ = used.setdefault(
-                    (name, method), rate_for(rates, gpu, model, method, precision_of(exp["recipe"]))
-                )
+        sizes = {dataset: train_sizes(plan.config, dataset) for dataset in exp["datasets"]}
+        cost.unsized = [dataset for dataset, size in sizes.items() if size is None]
+        for method in exp["methods"]:
+            rate, _ = used[name, method] = rate_for(rates, gpu, model, method, precision_of(exp["recipe"]))
+            packs = tune_jobs[name, method]
+            for dataset, size in sizes.items():
                 # The method's tune jobs (each training its pack's grid points) on the dataset and on each of its
                 # tuning folds: the plan lists one metrics file per job.
-                packs = tune_jobs[name, method]
                 tuned_sets = len(plan.tune_metrics(name, dataset, method)) // len(packs)
                 tune_runs = tuned_sets * sum(len(gps) for gps in packs.values())
                 final_runs = sum(len(pack) for pack in final_packs)
@@ -206,12 +203,12 @@ def estimate(plan: Plan, gpu: str, rates: Sequence[Rate]) -> Estimate:
                 cost.final_jobs += len(final_packs)
                 cost.tune_runs += tune_runs
                 cost.final_runs += final_runs
-                if sizes is not None:
-                    tune_images, final_images = tune_runs * epochs * sizes[0], final_runs * epochs * sizes[1]
+                if size is not None:
+                    tune_images, final_images = tune_runs * epochs * size[0], final_runs * epochs * size[1]
                     cost.images += tune_images + final_images
-                    seconds = (tune_images * gpus["tune"] + final_images * gpus["final"]) / rate.images_per_second
-                    cost.gpu_hours += seconds / 3600
-                    cost.method_hours[method] = cost.method_hours.get(method, 0.0) + seconds / 3600
+                    hours = (tune_images * gpus["tune"] + final_images * gpus["final"]) / rate.images_per_second / 3600
+                    cost.gpu_hours += hours
+                    cost.method_hours[method] = cost.method_hours.get(method, 0.0) + hours
         costs.append(cost)
     named = next((r.gpu for r in rates if r.gpu.lower() == gpu.lower()), gpu)  # as the table spells it
     return Estimate(plan.config["study"], named, costs, len(plan.layout.other_benchmarks()), used)
@@ -254,6 +251,14 @@ def render(est: Estimate, plan: Plan) -> str:
     out.append("Where the measured rates come from:")
     for rate in dict.fromkeys(rate for rate, _ in uses):
         out.append(f"  {rate.method}: {rate.source}")
+    out.append("Training images per run (tune / final):")
+    bases: dict[str, list[str]] = {}
+    for dataset in dict.fromkeys(d for exp in plan.experiments.values() for d in exp["datasets"]):
+        size = train_sizes(plan.config, dataset)
+        if size is not None:
+            bases.setdefault(size[2], []).append(f"{dataset} {size[0]:,}/{size[1]:,}")
+    for basis, datasets in bases.items():
+        out.append(f"  {basis}: {summarise(datasets)}")
     for e in est.experiments:
         if e.unsized:
             out.append(f"{e.experiment}: size unknown for {', '.join(e.unsized)}: their images and hours not counted")
