@@ -20,6 +20,9 @@ GPU-hours from the measured rates (the arithmetic is printed). The last line is 
 as the pipeline runs it on this device (default precision, --compile, --concurrent) over the reference, the
 geometric mean over --methods (each method's ratio is printed above it).
 
+With --csv, each method's engine rows of one run alone, eager (one per --precisions), are appended to a CSV in
+the format of src/peftstudy/tables/throughput.csv (what `peftstudy estimate` reads): copy them there to refresh it.
+
     python benchmarks/train_throughput.py --methods lora                          # CPU, the mini ViT
     bash benchmarks/gpu_table.sh                                                  # every GPU row (ViT-B/16)
 """
@@ -27,7 +30,10 @@ geometric mean over --methods (each method's ratio is printed above it).
 from __future__ import annotations
 
 import argparse
+import csv
+import datetime
 import math
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +43,7 @@ import torch
 
 from peftstudy.data.layout import decode
 from peftstudy.models import pick_device
+from peftstudy.plan.cost import THROUGHPUT_COLUMNS
 from peftstudy.train import reference
 from peftstudy.train.engine import (
     COMPILE_MODES,
@@ -166,8 +173,11 @@ class Bench:
         return self.args.epochs * steps * self.args.batch_size / (time.perf_counter() - start)
 
 
-def run_method(bench: Bench, decode_seconds_per_image: float) -> tuple[float, float, float | None]:
-    """Print the method's rows; return (speedup as the pipeline runs, pipeline img/s, its MFU)."""
+def run_method(
+    bench: Bench, decode_seconds_per_image: float
+) -> tuple[float, float, float | None, dict[str, tuple[float, float | None]]]:
+    """Print the method's rows; return (speedup as the pipeline runs, pipeline img/s, its MFU, the eager rows:
+    precision -> (img/s, MFU) of one run alone)."""
     args, method = bench.args, bench.method
     ref_rate = bench.reference()
     print(f"| {method} | reference (fp32, decode every epoch) | {ref_rate:,.0f} | | | 1.00x |", flush=True)
@@ -199,7 +209,7 @@ def run_method(bench: Bench, decode_seconds_per_image: float) -> tuple[float, fl
         )
     ratio = pipeline[0] / ref_rate
     print(f"speedup[{method}]={ratio:.2f}x", flush=True)
-    return ratio, pipeline[0], pipeline[1]
+    return ratio, pipeline[0], pipeline[1], eager
 
 
 def project(rates: dict[str, float], mfus: dict[str, float | None], images: int) -> None:
@@ -212,6 +222,36 @@ def project(rates: dict[str, float], mfus: dict[str, float | None], images: int)
     known = [m for m in mfus.values() if m is not None]
     if known:
         print(f"mean MFU over {', '.join(mfus)}: {np.mean(known):.1f} %")
+
+
+def gpu_name(device: torch.device) -> str:
+    """The device as throughput.csv names it: the first data-sheet name its name contains (H100 PCIe before H100)."""
+    if device.type != "cuda":
+        return "CPU"
+    full = torch.cuda.get_device_name(device)
+    return next((name for name in PEAK_BF16_TFLOPS if name in full), full)
+
+
+def throughput_rows(
+    args: argparse.Namespace, device: torch.device, eager: dict[str, dict[str, tuple[float, float | None]]]
+) -> list[dict[str, str]]:
+    """throughput.csv rows of the eager rates of one run alone, each with how and when it was measured."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    source = (
+        f"benchmarks/train_throughput.py at {commit or 'unknown commit'}, {datetime.date.today()}, on {name}: "
+        f"engine eager, one run alone, batch {args.batch_size}, {args.n} images of {args.native_size} px at "
+        f"{args.image_size} px, drop-path {args.drop_path}"
+    )
+    return [
+        dict(
+            zip(
+                THROUGHPUT_COLUMNS, (gpu_name(device), args.arch, method, precision, f"{rate:.0f}", source), strict=True
+            )
+        )
+        for method, rows in eager.items()
+        for precision, (rate, _) in rows.items()
+    ]
 
 
 def main() -> None:
@@ -233,6 +273,7 @@ def main() -> None:
     p.add_argument("--runs-per-cache", type=int, default=1, help="runs sharing one decode (VTAB-1K: ~530)")
     p.add_argument("--sweep-images", type=int, default=0, help=f"project a sweep (VTAB-1K: {VTAB1K_SWEEP_IMAGES})")
     p.add_argument("--device", default="auto")
+    p.add_argument("--csv", default="", help="append the eager rates of one run alone here (throughput.csv format)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -248,11 +289,19 @@ def main() -> None:
             f"{decode_seconds:.2f} s ({len(rows) / decode_seconds:,.0f} img/s)"
         )
         print("| method | loop | img/s | img/s +decode | MFU | speedup |\n|---|---|---|---|---|---|")
-        ratios, rates, mfus = [], {}, {}
+        ratios, rates, mfus, eager = [], {}, {}, {}
         for method in args.methods:
             bench = Bench(method, args, root, rows, cache, device)
-            ratio, rates[method], mfus[method] = run_method(bench, decode_seconds / len(rows))
+            ratio, rates[method], mfus[method], eager[method] = run_method(bench, decode_seconds / len(rows))
             ratios.append(ratio)
+    if args.csv:
+        new = not Path(args.csv).exists()
+        with open(args.csv, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=THROUGHPUT_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerows(throughput_rows(args, device, eager))
+        print(f"throughput rows appended to {args.csv}")
     if args.sweep_images:
         project(rates, mfus, args.sweep_images)
     print(f"speedup={math.exp(np.mean(np.log(ratios))):.2f}x")

@@ -270,6 +270,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out-notebook", required=True)
     p.set_defaults(func=_stage("peftstudy.report.render:run"))
 
+    p = sub.add_parser("estimate", help="a study's jobs, runs, images and GPU-hours before it is submitted")
+    p.add_argument("--configfile", nargs="+", required=True, help="the study config(s), as given to snakemake")
+    p.add_argument("--gpu", help="a GPU of peftstudy/tables/throughput.csv (measured rates; default: H100)")
+    p.set_defaults(func=_stage("peftstudy.plan.cost:run"))
+
     p = sub.add_parser("zero-shot-head", help="CLIP's zero-shot head from its text tower (STUDY.md A.1), once")
     p.add_argument("--clip-weights", required=True, help="the full CLIP checkpoint (OpenAI/OpenCLIP state dict)")
     p.add_argument("--classnames", required=True, help="imagenet (OpenAI's clean names), or a file: one a line")

@@ -322,6 +322,38 @@ def summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
             for phase, f in compute.groupby("phase", sort=False)
         ],
         "compute_hours": compute["seconds"].sum() / 3600 if len(compute) else None,
+        "cost": gpu_cost(frames),
+    }
+
+
+def gpu_cost(frames: dict[str, pd.DataFrame]) -> dict[str, Any] | None:
+    """GPU-hours spent per experiment (benchmark seconds x the GPUs each job asked for) beside the estimate made
+    before the run (`peftstudy estimate`, per experiment); robustness and pretraining jobs, not estimated, as
+    their own rows. None when the tables carry no GPU counts (a context without the cost)."""
+    compute = table(frames, "compute", ("phase", "experiment", "gpu_hours"))
+    planned = table(frames, "experiments", ("experiment", "estimated_gpu_hours", "estimate_gpu"))
+    if compute.empty and planned.empty:
+        return None
+    experiment = compute["experiment"].fillna("").astype(str)
+    spent = compute.assign(row=experiment.where(experiment != "", compute["phase"] + " jobs"))
+    spent_hours = spent.groupby("row", sort=False)["gpu_hours"].sum()
+    jobs = spent.groupby("row", sort=False).size()
+    estimated = planned.groupby("experiment", sort=False)["estimated_gpu_hours"].sum()
+    names = list(dict.fromkeys([*estimated.index, *spent_hours.index]))
+    rows = [
+        {
+            "experiment": name,
+            "jobs": int(jobs.get(name, 0)),
+            "spent": float(spent_hours.get(name, 0.0)),
+            "estimated": float(estimated[name]) if name in estimated else None,
+        }
+        for name in names
+    ]
+    return {
+        "gpu": str(planned["estimate_gpu"].iloc[0]) if len(planned) else "",
+        "rows": rows,
+        "spent": float(spent_hours.sum()),
+        "estimated": float(estimated.sum()),
     }
 
 

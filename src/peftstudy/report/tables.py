@@ -7,6 +7,7 @@ import json
 import math
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,36 @@ def compute_table(benchmarks: list[str]) -> pd.DataFrame:
         )
     return pd.DataFrame(
         rows, columns=["phase", "experiment", "dataset", "method", "job", "seconds", "cpu_seconds", "max_rss_mb"]
+    )
+
+
+def with_gpu_hours(compute: pd.DataFrame, cost: Mapping[str, Any] | None) -> pd.DataFrame:
+    """The compute table with each job's GPUs (as the plan's resources ask for them: `cost` is
+    peftstudy.plan.cost.report_context) and the GPU-hours it spent: wall seconds x GPUs. Unchanged without `cost`
+    (a context made before the cost was part of it)."""
+    if cost is None:
+        return compute
+
+    def gpus(phase: str, experiment: str) -> int:
+        return cost["gpus"][experiment][phase] if experiment else cost["phase_gpus"][phase]
+
+    asked = [gpus(p, e) for p, e in zip(compute["phase"], compute["experiment"], strict=True)]
+    return compute.assign(gpus=pd.Series(asked, index=compute.index, dtype=int)).assign(
+        gpu_hours=lambda f: f["seconds"] * f["gpus"] / 3600
+    )
+
+
+def with_estimate(experiments: pd.DataFrame, cost: Mapping[str, Any] | None) -> pd.DataFrame:
+    """The experiments table with the GPU-hours `peftstudy estimate` expects of each (experiment, method), on the
+    GPU named in `estimate_gpu`. Unchanged without `cost`."""
+    if cost is None or experiments.empty:
+        return experiments
+    hours = cost["estimated_gpu_hours"]
+    return experiments.assign(
+        estimated_gpu_hours=[
+            hours[e].get(m, 0.0) for e, m in zip(experiments["experiment"], experiments["method"], strict=True)
+        ],
+        estimate_gpu=cost["gpu"],
     )
 
 
@@ -434,8 +465,8 @@ def run(args: argparse.Namespace) -> None:
         "vtab": vtab,
         "group_means": group_means(vtab),
         "datasets": datasets_table(context, args.manifests),
-        "experiments": experiments_table(context),
-        "compute": compute_table(args.benchmarks),
+        "experiments": with_estimate(experiments_table(context), context.get("cost")),
+        "compute": with_gpu_hours(compute_table(args.benchmarks), context.get("cost")),
         **analysis_tables(args.analysis),
         "ood": ood,
         "wise": wise,

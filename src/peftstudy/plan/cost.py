@@ -1,0 +1,305 @@
+"""What a study will cost, before it is submitted (issue 16): per experiment its tune and final jobs, training
+runs, images trained and GPU-hours, from throughput the project measured (``tables/throughput.csv``).
+
+The config is composed and checked as the workflow does it (workflow/rules/common.smk), and the jobs are counted
+with the plan's own functions: the tune jobs and their grid points (``Layout.tune_jobs``), every tune job of a
+dataset and of its tuning folds (``Plan.tune_metrics``), the seed packs of the final jobs (``Plan.seed_packs``),
+the robustness and pretraining jobs (``Layout.other_benchmarks``). So the estimate counts the jobs the DAG has.
+
+Images trained = runs x epochs x the images of the split a run trains on (tune: the tuning train split; final:
+train+val), from the data spec, the VTAB-1K protocol or the many-shot lists' sizes (:func:`train_sizes`; a
+dataset of unknown size is named, not guessed). Evaluation passes, data preparation and robustness jobs are not
+in the images or the hours. GPU-hours = a job's images / its method's measured rate x the GPUs the job asks for
+(``resources.<tune|final>.gpu``), one run at a time on its GPU. A method, model or precision without a measured
+rate takes a labelled fallback (:func:`rate_for`): the slowest measured method of its class, full fine-tuning or
+frozen-backbone (PEFT and the linear probe), so a fallback errs on the side of more hours.
+
+Standard library and PyYAML only, like the whole planning tier: no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from peftstudy.plan import study
+from peftstudy.plan.defaults import DEFAULTS
+from peftstudy.plan.tasks import MANYSHOT_FOLDED, task_table
+from peftstudy.tables import open_table
+
+if TYPE_CHECKING:  # the plan may put the cost in its report context: no import cycle at run time
+    from peftstudy.plan.jobs import Plan
+
+THROUGHPUT_TABLE = "throughput.csv"
+DEFAULT_GPU = "H100"  # the GPU the shipped rates were measured on
+THROUGHPUT_COLUMNS = ("gpu", "model", "method", "precision", "images_per_second", "source")
+
+# A VTAB-1K task: tuned on train800, its final run on train800val200 (STUDY.md C.1, C.4).
+VTAB_1K_SIZES = (800, 1_000)
+# The many-shot lists (STUDY.md D.2): (tuning train, combined) images. CIFAR-100 500 is one of its five folds.
+CIFAR100_SIZES = {"500": (400, 500), "1k": (800, 1_000), "5k": (4_500, 5_000), "10k": (9_000, 10_000)}
+CIFAR100_SIZES["full"] = (49_000, 50_000)
+RESISC45_FULL = 25_200  # the authors' pool train.txt; each subset tunes on 90 % (the folded ones on 80 %)
+# Clevr-distance many-shot: TFDS clevr train (70,000), tuned on its first 90 % (data/vtab_tasks.clevr_many_shot).
+CLEVR_MANYSHOT_SIZES = (63_000, 70_000)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """One measured row of throughput.csv: training images a second of one run alone on one GPU."""
+
+    gpu: str
+    model: str
+    method: str
+    precision: str
+    images_per_second: float
+    source: str
+
+
+def read_rates(text_rows: Sequence[Mapping[str, str]] | None = None) -> list[Rate]:
+    """The rows of throughput.csv (or of `text_rows`, the same columns)."""
+    if text_rows is None:
+        with open_table(THROUGHPUT_TABLE) as handle:
+            text_rows = list(csv.DictReader(handle))
+    return [Rate(**{**row, "images_per_second": float(row["images_per_second"])}) for row in text_rows]
+
+
+def method_class(method: str) -> str:
+    """Full fine-tuning trains every weight; every other method (the linear probe too) keeps the backbone frozen."""
+    return "full fine-tuning" if method == "full" else "frozen-backbone"
+
+
+def rate_for(rates: Sequence[Rate], gpu: str, model: str, method: str, precision: str) -> tuple[Rate, str]:
+    """The measured rate of (gpu, model, method, precision), with the note "measured". Failing that, a fallback
+    relaxing first the method (to the slowest measured method of its class), then the precision, then the model,
+    then both, the same method's slowest rate preferred where it was measured; the note says what was relaxed."""
+    on_gpu = [r for r in rates if r.gpu.lower() == gpu.lower()]
+    if not on_gpu:
+        known = ", ".join(sorted({r.gpu for r in rates}))
+        raise ValueError(f"--gpu {gpu}: no measured throughput for it in {THROUGHPUT_TABLE}; measured: {known}")
+    kind = method_class(method)
+    wanted = {"model": model, "precision": precision}
+    for keys in (("model", "precision"), ("model",), ("precision",), ()):
+        found = [r for r in on_gpu if method_class(r.method) == kind and all(getattr(r, k) == wanted[k] for k in keys)]
+        if not found:
+            continue
+        relaxed = [f"{k} {wanted[k]}" for k in ("model", "precision") if k not in keys]
+        same = [r for r in found if r.method == method]
+        slowest = min(same or found, key=lambda r: r.images_per_second)
+        if same and not relaxed:
+            return slowest, "measured"
+        if same:
+            return slowest, f"fallback: {', '.join(relaxed)} not measured; the method's slowest rate ({slowest.model})"
+        relaxed.insert(0, "the method")
+        return slowest, (
+            f"fallback: {', '.join(relaxed)} not measured; the slowest measured {kind} method "
+            f"({slowest.method} on {slowest.model})"
+        )
+    raise ValueError(f"{THROUGHPUT_TABLE}: no measured {kind} rate on {gpu}; add a row (benchmarks/gpu_table.sh)")
+
+
+def train_sizes(config: Mapping[str, Any], dataset: str) -> tuple[int, int, str] | None:
+    """(images a tune run trains on, images a final run trains on, where the sizes come from), or None."""
+    spec = config["datasets"][dataset]
+    source = spec["source"]
+    if source == "synthetic" and "train" in spec and "val" in spec:
+        return spec["train"], spec["train"] + spec["val"], "the config's train and val"
+    if source == "manual":
+        shots = spec.get("shots", DEFAULTS["imagenet_shots"])
+        return shots * spec["classes"], shots * spec["classes"], f"{shots} shots x {spec['classes']} classes"
+    if source == "manyshot":
+        subset, folded = str(spec["subset"]), (spec["kind"], str(spec["subset"])) in MANYSHOT_FOLDED
+        if spec["kind"] == "cifar100":
+            return (*CIFAR100_SIZES[subset], "the authors' CIFAR-100 lists (STUDY.md D.2)")
+        images = RESISC45_FULL if subset == "full" else int(subset)
+        return images * (8 if folded else 9) // 10, images, "the authors' RESISC45 lists (STUDY.md D.2)"
+    task = study.vtab_task(spec)
+    if task == "clevr_dist_manyshot":
+        return (*CLEVR_MANYSHOT_SIZES, "TFDS clevr train, 90 % tuned (STUDY.md D.2)")
+    row = task_table().get(task or "")
+    if row is not None and row.group:
+        return (*VTAB_1K_SIZES, "VTAB-1K train800 / train800val200")
+    return None
+
+
+@dataclass
+class ExperimentCost:
+    experiment: str
+    tune_jobs: int = 0
+    final_jobs: int = 0
+    tune_runs: int = 0
+    final_runs: int = 0
+    images: int = 0
+    gpu_hours: float = 0.0
+    method_hours: dict[str, float] = field(default_factory=dict)  # gpu_hours by method
+    # Datasets whose size is not known: their runs are counted, their images and hours are not.
+    unsized: list[str] = field(default_factory=list)
+
+    @property
+    def runs(self) -> int:
+        return self.tune_runs + self.final_runs
+
+
+@dataclass
+class Estimate:
+    study: str
+    gpu: str
+    experiments: list[ExperimentCost]
+    other_jobs: int  # robustness and pretraining: Slurm jobs, their compute not estimated
+    rates: dict[tuple[str, str], tuple[Rate, str]]  # (experiment, method) -> the rate used and its note
+
+    @property
+    def training_jobs(self) -> int:
+        return sum(e.tune_jobs + e.final_jobs for e in self.experiments)
+
+
+def load_config(paths: Sequence[str]) -> dict[str, Any]:
+    """The study config as the workflow builds it: the --configfile files merged in order (as Snakemake merges
+    them), its `include`s composed, then checked against the schema (the plan cross-checks the rest)."""
+    import yaml
+
+    from peftstudy import io
+
+    config: dict[str, Any] = {}
+    for path in paths:
+        with open(path) as handle:
+            study.update_config(config, yaml.safe_load(handle))
+    if "include" in config:
+        config = study.compose(config)
+    io.validate_config(config)
+    return config
+
+
+def precision_of(recipe: Mapping[str, Any]) -> str:
+    """What a run computes in on a GPU: `auto` is bf16 autocast there (recipe.precision)."""
+    precision = recipe.get("precision", "auto")
+    return "bf16" if precision == "auto" else precision
+
+
+def estimate(plan: Plan, gpu: str, rates: Sequence[Rate]) -> Estimate:
+    """Every experiment's jobs, runs, images and GPU-hours on `gpu` at the measured `rates`."""
+    tune_jobs = plan.layout.tune_jobs
+    costs, used = [], {}
+    for name, exp in plan.experiments.items():
+        cost = ExperimentCost(name)
+        epochs = exp["recipe"]["epochs"]
+        model = plan.backbone_spec(name)["arch"]
+        gpus = {phase: plan.resource_spec(phase, name)["gpu"] for phase in ("tune", "final")}
+        final_packs = plan.seed_packs(name)
+        sizes = {dataset: train_sizes(plan.config, dataset) for dataset in exp["datasets"]}
+        cost.unsized = [dataset for dataset, size in sizes.items() if size is None]
+        for method in exp["methods"]:
+            rate, _ = used[name, method] = rate_for(rates, gpu, model, method, precision_of(exp["recipe"]))
+            packs = tune_jobs[name, method]
+            for dataset, size in sizes.items():
+                # The method's tune jobs (each training its pack's grid points) on the dataset and on each of its
+                # tuning folds: the plan lists one metrics file per job.
+                tuned_sets = len(plan.tune_metrics(name, dataset, method)) // len(packs)
+                tune_runs = tuned_sets * sum(len(gps) for gps in packs.values())
+                final_runs = sum(len(pack) for pack in final_packs)
+                cost.tune_jobs += tuned_sets * len(packs)
+                cost.final_jobs += len(final_packs)
+                cost.tune_runs += tune_runs
+                cost.final_runs += final_runs
+                if size is not None:
+                    tune_images, final_images = tune_runs * epochs * size[0], final_runs * epochs * size[1]
+                    cost.images += tune_images + final_images
+                    hours = (tune_images * gpus["tune"] + final_images * gpus["final"]) / rate.images_per_second / 3600
+                    cost.gpu_hours += hours
+                    cost.method_hours[method] = cost.method_hours.get(method, 0.0) + hours
+        costs.append(cost)
+    named = next((r.gpu for r in rates if r.gpu.lower() == gpu.lower()), gpu)  # as the table spells it
+    return Estimate(plan.config["study"], named, costs, len(plan.layout.other_benchmarks()), used)
+
+
+def render(est: Estimate, plan: Plan) -> str:
+    """The estimate as a plain-text table, then the rates, fallbacks and sizes it rests on."""
+    head = ("experiment", "tune jobs", "final jobs", "runs", "images trained", f"{est.gpu} GPU-hours")
+
+    def cells(name: str, tune: int, final: int, runs: int, images: int, hours: float) -> tuple[str, ...]:
+        return (name, f"{tune:,}", f"{final:,}", f"{runs:,}", f"{images:,}", f"{hours:,.1f}")
+
+    rows = [cells(e.experiment, e.tune_jobs, e.final_jobs, e.runs, e.images, e.gpu_hours) for e in est.experiments]
+    sums = [sum(getattr(e, k) for e in est.experiments) for k in ("tune_jobs", "final_jobs", "runs", "images")]
+    total = cells("total", *sums, sum(e.gpu_hours for e in est.experiments))
+    widths = [max(len(r[i]) for r in (head, *rows, total)) for i in range(len(head))]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+
+    rule = "  ".join("-" * w for w in widths)
+    out = [f"Cost estimate of study {est.study!r} on {est.gpu} (throughput: peftstudy/tables/{THROUGHPUT_TABLE})"]
+    out += [line(head), rule, *map(line, rows), rule, line(total), ""]
+    out.append(
+        f"Slurm jobs: {est.training_jobs + est.other_jobs:,} = {sums[0]:,} tune + {sums[1]:,} final"
+        f" + {est.other_jobs} robustness/pretraining; data preparation jobs (a few per dataset) come on top."
+    )
+    out.append(
+        "GPU-hours: training images / the method's rate x the GPUs a job asks for, one run at a time, every run to"
+        " its last epoch (early stopping ends some sooner); evaluation, data preparation and robustness jobs not"
+        " included."
+    )
+    out.append("Rates used (training images/s of one run alone):")
+    uses: dict[tuple[Rate, str], list[str]] = {}
+    for (experiment, method), chosen in est.rates.items():
+        uses.setdefault(chosen, []).append(f"{experiment}/{method}")
+    for (rate, note), runs in uses.items():
+        what = f"{rate.method}, {rate.model}, {rate.precision}"
+        out.append(f"  {rate.images_per_second:>7,.0f} ({what}) {note}: {summarise(runs)}")
+    out.append("Where the measured rates come from:")
+    for rate in dict.fromkeys(rate for rate, _ in uses):
+        out.append(f"  {rate.method}: {rate.source}")
+    out.append("Training images per run (tune / final):")
+    bases: dict[str, list[str]] = {}
+    for dataset in dict.fromkeys(d for exp in plan.experiments.values() for d in exp["datasets"]):
+        size = train_sizes(plan.config, dataset)
+        if size is not None:
+            bases.setdefault(size[2], []).append(f"{dataset} {size[0]:,}/{size[1]:,}")
+    for basis, datasets in bases.items():
+        out.append(f"  {basis}: {summarise(datasets)}")
+    for e in est.experiments:
+        if e.unsized:
+            out.append(f"{e.experiment}: size unknown for {', '.join(e.unsized)}: their images and hours not counted")
+    cpu = [
+        f"{name} {phase}" for name in plan.experiments for phase in ("tune", "final")
+        if not plan.resource_spec(phase, name)["gpu"]
+    ]  # fmt: skip
+    if cpu:
+        out.append(f"No GPU asked for (resources.<phase>.gpu: 0), so no GPU-hours: {summarise(cpu)}")
+    return "\n".join(out)
+
+
+def report_context(plan: Plan, gpu: str = DEFAULT_GPU, rates: Sequence[Rate] | None = None) -> dict[str, Any]:
+    """What the report needs to set the GPU-hours spent beside the estimate: the GPUs each training job asks for
+    (tune and final by experiment; robustness and pretraining by phase) and the estimated GPU-hours per
+    (experiment, method) on `gpu`."""
+    est = estimate(plan, gpu, read_rates() if rates is None else rates)
+    return {
+        "gpu": est.gpu,
+        "gpus": {
+            name: {phase: plan.resource_spec(phase, name)["gpu"] for phase in ("tune", "final")}
+            for name in plan.experiments
+        },
+        "phase_gpus": {
+            "robustness": plan.resource_spec("robustness", plan.robustness_experiment())["gpu"],
+            "pretrain": plan.resource_spec("pretrain", None)["gpu"],
+        },
+        "estimated_gpu_hours": {e.experiment: e.method_hours for e in est.experiments},
+    }
+
+
+def summarise(names: list[str], shown: int = 6) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def run(args: Any) -> None:
+    """`peftstudy estimate`: print the estimate of a study config (no job is run, nothing is written)."""
+    from peftstudy.plan.jobs import Plan
+
+    try:
+        plan = Plan.of(load_config(args.configfile))
+        print(render(estimate(plan, args.gpu or DEFAULT_GPU, read_rates()), plan))
+    except (OSError, ValueError) as err:  # a config error names its key, an unknown GPU the measured ones
+        raise SystemExit(f"peftstudy estimate: {err}") from None
