@@ -11,6 +11,7 @@ from peftstudy.plan.jobs import (
     manyshot_lists_dir,
     only,
 )
+from peftstudy.plan.cost import report_context as estimated_cost
 from peftstudy.plan.tasks import MANYSHOT_SUBSETS
 from peftstudy.select import chosen, chosen_gp
 

@@ -20,7 +20,8 @@ rule tables:
     params:
         study=config["study"],
         config_hash=PLAN.config_hash,
-        context=as_json(PLAN.report_context()),
+        # The study's facts, and the cost estimate the report sets beside what the run spent.
+        context=as_json(PLAN.report_context() | {"cost": estimated_cost(PLAN)}),
         out_dir=lambda wc, output: os.path.dirname(output.tables[0]),
     shell:
         "peftstudy tables --study {params.study} --config-hash {params.config_hash}"

@@ -22,15 +22,16 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import yaml
+
+from peftstudy import io
 from peftstudy.plan import study
 from peftstudy.plan.defaults import DEFAULTS
+from peftstudy.plan.jobs import Plan
 from peftstudy.plan.tasks import MANYSHOT_FOLDED, task_table
 from peftstudy.tables import open_table
-
-if TYPE_CHECKING:  # the plan may put the cost in its report context: no import cycle at run time
-    from peftstudy.plan.jobs import Plan
 
 THROUGHPUT_TABLE = "throughput.csv"
 DEFAULT_GPU = "H100"  # the GPU the shipped rates were measured on
@@ -158,10 +159,6 @@ class Estimate:
 def load_config(paths: Sequence[str]) -> dict[str, Any]:
     """The study config as the workflow builds it: the --configfile files merged in order (as Snakemake merges
     them), its `include`s composed, then checked against the schema (the plan cross-checks the rest)."""
-    import yaml
-
-    from peftstudy import io
-
     config: dict[str, Any] = {}
     for path in paths:
         with open(path) as handle:
@@ -195,8 +192,8 @@ def estimate(plan: Plan, gpu: str, rates: Sequence[Rate]) -> Estimate:
             packs = tune_jobs[name, method]
             for dataset, size in sizes.items():
                 # The method's tune jobs (each training its pack's grid points) on the dataset and on each of its
-                # tuning folds: the plan lists one metrics file per job.
-                tuned_sets = len(plan.tune_metrics(name, dataset, method)) // len(packs)
+                # tuning folds.
+                tuned_sets = len(plan.tuning_sets(dataset))
                 tune_runs = tuned_sets * sum(len(gps) for gps in packs.values())
                 final_runs = sum(len(pack) for pack in final_packs)
                 cost.tune_jobs += tuned_sets * len(packs)
@@ -296,8 +293,6 @@ def summarise(names: list[str], shown: int = 6) -> str:
 
 def run(args: Any) -> None:
     """`peftstudy estimate`: print the estimate of a study config (no job is run, nothing is written)."""
-    from peftstudy.plan.jobs import Plan
-
     try:
         plan = Plan.of(load_config(args.configfile))
         print(render(estimate(plan, args.gpu or DEFAULT_GPU, read_rates()), plan))

@@ -315,13 +315,16 @@ class Plan:
             "code": self.method_sources(method),
         }
 
+    def tuning_sets(self, dataset: str) -> list[str]:
+        """The datasets a grid is tuned on for `dataset`: itself and each of its tuning folds (averaged by select)."""
+        return [dataset, *self.datasets[dataset].get("folds", [])]
+
     def tune_metrics(self, experiment: str, dataset: str) -> list[str]:
-        """Every method's tune results on the dataset and on each of its tuning folds (averaged by select)."""
-        folds = [dataset, *self.datasets[dataset].get("folds", [])]
+        """Every method's tune results on the dataset and on each of its tuning folds."""
         return [
             path
             for method in self.experiments[experiment]["methods"]
-            for fold in folds
+            for fold in self.tuning_sets(dataset)
             for path in self.layout.tune_metrics(experiment, fold, method)
         ]
 
