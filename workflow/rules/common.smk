@@ -55,7 +55,7 @@ def job_resources(kind, experiment=None, runs=1):
 
 
 def job_runs(kind, wildcards):
-    """The runs a job of the one tune (or final) rule trains: its pack's grid points (one seed)."""
+    """The runs a job of the tune (or final) rule trains, its pack's grid points (or one seed)."""
     if kind == "tune":
         return PLAN.tune_runs(wildcards.experiment, wildcards.method, wildcards.pack)
     return 1
