@@ -151,11 +151,11 @@ def slurm_profile(root: Path, partition: str) -> None:
     (root / "slurm/config.yaml").write_text(yaml.safe_dump(profile))
 
 
-def measure(
-    scratch: Path, configfiles: Sequence[Path], datasets: int, run_args: Sequence[str], slurm: str | None
-) -> Measured:
-    """One size: a fresh copy, the data stage faked, the whole study run, then nothing left to do."""
-    root = scratch / f"k{datasets}"
+def set_up(
+    root: Path, configfiles: Sequence[Path], datasets: int, slurm: str | None = None
+) -> tuple[list[Path], dict[str, str], list[Job]]:
+    """A fresh copy at `root` of the study at one size, the stand-in first on PATH, the data stage faked: the
+    config files and the environment to run Snakemake with, and the jobs its dry run plans."""
     copy_repo(root)
     install_stand_in(root / "bin")
     if slurm:
@@ -177,7 +177,15 @@ def measure(
     jobs = plan(root, configs, env)
     fake_outputs(root, [job for job in jobs if is_faked(job)], sources)
     tables.write_text("\n".join(out for job in jobs if job.rule == "tables" for out in job.outputs))
+    return configs, env, jobs
 
+
+def measure(
+    scratch: Path, configfiles: Sequence[Path], datasets: int, run_args: Sequence[str], slurm: str | None
+) -> Measured:
+    """One size: a fresh copy, the data stage faked, the whole study run, then nothing left to do."""
+    root = scratch / f"k{datasets}"
+    configs, env, jobs = set_up(root, configfiles, datasets, slurm)
     executor = ["--profile", "slurm"] if slurm else []
     cmd = [str(SNAKEMAKE), "all", "--configfile", *map(str, configs), *executor, *run_args]
     # A Snakemake stuck polling Slurm ignores SIGTERM (LOCAL_SLURM.md (d)): SIGKILL after an hour.
