@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,16 @@ class AllDiverged(ValueError):
 
 def chosen(selected: str | Path, method: str) -> dict[str, Any]:
     """A method's entry of a selected.json: its grid point, or `status: all-diverged`."""
-    return read_json(selected, schema="selected")["methods"][method]
+    stat = os.stat(selected)
+    return _choices(str(selected), stat.st_mtime_ns, stat.st_size)[method]
+
+
+@functools.lru_cache(maxsize=None)
+def _choices(selected: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    """Read once per version of the file: Snakemake re-runs the input functions of every job after a checkpoint
+    behind each completed selection, and those of the tables and the target ask for every method's choice (paper:
+    698 of them each time, 141 times)."""
+    return read_json(selected, schema="selected")["methods"]
 
 
 def chosen_gp(selected: str | Path, method: str) -> str | None:
