@@ -126,7 +126,8 @@ def fake_outputs(root: Path, jobs: Sequence[Job], after: float) -> float:
 
 
 def fake_round(root: Path, jobs: Sequence[Job], config: dict, after: float) -> float:
-    """Create every output of `jobs`, each checkpoint's selected.json naming the first point of each method's grid.
+    """Create every output of `jobs`, each checkpoint's selected.json naming the first point of each method's grid
+    on every dataset.
 
     A job's outputs get the mtime `after` + 1 s per level, so each is newer than what it reads; returns the
     newest mtime. Outputs of jobs that wait for a checkpoint are made too, and remade newer next round.
@@ -134,10 +135,10 @@ def fake_round(root: Path, jobs: Sequence[Job], config: dict, after: float) -> f
     study_grids = grids(config)
     for job in jobs:
         if job.checkpoint:
-            experiment = job.wildcards["experiment"]
+            experiment = config["experiments"][job.wildcards["experiment"]]
             choices = {}
-            for method in config["experiments"][experiment]["methods"]:
-                gp, hp = next(iter(study_grids[experiment, method].items()))
+            for method in experiment["methods"]:
+                gp, hp = next(iter(study_grids[job.wildcards["experiment"], method].items()))
                 choices[method] = {
                     "gp": gp,
                     "hp": hp,
@@ -146,7 +147,7 @@ def fake_round(root: Path, jobs: Sequence[Job], config: dict, after: float) -> f
                     "rule": "faked by benchmarks/dag_scale.py",
                 }
             selected = root / next(p for p in job.outputs if p.endswith("selected.json"))
-            content = {"methods": choices}
+            content = {"datasets": {dataset: choices for dataset in experiment["datasets"]}}
             write_json(selected, content, schema="selected")
     depth = levels(jobs)
     for i, job in enumerate(jobs):

@@ -167,10 +167,10 @@ def test_the_vtab1k_study_plans_the_papers_runs_and_fetches_on_the_login_node(wo
     proc = workflow.snakemake("-n", "--configfile", "studies/vtab1k.yaml")
     out = proc.stdout + proc.stderr
     stats = job_stats(out)
-    # 516 grid points per task in dense jobs (runs_per_job.tune 32: 27 per task); one selection per task.
+    # 516 grid points per task in dense jobs (runs_per_job.tune 32: 27 per task); one selection.
     config = study.compose(yaml.safe_load((workflow.root / "studies/vtab1k.yaml").read_text()))
     assert planned_tunes(config) == 19 * 516 == 9_804
-    assert stats["tune"] == tune_jobs(config) == 19 * 27 and stats["select"] == 19
+    assert stats["tune"] == tune_jobs(config) == 19 * 27 and stats["select"] == 1
     assert stats["fetch"] == 1 and stats["extract"] == 1 and stats["fetch_backbone"] == 1 and stats["index"] == 19
     # Downloads are localrules (login node); a dry run's log does not say so, the parsed workflow does.
     assert {"fetch", "extract", "fetch_backbone"} <= localrules(workflow.root, "studies/vtab1k.yaml")
@@ -223,7 +223,7 @@ def test_the_paper_study_brings_vtab_manyshot_and_robustness_together(workflow, 
     assert planned_tunes(studies["manyshot"]) == 13_742 and planned_tunes(studies["robustness"]) == 30
     stats = job_stats(workflow.snakemake("-n", "--configfile", "studies/paper.yaml").stdout)
     assert planned_tunes(paper) == 9_804 + 13_742 + 30 and stats["tune"] == tune_jobs(paper)
-    assert stats["select"] == sum(len(e["datasets"]) for e in paper["experiments"].values())
+    assert stats["select"] == len(paper["experiments"])
     # The cluster's share (issue 16): every job but the login node's (localrules) is one Slurm submission.
     local = localrules(workflow.root, "studies/paper.yaml")
     planned = sum(n for rule, n in stats.items() if rule not in local and rule != "total")

@@ -28,9 +28,7 @@ def plan_counts(plan: Plan, experiment: str) -> tuple[int, int, int, int]:
     """(tune jobs, final jobs, tune runs, final runs) of an experiment, straight from the plan's job lists."""
     exp = plan.experiments[experiment]
     runs = [run for run in plan.layout.runs() if run[0] == experiment]
-    tune_jobs = sum(
-        len(plan.tune_metrics(*selection)) for selection in plan.layout.selections() if selection[0] == experiment
-    )
+    tune_jobs = len(plan.tune_metrics(experiment))
     final_jobs = sum(len(plan.layout.final_benchmarks(*run, "00000000")) for run in runs)
     tuned_sets = sum(1 + len(plan.datasets[d].get("folds", [])) for d in exp["datasets"])
     tune_runs = tuned_sets * sum(len(plan.grids[experiment, m]) for m in exp["methods"])

@@ -65,7 +65,7 @@ def test_full_dag_from_clean_directory_to_report(tiny):
     assert c["final"] == 4
     packed = Counter(kind(rule) for rule, _ in executed if rule.startswith("final_"))
     assert packed == {"final": 2}
-    assert c["select"] == 3 and c["collect"] == 6  # one selection per (experiment, dataset)
+    assert c["select"] == 2 and c["collect"] == 6  # one selection per experiment
     assert c["ensemble"] == 3 and c["robustness"] == 2 and c["report"] == 1
     root = wf.root / RESULTS
     html = (root / "report/index.html").read_text()
@@ -77,7 +77,7 @@ def test_full_dag_from_clean_directory_to_report(tiny):
     assert len(tune) == 6 + 4 and len(finals) == 4 + 4  # VTAB and robustness
     for m in tune + finals:
         assert m["status"] == "ok" and m["provenance"]["config_hash"]
-    for path in root.glob("*/*/selected.json"):
+    for path in root.glob("*/selected.json"):
         read_json(path, schema="selected")
     for schema in ("ensembles", "agreement"):
         for path in root.glob(f"*/*/analysis/{schema}.json"):
@@ -132,7 +132,7 @@ def test_no_tune_or_select_job_reads_the_test_split(tiny):
 def test_adding_a_grid_point_reruns_only_its_tune_select_and_dependants(tiny):
     wf, config, _ = tiny
     root = wf.root / RESULTS
-    before = {d: chosen_gp(root / f"vtab/{d}/selected.json", "lora") for d in ("count", "digits")}
+    before = {d: chosen_gp(root / "vtab/selected.json", d, "lora") for d in ("count", "digits")}
     cfg = yaml.safe_load(config.read_text())
     cfg["experiments"]["vtab"]["method_grids"]["lora"]["r"].append(1)
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -141,12 +141,12 @@ def test_adding_a_grid_point_reruns_only_its_tune_select_and_dependants(tiny):
     assert len(tunes) == 2 and {wc["method"] for wc in tunes} == {"lora"}
     assert {wc["dataset"] for wc in tunes} == {"count", "digits"}
     selects = [wc for rule, wc in executed if rule == "select"]
-    assert sorted(selects, key=str) == [{"experiment": "vtab", "dataset": d} for d in ("count", "digits")]
-    after = {d: chosen_gp(root / f"vtab/{d}/selected.json", "lora") for d in ("count", "digits")}
+    assert selects == [{"experiment": "vtab"}]
+    after = {d: chosen_gp(root / "vtab/selected.json", d, "lora") for d in ("count", "digits")}
     changed = {d for d in after if after[d] != before[d]}
     finals = [wc for rule, wc in executed if rule == "final"]
     assert {(wc["dataset"], wc["gp"]) for wc in finals} == {(d, after[d]) for d in changed}
-    # Only LoRA's records, where its choice changed: the other method's entry of the same selected.json is as it was.
+    # Only LoRA's records, where its choice changed: the other entries of the same selected.json are as they were.
     collects = {(wc["dataset"], wc["method"]) for rule, wc in executed if rule == "collect"}
     assert collects == {(d, "lora") for d in changed}
     allowed = {"tune", "select", "final", "collect", "ensemble", "tables", "report"}
@@ -162,8 +162,8 @@ def test_editing_a_method_module_reruns_only_that_method(tiny):
     stages = ("tune", "final", "collect")
     trained = {(kind(rule), wc["method"]) for rule, wc in executed if kind(rule) in stages}
     assert trained == {(r, "bitfit") for r in stages}
-    # The one selection holding bitfit's choice reran (every method's choice there is remade, the same bytes).
-    assert [wc for rule, wc in executed if rule == "select"] == [{"experiment": "robustness", "dataset": "shapes"}]
+    # The one selection holding bitfit's choices reran (every choice there is remade, the others the same).
+    assert [wc for rule, wc in executed if rule == "select"] == [{"experiment": "robustness"}]
     assert [wc for rule, wc in executed if rule == "robustness"] == [{"method": "bitfit"}]
     assert {wc["experiment"] for rule, wc in executed if kind(rule) == "tune"} == {"robustness"}
     assert "ensemble" in counts(executed) and "report" in counts(executed)
@@ -172,7 +172,7 @@ def test_editing_a_method_module_reruns_only_that_method(tiny):
 def test_a_deleted_final_output_is_rebuilt_alone(tiny):
     wf, config, _ = tiny
     root = wf.root / RESULTS
-    gp = chosen_gp(root / "vtab/count/selected.json", "linear")
+    gp = chosen_gp(root / "vtab/selected.json", "count", "linear")
     target = root / f"vtab/count/linear/final/{gp}/seed0/logits.npz"
     original = target.read_bytes()
     target.unlink()
@@ -187,7 +187,7 @@ def test_a_deleted_final_output_is_rebuilt_alone(tiny):
 def test_a_deleted_output_of_a_packed_job_reruns_its_pack_with_the_same_results(tiny):
     wf, config, _ = tiny
     root = wf.root / RESULTS
-    gp = chosen_gp(root / "robustness/shapes/selected.json", "linear")
+    gp = chosen_gp(root / "robustness/selected.json", "shapes", "linear")
     seeds = [root / f"robustness/shapes/linear/final/{gp}/seed{s}/logits.npz" for s in (0, 1)]
     original = [p.read_bytes() for p in seeds]
     seeds[1].unlink()
@@ -209,6 +209,6 @@ def test_report_tables_are_written_beside_the_page(tiny):
     # The robustness experiment's two seeds give each of its methods a seed-ensemble control.
     seed_ensembles = (root / "tables/seed_ensembles.csv").read_text().splitlines()
     assert len(seed_ensembles) == 1 + 2
-    selected = json.loads((root / "vtab/count/selected.json").read_text())["methods"]["lora"]
+    selected = json.loads((root / "vtab/selected.json").read_text())["datasets"]["count"]["lora"]
     assert set(selected) == {"gp", "hp", "metric", "score", "rule"} and selected["metric"] == "val_top1"
     assert Path(root / "report/figures.ipynb").exists()

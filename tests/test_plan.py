@@ -29,9 +29,9 @@ for path in sys.argv[1:]:
         plan.backbone_arg(experiment)
         for pack in layout.tune_jobs[experiment, method]:
             plan.pack_points(experiment, method, pack)
-    for experiment, dataset in layout.selections():
+    for experiment in plan.experiments:
         plan.select_args(experiment)
-        n += len(plan.tune_metrics(experiment, dataset))
+        n += len(plan.tune_metrics(experiment))
     for name in plan.datasets:
         plan.source_dir(name)
     if plan.robustness:
@@ -135,9 +135,7 @@ def test_a_tune_job_is_a_grid_point_or_a_named_pack_and_its_file_comes_from_the_
     assert {pack: gps for pack, gps in jobs["vtab", "lora"].items()} == {gp: [gp] for gp in plan.grids["vtab", "lora"]}
     ((pack, gps),) = jobs["robustness", "bitfit"].items()
     assert pack == "pack1-0" and gps == list(plan.grids["robustness", "bitfit"])
-    assert f"results/tiny/robustness/shapes/bitfit/tune/{pack}/metrics.json" in plan.tune_metrics(
-        "robustness", "shapes"
-    )
+    assert f"results/tiny/robustness/shapes/bitfit/tune/{pack}/metrics.json" in plan.tune_metrics("robustness")
     assert [p["gp"] for p in plan.pack_points("robustness", "bitfit", pack)] == gps
     with pytest.raises(ValueError, match="not a grid point or pack of bitfit"):
         plan.pack_points("robustness", "bitfit", "pack2-1")

@@ -280,6 +280,7 @@ def _select(metrics: list[dict], out: Path) -> Path:
     args = argparse.Namespace(
         metrics=[str(p) for p in paths],
         grids={"linear": [m["gp"] for m in metrics]},
+        datasets={"count": ["count"]},
         tie_break="last",
         metric="val_top1",
         out=str(out / "selected.json"),
@@ -293,12 +294,12 @@ def test_a_grid_that_all_diverged_is_recorded_as_such_and_the_tables_show_it(cou
     """lr 100 and 200 on the linear probe: both points explode, select records it instead of raising."""
     exploded = _tune_linear(count_task, tmp_path, [100.0, 200.0], "explosion")
     assert [m["status"] for m in exploded] == ["diverged", "diverged"]
-    task = tmp_path / "vtab" / "count"
-    run = task / "linear"
+    experiment = tmp_path / "vtab"
+    run = experiment / "count" / "linear"
     run.mkdir(parents=True)
-    selected = _select(exploded, task)
-    record = select.chosen(selected, "linear")
-    assert record["status"] == "all-diverged" and select.chosen_gp(selected, "linear") is None
+    selected = _select(exploded, experiment)
+    record = select.chosen(selected, "count", "linear")
+    assert record["status"] == "all-diverged" and select.chosen_gp(selected, "count", "linear") is None
     assert [r["run"] for r in record["runs"]] == ["vtab/count/linear"] * 2
     assert all("train loss" in r["reason"] for r in record["runs"])
     # collect, with no final runs (none was scheduled), writes the record the analysis and tables read.
@@ -310,7 +311,7 @@ def test_a_grid_that_all_diverged_is_recorded_as_such_and_the_tables_show_it(cou
         ]
     )
     assert read_json(final, schema="final")["status"] == "all-diverged"
-    tune = tables.tune_table([str(task / "tune.csv")])
+    tune = tables.tune_table([str(experiment / "tune.csv")])
     assert list(tune["status"]) == ["diverged", "diverged"] and not tune["selected"].any()
     finals = tables.final_table([str(final)])
     results = tables.results_table(finals, tables.all_diverged([str(final)]))
@@ -357,7 +358,8 @@ def test_a_study_with_an_all_diverged_method_still_builds_its_tables_and_report(
     vtab["recipe"]["warmup_epochs"] = 0  # the authors' stepping keeps a 2-epoch run at the warmup lr otherwise
     workflow.snakemake("results/tiny/report/index.html", "--configfile", str(workflow.config(config)))
     root = workflow.root / "results/tiny/vtab/count"
-    assert read_json(root / "selected.json", schema="selected")["methods"]["lora"]["status"] == "all-diverged"
+    choices = read_json(root.parent / "selected.json", schema="selected")["datasets"]
+    assert choices["count"]["lora"]["status"] == "all-diverged"
     assert not (root / "lora/final").exists()
     assert read_json(root / "lora/final.json", schema="final")["runs"] == []
     assert read_json(root / "analysis/ensembles.json", schema="ensembles")["methods"] == ["bitfit", "linear"]

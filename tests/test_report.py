@@ -181,7 +181,7 @@ def test_benchmark_paths_of_the_tiny_study_follow_the_job_layout(tmp_path: Path)
     layout = Layout(cfg)
     tune = layout.tune_benchmarks()
     # vtab: one file per grid point (linear 1, lora 2) per task; robustness: one pack per method.
-    assert len(tune) == 2 * 3 + 2 and sum("/pack-" in p for p in tune) == 2
+    assert len(tune) == 2 * 3 + 2 and sum("/tune/pack1-0/" in p for p in tune) == 2
     assert layout.final_benchmarks("robustness", "shapes", "linear", "abcd1234") == [
         "results/tiny/robustness/shapes/linear/final/abcd1234/seeds-0-1/benchmark.tsv"
     ]
@@ -238,8 +238,9 @@ def test_selected_json_and_the_report_name_the_selection_metric(tmp_path: Path):
     out = tmp_path / "selected.json"
     grids = json.dumps({"lora": ["aaaaaaaa", "bbbbbbbb"]})
     args = ["--metric", "val_best_top1", "--metrics", *map(str, paths), "--out", str(out)]
-    cli.main(["select", "--grids", grids, *args, "--out-summary", str(tmp_path / "tune.csv")])
-    selected = read_json(out, schema="selected")["methods"]["lora"]
+    datasets = json.dumps({"shapes": ["shapes"]})
+    cli.main(["select", "--grids", grids, "--datasets", datasets, *args, "--out-summary", str(tmp_path / "tune.csv")])
+    selected = read_json(out, schema="selected")["datasets"]["shapes"]["lora"]
     assert (selected["gp"], selected["metric"], selected["score"]) == ("bbbbbbbb", "val_best_top1", 80.0)
     assert "val_top1" not in selected and METRIC_WORDS["val_best_top1"] in selected["rule"]
 
@@ -458,6 +459,7 @@ def test_the_tiny_study_tables_hold_compute_and_the_authors_numbers(tiny_report:
     assert (csv / "authors_vtab1k.csv").read_text().startswith("# source:")
     page = (tiny_report / "index.html").read_text()
     assert "not computed yet" in page  # no many-shot experiment in the tiny study
-    assert json.loads((tiny_report.parent / "vtab/count/selected.json").read_text())["methods"]["lora"]["gp"] in page
+    choices = json.loads((tiny_report.parent / "vtab/selected.json").read_text())["datasets"]
+    assert choices["count"]["lora"]["gp"] in page
     # Synthetic datasets are none of the authors' VTAB-1K tasks: no choice of theirs to compare ours with.
     assert pd.read_csv(csv / "selection_vs_authors.csv").empty and "Does not apply" in page

@@ -37,8 +37,8 @@ def test_sweep_overhead_on_the_tiny_study(workflow: Workflow, tmp_path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     sizes = {int(m[1]): m for m in SIZE_LINE.finditer(proc.stdout)}
     assert sorted(sizes) == [1, 2], proc.stdout
-    # tiny: vtab (2 tasks x linear and LoRA) and robustness (1 task x 2 methods); a checkpoint per experiment and task.
-    assert [int(sizes[k][3]) for k in (1, 2)] == [2, 3]
+    # tiny: vtab (2 tasks x linear and LoRA) and robustness (1 task x 2 methods); a checkpoint per experiment.
+    assert [int(sizes[k][3]) for k in (1, 2)] == [2, 2]
     for _, planned, _, executed, cpu in (m.groups() for m in sizes.values()):
         assert int(executed) > int(planned)  # the finals appear behind the checkpoints
         assert float(cpu) > 0

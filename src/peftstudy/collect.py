@@ -19,10 +19,10 @@ FILES = ("metrics.json", "logits.npz", "peft.safetensors")
 
 
 def run(args: argparse.Namespace) -> None:
-    # The method's own entry of its dataset's selected.json: passed as a value, not the file, so that a change of
-    # another method's choice there reruns no collect of this one.
+    # The (dataset, method)'s own entry of the experiment's selected.json: passed as a value, not the file, so that
+    # a change of another choice there reruns no collect of this one.
     selected = args.choice
-    validate({"methods": {args.method: selected}}, "selected")
+    validate({"datasets": {args.dataset: {args.method: selected}}}, "selected")
     if selected.get("status") == ALL_DIVERGED:
         if args.metrics:
             raise ValueError(f"{args.method} on {args.dataset}: every grid point diverged, yet final runs were given")

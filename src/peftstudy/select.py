@@ -1,12 +1,11 @@
-"""Selection: the tune results of one (experiment, dataset) -> each method's chosen grid point (val only).
+"""Selection: the tune results of one experiment -> each (dataset, method)'s chosen grid point (val only).
 
-One selection per (experiment, dataset), not per method: a checkpoint's completion makes Snakemake re-evaluate
-the whole DAG, so their number is what a paper-sized run pays for (docs/scale.md). Each method's entry of
-selected.json changes only when its own choice does, and the finals and records read their own entry.
-
+One selection per experiment, not per method or dataset: a checkpoint's completion makes Snakemake re-evaluate
+the whole DAG, so their number is what a paper-sized run pays for (docs/scale.md). Each (dataset, method)'s entry
+of selected.json changes only when its own choice does, and its finals and record read that entry alone.
 The rule is the authors' (STUDY.md C.3): the highest last-epoch val top-1 (`val_top1`) wins, or for their
 CLIP runs the best val evaluation (`val_best_top1`); ties go to the last tied point in grid order
-(`tie_break="last"`), or to the first. Diverged runs never win. When every grid point diverged, selected.json
+(`tie_break="last"`), or to the first. Diverged runs never win. When every grid point diverged, the entry
 says so (`status: all-diverged`, naming each run and why): nothing is chosen, no final is scheduled, and the
 tables and the report show that (experiment, dataset, method) as all-diverged.
 """
@@ -26,7 +25,8 @@ from peftstudy.io import atomic_path, read_json, write_json
 
 SUMMARY_COLUMNS = (
     "experiment",
-    "dataset",
+    "dataset",  # what the run trained and scored on: the selection's dataset or one of its tuning folds
+    "tuned_for",  # the dataset whose selection the run is part of
     "method",
     "gp",
     "hp",
@@ -51,23 +51,23 @@ class AllDiverged(ValueError):
     """No grid point has a finite score to choose by."""
 
 
-def chosen(selected: str | Path, method: str) -> dict[str, Any]:
-    """A method's entry of a selected.json: its grid point, or `status: all-diverged`."""
+def chosen(selected: str | Path, dataset: str, method: str) -> dict[str, Any]:
+    """A (dataset, method)'s entry of a selected.json: its grid point, or `status: all-diverged`."""
     stat = os.stat(selected)
-    return _choices(str(selected), stat.st_mtime_ns, stat.st_size)[method]
+    return _choices(str(selected), stat.st_mtime_ns, stat.st_size)[dataset][method]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _choices(selected: str, mtime_ns: int, size: int) -> dict[str, Any]:
     """Read once per version of the file: Snakemake re-runs the input functions of every job after a checkpoint
-    behind each completed selection, and those of the tables and the target ask for every method's choice (paper:
-    698 of them each time, 141 times)."""
-    return read_json(selected, schema="selected")["methods"]
+    behind each completed selection, and those of the tables and the target ask for every choice (paper: 698 of
+    them each time)."""
+    return read_json(selected, schema="selected")["datasets"]
 
 
-def chosen_gp(selected: str | Path, method: str) -> str | None:
-    """The grid point a selected.json chose for `method`, or None when every grid point diverged (no finals)."""
-    record = chosen(selected, method)
+def chosen_gp(selected: str | Path, dataset: str, method: str) -> str | None:
+    """The grid point a selected.json chose for `method` on `dataset`, or None when every one diverged (no finals)."""
+    record = chosen(selected, dataset, method)
     return None if record.get("status") == ALL_DIVERGED else record["gp"]
 
 
@@ -140,31 +140,39 @@ def run(args: argparse.Namespace) -> None:
     results = [point for path in args.metrics for point in read_json(path, schema="tune")["points"]]
     if any(r["phase"] != "tune" for r in results):
         raise ValueError("select reads tune results only")
-    by_method: dict[str, list[dict[str, Any]]] = {method: [] for method in args.grids}
+    tuned_for = {tuning_set: d for d, tuning_sets in args.datasets.items() for tuning_set in tuning_sets}
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {(d, m): [] for d in args.datasets for m in args.grids}
     for r in results:
-        if r["method"] not in by_method:
-            raise ValueError(f"tune results of {r['method']}, which --grids does not name: {sorted(args.grids)}")
-        by_method[r["method"]].append(r)
-    untuned = [method for method, rs in by_method.items() if not rs]
+        key = (tuned_for.get(r["dataset"]), r["method"])
+        if key not in grouped:
+            raise ValueError(
+                f"tune results of {r['method']} on {r['dataset']}, which --grids and --datasets do not name"
+            )
+        grouped[key].append(r)
+    untuned = [f"{m} on {d}" for (d, m), rs in grouped.items() if not rs]
     if untuned:
-        raise ValueError(f"no tune results for {', '.join(untuned)}: give every method's tune files")
-    choices = {m: choice(rs, args.grids[m], args.tie_break, args.metric) for m, rs in by_method.items()}
-    write_json(args.out, {"methods": choices}, schema="selected")
-    for method, record in choices.items():
+        raise ValueError(f"no tune results for {', '.join(untuned)}: give every tune job's file")
+    choices: dict[str, dict[str, Any]] = {d: {} for d in args.datasets}
+    for (dataset, method), rs in grouped.items():
+        record = choices[dataset][method] = choice(rs, args.grids[method], args.tie_break, args.metric)
         if record.get("status") == ALL_DIVERGED:
-            print(f"{method}: every grid point diverged or has no val score: recorded in {args.out}", flush=True)
+            print(f"{dataset}/{method}: every grid point diverged or has no val score: recorded", flush=True)
         else:
-            print(f"{method}: selected {record['gp']} {record['hp']} ({args.metric} {record['score']:.2f})", flush=True)
-    position = {(m, gp): (i, j) for i, (m, order) in enumerate(args.grids.items()) for j, gp in enumerate(order)}
+            print(f"{dataset}/{method}: selected {record['gp']} {record['hp']} ({record['score']:.2f})", flush=True)
+    write_json(args.out, {"datasets": choices}, schema="selected")
+    order = {d: i for i, d in enumerate(args.datasets)}
+    position = {(m, gp): (i, j) for i, (m, grid) in enumerate(args.grids.items()) for j, gp in enumerate(grid)}
     with atomic_path(args.out_summary) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(SUMMARY_COLUMNS)
-        for r in sorted(results, key=lambda r: (position[r["method"], r["gp"]], r["dataset"])):
+        ranked = sorted(results, key=lambda r: (order[tuned_for[r["dataset"]]], position[r["method"], r["gp"]]))
+        for r in ranked:
             m = r["metrics"]
             writer.writerow(
                 [
                     r["experiment"],
                     r["dataset"],
+                    tuned_for[r["dataset"]],
                     r["method"],
                     r["gp"],
                     json.dumps(r["hp"], sort_keys=True),

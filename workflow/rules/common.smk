@@ -30,7 +30,6 @@ DATASETS = PLAN.datasets
 ARCHIVES = config.get("archives", {})
 # Output patterns: layout methods called with the wildcards for arguments.
 RUN = ("{experiment}", "{dataset}", "{method}")
-SELECTION = ("{experiment}", "{dataset}")
 
 
 wildcard_constraints:
@@ -96,45 +95,42 @@ def get_final_inputs(wildcards):
 
 
 def get_tune_metrics(wildcards):
-    return PLAN.tune_metrics(wildcards.experiment, wildcards.dataset)
+    return PLAN.tune_metrics(wildcards.experiment)
 
 
-def selection(experiment, dataset):
-    """The dataset's selected.json: known once its checkpoint has run."""
-    return checkpoints.select.get(
-        experiment=experiment, dataset=dataset
-    ).output.selected
+def selection(experiment):
+    """The experiment's selected.json: known once its checkpoint has run."""
+    return checkpoints.select.get(experiment=experiment).output.selected
 
 
 def selected_gp(experiment, dataset, method):
-    """The grid point `select` chose for the method; None when every one diverged."""
-    return chosen_gp(selection(experiment, dataset), method)
+    """The grid point `select` chose for the method on the dataset; None when every one diverged."""
+    return chosen_gp(selection(experiment), dataset, method)
 
 
-def selection_made(experiment, dataset):
-    """No file, only the dataset's selection resolved: a job whose input function resolves the checkpoint is
+def selection_made(experiment):
+    """No file, only the experiment's selection resolved: a job whose input function resolves the checkpoint is
     re-planned when it completes; one that only reads records that collect jobs make is not, and would rerun
-    whenever any method of the dataset is re-selected (Snakemake keeps the reason it planned before the
-    checkpoint ran). A named input of its own keeps the job's other inputs known meanwhile (a dry run formats
-    the shell command).
+    whenever any (dataset, method) of the experiment is re-selected (Snakemake keeps the reason it planned
+    before the checkpoint ran). A named input of its own keeps the job's other inputs known meanwhile (a dry
+    run formats the shell command).
     """
-    selection(experiment, dataset)
+    selection(experiment)
     return []
 
 
 def get_selection_made(wildcards):
-    return selection_made(wildcards.experiment, wildcards.dataset)
+    return selection_made(wildcards.experiment)
 
 
 def get_robustness_selection_made(wildcards):
-    return selection_made(PLAN.robustness["experiment"], PLAN.robustness["dataset"])
+    return selection_made(PLAN.robustness["experiment"])
 
 
 def get_choice(wildcards):
-    """A collect job's own method's choice, as a parameter: it reruns when that entry changes, not the file."""
-    return as_json(
-        chosen(selection(wildcards.experiment, wildcards.dataset), wildcards.method)
-    )
+    """A collect job's own (dataset, method) choice, as a parameter: it reruns when that entry changes, not when
+    the file does."""
+    return as_json(chosen(selection(wildcards.experiment), *run_of(wildcards)[1:]))
 
 
 def selected_finals(experiment, dataset, method):
@@ -144,7 +140,7 @@ def selected_finals(experiment, dataset, method):
 
 
 def get_selected_finals(wildcards):
-    """Each collect job resolves its own checkpoint: Snakemake stops an input function at its first
+    """Each collect job resolves its own experiment's checkpoint: Snakemake stops an input function at its first
     unresolved checkpoint, so one function resolving many would serialise the selections.
     """
     return selected_finals(*run_of(wildcards))

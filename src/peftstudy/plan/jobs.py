@@ -218,10 +218,12 @@ class Plan:
         return {"tie_break": chosen["tie_break"], "metric": chosen.get("metric", DEFAULTS["selection_metric"])}
 
     def select_args(self, experiment: str) -> str:
-        """A select job's arguments: each method's grid order (ties), the tie-break and the metric."""
-        rule = self.selection(experiment)
-        grids = as_json({m: self.grid_order(experiment, m) for m in self.experiments[experiment]["methods"]})
-        return f"--grids {grids} --tie-break {rule['tie_break']} --metric {rule['metric']}"
+        """A select job's arguments: each method's grid order (ties), each dataset's tuning sets, the tie-break
+        and the metric."""
+        exp, rule = self.experiments[experiment], self.selection(experiment)
+        grids = as_json({m: self.grid_order(experiment, m) for m in exp["methods"]})
+        datasets = as_json({d: self.tuning_sets(d) for d in exp["datasets"]})
+        return f"--grids {grids} --datasets {datasets} --tie-break {rule['tie_break']} --metric {rule['metric']}"
 
     # Data sources.
 
@@ -319,11 +321,13 @@ class Plan:
         """The datasets a grid is tuned on for `dataset`: itself and each of its tuning folds (averaged by select)."""
         return [dataset, *self.datasets[dataset].get("folds", [])]
 
-    def tune_metrics(self, experiment: str, dataset: str) -> list[str]:
-        """Every method's tune results on the dataset and on each of its tuning folds."""
+    def tune_metrics(self, experiment: str) -> list[str]:
+        """Every tune result of the experiment: each method on each dataset and on each of its tuning folds."""
+        exp = self.experiments[experiment]
         return [
             path
-            for method in self.experiments[experiment]["methods"]
+            for dataset in exp["datasets"]
+            for method in exp["methods"]
             for fold in self.tuning_sets(dataset)
             for path in self.layout.tune_metrics(experiment, fold, method)
         ]

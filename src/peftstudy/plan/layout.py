@@ -64,18 +64,12 @@ class Layout:
         """A log or benchmark of a final job that trains several seeds."""
         return f"{self.method_dir(experiment, dataset, method)}/final/{gp}/seeds-{'-'.join(map(str, seeds))}/{name}"
 
-    def selection_file(self, experiment: str, dataset: str, name: str) -> str:
-        """The selection of a (experiment, dataset), every method's: selected.json, tune.csv, select.log."""
-        return f"{self.root}/{experiment}/{dataset}/{name}"
+    def selection_file(self, experiment: str, name: str) -> str:
+        """The selection of an experiment, every dataset's and method's: selected.json, tune.csv, select.log."""
+        return f"{self.root}/{experiment}/{name}"
 
-    def selected(self, experiment: str, dataset: str) -> str:
-        return self.selection_file(experiment, dataset, "selected.json")
-
-    def selections(self) -> Iterator[tuple[str, str]]:
-        """Every (experiment, dataset) of the study, in config order: one selection each."""
-        for name, exp in self.config["experiments"].items():
-            for dataset in exp["datasets"]:
-                yield name, dataset
+    def selected(self, experiment: str) -> str:
+        return self.selection_file(experiment, "selected.json")
 
     def method_file(self, experiment: str, dataset: str, method: str, name: str) -> str:
         """collect's files (final.json, its log)."""
@@ -119,7 +113,7 @@ class Layout:
         return [self.final_record(*run) for run in self.runs()]
 
     def tune_summaries(self) -> list[str]:
-        return [self.selection_file(*selection, "tune.csv") for selection in self.selections()]
+        return [self.selection_file(experiment, "tune.csv") for experiment in self.config["experiments"]]
 
     def analysis_outputs(self) -> list[str]:
         """Ensembles need two methods or more."""

@@ -43,15 +43,15 @@ def group_of(dataset: str, context: dict[str, Any]) -> str:
 
 
 def tune_table(paths: list[str]) -> pd.DataFrame:
-    """Every tune run (tune.csv of each (experiment, dataset)), marked where selected, with the metric its
-    method was selected on."""
+    """Every tune run (each experiment's tune.csv), marked where selected, with the metric its (dataset, method)
+    was selected on."""
     frames = []
     for path in paths:
         frame = pd.read_csv(path)
-        choices = read_json(Path(path).with_name("selected.json"), schema="selected")["methods"]
-        # No gp: every point of that method diverged.
-        frame["selected"] = frame["gp"] == frame["method"].map({m: c.get("gp") for m, c in choices.items()})
-        frame["selection_metric"] = frame["method"].map({m: c.get("metric", "") for m, c in choices.items()})
+        choices = read_json(Path(path).with_name("selected.json"), schema="selected")["datasets"]
+        entries = [choices[d][m] for d, m in zip(frame["tuned_for"], frame["method"], strict=True)]
+        frame["selected"] = frame["gp"] == [c.get("gp") for c in entries]  # no gp: every point diverged
+        frame["selection_metric"] = [c.get("metric", "") for c in entries]
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
