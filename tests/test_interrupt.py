@@ -26,7 +26,7 @@ def test_a_killed_run_is_refused_then_rerun_incomplete_leaves_no_partial_outputs
     # One packed tune job of two grid points, long enough to be killed between them.
     robustness.update(methods=["bitfit"], recipe=dict(robustness["recipe"], epochs=40))
     path = wf.config(config, "tiny.yaml")
-    target = "results/tiny/robustness/shapes/bitfit/tune.csv"
+    target = "results/tiny/robustness/tune.csv"  # the experiment's selection summary
     run = subprocess.Popen(
         [str(BIN / "snakemake"), "-c1", target, "--configfile", str(path)],
         cwd=wf.root,

@@ -44,7 +44,17 @@ def requeue_when_checkpointed(job_id: str, checkpoint: Path) -> None:
     wait_for(checkpoint.exists, "the first epoch's checkpoint", 300)
     subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
     wait_for(lambda: job_state(job_id) == "PENDING", "the requeued job to pend", 120)
+    # Released only once the first attempt has exited, and slurmd has had a moment to clean up after it: released
+    # within milliseconds on a busy machine, slurmctld started the job again before slurmd let go of the old one
+    # ("Killing non-startable batch JobId=...: Job credential revoked", the job FAILED). Slurm's own hold is minutes.
+    wait_for(lambda: not attempt_running(checkpoint.parent), "the first attempt to exit", 120)
+    time.sleep(3)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, capture_output=True)
+
+
+def attempt_running(resume_dir: Path) -> bool:
+    """Whether a training process of this resume folder still runs (the job's first attempt)."""
+    return subprocess.run(["pgrep", "-f", "--", f"--resume-dir {resume_dir}"], capture_output=True).returncode == 0
 
 
 def wait_for(condition, what: str, seconds: float) -> None:
