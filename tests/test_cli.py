@@ -60,3 +60,24 @@ def test_schemas_parse_as_the_pure_python_safe_loader_parses_them():
 
     expected = {path.name: yaml.safe_load(path.read_text()) for path in io.SCHEMA_DIR.glob("*.schema.yaml")}
     assert len(expected) > 5 and io._schemas() == expected
+
+
+def test_a_stage_imports_with_the_gc_paused_and_freezes_what_it_imported():
+    """The GC is back on when the stage runs, and the objects of the process's imports are out of its reach."""
+    import argparse
+    import gc
+
+    from peftstudy import cli
+
+    seen = []
+    args = argparse.Namespace(record=lambda: seen.append((gc.isenabled(), gc.get_freeze_count())))
+    try:
+        cli._stage(f"{__name__}:_record")(args)  # a stage entry: `module:function`, called with the parsed args
+    finally:
+        gc.unfreeze()
+    [(enabled, frozen)] = seen
+    assert enabled and frozen > 0
+
+
+def _record(args) -> None:
+    args.record()
