@@ -155,6 +155,38 @@ def test_head_only_wise_interpolates_the_head_and_keeps_the_rest_fine_tuned():
     assert procedure([*head, "blocks.0.norm1.weight"], set(), head).startswith("state-dict")
 
 
+@pytest.mark.parametrize(("name", "distinct"), [("linear", 3), ("lora", 5)])
+def test_each_distinct_wise_model_is_evaluated_once(name, distinct, monkeypatch):
+    """alpha = 1 of both variants is the fine-tuned model, and the linear probe's two variants are one (it trains
+    the head alone): those points reuse an evaluation; every other point is computed, with the same scores."""
+    from peftstudy import robustness
+    from peftstudy.models import create_backbone
+
+    torch.manual_seed(0)
+    model = create_backbone("peftstudy_vit_test", 3)
+    trainable = methods.apply(model, name, methods.get(name).config())
+    params = dict(model.named_parameters())
+    zero_shot = {n: params[n].detach().clone() for n in trainable}
+    fine_tuned = {n: zero_shot[n] + 0.3 * torch.randn_like(zero_shot[n]) for n in trainable}
+    with torch.no_grad():
+        for n in trainable:
+            params[n].copy_(fine_tuned[n])
+    head = set(methods.head_names(model))
+    added = set(trainable) - head - set(dict(create_backbone("peftstudy_vit_test", 3).named_parameters()))
+    sets = {"a": (torch.rand(8, 3, 16, 16), torch.arange(8) % 3, np.array([], dtype=np.int64))}
+    fresh, computed = robustness.evaluate, []
+    monkeypatch.setattr(robustness, "evaluate", lambda *args: computed.append(args) or fresh(*args))
+    evaluations = robustness.Evaluations(sets, 4)
+    points = [evaluations(model)]
+    for only in (None, head):
+        for alpha in (0.0, 0.5, 1.0):
+            got = evaluations(wise(model, zero_shot, fine_tuned, added, alpha, only))
+            assert got == fresh(model, sets, 4)  # a reused evaluation scores as a fresh one
+            points.append(got)
+    assert len(computed) == distinct
+    assert points[0] == points[3] == points[6]  # the fine-tuned model, alpha = 1 of either variant
+
+
 def test_a_class_subset_scores_only_its_columns_and_images():
     labels = np.array([0, 1, 2, 3, 1])
     keep, columns = class_subset(labels, [1, 3])

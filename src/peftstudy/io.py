@@ -118,13 +118,23 @@ def sha256_file(path: str | Path) -> str:
 
 
 @cache
+def _schemas() -> dict[str, Any]:
+    """Every workflow/schemas/*.schema.yaml by file name, read once per process (robustness checks four kinds of
+    file), with libyaml's parser where PyYAML has it: the same documents ~8x faster than the pure-Python
+    parser, which matters in jobs that are many and short."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return {path.name: yaml.load(path.read_text(), Loader=loader) for path in SCHEMA_DIR.glob("*.schema.yaml")}
+
+
+@cache
 def _validator(schema: str):
     """A validator of workflow/schemas/<schema>.schema.yaml; `$ref: other.schema.yaml` resolves in that folder."""
     import jsonschema
-    import yaml
     from referencing import Registry, Resource
 
-    specs = {path.name: yaml.safe_load(path.read_text()) for path in SCHEMA_DIR.glob("*.schema.yaml")}
+    specs = _schemas()
     registry = Registry().with_resources((name, Resource.from_contents(spec)) for name, spec in specs.items())
     return jsonschema.Draft202012Validator(specs[f"{schema}.schema.yaml"], registry=registry)
 

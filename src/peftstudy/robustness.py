@@ -15,6 +15,7 @@ on the logits of those classes only, as the authors' masks do (STUDY.md D.3).
 from __future__ import annotations
 
 import argparse
+import hashlib
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
@@ -105,6 +106,36 @@ def evaluate(model: nn.Module, sets: Mapping[str, TestSet], batch: int) -> dict[
     return {name: top1(predict(model, x, batch), y, cols) for name, (x, y, cols) in sets.items()}
 
 
+def state_digest(model: nn.Module) -> bytes:
+    """A digest of what WiSE changes in `model`: every parameter's bytes and every branch's merge_factor.
+
+    Equal digests mean the same model, so the same accuracies: a curve's points often are the fine-tuned model
+    (alpha = 1 of both variants) or each other (the linear probe trains only the head, so its two variants
+    coincide), and each such point is evaluated once.
+    """
+    digest = hashlib.blake2b(digest_size=20)
+    for name, param in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(param.detach().reshape(-1).view(torch.uint8).cpu().numpy())
+    factors = [(name, module.merge_factor) for name, module in model.named_modules() if hasattr(module, "merge_factor")]
+    digest.update(repr(factors).encode())
+    return digest.digest()
+
+
+class Evaluations:
+    """:func:`evaluate`, computed once per distinct model state (:func:`state_digest`) in a process."""
+
+    def __init__(self, sets: Mapping[str, TestSet], batch: int) -> None:
+        self.sets, self.batch = sets, batch
+        self.done: dict[bytes, dict[str, float]] = {}
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        key = state_digest(model)
+        if key not in self.done:
+            self.done[key] = evaluate(model, self.sets, self.batch)
+        return dict(self.done[key])
+
+
 def _test_sets(raw: Mapping[str, dict], subsets: Mapping[str, Sequence[int] | None], model: nn.Module, device) -> dict:
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     sets = {}
@@ -154,17 +185,17 @@ def run(args: argparse.Namespace) -> None:
     per_seed_ood, curves = [], []
     not_mergeable = ""
     backbone_names = {n for n, _ in create_backbone(args.backbone["arch"], classes, device="meta").named_parameters()}
-    sets = None
+    evaluations = None
     for final_dir in (r["dir"] for r in record["runs"]):
         meta = read_json(f"{final_dir}/metrics.json", schema="metrics")
         model, zero_shot, fine_tuned = load_trained(
             args.method, meta["hp"], args.backbone, f"{final_dir}/peft.safetensors", classes, device
         )
-        sets = sets or _test_sets(raw, subsets, model, device)
+        evaluations = evaluations or Evaluations(_test_sets(raw, subsets, model, device), 256)
         head = set(methods.head_names(model))
         # The head is always interpolated, whatever the backbone's head looked like before (CLIP's adds proj).
         added = set(fine_tuned) - backbone_names - head
-        per_seed_ood.append({"seed": meta["seed"], **evaluate(model, sets, 256)})
+        per_seed_ood.append({"seed": meta["seed"], **evaluations(model)})
         try:
             check_mergeable(model, added, args.method)
         except ValueError as err:  # VPT: OOD accuracy still counts; its WiSE curve says why it has none
@@ -173,7 +204,7 @@ def run(args: argparse.Namespace) -> None:
             continue
         for variant, only in (("wise", None), ("head_only", head)):
             for alpha in args.alphas:
-                acc = evaluate(wise(model, zero_shot, fine_tuned, added, alpha, only), sets, 256)
+                acc = evaluations(wise(model, zero_shot, fine_tuned, added, alpha, only))
                 curves.append({"seed": meta["seed"], "variant": variant, "alpha": alpha, **acc})
                 print(f"{args.method} seed {meta['seed']} {variant} alpha {alpha:.2f}: {acc}", flush=True)
     common = {"method": args.method, "id_set": id_name, "ood_sets": ood_names}
