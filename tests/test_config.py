@@ -183,27 +183,25 @@ def test_the_vtab1k_study_plans_the_papers_runs_and_fetches_on_the_login_node(wo
     assert planned_tunes(clean_config) == 9_804 + 19 * 4 and clean["tune"] == tune_jobs(clean_config)
 
 
-def tune_jobs(config: dict) -> int:
-    """Tune jobs of a study config: its packs (plan.study.tune_jobs) on every dataset and tuning fold."""
-    packs = study.tune_jobs(config)
+def per_tuning_set(config: dict, units: dict) -> int:
+    """`units` (grid points or tune jobs per (experiment, method)) summed over every dataset and its tuning folds."""
     return sum(
-        (1 + len(config["datasets"][dataset].get("folds", []))) * len(packs[name, method])
+        (1 + len(config["datasets"][dataset].get("folds", []))) * len(units[name, method])
         for name, exp in config["experiments"].items()
         for dataset in exp["datasets"]
         for method in exp["methods"]
     )
+
+
+def tune_jobs(config: dict) -> int:
+    """Tune jobs of a study config: its packs (plan.study.tune_jobs) on every dataset and tuning fold."""
+    return per_tuning_set(config, study.tune_jobs(config))
 
 
 def planned_tunes(config: dict) -> int:
     """Tune runs a study config asks for, counted from the config alone: every grid point of every method on every
     dataset and each of its tuning folds."""
-    grids = study.grids(config)
-    return sum(
-        (1 + len(config["datasets"][dataset].get("folds", []))) * len(grids[name, method])
-        for name, exp in config["experiments"].items()
-        for dataset in exp["datasets"]
-        for method in exp["methods"]
-    )
+    return per_tuning_set(config, study.grids(config))
 
 
 @pytest.mark.slow
