@@ -41,15 +41,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-from snakemake.utils import update_config
-
 from peftstudy.io import write_json
-from peftstudy.plan.study import compose, grids
+from peftstudy.plan import cost
+from peftstudy.plan.study import grids
 
 REPO = Path(__file__).resolve().parents[1]
 # What a run of the workflow reads from the repository (profiles/: the auto-loaded default profile).
@@ -178,15 +176,31 @@ def fake_study(root: Path, configfiles: Sequence[Path]) -> int:
 
 
 def load_config(root: Path, paths: Sequence[Path]) -> dict:
-    """The study config as the workflow sees it: several --configfile merged as Snakemake merges them (later
-    files update earlier ones), then its `include` files composed as common.smk does (studies/paper.yaml)."""
-    config: dict = {}
-    for path in paths:
-        update_config(config, yaml.safe_load(path.read_text()))
-    if "include" in config:
-        with contextlib.chdir(root):  # include paths are relative to where snakemake runs
-            config = compose(config)
-    return config
+    """The study config as the workflow sees it (plan.cost.load_config: the --configfile files merged, their
+    `include`s composed, the schema checked), from `root`: include paths are relative to where snakemake runs."""
+    with contextlib.chdir(root):
+        return cost.load_config([str(path) for path in paths])
+
+
+def copy_repo(root: Path) -> None:
+    """What a run of the workflow reads from the repository (COPIED), into a new folder `root`."""
+    root.mkdir(parents=True)
+    for name in COPIED:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, keep: bool) -> Iterator[Path]:
+    """A temporary folder for scratch copies, removed afterwards unless `keep` (then its path is printed)."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield scratch
+    finally:
+        if keep:
+            print(f"kept {scratch}", file=sys.stderr)
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 @dataclass
@@ -239,14 +253,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configfiles = [p.resolve() for p in (args.configfile or [DEFAULT_CONFIG])]
 
-    scratch = Path(tempfile.mkdtemp(prefix="dag_scale."))
-    root = scratch / "repo"
-    try:
-        root.mkdir()
-        for name in COPIED:
-            src = REPO / name
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
-
+    with scratch_dir("dag_scale.", args.keep) as scratch:
+        root = scratch / "repo"
+        copy_repo(root)
         dags = [snakemake(root, configfiles, "--quiet", "rules") for _ in range(args.repeats)]
         counts = {planned(run.output) for run in dags}
         for i, run in enumerate(dags):
@@ -270,11 +279,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         summary("no-op run", noops)
         dag, noop = min(r.wall for r in dags), min(r.wall for r in noops)
         print(f"dag_seconds={dag:.2f} noop_seconds={noop:.2f} jobs={counts.pop()}", flush=True)
-    finally:
-        if args.keep:
-            print(f"kept {scratch}", file=sys.stderr)
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -45,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from dag_scale import COPIED, REPO, SNAKEMAKE, Job, fake_outputs, load_config, parse_jobs
+from dag_scale import REPO, SNAKEMAKE, Job, copy_repo, fake_outputs, load_config, parse_jobs, scratch_dir
 from scipy.optimize import nnls
 
 STAND_IN = Path(__file__).resolve().parent / "sweep_stand_in.py"
@@ -123,13 +121,6 @@ def restricted(config: dict, datasets: int) -> dict:
 
 def is_faked(job: Job) -> bool:
     return job.rule.split("_")[0] not in RUN_RULES
-
-
-def copy_repo(root: Path) -> None:
-    root.mkdir(parents=True)
-    for name in COPIED:
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
 
 
 def install_stand_in(bin_dir: Path) -> None:
@@ -237,8 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     project = [p.resolve() for p in (args.project or [DEFAULT_PROJECT])]
     run_args = ["--scheduler", args.scheduler, *([] if args.slurm else ["--cores", str(args.cores)])]
 
-    scratch = Path(tempfile.mkdtemp(prefix="sweep_overhead."))
-    try:
+    with scratch_dir("sweep_overhead.", args.keep) as scratch:
         sizes = []
         for k in args.datasets:
             m = measure(scratch, configfiles, k, run_args, args.slurm)
@@ -257,11 +247,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         n, checkpoints = len(jobs), sum(job.checkpoint for job in jobs)
         seconds = float(np.dot([a, b, c], terms(n, checkpoints)))
         print(f"snakemake_seconds={seconds:.0f} jobs={n} checkpoints={checkpoints}", flush=True)
-    finally:
-        if args.keep:
-            print(f"kept {scratch}", file=sys.stderr)
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

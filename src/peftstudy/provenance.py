@@ -22,11 +22,7 @@ PACKAGES = ("peftstudy", "torch", "timm", "numpy", "safetensors")
 @cache
 def code_hash() -> str:
     """sha256 over the package's Python sources (path + content), independent of git."""
-    digest = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
-        digest.update(str(path.relative_to(PACKAGE_DIR)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return _sources_hash(sorted(PACKAGE_DIR.rglob("*.py")))
 
 
 @cache
@@ -40,8 +36,13 @@ def training_code_hash(method: str) -> str:
         *sorted((PACKAGE_DIR / "methods" / "modules").glob("_*.py")),
         PACKAGE_DIR / "io.py",
     ]
+    return _sources_hash([*shared, *methods.source_files(method)])
+
+
+def _sources_hash(paths: list[Path]) -> str:
+    """sha256 over package files: each one's path in the package, then its content."""
     digest = hashlib.sha256()
-    for path in [*shared, *methods.source_files(method)]:
+    for path in paths:
         digest.update(str(path.relative_to(PACKAGE_DIR)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

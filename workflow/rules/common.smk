@@ -130,7 +130,8 @@ def get_robustness_selection_made(wildcards):
 def get_choice(wildcards):
     """A collect job's own (dataset, method) choice, as a parameter: it reruns when that entry changes, not when
     the file does."""
-    return as_json(chosen(selection(wildcards.experiment), *run_of(wildcards)[1:]))
+    entry = chosen(selection(wildcards.experiment), wildcards.dataset, wildcards.method)
+    return as_json(entry)
 
 
 def selected_finals(experiment, dataset, method):

@@ -2,8 +2,8 @@
 runs, images trained and GPU-hours, from throughput the project measured (``tables/throughput.csv``).
 
 The config is composed and checked as the workflow does it (workflow/rules/common.smk), and the jobs are counted
-with the plan's own functions: the tune jobs and their grid points (``Layout.tune_jobs``), every tune job of a
-dataset and of its tuning folds (``Plan.tune_metrics``), the seed packs of the final jobs (``Plan.seed_packs``),
+with the plan's own functions: the tune jobs and their grid points (``Layout.tune_jobs``), on a dataset and on
+each of its tuning folds (``Plan.tuning_sets``), the seed packs of the final jobs (``Plan.seed_packs``),
 the robustness and pretraining jobs (``Layout.other_benchmarks``). So the estimate counts the jobs the DAG has.
 
 Images trained = runs x epochs x the images of the split a run trains on (tune: the tuning train split; final:

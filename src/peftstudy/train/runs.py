@@ -313,7 +313,8 @@ def tune(args: argparse.Namespace) -> None:
                 kept.put(point, metrics)
             results[point["gp"]] = metrics
             write()
-    write()
+    else:  # every point reused: the job's file still lists them
+        write()
 
 
 def final(args: argparse.Namespace) -> None:
