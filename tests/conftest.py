@@ -123,13 +123,13 @@ def tiny_config() -> dict:
                 "head": "new",
                 "selection": {"tie_break": "last"},
             },
-            # Packed: both grid points of a method share a tune job, both seeds a final job.
+            # Packed: both grid points of a method share a tune job.
             "robustness": {
                 "datasets": ["shapes"],
                 "methods": ["linear", "bitfit"],
                 "grid": {"lr": [0.001], "wd": [0.0001], "drop_path": [0.0, 0.1]},
                 "recipe": recipe,
-                "runs_per_job": {"tune": 2, "final": 2},
+                "runs_per_job": {"tune": 2},
                 "seeds": [0, 1],
                 "head": "pretrained",
                 "selection": {"tie_break": "last"},

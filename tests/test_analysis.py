@@ -358,7 +358,7 @@ def test_the_mini_studys_analysis_files_are_valid_and_take_every_path(tmp_path):
         argv = ["ensemble", "--finals", *fake_finals(tmp_path, experiment, dataset), "--methods", *chosen]
         out = {kind: str(analysis / f"{kind}.json") for kind in ("ensembles", "agreement")}
         cli.main([*argv, "--out-ensembles", out["ensembles"], "--out-agreement", out["agreement"]])
-        paths += out.values()
+        paths += [{"experiment": experiment, "dataset": dataset, "kind": k, "path": p} for k, p in out.items()]
         ens = read_json(analysis / "ensembles.json", schema="ensembles")
         agree = read_json(analysis / "agreement.json", schema="agreement")
         # vtab: the trio's 3 pairs, itself, all 16; robustness: 6 pairs and 4 triples of its 4 methods, all 4.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 
 import pytest
@@ -12,6 +13,7 @@ from snakemake.utils import update_config
 
 from peftstudy import methods
 from peftstudy.plan import study
+from peftstudy.plan.tasks import vtab_groups
 
 KNOWN = ", ".join(methods.names())
 
@@ -58,6 +60,18 @@ def test_method_grid_overrides_the_common_grid():
         (
             lambda c: c["datasets"].update(svhn={"source": "tfds", "vtab_task": "svhn_cropped", "classes": 10}),
             "datasets.svhn.vtab_task: unknown task 'svhn_cropped'",
+        ),
+        (  # a processed archive's folder names its task: the classes are the table's
+            lambda c: c["datasets"].update(
+                dtd={"source": "archive", "archive": "vtab_1k", "folder": "vtab-1k/dtd", "classes": 40}
+            ),
+            "datasets.dtd.classes: the VTAB task dtd has 47 classes",
+        ),
+        (
+            lambda c: c["backbone"].update(
+                source={"url": "resources/archives/clip", "sha256": None, "format": "torch"}
+            ),
+            "backbone.source.url resources/archives/clip: 'clip' is not one of `archives`",
         ),
     ],
 )
@@ -225,12 +239,25 @@ def test_the_paper_study_brings_vtab_manyshot_and_robustness_together(workflow, 
     # The cluster's share (issue 16): every job but the login node's (localrules) is one Slurm submission.
     local = localrules(workflow.root, "studies/paper.yaml")
     planned = sum(n for rule, n in stats.items() if rule not in local and rule != "total")
-    # The finals hide behind the selections in a fresh plan: one job per seed pack of each (method, dataset).
-    finals = sum(
-        len(e["datasets"]) * len(e["methods"]) * len(study.chunks(e["seeds"], study.runs_per_job(e, "final")))
-        for e in paper["experiments"].values()
-    )
+    # The finals hide behind the selections in a fresh plan: one job per seed of each (method, dataset).
+    finals = sum(len(e["datasets"]) * len(e["methods"]) * len(e["seeds"]) for e in paper["experiments"].values())
     assert planned + finals <= 3_000, (planned, finals, stats)
     assert stats["manyshot"] == 24 and stats["manyshot_lists"] == 12 and stats["imagenet"] == 5
-    downloads = {"fetch", "extract", "fetch_backbone", "fetch_clip", "imagenet", "manyshot_lists", "vtab_tfds"}
+    # One rule per stage: the two backbones fetched (IN21k ViT-B/16, CLIP) and CLIP's head are jobs of one rule each.
+    assert stats["fetch_backbone"] == 2 and stats["zero_shot_head"] == 1
+    downloads = {"fetch", "extract", "fetch_backbone", "imagenet", "manyshot_lists", "vtab_tfds"}
     assert downloads <= localrules(workflow.root, "studies/paper.yaml")
+
+
+def test_the_vtab1k_study_lists_the_task_table_under_its_group_comments():
+    """studies/vtab1k.yaml writes its 19 datasets under '# <group>' comments: the same tasks, groups and order
+    as the task table (the classes are checked by study.check)."""
+    listed: dict[str, list[str]] = {}
+    group = None
+    lines = (REPO / "studies/vtab1k.yaml").read_text().split("\ndatasets:\n", 1)[1].splitlines()
+    for line in itertools.takewhile(lambda line: not line or line.startswith(" "), lines):
+        if line.strip().startswith("#"):
+            group = line.strip("# ")
+        elif line.strip():
+            listed.setdefault(group, []).append(line.split(":")[0].strip())
+    assert {g: tuple(names) for g, names in listed.items()} == vtab_groups()

@@ -43,16 +43,16 @@ def test_the_tiny_study_counts_its_jobs_runs_images_and_gpu_hours(tmp_path):
     by_name = {e.experiment: e for e in est.experiments}
     for name, e in by_name.items():
         assert (e.tune_jobs, e.final_jobs, e.tune_runs, e.final_runs) == plan_counts(plan, name)
-    # Packed robustness: 2 grid points a tune job, 2 seeds a final job.
-    assert (by_name["robustness"].tune_jobs, by_name["robustness"].final_jobs) == (2, 2)
-    assert est.training_jobs + est.other_jobs == 6 + 4 + 2 + 2 + 2  # + one robustness job per method
+    # Packed robustness: 2 grid points a tune job; a final job per seed.
+    assert (by_name["robustness"].tune_jobs, by_name["robustness"].final_jobs) == (2, 4)
+    assert est.training_jobs + est.other_jobs == 6 + 4 + 2 + 4 + 2  # + one robustness job per method
     # vtab: 2 datasets of 48 train + 32 val, 2 epochs; linear 1 grid point, lora 2; one seed.
     linear = 2 * (1 * 2 * 48 * 1 + 1 * 2 * 80 * 2)  # images x GPUs: tune jobs ask for 1, final jobs for 2
     lora = 2 * (2 * 2 * 48 * 1 + 1 * 2 * 80 * 2)
     assert by_name["vtab"].images == 2 * (3 * 2 * 48 + 2 * 2 * 80)
     assert by_name["vtab"].gpu_hours == pytest.approx((linear / 100 + lora / 200) / 3600)
     text = cost.render(est, plan)
-    assert "vtab/lora" in text and "measured" in text and "Slurm jobs: 16 = 8 tune + 6 final + 2" in text
+    assert "vtab/lora" in text and "measured" in text and "Slurm jobs: 18 = 8 tune + 8 final + 2" in text
 
 
 def test_an_unmeasured_method_falls_back_to_the_slowest_of_its_class_and_says_so():
@@ -171,12 +171,14 @@ def test_the_report_sets_the_gpu_hours_spent_beside_the_estimate(tmp_path):
     plan = Plan.of(config)
     context = {**plan.report_context(), "cost": cost.report_context(plan, "X1", rates(lora=200.0, linear=100.0))}
     layout = plan.layout
-    seconds = {layout.tune_benchmarks()[0]: 3600, layout.final_benchmarks("vtab", "count", "lora", "abcd1234")[0]: 1800}
-    seconds.update({path: 360 for path in layout.other_benchmarks()})  # the two robustness jobs
-    for path, s in seconds.items():
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{s}\t0:00:00\t100.0\t2.0\n")
-    compute = tables.with_gpu_hours(tables.compute_table([str(tmp_path / p) for p in seconds]), context["cost"])
+    jobs = [layout.tune_benchmarks()[0], layout.final_benchmarks("vtab", "count", "lora", "abcd1234")[0]]
+    jobs += layout.other_benchmarks()  # the two robustness jobs
+    for job, s in zip(jobs, (3600, 1800, 360, 360), strict=True):
+        bench = tmp_path / job["path"]
+        job["path"] = str(bench)
+        bench.parent.mkdir(parents=True, exist_ok=True)
+        bench.write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{s}\t0:00:00\t100.0\t2.0\n")
+    compute = tables.with_gpu_hours(tables.compute_table(jobs), context["cost"])
     assert compute["gpu_hours"].tolist() == [1.0, 1.0, 0.1, 0.1]  # tune 1 GPU, final 2, robustness 1
     experiments = tables.with_estimate(tables.experiments_table(context), context["cost"])
     estimated = {

@@ -181,15 +181,15 @@ def test_benchmark_paths_of_the_tiny_study_follow_the_job_layout(tmp_path: Path)
     layout = Layout(cfg)
     tune = layout.tune_benchmarks()
     # vtab: one file per grid point (linear 1, lora 2) per task; robustness: one pack per method.
-    assert len(tune) == 2 * 3 + 2 and sum("/tune/pack1-0/" in p for p in tune) == 2
-    assert layout.final_benchmarks("robustness", "shapes", "linear", "abcd1234") == [
-        "results/tiny/robustness/shapes/linear/final/abcd1234/seeds-0-1/benchmark.tsv"
+    assert len(tune) == 2 * 3 + 2 and sum("/tune/pack1-0/" in job["path"] for job in tune) == 2
+    assert [job["path"] for job in layout.final_benchmarks("robustness", "shapes", "linear", "abcd1234")] == [
+        f"results/tiny/robustness/shapes/linear/final/abcd1234/seed{s}/benchmark.tsv" for s in (0, 1)
     ]
-    paths = [*tune[:1], *layout.final_benchmarks("vtab", "count", "lora", "abcd1234"), *layout.other_benchmarks()]
-    for p in paths:
-        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / p).write_text("s\th:m:s\tmax_rss\tcpu_time\n2.5\t0:00:02\t100.0\t2.0\n")
-    compute = tables.compute_table([str(tmp_path / p) for p in paths])
+    jobs = [*tune[:1], *layout.final_benchmarks("vtab", "count", "lora", "abcd1234"), *layout.other_benchmarks()]
+    for job in jobs:
+        (tmp_path / job["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / job["path"]).write_text("s\th:m:s\tmax_rss\tcpu_time\n2.5\t0:00:02\t100.0\t2.0\n")
+    compute = tables.compute_table([{**job, "path": str(tmp_path / job["path"])} for job in jobs])
     assert list(compute["phase"]) == ["tune", "final", "robustness", "robustness"]
     assert compute.loc[1, ["experiment", "dataset", "method", "job"]].tolist() == [
         "vtab",
@@ -198,6 +198,19 @@ def test_benchmark_paths_of_the_tiny_study_follow_the_job_layout(tmp_path: Path)
         "abcd1234/seed0",
     ]
     assert compute["seconds"].sum() == 10.0
+
+
+def test_every_tune_job_has_its_benchmark_tuning_folds_included():
+    """Many-shot's small subsets are tuned on five folds: the compute table counts each fold's tune jobs too,
+    each under the fold it tuned on (the plan's tune jobs, one benchmark beside each job's metrics.json)."""
+    from peftstudy.plan.cost import load_config
+    from peftstudy.plan.jobs import Plan
+
+    plan = Plan.of(load_config([str(REPO / "studies/manyshot.yaml")]))
+    jobs = plan.layout.tune_benchmarks()
+    beside = [str(Path(job["path"]).with_name("metrics.json")) for job in jobs]
+    assert sorted(beside) == sorted(path for name in plan.experiments for path in plan.tune_metrics(name))
+    assert {job["dataset"] for job in jobs} >= {"cifar100_500", "cifar100_500_f1", "cifar100_500_f4"}
 
 
 def test_report_keys_of_a_dataset_do_not_change_what_makes_the_data():
@@ -451,8 +464,8 @@ def test_the_tiny_study_report_opens_in_a_browser(tiny_report: Path, tmp_path: P
 def test_the_tiny_study_tables_hold_compute_and_the_authors_numbers(tiny_report: Path):
     csv = tiny_report / "tables"
     compute = pd.read_csv(csv / "compute.csv")
-    # 6 vtab tune + 2 packed tune, 4 vtab finals + 2 packed finals, 2 robustness jobs.
-    assert compute["phase"].value_counts().to_dict() == {"tune": 8, "final": 6, "robustness": 2}
+    # 6 vtab tune + 2 packed tune, 4 vtab finals + 4 robustness finals (one per seed), 2 robustness jobs.
+    assert compute["phase"].value_counts().to_dict() == {"tune": 8, "final": 8, "robustness": 2}
     assert (compute["seconds"] > 0).all()
     datasets = pd.read_csv(csv / "datasets.csv").set_index("dataset")
     assert datasets.at["count", "group"] == "Structured" and datasets.at["count", "trainval"] == 80

@@ -267,11 +267,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config-hash", required=True)
     p.add_argument("--tune", nargs="+", required=True, help="tune.csv of every (experiment, dataset, method)")
     p.add_argument("--finals", nargs="+", required=True, help="final.json of every (experiment, dataset, method)")
-    p.add_argument("--analysis", nargs="*", default=[], help="ensembles.json and agreement.json files")
+    p.add_argument(
+        "--analysis", nargs="*", type=json.loads, default=[], help="JSON: each ensembles.json and agreement.json, named"
+    )
     p.add_argument("--robustness", nargs="*", default=[], help="ood.json and wise.json files")
     p.add_argument("--context", required=True, help="JSON: dataset groups, recipes, grids (config.report_context)")
     p.add_argument("--manifests", nargs="*", default=[], help="manifest.json of every dataset trained or tested on")
-    p.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake's benchmark.tsv of every training job")
+    p.add_argument(
+        "--benchmarks", nargs="*", type=json.loads, default=[], help="JSON: every training job's benchmark.tsv, named"
+    )
     p.add_argument("--authors", nargs="*", default=[], help="report/data/authors_*.csv: copied beside the tables")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_stage("peftstudy.report.tables:run"))

@@ -36,13 +36,13 @@ wildcard_constraints:
     **PLAN.constraints(),
 
 
-def job_resources(kind, experiment=None, runs=1):
-    """A job's resources (PLAN.resources). A tune or final job's runtime is per run, times the grid points or seeds
-    it trains; where one rule serves every experiment, memory and runtime follow the job's experiment wildcard and
-    the GPU count is the most any of them asks.
+def job_resources(kind, experiment=None):
+    """A job's resources (PLAN.resources). A tune job's runtime is per run, times the grid points it trains; where
+    one rule serves every experiment, memory and runtime follow the job's experiment wildcard and the GPU count is
+    the most any of them asks.
     """
     if experiment is not None or kind not in ("tune", "final"):
-        return PLAN.resources(kind, experiment, runs)
+        return PLAN.resources(kind, experiment)
     gpu = PLAN.max_gpu(kind)
     return {
         "mem_mb": lambda wc: PLAN.resource_spec(kind, wc.experiment)["mem_mb"],
@@ -54,7 +54,7 @@ def job_resources(kind, experiment=None, runs=1):
 
 
 def job_runs(kind, wildcards):
-    """The runs a job of the tune (or final) rule trains, its pack's grid points (or one seed)."""
+    """The runs a job of the tune (or final) rule trains, its pack's grid points (or its one seed)."""
     if kind == "tune":
         return PLAN.tune_runs(wildcards.experiment, wildcards.method, wildcards.pack)
     return 1
@@ -81,9 +81,8 @@ def get_tune_args(wildcards):
     return PLAN.tune_args(*run_of(wildcards), wildcards.pack)
 
 
-def get_final_args(seeds):
-    """A final job's arguments: `seeds` as the rule names them (a pack's), or None for the job's seed wildcard."""
-    return lambda wc: PLAN.final_args(*run_of(wc), wc.gp, seeds or wc.seed)
+def get_final_args(wildcards):
+    return PLAN.final_args(*run_of(wildcards), wildcards.gp, wildcards.seed)
 
 
 def get_tune_inputs(wildcards):
@@ -147,16 +146,26 @@ def get_selected_finals(wildcards):
     return selected_finals(*run_of(wildcards))
 
 
+def final_benchmarks():
+    """The selected finals' benchmarks, each with the job it measured (LAYOUT.final_benchmarks)."""
+    return [
+        job
+        for run in LAYOUT.runs()
+        if (gp := selected_gp(*run))
+        for job in LAYOUT.final_benchmarks(*run, gp)
+    ]
+
+
 def get_final_benchmarks(wildcards):
     """Apart from the tables' other inputs: the paths depend on the selections, and a named input of its own
     keeps the rule's other inputs known while a checkpoint is still pending (a dry run formats the shell command).
     """
-    return [
-        path
-        for run in LAYOUT.runs()
-        if (gp := selected_gp(*run))
-        for path in LAYOUT.final_benchmarks(*run, gp)
-    ]
+    return [job["path"] for job in final_benchmarks()]
+
+
+def get_benchmark_jobs(wildcards):
+    """The tables' --benchmarks: every training job's benchmark with the job it measured, one JSON argument each."""
+    return [as_json(job) for job in [*PLAN.benchmarks(), *final_benchmarks()]]
 
 
 def get_final_outputs(wildcards):
@@ -169,11 +178,3 @@ def get_all_selected_finals(wildcards):
     stops at the first selection not yet made; the collect jobs meanwhile run the others in parallel.
     """
     return [path for run in LAYOUT.runs() for path in selected_finals(*run)]
-
-
-def backbone_source_sha256(source):
-    """A backbone source's pinned sum; a checkpoint fetched as one of `archives` is pinned there."""
-    archive = source["url"].removeprefix("resources/archives/")
-    if source["sha256"] or archive == source["url"]:
-        return source["sha256"]
-    return ARCHIVES.get(archive, {}).get("sha256")

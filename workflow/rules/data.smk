@@ -3,10 +3,6 @@
 # resources/, a local folder) is recorded in the manifest and so in every result's provenance.
 
 
-# Downloads with no pinned sha256 are refused unless the config says otherwise (and results then record them).
-ALLOW_UNPINNED = "--allow-unpinned" if config.get("allow_unpinned", False) else ""
-
-
 localrules:
     generate,
     fetch,
@@ -49,7 +45,7 @@ rule fetch:
     params:
         url=lambda wc: ARCHIVES[wc.archive]["url"],
         sha256=lambda wc: ARCHIVES[wc.archive]["sha256"] or "none",
-        allow=ALLOW_UNPINNED,
+        allow=PLAN.allow_unpinned_arg,
     shell:
         "peftstudy fetch --url {params.url:q} --sha256 {params.sha256} {params.allow}"
         " --config-key archives.{wildcards.archive} --out {output.archive}"
@@ -219,72 +215,45 @@ rule prepare:
         " --image-size {params.image_size} --out {output.cache} > {log} 2>&1"
 
 
-# CLIP's zero-shot head: built once from the full checkpoint's text tower, then only the file is read.
-for backbone_name, backbone in PLAN.all_backbones.items():
-    if "zero_shot_head" not in backbone:
-        continue
-
-    rule:
-        """CLIP's zero-shot head (proj + 80-template text classifier, STUDY.md A.1), built once."""
-        name:
-            f"zero_shot_head_{backbone_name}"
-        input:
-            clip=f"resources/archives/{backbone['zero_shot_head']['clip_archive']}",
-            code="src/peftstudy/models/clip.py",
-        output:
-            head=backbone["zero_shot_head"]["file"],
-        log:
-            f"{backbone['zero_shot_head']['file']}.log",
-        conda:
-            "../../envs/train.yaml"
-        threads: config["threads"]
-        resources:
-            **job_resources("robustness"),
-        params:
-            classnames=backbone["zero_shot_head"]["classnames"],
-            clip_model=backbone["zero_shot_head"].get(
-                "clip_model", PLAN.default("clip_model")
-            ),
-            device=config["device"],
-        shell:
-            "peftstudy zero-shot-head --clip-weights {input.clip} --classnames {params.classnames:q}"
-            " --clip-model {params.clip_model} --threads {threads} --device {params.device}"
-            " --out {output.head} > {log} 2>&1"
+rule zero_shot_head:
+    """CLIP's zero-shot head (proj + 80-template text classifier, STUDY.md A.1), built once from the full
+    checkpoint's text tower; then only the file is read."""
+    input:
+        unpack(lambda wc: PLAN.zero_shot_head_inputs(wc.head)),
+    output:
+        head="{head}",
+    log:
+        "{head}.log",
+    wildcard_constraints:
+        head=only(PLAN.zero_shot_heads),
+    conda:
+        "../../envs/train.yaml"
+    threads: config["threads"]
+    resources:
+        **job_resources("robustness"),
+    params:
+        args=lambda wc: PLAN.zero_shot_head_args(wc.head),
+        device=config["device"],
+    shell:
+        "peftstudy zero-shot-head --clip-weights {input.clip} {params.args} --threads {threads}"
+        " --device {params.device} --out {output.head} > {log} 2>&1"
 
 
-# One fetch rule per backbone with a `source` (the study's and each of `backbones`), run where Snakemake runs.
-for backbone_name, backbone in PLAN.all_backbones.items():
-    if "source" not in backbone:
-        continue
-
-    rule:
-        """Download a backbone's weights once, check them, and save them as timm safetensors."""
-        name:
-            f"fetch_{backbone_name}"
-        input:
-            # A checkpoint fetched as an archive first (CLIP: its text tower also makes the zero-shot head).
-            [backbone["source"]["url"]]
-            if backbone["source"]["url"].startswith("resources/archives/")
-            else [],
-        output:
-            weights=backbone["weights"],
-        log:
-            f"{backbone['weights']}.log",
-        localrule: True
-        conda:
-            "../../envs/train.yaml"
-        params:
-            url=backbone["source"]["url"],
-            sha256=backbone_source_sha256(backbone["source"]) or "none",
-            allow=ALLOW_UNPINNED,
-            key=(
-                "backbone.source"
-                if backbone_name == "backbone"
-                else f"backbones.{backbone_name}.source"
-            ),
-            fmt=backbone["source"]["format"],
-            arch=backbone["arch"],
-        shell:
-            "peftstudy fetch-backbone --url {params.url:q} --sha256 {params.sha256} {params.allow}"
-            " --config-key {params.key} --format {params.fmt} --arch {params.arch} --out {output.weights}"
-            " > {log} 2>&1"
+rule fetch_backbone:
+    """Download a backbone's weights once (each backbone with a `source`), check them, save them as timm
+    safetensors."""
+    input:
+        lambda wc: PLAN.fetch_backbone_inputs(wc.weights),
+    output:
+        weights="{weights}",
+    log:
+        "{weights}.log",
+    wildcard_constraints:
+        weights=only(PLAN.fetched_backbones),
+    localrule: True
+    conda:
+        "../../envs/train.yaml"
+    params:
+        args=lambda wc: PLAN.fetch_backbone_args(wc.weights),
+    shell:
+        "peftstudy fetch-backbone {params.args} --out {output.weights} > {log} 2>&1"

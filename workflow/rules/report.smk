@@ -23,11 +23,14 @@ rule tables:
         # The study's facts, and the cost estimate the report sets beside what the run spent.
         context=as_json(PLAN.report_context() | {"cost": estimated_cost(PLAN)}),
         out_dir=lambda wc, output: os.path.dirname(output.tables[0]),
+        # Each file with what it is, as the plan names it: nothing reads that back from a path.
+        analysis=lambda wc: [as_json(output) for output in LAYOUT.analysis_outputs()],
+        benchmarks=get_benchmark_jobs,
     shell:
         "peftstudy tables --study {params.study} --config-hash {params.config_hash}"
         " --context {params.context} --tune {input.tune} --finals {input.finals}"
-        " --analysis {input.analysis} --robustness {input.robustness}"
-        " --manifests {input.manifests} --benchmarks {input.benchmarks} {input.final_benchmarks}"
+        " --analysis {params.analysis} --robustness {input.robustness}"
+        " --manifests {input.manifests} --benchmarks {params.benchmarks}"
         " --authors {input.authors} --out-dir {params.out_dir} > {log} 2>&1"
 
 

@@ -3,7 +3,7 @@ runs, images trained and GPU-hours, from throughput the project measured (``tabl
 
 The config is composed and checked as the workflow does it (workflow/rules/common.smk), and the jobs are counted
 with the plan's own functions: the tune jobs and their grid points (``Layout.tune_jobs``), on a dataset and on
-each of its tuning folds (``Plan.tuning_sets``), the seed packs of the final jobs (``Plan.seed_packs``),
+each of its tuning folds (``Plan.tuning_sets``), the final jobs (one per seed),
 the robustness and pretraining jobs (``Layout.other_benchmarks``). So the estimate counts the jobs the DAG has.
 
 Images trained = runs x epochs x the images of the split a run trains on (tune: the tuning train split; final:
@@ -184,7 +184,6 @@ def estimate(plan: Plan, gpu: str, rates: Sequence[Rate]) -> Estimate:
         epochs = exp["recipe"]["epochs"]
         model = plan.backbone_spec(name)["arch"]
         gpus = {phase: plan.resource_spec(phase, name)["gpu"] for phase in ("tune", "final")}
-        final_packs = plan.seed_packs(name)
         sizes = {dataset: train_sizes(plan.config, dataset) for dataset in exp["datasets"]}
         cost.unsized = [dataset for dataset, size in sizes.items() if size is None]
         for method in exp["methods"]:
@@ -195,9 +194,9 @@ def estimate(plan: Plan, gpu: str, rates: Sequence[Rate]) -> Estimate:
                 # tuning folds.
                 tuned_sets = len(plan.tuning_sets(dataset))
                 tune_runs = tuned_sets * sum(len(gps) for gps in packs.values())
-                final_runs = sum(len(pack) for pack in final_packs)
+                final_runs = len(exp["seeds"])  # one final job per seed
                 cost.tune_jobs += tuned_sets * len(packs)
-                cost.final_jobs += len(final_packs)
+                cost.final_jobs += final_runs
                 cost.tune_runs += tune_runs
                 cost.final_runs += final_runs
                 if size is not None:

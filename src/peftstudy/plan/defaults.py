@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 DEFAULTS: dict[str, Any] = {
+    "allow_unpinned": False,
     "selection_metric": "val_top1",
     "confident_k": 0.25,
     "report_tolerance": 1.0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -44,6 +45,10 @@ TABLES = (
 # The authors' numbers (STUDY.md H), transcribed with their sources; copied beside our tables.
 AUTHORS = ("vtab1k", "vtab1k_selection", "reruns", "manyshot", "clip_ood", "wise")
 SPLITS = ("train", "val", "trainval", "test")
+
+
+# Where the fetch rule puts each of `archives` (a backbone may be fetched from one).
+ARCHIVE_DIR = "resources/archives/"
 
 
 def as_json(obj: Any) -> str:
@@ -116,14 +121,6 @@ class Plan:
             "split": only(SPLITS),
         }
 
-    def experiments_packing(self, phase: str, packed: bool) -> list[str]:
-        """Experiments whose `phase` jobs run several runs per process (packed) or one (not packed)."""
-        return [name for name, exp in self.experiments.items() if (study.runs_per_job(exp, phase) > 1) == packed]
-
-    def seed_packs(self, experiment: str) -> list[list[int]]:
-        exp = self.experiments[experiment]
-        return study.chunks(exp["seeds"], study.runs_per_job(exp, "final"))
-
     def datasets_from(self, *sources: str) -> list[str]:
         return study.datasets_from(self.config, *sources)
 
@@ -137,7 +134,7 @@ class Plan:
 
     def resources(self, kind: str, experiment: str | None = None, runs: int = 1) -> dict[str, Any]:
         """What a cluster job of `kind` asks for; the GPU count left out when 0 (CPU studies send no GPU request).
-        A tune or final job's runtime is per run: a job training `runs` grid points or seeds asks for that many."""
+        A tune job's runtime is per run: a job training `runs` grid points asks for that many."""
         spec = self.resource_spec(kind, experiment)
         spec["runtime"] *= runs
         return {k: v for k, v in spec.items() if k != "gpu" or v}
@@ -182,6 +179,50 @@ class Plan:
         if "zero_shot_head" in spec:
             files["head"] = spec["zero_shot_head"]["file"]
         return files
+
+    @cached_property
+    def fetched_backbones(self) -> dict[str, str]:
+        """weights file -> backbone name, for each backbone downloaded from its `source` (the fetch_backbone rule)."""
+        return {spec["weights"]: name for name, spec in self.all_backbones.items() if "source" in spec}
+
+    @cached_property
+    def zero_shot_heads(self) -> dict[str, str]:
+        """head file -> backbone name, for each backbone with CLIP's zero-shot head (the zero_shot_head rule)."""
+        heads = {name: spec["zero_shot_head"] for name, spec in self.all_backbones.items() if "zero_shot_head" in spec}
+        return {head["file"]: name for name, head in heads.items()}
+
+    @property
+    def allow_unpinned_arg(self) -> str:
+        return "--allow-unpinned" if self.config.get("allow_unpinned", DEFAULTS["allow_unpinned"]) else ""
+
+    def fetch_backbone_inputs(self, weights: str) -> list[str]:
+        """A checkpoint fetched as one of `archives` first (CLIP: its text tower also makes the zero-shot head)."""
+        url = self.all_backbones[self.fetched_backbones[weights]]["source"]["url"]
+        return [url] if url.startswith(ARCHIVE_DIR) else []
+
+    def fetch_backbone_args(self, weights: str) -> str:
+        """Where the backbone's weights come from, their pinned sum, and the config key that says so."""
+        name = self.fetched_backbones[weights]
+        spec = self.all_backbones[name]
+        source = spec["source"]
+        archive = source["url"].removeprefix(ARCHIVE_DIR)
+        # A checkpoint fetched as an archive is pinned there.
+        sha256 = source["sha256"] if archive == source["url"] else self.config["archives"][archive]["sha256"]
+        key = "backbone.source" if name == "backbone" else f"backbones.{name}.source"
+        return (
+            f"--url {shlex.quote(source['url'])} --sha256 {sha256 or 'none'} {self.allow_unpinned_arg}"
+            f" --config-key {key} --format {source['format']} --arch {spec['arch']}"
+        )
+
+    def zero_shot_head_inputs(self, head: str) -> dict[str, str]:
+        """The full CLIP checkpoint (its text tower) and the code that builds the head from it."""
+        spec = self.all_backbones[self.zero_shot_heads[head]]["zero_shot_head"]
+        return {"clip": f"{ARCHIVE_DIR}{spec['clip_archive']}", "code": "src/peftstudy/models/clip.py"}
+
+    def zero_shot_head_args(self, head: str) -> str:
+        spec = self.all_backbones[self.zero_shot_heads[head]]["zero_shot_head"]
+        clip_model = spec.get("clip_model", DEFAULTS["clip_model"])
+        return f"--classnames {shlex.quote(spec['classnames'])} --clip-model {clip_model}"
 
     # Methods and grids.
 
@@ -293,10 +334,10 @@ class Plan:
         points = as_json(self.pack_points(experiment, method, pack))
         return f"--points {points} --seed {self.config['seed']} {self.run_args(experiment, dataset, method)}"
 
-    def final_args(self, experiment: str, dataset: str, method: str, gp: str, seeds: str) -> str:
-        """A final job's arguments: the grid point, its seeds (space-separated), and run_args."""
+    def final_args(self, experiment: str, dataset: str, method: str, gp: str, seed: str) -> str:
+        """A final job's arguments: the grid point, its seed, and run_args."""
         hp = as_json(self.hp(experiment, method, gp))
-        return f"--hp {hp} --seed {seeds} {self.run_args(experiment, dataset, method)}"
+        return f"--hp {hp} --seed {seed} {self.run_args(experiment, dataset, method)}"
 
     def tune_inputs(self, experiment: str, dataset: str, method: str) -> dict[str, Any]:
         """Train and val only: no tune job can see the test split."""
@@ -383,12 +424,16 @@ class Plan:
         return {
             "tune": layout.tune_summaries(),
             "finals": layout.final_records(),
-            "analysis": layout.analysis_outputs(),
+            "analysis": [output["path"] for output in layout.analysis_outputs()],
             "robustness": layout.robustness_outputs(),
             "manifests": [layout.manifest(d) for d in self.report_datasets()],
             "authors": [f"report/data/authors_{name}.csv" for name in AUTHORS],
-            "benchmarks": [*layout.tune_benchmarks(), *layout.other_benchmarks()],
+            "benchmarks": [job["path"] for job in self.benchmarks()],
         }
+
+    def benchmarks(self) -> list[dict[str, str]]:
+        """The benchmarks of every training job known before selection (the finals' depend on it)."""
+        return [*self.layout.tune_benchmarks(), *self.layout.other_benchmarks()]
 
     def report_context(self) -> dict[str, Any]:
         return study.report_context(self.config)
@@ -398,7 +443,7 @@ class Plan:
 
 
 def archive_checksum(archive: str) -> str:
-    return f"resources/archives/{archive}.sha256"
+    return f"{ARCHIVE_DIR}{archive}.sha256"
 
 
 def manyshot_lists_dir(kind: str, subset: str) -> str:

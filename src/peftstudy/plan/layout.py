@@ -60,10 +60,6 @@ class Layout:
     def final_file(self, experiment: str, dataset: str, method: str, gp: str, seed: str, name: str) -> str:
         return f"{self.method_dir(experiment, dataset, method)}/final/{gp}/seed{seed}/{name}"
 
-    def final_pack_file(self, experiment: str, dataset: str, method: str, gp: str, seeds: list, name: str) -> str:
-        """A log or benchmark of a final job that trains several seeds."""
-        return f"{self.method_dir(experiment, dataset, method)}/final/{gp}/seeds-{'-'.join(map(str, seeds))}/{name}"
-
     def selection_file(self, experiment: str, name: str) -> str:
         """The selection of an experiment, every dataset's and method's: selected.json, tune.csv, select.log."""
         return f"{self.root}/{experiment}/{name}"
@@ -115,10 +111,16 @@ class Layout:
     def tune_summaries(self) -> list[str]:
         return [self.selection_file(experiment, "tune.csv") for experiment in self.config["experiments"]]
 
-    def analysis_outputs(self) -> list[str]:
-        """Ensembles need two methods or more."""
+    def analysis_outputs(self) -> list[dict[str, str]]:
+        """Every ensembles.json and agreement.json, with what it is (the tables read it as given, never from its
+        path). Ensembles need two methods or more."""
         return [
-            self.analysis_file(name, dataset, f"{kind}.json")
+            {
+                "experiment": name,
+                "dataset": dataset,
+                "kind": kind,
+                "path": self.analysis_file(name, dataset, f"{kind}.json"),
+            }
             for name, exp in self.config["experiments"].items()
             if len(exp["methods"]) > 1
             for dataset in exp["datasets"]
@@ -132,34 +134,59 @@ class Layout:
         methods = self.config["experiments"][rob["experiment"]]["methods"]
         return [self.robustness_file(m, f"{kind}.json") for m in methods for kind in ("ood", "wise")]
 
-    def tune_benchmarks(self) -> list[str]:
-        """Snakemake's benchmark file of every tune job: one per grid point, or one per pack of points."""
-        jobs = self.tune_jobs
+    # Snakemake's benchmark.tsv of every training job, with what the job was: the tables take both from here, so
+    # nothing reads a job's identity back from its path.
+
+    def tune_benchmarks(self) -> list[dict[str, str]]:
+        """Every tune job's (a grid point's, or a pack's), on each dataset and each of its tuning folds."""
+        datasets = self.config["datasets"]
         return [
-            self.tune_file(experiment, dataset, method, pack, "benchmark.tsv")
+            benchmark(
+                "tune",
+                self.tune_file(experiment, tuned, method, pack, "benchmark.tsv"),
+                experiment,
+                tuned,
+                method,
+                pack,
+            )
             for experiment, dataset, method in self.runs()
-            for pack in jobs[experiment, method]
+            for tuned in (dataset, *datasets[dataset].get("folds", []))
+            for pack in self.tune_jobs[experiment, method]
         ]
 
-    def final_benchmarks(self, experiment: str, dataset: str, method: str, gp: str) -> list[str]:
-        """The benchmark files of a selected point's final jobs: one per seed, or one per pack of seeds."""
-        exp = self.config["experiments"][experiment]
-        size = study.runs_per_job(exp, "final")
-        run = (experiment, dataset, method, gp)
-        if size > 1:
-            return [self.final_pack_file(*run, s, "benchmark.tsv") for s in study.chunks(exp["seeds"], size)]
-        return [self.final_file(*run, s, "benchmark.tsv") for s in exp["seeds"]]
+    def final_benchmarks(self, experiment: str, dataset: str, method: str, gp: str) -> list[dict[str, str]]:
+        """A selected point's final jobs': one per seed."""
+        return [
+            benchmark(
+                "final",
+                self.final_file(experiment, dataset, method, gp, seed, "benchmark.tsv"),
+                experiment,
+                dataset,
+                method,
+                f"{gp}/seed{seed}",
+            )
+            for seed in self.config["experiments"][experiment]["seeds"]
+        ]
 
-    def other_benchmarks(self) -> list[str]:
-        """Robustness jobs and, when the study pretrains its backbone, the pretraining job."""
-        out = [self.pretrain_file("benchmark.tsv")] if self.config["backbone"]["pretrain"] else []
+    def other_benchmarks(self) -> list[dict[str, str]]:
+        """The robustness jobs' and, when the study pretrains its backbone, the pretraining job's."""
+        out = (
+            [benchmark("pretrain", self.pretrain_file("benchmark.tsv"))] if self.config["backbone"]["pretrain"] else []
+        )
         rob = self.config.get("robustness")
         if rob:
             out += [
-                self.robustness_file(m, "benchmark.tsv")
+                benchmark("robustness", self.robustness_file(m, "benchmark.tsv"), method=m)
                 for m in self.config["experiments"][rob["experiment"]]["methods"]
             ]
         return out
 
     def report(self) -> str:
         return self.report_file("index.html")
+
+
+def benchmark(
+    phase: str, path: str, experiment: str = "", dataset: str = "", method: str = "", job: str = ""
+) -> dict[str, str]:
+    """A job's benchmark file and the job it measured: one row of the compute table."""
+    return {"phase": phase, "experiment": experiment, "dataset": dataset, "method": method, "job": job, "path": path}

@@ -120,11 +120,6 @@ def grids(config: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, dict[str
     return out
 
 
-def chunks(items: list, size: int) -> list[list]:
-    """Consecutive chunks of `size` (the last may be shorter)."""
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
 def packs(points: list[str], size: int) -> dict[str, list[str]]:
     """A (method, dataset)'s tune jobs: {job name: its grid-point ids, in grid order}.
 
@@ -184,16 +179,12 @@ def _check_sources(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"datasets.{name}: {', '.join(foreign)} belongs to another source than {source}")
         if source == "manual" and spec["classes"] != 1000:
             raise ConfigError(f"datasets.{name}: the ImageNet sets have classes: 1000 (labels stay 1000-way)")
-        if source == "tfds":
-            tasks = task_table()
-            if spec["vtab_task"] not in tasks:
-                raise ConfigError(
-                    f"datasets.{name}.vtab_task: unknown task {spec['vtab_task']!r}; known: {', '.join(tasks)}"
-                )
-            if tasks[spec["vtab_task"]].classes != spec["classes"]:
-                raise ConfigError(
-                    f"datasets.{name}.classes: {spec['vtab_task']} has {tasks[spec['vtab_task']].classes} classes"
-                )
+        # A VTAB task (by TFDS name, or by the processed archive's folder) has its classes in the task table.
+        task, tasks = vtab_task(spec), task_table()
+        if source == "tfds" and task not in tasks:
+            raise ConfigError(f"datasets.{name}.vtab_task: unknown task {task!r}; known: {', '.join(tasks)}")
+        if task in tasks and tasks[task].classes != spec["classes"]:
+            raise ConfigError(f"datasets.{name}.classes: the VTAB task {task} has {tasks[task].classes} classes")
         if source == "manyshot":
             try:
                 check_subset(spec["kind"], str(spec["subset"]), spec.get("fold", 0))
@@ -252,8 +243,15 @@ def _check_weights_pinned(config: Mapping[str, Any]) -> None:
     """Weights with no sum, no source and no pretraining would be loaded unchecked: they must be pinned (a user who
     put them there can hash them; allow_unpinned covers only downloads, whose sums the fetch reports)."""
     for name, backbone in {"backbone": config["backbone"], **config.get("backbones", {})}.items():
+        key = "backbone" if name == "backbone" else f"backbones.{name}"
+        # A checkpoint fetched as an archive first is one of `archives`, pinned there.
+        url = backbone.get("source", {}).get("url", "")
+        archive = url.removeprefix("resources/archives/")
+        if archive != url and archive not in config.get("archives", {}):
+            raise ConfigError(
+                f"{key}.source.url {url}: {archive!r} is not one of `archives`; define it there (url, sha256)"
+            )
         if backbone["sha256"] is None and "source" not in backbone and not backbone["pretrain"]:
-            key = "backbone" if name == "backbone" else f"backbones.{name}"
             raise ConfigError(
                 f"{key}.sha256 is null, but {key} has no source to fetch its weights from and is not pretrained: "
                 f"{backbone['weights']} would be loaded unchecked. Pin it: `sha256sum {backbone['weights']}`, then "

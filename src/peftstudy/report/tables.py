@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,18 +16,7 @@ from peftstudy.io import atomic_path, read_json
 from peftstudy.plan.tasks import vtab_groups
 from peftstudy.select import ALL_DIVERGED
 
-ANALYSIS_PATH = re.compile(r"(?P<experiment>[^/]+)/(?P<dataset>[^/]+)/analysis/(?P<kind>ensembles|agreement)\.json$")
-# Where each training job's benchmark.tsv lies (DESIGN.md §4): tune/<gp or pack>/, final/<gp>/<seed or seeds>/.
-BENCHMARK_PATHS = (
-    re.compile(
-        r"(?P<experiment>[^/]+)/(?P<dataset>[^/]+)/(?P<method>[^/]+)/(?P<phase>tune)/(?P<job>[^/]+)/benchmark\.tsv$"
-    ),
-    re.compile(
-        r"(?P<experiment>[^/]+)/(?P<dataset>[^/]+)/(?P<method>[^/]+)/(?P<phase>final)/(?P<job>[^/]+/[^/]+)/benchmark\.tsv$"
-    ),
-    re.compile(r"(?P<phase>robustness)/(?P<method>[^/]+)/benchmark\.tsv$"),
-    re.compile(r"(?P<phase>pretrain)/benchmark\.tsv$"),
-)
+COMPUTE_KEYS = ("phase", "experiment", "dataset", "method", "job")
 # VTAB-1K's groups (STUDY.md C.7), by the processed folder names.
 VTAB_GROUPS = vtab_groups()
 VTAB_TASKS = tuple(t for tasks in VTAB_GROUPS.values() for t in tasks)
@@ -167,30 +155,22 @@ def experiments_table(context: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compute_table(benchmarks: list[str]) -> pd.DataFrame:
-    """Snakemake's benchmark of every training job: wall and CPU seconds, peak memory."""
+def compute_table(benchmarks: list[Mapping[str, str]]) -> pd.DataFrame:
+    """Snakemake's benchmark of every training job: wall and CPU seconds, peak memory. Each job as the plan names
+    it (peftstudy.plan.layout.benchmark: phase, experiment, dataset, method, job and the file's path)."""
     rows = []
-    for path in benchmarks:
-        match = next((m for m in (p.search(path) for p in BENCHMARK_PATHS) if m), None)
-        if match is None:
-            raise ValueError(f"{path}: not a benchmark.tsv of a tune, final, robustness or pretrain job")
-        bench = pd.read_csv(path, sep="\t", na_values=["-", "NA"])
+    for job in benchmarks:
+        bench = pd.read_csv(job["path"], sep="\t", na_values=["-", "NA"])
         # Several rows only when a rule repeats its benchmark: all of them were spent.
         rows.append(
             {
-                "phase": match["phase"],
-                "experiment": match.groupdict().get("experiment") or "",
-                "dataset": match.groupdict().get("dataset") or "",
-                "method": match.groupdict().get("method") or "",
-                "job": match.groupdict().get("job") or "",
+                **{key: job[key] for key in COMPUTE_KEYS},
                 "seconds": float(bench["s"].sum()),
                 "cpu_seconds": float(bench["cpu_time"].sum()),
                 "max_rss_mb": float(bench["max_rss"].max()),
             }
         )
-    return pd.DataFrame(
-        rows, columns=["phase", "experiment", "dataset", "method", "job", "seconds", "cpu_seconds", "max_rss_mb"]
-    )
+    return pd.DataFrame(rows, columns=[*COMPUTE_KEYS, "seconds", "cpu_seconds", "max_rss_mb"])
 
 
 def with_gpu_hours(compute: pd.DataFrame, cost: Mapping[str, Any] | None) -> pd.DataFrame:
@@ -381,16 +361,15 @@ ANALYSIS_COLUMNS = {
 }
 
 
-def analysis_tables(paths: list[str]) -> dict[str, pd.DataFrame]:
-    """The analysis JSONs as tidy tables (ANALYSIS_COLUMNS); method sets are joined with '+', as Venn regions."""
+def analysis_tables(outputs: list[Mapping[str, str]]) -> dict[str, pd.DataFrame]:
+    """The analysis JSONs as tidy tables (ANALYSIS_COLUMNS); method sets are joined with '+', as Venn regions.
+    Each output as the plan names it (peftstudy.plan.layout.Layout.analysis_outputs: experiment, dataset, kind
+    and path)."""
     rows: dict[str, list[dict]] = {name: [] for name in ANALYSIS_COLUMNS}
-    for path in paths:
-        match = ANALYSIS_PATH.search(path)
-        if match is None:
-            raise ValueError(f"{path}: not an analysis/ensembles.json or analysis/agreement.json")
-        key = {"experiment": match["experiment"], "dataset": match["dataset"]}
-        data = read_json(path, schema=match["kind"])
-        if match["kind"] == "ensembles":
+    for output in outputs:
+        key = {"experiment": output["experiment"], "dataset": output["dataset"]}
+        data = read_json(output["path"], schema=output["kind"])
+        if output["kind"] == "ensembles":
             for e in data["ensembles"]:
                 rows["ensembles"].append({**key, **e, "members": "+".join(e["members"]), "size": len(e["members"])})
             for method, e in data["seed_ensembles"].items():
