@@ -269,13 +269,14 @@ class Plan:
     # Data sources.
 
     def source_dir(self, dataset: str) -> str:
-        """The dataset's folder in the processed-VTAB layout."""
+        """The dataset's folder in the processed-VTAB layout: inside an extracted archive, a local folder, or what
+        the source's own rule writes (generated, sampled, built from TFDS)."""
         spec = self.datasets[dataset]
-        if spec["source"] in ("synthetic", "manual", "manyshot", "tfds"):
-            return self.layout.data_file(dataset, "source")
         if spec["source"] == "archive":
             return f"resources/data/{spec['archive']}/{spec['folder']}"
-        return spec["path"]
+        if spec["source"] == "local":
+            return spec["path"]
+        return self.layout.data_file(dataset, "source")
 
     def source_inputs(self, dataset: str) -> dict[str, str]:
         """What a dataset's folder comes from: a rule's output (generated, extracted) or a local folder."""
