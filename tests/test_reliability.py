@@ -311,6 +311,16 @@ def test_a_grid_that_all_diverged_is_recorded_as_such_and_the_tables_show_it(cou
         ]
     )
     assert read_json(final, schema="final")["status"] == "all-diverged"
+    # The dataset's analysis, its only method diverged: empty, valid files (not an error that stops the report).
+    analysis = {kind: tmp_path / f"{kind}.json" for kind in ("ensembles", "agreement")}
+    cli.main(
+        [
+            *("ensemble", "--finals", str(final), "--methods", "linear"),
+            *("--out-ensembles", str(analysis["ensembles"]), "--out-agreement", str(analysis["agreement"])),
+        ]
+    )
+    assert read_json(analysis["ensembles"], schema="ensembles")["ensembles"] == []
+    assert read_json(analysis["agreement"], schema="agreement")["pairs"] == []
     tune = tables.tune_table([str(experiment / "tune.csv")])
     assert list(tune["status"]) == ["diverged", "diverged"] and not tune["selected"].any()
     finals = tables.final_table([str(final)])

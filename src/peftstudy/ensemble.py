@@ -149,8 +149,9 @@ def analyse(
     unknown = [m for m in chosen if m not in logits]
     if unknown:
         raise ValueError(f"analysis methods {', '.join(unknown)} have no finals here; methods: {', '.join(everyone)}")
-    seeds = sorted(set.intersection(*(set(logits[m]) for m in everyone)))
-    if not seeds:
+    # No method at all when every one diverged on this dataset: empty analyses (the tables say why).
+    seeds = sorted(set.intersection(*(set(logits[m]) for m in everyone))) if everyone else []
+    if everyone and not seeds:
         raise ValueError("the methods share no seed, so their predictions cannot be paired")
     k = confident_count(len(labels), confident_k)
     members = {m: float(np.mean([top1(logits[m][s], labels) for s in seeds])) for m in everyone}
@@ -231,6 +232,7 @@ def run(args: argparse.Namespace) -> None:
             labels = data["labels"]
             logits[record["method"]][run_["seed"]] = data["logits"]
     chosen = [m for m in args.methods if m not in all_diverged] if args.methods is not None else None
-    ensembles, pairs = analyse(logits, labels, args.confident_k, chosen)
+    no_test = np.zeros(0, dtype=np.int64)  # every method diverged: no final, so no test set was read
+    ensembles, pairs = analyse(logits, labels if labels is not None else no_test, args.confident_k, chosen)
     write_json(args.out_ensembles, ensembles, schema="ensembles")
     write_json(args.out_agreement, pairs, schema="agreement")
