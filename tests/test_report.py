@@ -342,6 +342,20 @@ def test_a_partial_study_renders_and_says_what_is_not_computed_yet(tmp_path: Pat
     assert "<img" not in page
 
 
+@pytest.mark.parametrize("unpinned", [True, False], ids=["unpinned", "pinned"])
+def test_results_from_unpinned_downloads_are_flagged_on_the_page(tmp_path: Path, unpinned: bool):
+    """A final whose provenance lists a download no pinned sum checked (allow_unpinned) is named at the top."""
+    tables_dir = tmp_path / "tables"
+    tables_dir.mkdir()
+    line = f"data count: archive from https://example.org/vtab-1k.tar.gz, sha256 {'a' * 64}"
+    final = {"experiment": "vtab", "dataset": "count", "method": "lora", "seed": 0, "status": "ok", "device": "cpu"}
+    pd.DataFrame([{**final, "code_version": "v", "unpinned": line if unpinned else ""}]).to_csv(
+        tables_dir / "final.csv", index=False
+    )
+    page = render_page(tables_dir, tmp_path / "report")
+    assert ("unpinned downloads" in page) == unpinned and (line in page) == unpinned
+
+
 @pytest.fixture(scope="module")
 def reruns_page(tmp_path_factory) -> Path:
     """A page of two VTAB tasks of one method beside the authors' numbers and reruns, selected on val_best_top1."""

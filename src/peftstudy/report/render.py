@@ -312,6 +312,9 @@ def summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
         "all_diverged": [f"{r.experiment}/{r.dataset}/{r.method}" for r in vtab[diverged].itertuples()],
         "devices": sorted(final["device"].astype(str).unique()),
         "hosts": sorted(final.get("host", pd.Series(dtype=str)).astype(str).unique()),
+        "unpinned": sorted(
+            {line for lines in final.get("unpinned", pd.Series(dtype=str)).dropna() for line in lines.splitlines()}
+        ),
         "compute": [
             {
                 "phase": phase,

@@ -79,6 +79,8 @@ def final_table(records: list[str]) -> pd.DataFrame:
                 "code_version": m["provenance"]["code_version"],
                 "code_hash": m["provenance"]["code_hash"],
                 "config_hash": m["provenance"]["config_hash"],
+                # Downloads no pinned sha256 checked (allow_unpinned), one per line.
+                "unpinned": "\n".join(m["provenance"].get("unpinned", [])),
             }
         )
     return pd.DataFrame(rows)
