@@ -129,7 +129,13 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(task, tmp_p
     assert code == status, log
     assert checkpoint.exists() and not (broken / "metrics.json").exists()
     again = run(command("final", task, broken, tmp_path / "resume"))
-    assert resumed_after(again.stderr) >= 2
+    after = resumed_after(again.stderr)
+    assert after >= 2
+    # The log starts with the first attempt's lines up to the checkpoint, replayed from it (a requeued job's rule
+    # log is removed before its second start).
+    replayed = again.stderr.split("resumed from")[0]
+    first = [line for line in log.splitlines() if line.startswith("epoch ")][:after]
+    assert [line for line in replayed.splitlines() if line.startswith("epoch ")] == first and len(first) == after
     same_files(whole, broken)
     assert not checkpoint.exists()  # removed once the run is done
 

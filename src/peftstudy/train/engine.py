@@ -347,6 +347,14 @@ def _steps(run: Run) -> Generator[None, None, TrainResult]:
     start_epoch = 0
     best_params: dict[str, torch.Tensor] | None = None
     evaluating = bool(recipe.eval_every and evaluate)
+    # The run's progress lines so far, kept in its checkpoint: a requeued job's rule log starts afresh (Snakemake's
+    # job step removes it), so the resumed run prints its earlier attempts' lines first.
+    progress: list[str] = []
+
+    def say(line: str) -> None:
+        progress.append(line)
+        print(line, file=sys.stderr, flush=True)
+
     saved = checkpoint.load() if checkpoint else None
     if saved is not None:
         with torch.no_grad():
@@ -359,7 +367,10 @@ def _steps(run: Run) -> Generator[None, None, TrainResult]:
         best_params = saved["best_params"]
         start_epoch = result.epochs_run
         scheduler.step(start_epoch - 1 if recipe.lr_step == "authors" else start_epoch)
-        print(f"resumed from {checkpoint.path} after epoch {start_epoch}", file=sys.stderr, flush=True)
+        earlier = saved.get("progress", [])
+        print("\n".join(["earlier attempts of this run (from its checkpoint):", *earlier]), file=sys.stderr)
+        progress.extend(earlier)
+        say(f"resumed from {checkpoint.path} after epoch {start_epoch}")
     # With fused AdamW (CUDA) the skip of a non-finite batch stays on the device: the fused kernel leaves the
     # weights, moments and step count alone when `found_inf` is set (the mechanism GradScaler uses), so the
     # host never waits for the GPU inside an epoch. Elsewhere the host checks the loss, which costs nothing there.
@@ -409,11 +420,9 @@ def _steps(run: Run) -> Generator[None, None, TrainResult]:
         result.train_loss = loss_sum / seen if seen else float("nan")
         result.train_top1 = 100.0 * correct / seen if seen else float("nan")
         if run.log_every and ((epoch + 1) % run.log_every == 0 or epoch + 1 == recipe.epochs):
-            print(
+            say(
                 f"epoch {epoch + 1}/{recipe.epochs} lr {result.lr_per_epoch[-1]:.2e} loss {result.train_loss:.4f} "
-                f"top1 {result.train_top1:.1f} skipped {int(skipped)} ({time.time() - start:.1f}s)",
-                file=sys.stderr,
-                flush=True,
+                f"top1 {result.train_top1:.1f} skipped {int(skipped)} ({time.time() - start:.1f}s)"
             )
         stop = False
         if evaluating and ((epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs):
@@ -427,7 +436,7 @@ def _steps(run: Run) -> Generator[None, None, TrainResult]:
                     best_params = {name: p.detach().clone() for name, p in named}
             since_best = sum(1 for e, _ in result.evals if e > result.best_epoch)
             stop = bool(recipe.early_patience) and since_best >= recipe.early_patience
-            print(f"epoch {epoch + 1}: held-out top1 {top1:.2f} (best {result.best_top1:.2f})", file=sys.stderr)
+            say(f"epoch {epoch + 1}: held-out top1 {top1:.2f} (best {result.best_top1:.2f})")
         if checkpoint and epoch + 1 < recipe.epochs and not stop:
             checkpoint.save(
                 {
@@ -437,10 +446,11 @@ def _steps(run: Run) -> Generator[None, None, TrainResult]:
                     "rng": rng_state(device),
                     "result": dataclasses.asdict(result),
                     "best_params": best_params,
+                    "progress": progress,
                 }
             )
         if stop:
-            print(f"early stop: {recipe.early_patience} evaluations without a better top-1", file=sys.stderr)
+            say(f"early stop: {recipe.early_patience} evaluations without a better top-1")
             break
         if epoch + 1 < recipe.epochs:
             yield
