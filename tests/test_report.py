@@ -267,6 +267,13 @@ def test_selected_json_and_the_report_name_the_selection_metric(tmp_path: Path):
     assert "last-epoch" not in text and "1 seed." in text
 
 
+def test_a_tune_csv_from_before_select_marked_its_choices_asks_for_the_selection_again(tmp_path: Path):
+    old = tmp_path / "tune.csv"
+    old.write_text("experiment,dataset,tuned_for,method,gp\nvtab,count,count,lora,aaaaaaaa\n")
+    with pytest.raises(ValueError, match=r"lacks .*selected, selection_metric.*--forcerun select"):
+        tables.tune_table([str(old)])
+
+
 def test_a_difference_is_real_only_beyond_the_tolerance_and_the_authors_own_reruns():
     # theirs 88.2 from reruns 87.5 .. 89.7, tolerance 1: 89.5 is over the tolerance but within their spread.
     assert not render.beyond_noise(89.5, 88.2, 87.5, 89.7, 1.0)

@@ -37,6 +37,8 @@ SUMMARY_COLUMNS = (
     "train_loss",
     "trainable_params",
     "wall_seconds",
+    "selected",  # the grid point chosen for `tuned_for` (its rows on each tuning fold too)
+    "selection_metric",  # what the choice was made on (empty where every point diverged)
 )
 
 
@@ -168,6 +170,7 @@ def run(args: argparse.Namespace) -> None:
         ranked = sorted(results, key=lambda r: (order[tuned_for[r["dataset"]]], position[r["method"], r["gp"]]))
         for r in ranked:
             m = r["metrics"]
+            chosen = choices[tuned_for[r["dataset"]]][r["method"]]
             writer.writerow(
                 [
                     r["experiment"],
@@ -183,6 +186,8 @@ def run(args: argparse.Namespace) -> None:
                     m.get("train_loss"),
                     r["trainable_params"],
                     r["wall_seconds"],
+                    r["gp"] == chosen.get("gp"),  # no gp: every point diverged
+                    chosen.get("metric", ""),
                 ]
             )
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from peftstudy.io import atomic_path, read_json
 from peftstudy.plan.tasks import vtab_groups
-from peftstudy.select import ALL_DIVERGED
+from peftstudy.select import ALL_DIVERGED, SUMMARY_COLUMNS
 
 COMPUTE_KEYS = ("phase", "experiment", "dataset", "method", "job")
 # VTAB-1K's groups (STUDY.md C.7), by the processed folder names.
@@ -31,17 +31,18 @@ def group_of(dataset: str, context: dict[str, Any]) -> str:
 
 
 def tune_table(paths: list[str]) -> pd.DataFrame:
-    """Every tune run (each experiment's tune.csv), marked where selected, with the metric its (dataset, method)
-    was selected on."""
-    frames = []
-    for path in paths:
-        frame = pd.read_csv(path)
-        choices = read_json(Path(path).with_name("selected.json"), schema="selected")["datasets"]
-        entries = [choices[d][m] for d, m in zip(frame["tuned_for"], frame["method"], strict=True)]
-        frame["selected"] = frame["gp"] == [c.get("gp") for c in entries]  # no gp: every point diverged
-        frame["selection_metric"] = [c.get("metric", "") for c in entries]
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+    """Every tune run (each experiment's tune.csv, as select wrote it), marked where selected, with the metric
+    its (dataset, method) was selected on."""
+    frames = [pd.read_csv(path) for path in paths]
+    for path, frame in zip(paths, frames, strict=True):
+        missing = [column for column in SUMMARY_COLUMNS if column not in frame]
+        if missing:
+            raise ValueError(
+                f"{path} lacks {', '.join(missing)}: written by an older peftstudy; rerun its selection "
+                "(snakemake --forcerun select)"
+            )
+    tune = pd.concat(frames, ignore_index=True)
+    return tune.assign(selection_metric=tune["selection_metric"].fillna(""))  # "": every point diverged
 
 
 def all_diverged(records: list[str]) -> list[tuple[str, str, str]]:
