@@ -240,6 +240,21 @@ def tune_metrics(gp: str, val_top1: float, val_best_top1: float) -> dict:
     }
 
 
+def test_collect_refuses_finals_of_two_grid_points(tmp_path: Path):
+    """A record holds the seeds of one grid point: metrics of another point (a stale file) are refused, by what
+    the metrics say, before anything is hashed."""
+    paths = []
+    for gp in ("aaaaaaaa", "bbbbbbbb"):
+        paths.append(tmp_path / gp / "seed0" / "metrics.json")
+        paths[-1].parent.mkdir(parents=True)
+        write_json(paths[-1], dict(tune_metrics(gp, 70.0, 70.0), phase="final"), schema="metrics")
+    choice = json.dumps({"gp": "aaaaaaaa", "hp": {}, "metric": "val_top1", "score": 70.0, "rule": "r"})
+    argv = ["collect", "--choice", choice, "--metrics", *map(str, paths), "--out", str(tmp_path / "final.json")]
+    with pytest.raises(ValueError, match="seeds of one grid point, not of 2"):
+        cli.main([*argv, "--experiment", "vtab", "--dataset", "shapes", "--method", "lora"])
+    assert not (tmp_path / "final.json").exists()
+
+
 def test_selected_json_and_the_report_name_the_selection_metric(tmp_path: Path):
     """An experiment selecting on the best val evaluation: selected.json says so and scores that metric, and the
     report's caption and selected-points table use select.METRIC_WORDS, not the last-epoch words."""

@@ -29,24 +29,24 @@ def run(args: argparse.Namespace) -> None:
         record = {"experiment": args.experiment, "dataset": args.dataset, "method": args.method}
         write_json(args.out, record | {"status": ALL_DIVERGED, "tune_runs": selected["runs"], "runs": []}, "final")
         return
-    runs = []
-    for path in args.metrics:
-        folder = Path(path).parent
-        metrics = read_json(path, schema="metrics")
+    finals = {Path(path): read_json(path, schema="metrics") for path in args.metrics}
+    for path, metrics in finals.items():
         if metrics["phase"] != "final":
             raise ValueError(f"{path}: not a final run")
-        runs.append(
-            {
-                "seed": metrics["seed"],
-                "dir": str(folder),
-                "status": metrics["status"],
-                "test_top1": metrics["metrics"].get("test_top1"),
-                "sha256": {name: sha256_file(folder / name) for name in FILES},
-            }
-        )
-    first = read_json(args.metrics[0], schema="metrics")
-    if len({(r["dir"].rsplit("/", 2)[0]) for r in runs}) != 1:
-        raise ValueError("collect takes the seeds of one grid point")
+    points = sorted({(m["experiment"], m["dataset"], m["method"], m["gp"]) for m in finals.values()})
+    if len(points) != 1:
+        raise ValueError(f"collect takes the seeds of one grid point, not of {len(points)}: {points}")
+    runs = [
+        {
+            "seed": metrics["seed"],
+            "dir": str(path.parent),
+            "status": metrics["status"],
+            "test_top1": metrics["metrics"].get("test_top1"),
+            "sha256": {name: sha256_file(path.parent / name) for name in FILES},
+        }
+        for path, metrics in finals.items()
+    ]
+    first = next(iter(finals.values()))
     write_json(
         args.out,
         {key: first[key] for key in ("experiment", "dataset", "method", "gp", "hp", "trainable_params")}
