@@ -16,6 +16,7 @@ from peftstudy.plan import study
 from peftstudy.report.tables import ANALYSIS_COLUMNS, analysis_tables
 from peftstudy.robustness import check_mergeable, class_subset, procedure, top1, wise
 from peftstudy.select import choose
+from peftstudy.train.engine import features
 
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 
@@ -155,12 +156,16 @@ def test_head_only_wise_interpolates_the_head_and_keeps_the_rest_fine_tuned():
     assert procedure([*head, "blocks.0.norm1.weight"], set(), head).startswith("state-dict")
 
 
-@pytest.mark.parametrize(("name", "distinct"), [("linear", 3), ("lora", 5)])
-def test_each_distinct_wise_model_is_evaluated_once(name, distinct, monkeypatch):
+@pytest.mark.parametrize(("name", "distinct", "forward_passes"), [("linear", 3, 1), ("lora", 5, 3)])
+def test_each_distinct_wise_model_is_evaluated_once(name, distinct, forward_passes, monkeypatch):
     """alpha = 1 of both variants is the fine-tuned model, and the linear probe's two variants are one (it trains
-    the head alone): those points reuse an evaluation; every other point is computed, with the same scores."""
+    the head alone): those points reuse an evaluation; every other point is computed, with the same scores. The
+    backbone runs once per backbone state, in the order the robustness stage evaluates (the fine-tuned model,
+    the head-only variant, WiSE): the linear probe's backbone never changes, LoRA's head-only points share its
+    fine-tuned backbone."""
     from peftstudy import robustness
     from peftstudy.models import create_backbone
+    from peftstudy.train.engine import predict
 
     torch.manual_seed(0)
     model = create_backbone("peftstudy_vit_test", 3)
@@ -174,17 +179,38 @@ def test_each_distinct_wise_model_is_evaluated_once(name, distinct, monkeypatch)
     head = set(methods.head_names(model))
     added = set(trainable) - head - set(dict(create_backbone("peftstudy_vit_test", 3).named_parameters()))
     sets = {"a": (torch.rand(8, 3, 16, 16), torch.arange(8) % 3, np.array([], dtype=np.int64))}
-    fresh, computed = robustness.evaluate, []
-    monkeypatch.setattr(robustness, "evaluate", lambda *args: computed.append(args) or fresh(*args))
+    passes, computed = [], []
+    monkeypatch.setattr(robustness, "features", lambda *args: passes.append(args) or features(*args))
+    fresh = robustness.head_logits
+    monkeypatch.setattr(robustness, "head_logits", lambda *args: computed.append(args) or fresh(*args))
     evaluations = robustness.Evaluations(sets, 4)
     points = [evaluations(model)]
-    for only in (None, head):
+    for only in (head, None):
         for alpha in (0.0, 0.5, 1.0):
             got = evaluations(wise(model, zero_shot, fine_tuned, added, alpha, only))
-            assert got == fresh(model, sets, 4)  # a reused evaluation scores as a fresh one
+            x, y, columns = sets["a"]
+            assert got == {"a": top1(predict(model, x, 4), y, columns)}  # reused or not, as a fresh evaluation
             points.append(got)
-    assert len(computed) == distinct
+    assert (len(computed), len(passes)) == (distinct, forward_passes)
     assert points[0] == points[3] == points[6]  # the fine-tuned model, alpha = 1 of either variant
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_logits_from_cached_pre_logits_are_the_whole_models_bit_for_bit(name):
+    """The robustness stage scores head-only changes from the backbone's pre-logits: for every method, the
+    logits are the very numbers of a forward pass through the whole model, batch by batch (a last batch short)."""
+    from peftstudy.models import create_backbone
+    from peftstudy.robustness import head_logits
+    from peftstudy.train.engine import predict
+
+    torch.manual_seed(0)
+    model = create_backbone("peftstudy_vit_test", 3)
+    trainable = methods.apply(model, name, methods.get(name).config())
+    with torch.no_grad():
+        for param in (p for n, p in model.named_parameters() if n in trainable):
+            param.add_(torch.randn_like(param) * 0.2)
+    x = torch.rand(10, 3, 16, 16)
+    assert torch.equal(head_logits(model, features(model, x, 4), 4), predict(model, x, 4))
 
 
 def test_a_class_subset_scores_only_its_columns_and_images():

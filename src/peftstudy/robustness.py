@@ -26,7 +26,7 @@ from peftstudy import methods
 from peftstudy.io import load_npz, read_json, write_json
 from peftstudy.models import pick_device
 from peftstudy.tables import subset_classes
-from peftstudy.train.engine import predict, to_input
+from peftstudy.train.engine import features, to_input
 from peftstudy.train.runs import load_trained
 
 
@@ -102,19 +102,27 @@ def top1(logits: torch.Tensor, labels: torch.Tensor, columns: np.ndarray) -> flo
 TestSet = tuple[object, torch.Tensor, np.ndarray]  # (model inputs, labels, logit columns)
 
 
-def evaluate(model: nn.Module, sets: Mapping[str, TestSet], batch: int) -> dict[str, float]:
-    return {name: top1(predict(model, x, batch), y, cols) for name, (x, y, cols) in sets.items()}
+def head_logits(model: nn.Module, pre_logits: torch.Tensor, batch: int) -> torch.Tensor:
+    """`predict`'s logits from the model's pre-logits (`features`): its head on the same inputs in the same
+    batches, so the same numbers, bit for bit (tests/test_analysis.py holds every method to it)."""
+    head = model.get_classifier()
+    with torch.no_grad():
+        return torch.cat([head(pre_logits[i : i + batch]).float() for i in range(0, len(pre_logits), batch)]).cpu()
 
 
-def state_digest(model: nn.Module) -> bytes:
-    """A digest of what WiSE changes in `model`: every parameter's bytes and every branch's merge_factor.
+def state_digest(model: nn.Module, skip: Collection[str] = ()) -> bytes:
+    """A digest of what WiSE changes in `model`: every parameter's bytes (but `skip`'s) and every branch's
+    merge_factor.
 
     Equal digests mean the same model, so the same accuracies: a curve's points often are the fine-tuned model
     (alpha = 1 of both variants) or each other (the linear probe trains only the head, so its two variants
-    coincide), and each such point is evaluated once.
+    coincide), and each such point is evaluated once. Skipping the head's tensors, equal digests mean the same
+    pre-logits.
     """
     digest = hashlib.blake2b(digest_size=20)
     for name, param in model.named_parameters():
+        if name in skip:
+            continue
         digest.update(name.encode())
         digest.update(param.detach().reshape(-1).view(torch.uint8).cpu().numpy())
     factors = [(name, module.merge_factor) for name, module in model.named_modules() if hasattr(module, "merge_factor")]
@@ -123,16 +131,31 @@ def state_digest(model: nn.Module) -> bytes:
 
 
 class Evaluations:
-    """:func:`evaluate`, computed once per distinct model state (:func:`state_digest`) in a process."""
+    """A model's top-1 on each test set, computed once per distinct model state (:func:`state_digest`) in a
+    process; and its backbone run once per distinct backbone state: a point that differs from the last one
+    computed in its head alone (the head-only variant's points, all of the linear probe's) costs the head's
+    matrix product, not a forward pass. Only the last backbone state's pre-logits are kept (one set of features
+    in memory, however large the test sets)."""
 
     def __init__(self, sets: Mapping[str, TestSet], batch: int) -> None:
         self.sets, self.batch = sets, batch
         self.done: dict[bytes, dict[str, float]] = {}
+        self._pre_logits: tuple[bytes, dict[str, torch.Tensor]] = (b"", {})
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         key = state_digest(model)
         if key not in self.done:
-            self.done[key] = evaluate(model, self.sets, self.batch)
+            backbone = state_digest(model, skip=set(methods.head_names(model)))
+            if self._pre_logits[0] != backbone:
+                self._pre_logits = (
+                    backbone,
+                    {name: features(model, x, self.batch) for name, (x, _, _) in self.sets.items()},
+                )
+            pre_logits = self._pre_logits[1]
+            self.done[key] = {
+                name: top1(head_logits(model, pre_logits[name], self.batch), y, cols)
+                for name, (_, y, cols) in self.sets.items()
+            }
         return dict(self.done[key])
 
 
@@ -202,7 +225,8 @@ def run(args: argparse.Namespace) -> None:
             not_mergeable = str(err)
             print(not_mergeable, flush=True)
             continue
-        for variant, only in (("wise", None), ("head_only", head)):
+        # The head-only variant first: its points share the backbone of the fine-tuned model just evaluated.
+        for variant, only in (("head_only", head), ("wise", None)):
             for alpha in args.alphas:
                 acc = evaluations(wise(model, zero_shot, fine_tuned, added, alpha, only))
                 curves.append({"seed": meta["seed"], "variant": variant, "alpha": alpha, **acc})
