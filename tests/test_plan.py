@@ -139,3 +139,18 @@ def test_a_tune_job_is_a_grid_point_or_a_named_pack_and_its_file_comes_from_the_
     assert [p["gp"] for p in plan.pack_points("robustness", "bitfit", pack)] == gps
     with pytest.raises(ValueError, match="not a grid point or pack of bitfit"):
         plan.pack_points("robustness", "bitfit", "pack2-1")
+
+
+def test_a_backbone_fetched_as_an_archive_is_pinned_by_its_own_sum_else_the_archives():
+    from peftstudy.plan.cost import load_config
+    from peftstudy.plan.jobs import Plan
+
+    config = load_config([str(REPO / "studies/robustness.yaml")])
+    clip = config["backbones"]["clip"]
+    archive = clip["source"]["url"].removeprefix("resources/archives/")
+    config["archives"][archive]["sha256"] = "a" * 64
+    plan = Plan.of(config)
+    assert plan.fetch_backbone_inputs(clip["weights"]) == [clip["source"]["url"]]
+    assert f"--sha256 {'a' * 64} " in plan.fetch_backbone_args(clip["weights"])
+    clip["source"]["sha256"] = "b" * 64
+    assert f"--sha256 {'b' * 64} " in Plan.of(config).fetch_backbone_args(clip["weights"])

@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> None:
         ranked = sorted(results, key=lambda r: (order[tuned_for[r["dataset"]]], position[r["method"], r["gp"]]))
         for r in ranked:
             m = r["metrics"]
-            chosen = choices[tuned_for[r["dataset"]]][r["method"]]
+            entry = choices[tuned_for[r["dataset"]]][r["method"]]
             writer.writerow(
                 [
                     r["experiment"],
@@ -186,8 +186,8 @@ def run(args: argparse.Namespace) -> None:
                     m.get("train_loss"),
                     r["trainable_params"],
                     r["wall_seconds"],
-                    r["gp"] == chosen.get("gp"),  # no gp: every point diverged
-                    chosen.get("metric", ""),
+                    r["gp"] == entry.get("gp"),  # no gp: every point diverged
+                    entry.get("metric", ""),
                 ]
             )
 

@@ -34,10 +34,10 @@ rule generate:
 rule fetch:
     """Download an archive once (resumable, sha256-checked): on the login node, before any job needs it."""
     output:
-        archive="resources/archives/{archive}",
+        archive=study.archive_path("{archive}"),
         checksum=archive_checksum("{archive}"),
     log:
-        "resources/archives/{archive}.log",
+        study.archive_path("{archive}.log"),
     wildcard_constraints:
         archive=only(ARCHIVES),
     conda:
@@ -55,7 +55,7 @@ rule fetch:
 rule extract:
     """Unpack a fetched archive into resources/data/ (atomically; unsafe members refused)."""
     input:
-        archive="resources/archives/{archive}",
+        archive=study.archive_path("{archive}"),
     output:
         folder=directory("resources/data/{archive}"),
     log:

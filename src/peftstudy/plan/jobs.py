@@ -47,10 +47,6 @@ AUTHORS = ("vtab1k", "vtab1k_selection", "reruns", "manyshot", "clip_ood", "wise
 SPLITS = ("train", "val", "trainval", "test")
 
 
-# Where the fetch rule puts each of `archives` (a backbone may be fetched from one).
-ARCHIVE_DIR = "resources/archives/"
-
-
 def as_json(obj: Any) -> str:
     """A JSON argument for the shell: single-quoted, so JSON never needs escaping."""
     text = json.dumps(obj, sort_keys=True)
@@ -198,16 +194,16 @@ class Plan:
     def fetch_backbone_inputs(self, weights: str) -> list[str]:
         """A checkpoint fetched as one of `archives` first (CLIP: its text tower also makes the zero-shot head)."""
         url = self.all_backbones[self.fetched_backbones[weights]]["source"]["url"]
-        return [url] if url.startswith(ARCHIVE_DIR) else []
+        return [url] if study.fetched_archive(url) else []
 
     def fetch_backbone_args(self, weights: str) -> str:
         """Where the backbone's weights come from, their pinned sum, and the config key that says so."""
         name = self.fetched_backbones[weights]
         spec = self.all_backbones[name]
         source = spec["source"]
-        archive = source["url"].removeprefix(ARCHIVE_DIR)
-        # A checkpoint fetched as an archive is pinned there.
-        sha256 = source["sha256"] if archive == source["url"] else self.config["archives"][archive]["sha256"]
+        archive = study.fetched_archive(source["url"])
+        # Its own sum, else (a checkpoint fetched as an archive) the archive's.
+        sha256 = source["sha256"] or (archive and self.config["archives"][archive]["sha256"])
         key = "backbone.source" if name == "backbone" else f"backbones.{name}.source"
         return (
             f"--url {shlex.quote(source['url'])} --sha256 {sha256 or 'none'} {self.allow_unpinned_arg}"
@@ -217,7 +213,7 @@ class Plan:
     def zero_shot_head_inputs(self, head: str) -> dict[str, str]:
         """The full CLIP checkpoint (its text tower) and the code that builds the head from it."""
         spec = self.all_backbones[self.zero_shot_heads[head]]["zero_shot_head"]
-        return {"clip": f"{ARCHIVE_DIR}{spec['clip_archive']}", "code": "src/peftstudy/models/clip.py"}
+        return {"clip": study.archive_path(spec["clip_archive"]), "code": "src/peftstudy/models/clip.py"}
 
     def zero_shot_head_args(self, head: str) -> str:
         spec = self.all_backbones[self.zero_shot_heads[head]]["zero_shot_head"]
@@ -360,8 +356,7 @@ class Plan:
         }
 
     def tuning_sets(self, dataset: str) -> list[str]:
-        """The datasets a grid is tuned on for `dataset`: itself and each of its tuning folds (averaged by select)."""
-        return [dataset, *self.datasets[dataset].get("folds", [])]
+        return study.tuning_sets(self.config, dataset)
 
     def tune_metrics(self, experiment: str) -> list[str]:
         """Every tune result of the experiment: each method on each dataset and on each of its tuning folds."""
@@ -444,7 +439,7 @@ class Plan:
 
 
 def archive_checksum(archive: str) -> str:
-    return f"{ARCHIVE_DIR}{archive}.sha256"
+    return f"{study.archive_path(archive)}.sha256"
 
 
 def manyshot_lists_dir(kind: str, subset: str) -> str:

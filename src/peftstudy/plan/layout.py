@@ -139,7 +139,6 @@ class Layout:
 
     def tune_benchmarks(self) -> list[dict[str, str]]:
         """Every tune job's (a grid point's, or a pack's), on each dataset and each of its tuning folds."""
-        datasets = self.config["datasets"]
         return [
             benchmark(
                 "tune",
@@ -150,7 +149,7 @@ class Layout:
                 pack,
             )
             for experiment, dataset, method in self.runs()
-            for tuned in (dataset, *datasets[dataset].get("folds", []))
+            for tuned in study.tuning_sets(self.config, dataset)
             for pack in self.tune_jobs[experiment, method]
         ]
 

@@ -120,6 +120,24 @@ def grids(config: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, dict[str
     return out
 
 
+# Where the fetch rule puts each of `archives`; a backbone's `source.url` there names one of them.
+ARCHIVE_DIR = "resources/archives/"
+
+
+def archive_path(archive: str) -> str:
+    return f"{ARCHIVE_DIR}{archive}"
+
+
+def fetched_archive(url: str) -> str | None:
+    """The one of `archives` that a backbone's source URL names (a checkpoint fetched as an archive), else None."""
+    return url.removeprefix(ARCHIVE_DIR) if url.startswith(ARCHIVE_DIR) else None
+
+
+def tuning_sets(config: Mapping[str, Any], dataset: str) -> list[str]:
+    """The datasets a grid is tuned on for `dataset`: itself and each of its tuning folds (averaged by select)."""
+    return [dataset, *config["datasets"].get(dataset, {}).get("folds", [])]
+
+
 def packs(points: list[str], size: int) -> dict[str, list[str]]:
     """A (method, dataset)'s tune jobs: {job name: its grid-point ids, in grid order}.
 
@@ -230,7 +248,7 @@ def _check_batch_sizes(config: Mapping[str, Any]) -> None:
     for exp_name, exp in config["experiments"].items():
         batch = exp["recipe"]["batch_size"]
         for name in exp["datasets"]:
-            for tuned in (name, *datasets.get(name, {}).get("folds", [])):
+            for tuned in tuning_sets(config, name):
                 train = datasets.get(tuned, {}).get("train")
                 if train is not None and 0 < train < batch:
                     raise ConfigError(
@@ -246,8 +264,8 @@ def _check_weights_pinned(config: Mapping[str, Any]) -> None:
         key = "backbone" if name == "backbone" else f"backbones.{name}"
         # A checkpoint fetched as an archive first is one of `archives`, pinned there.
         url = backbone.get("source", {}).get("url", "")
-        archive = url.removeprefix("resources/archives/")
-        if archive != url and archive not in config.get("archives", {}):
+        archive = fetched_archive(url)
+        if archive is not None and archive not in config.get("archives", {}):
             raise ConfigError(
                 f"{key}.source.url {url}: {archive!r} is not one of `archives`; define it there (url, sha256)"
             )
