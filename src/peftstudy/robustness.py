@@ -110,28 +110,32 @@ def head_logits(model: nn.Module, pre_logits: torch.Tensor, batch: int) -> torch
         return torch.cat([head(pre_logits[i : i + batch]).float() for i in range(0, len(pre_logits), batch)]).cpu()
 
 
-def state_digest(model: nn.Module, skip: Collection[str] = ()) -> bytes:
-    """A digest of what WiSE changes in `model`: every parameter's bytes (but `skip`'s) and every branch's
-    merge_factor.
+def state_digests(model: nn.Module, head: Collection[str]) -> tuple[bytes, bytes]:
+    """Digests of what WiSE changes in `model`, in one pass over its parameters: (the backbone's: every parameter
+    but the `head`'s, and every branch's merge_factor; the whole model's).
 
     Equal digests mean the same model, so the same accuracies: a curve's points often are the fine-tuned model
     (alpha = 1 of both variants) or each other (the linear probe trains only the head, so its two variants
-    coincide), and each such point is evaluated once. Skipping the head's tensors, equal digests mean the same
-    pre-logits.
+    coincide), and each such point is evaluated once. Equal backbone digests mean the same pre-logits.
     """
-    digest = hashlib.blake2b(digest_size=20)
-    for name, param in model.named_parameters():
-        if name in skip:
-            continue
-        digest.update(name.encode())
-        digest.update(param.detach().reshape(-1).view(torch.uint8).cpu().numpy())
+
+    def add(digest: hashlib.blake2b, params: list[tuple[str, torch.Tensor]]) -> None:
+        for name, param in params:
+            digest.update(name.encode())
+            digest.update(param.detach().reshape(-1).view(torch.uint8).cpu().numpy())
+
+    named = list(model.named_parameters())
+    backbone = hashlib.blake2b(digest_size=20)
+    add(backbone, [(name, param) for name, param in named if name not in head])
     factors = [(name, module.merge_factor) for name, module in model.named_modules() if hasattr(module, "merge_factor")]
-    digest.update(repr(factors).encode())
-    return digest.digest()
+    backbone.update(repr(factors).encode())
+    whole = backbone.copy()
+    add(whole, [(name, param) for name, param in named if name in head])
+    return backbone.digest(), whole.digest()
 
 
 class Evaluations:
-    """A model's top-1 on each test set, computed once per distinct model state (:func:`state_digest`) in a
+    """A model's top-1 on each test set, computed once per distinct model state (:func:`state_digests`) in a
     process; and its backbone run once per distinct backbone state: a point that differs from the last one
     computed in its head alone (the head-only variant's points, all of the linear probe's) costs the head's
     matrix product, not a forward pass. Only the last backbone state's pre-logits are kept (one set of features
@@ -143,9 +147,8 @@ class Evaluations:
         self._pre_logits: tuple[bytes, dict[str, torch.Tensor]] = (b"", {})
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        key = state_digest(model)
+        backbone, key = state_digests(model, set(methods.head_names(model)))
         if key not in self.done:
-            backbone = state_digest(model, skip=set(methods.head_names(model)))
             if self._pre_logits[0] != backbone:
                 self._pre_logits = (
                     backbone,
