@@ -1,11 +1,11 @@
 """Selection against the authors' own VTAB-1K records (issue 14, items 2 and 5): our grid iterates their 516 points
 per task in their order, so that `select` on their val scores picks their `best_tune`; their choices transcribed
-for the report, and the report's table comparing ours with theirs."""
+for the report, and the report's table comparing ours with theirs. Their records as transcribed in report/data
+(authors_vtab1k_tune.csv, authors_vtab1k_selection.csv; tests/test_authors_transcription.py checks those against
+the authors' files)."""
 
 from __future__ import annotations
 
-import ast
-import csv
 import json
 import math
 from functools import cache
@@ -18,10 +18,11 @@ from conftest import REPO
 from test_report import render_page
 
 from peftstudy import methods, select
+from peftstudy.data.manyshot import COMMIT
 from peftstudy.plan import study
 from peftstudy.report import render, tables
 
-PROCESSED = Path(__file__).resolve().parents[2] / "shared/reference/petl_vision/tune_output/default_vtab/processed_vtab"
+TUNE = REPO / "report" / "data" / "authors_vtab1k_tune.csv"
 TRANSCRIBED = REPO / "report" / "data" / "authors_vtab1k_selection.csv"
 # Where the authors' recorded linear-probe choice contradicts their own rule (STUDY.md C.3: the last of the points
 # tied at the top val_top1 wins): on these tasks two (lr, wd) points tie at the top of their tune_summary.csv and
@@ -42,15 +43,18 @@ def vtab_experiment() -> dict:
 
 
 @cache
+def transcribed() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Their grid points with the val_top1 of each on each task, and their choices (report/data)."""
+    return tables.read_authors(TUNE), tables.read_authors(TRANSCRIBED)
+
+
+@cache
 def their_runs(task: str, method: str) -> tuple[list[dict], list[float], dict]:
-    """The authors' grid points in their row order, the val_top1 of each (column 5, rounded as theirs), best_tune."""
-    folder = PROCESSED / task / method
-    with open(folder / "tune_summary.csv", newline="") as handle:
-        rows = list(csv.reader(handle))
-    assert rows[0][5] == "val_top1", folder
-    points = [ast.literal_eval(row[0]) for row in rows[1:]]
-    best = json.loads((folder / "final_result.json").read_text())["best_tune"]
-    return points, [float(row[5]) for row in rows[1:]], best
+    """The authors' grid points in their row order, the val_top1 of each (rounded as theirs), best_tune."""
+    tune, choices = transcribed()
+    rows = tune[tune["method"] == method]
+    (best,) = choices.loc[(choices["task"] == task) & (choices["method"] == method), "authors_hp"]
+    return [json.loads(p) for p in rows["authors_hp"]], rows[task].tolist(), json.loads(best)
 
 
 @cache
@@ -133,20 +137,22 @@ def test_the_linear_exceptions_are_ties_their_record_breaks_to_the_first():
         assert len(top) == 2 and best == top[0], task
 
 
-def test_the_authors_choices_are_transcribed_as_their_files_record_them():
-    frame = tables.read_authors(TRANSCRIBED)
+def test_the_authors_choices_are_points_of_their_grid_with_their_val_scores():
+    tune, frame = transcribed()
     exp = vtab_experiment()
-    assert len(frame) == 19 * 16
+    assert len(frame) == 19 * 16 and len(tune) == sum(len(study.method_grid(exp, m)) for m in exp["methods"]) == 516
     assert list(frame[["task", "method"]].itertuples(index=False, name=None)) == [
         (task, method) for task in tables.VTAB_TASKS for method in exp["methods"]
     ]
+    assert list(tune.columns) == ["method", "authors_hp", *tables.VTAB_TASKS]
     for row in frame.itertuples():
         points, scores, best = their_runs(row.task, row.method)
-        assert json.loads(row.authors_hp) == best
+        assert best in points
         assert json.loads(row.hp) == methods.from_authors(row.method, best)
         assert row.val_top1 == scores[points.index(best)]
-    head = TRANSCRIBED.read_text().splitlines()[0]
-    assert "2409.16434" in head and "PETL_Vision @245d262" in head
+    for path in (TUNE, TRANSCRIBED):
+        head = path.read_text().splitlines()[0]
+        assert "2409.16434" in head and f"OSU-MLB/PETL_Vision at commit {COMMIT}" in head
 
 
 def test_the_report_on_their_own_val_scores_agrees_with_298_of_their_304_choices():
