@@ -76,14 +76,9 @@ def read_table(path: Path, columns: Sequence[str]) -> list[list[str]]:
     return [[row[i] for i in at] for row in rows[1:] if row != header]
 
 
-def point(text: str) -> dict:
-    """A `param_set` cell (a Python dict literal) as the dict it records."""
-    return ast.literal_eval(text)
-
-
 def vtab_tune(checkout: Path, order: Sequence[str]) -> tuple[list[list[str]], dict[tuple[str, str], dict[str, str]]]:
-    """Rows of authors_vtab1k_tune.csv, and each (task, method)'s val_top1 by its point (JSON, their key order):
-    the tasks and methods the checkout has, in the study's order (a method of one task must be in all)."""
+    """Rows of authors_vtab1k_tune.csv, and each (task, method)'s val_top1 by its point (JSON, keys sorted): the
+    tasks and methods the checkout has, in the study's order (a method of one task must be in all)."""
     tasks = [t for t in VTAB_TASKS if (checkout / VTAB / t).is_dir()]
     found = {m.name for m in (checkout / VTAB / tasks[0]).iterdir() if m.is_dir()} if tasks else set()
     if found - set(order):
@@ -98,7 +93,7 @@ def vtab_tune(checkout: Path, order: Sequence[str]) -> tuple[list[list[str]], di
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing; the checkout has task {task} but not its {method} runs")
             table = read_table(path, ("param_set", "val_top1"))
-            these = [json.dumps(point(p)) for p, _ in table]
+            these = [json.dumps(ast.literal_eval(p), sort_keys=True) for p, _ in table]  # a Python dict literal
             if points is not None and these != points:
                 raise ValueError(f"{path}: its grid points differ from those of {tasks[0]} (or their order)")
             points = these
@@ -115,12 +110,12 @@ def vtab_selection(checkout: Path, order: Sequence[str], val: dict[tuple[str, st
             if (task, method) not in val:
                 continue
             path = checkout / VTAB / task / method / "final_result.json"
-            best = json.loads(path.read_text())["best_tune"]
-            chosen = json.dumps(best)
+            best = json.loads(path.read_text()).get("best_tune")
+            chosen = json.dumps(best, sort_keys=True)
             if chosen not in val[task, method]:
                 raise ValueError(f"{path}: best_tune {chosen} is none of the points of its tune_summary.csv")
             hp = json.dumps(methods.from_authors(method, best), sort_keys=True)
-            rows.append([task, method, json.dumps(best, sort_keys=True), hp, val[task, method][chosen]])
+            rows.append([task, method, chosen, hp, val[task, method][chosen]])
     return rows
 
 
