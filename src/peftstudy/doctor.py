@@ -46,7 +46,7 @@ DEFAULT_PROFILE = "workflow/profiles/default"
 DEFAULT_CONFIG = "config.yaml"
 HEAD_TIMEOUT = 10.0
 # The device test on Slurm: the job's limits, and how long the doctor waits for it (queueing included).
-PROBE_JOB = {"time": "10", "mem": "8000", "name": "peftstudy-doctor"}
+PROBE_JOB = {"time": "10", "mem": "4000", "name": "peftstudy-doctor"}
 PROBE_WAIT_S = 900.0
 
 
@@ -111,6 +111,7 @@ class Probes:
     exists: Callable[[str], bool] = os.path.exists
     size: Callable[[str], int] = os.path.getsize
     free_bytes: Callable[[str], int] = lambda path: shutil.disk_usage(path).free
+    read: Callable[[str], str] = lambda path: Path(path).read_text()
     has_module: Callable[[str], bool] = lambda name: importlib.util.find_spec(name) is not None
     python: str = sys.executable
     user: str = field(default_factory=getpass.getuser)
@@ -310,7 +311,7 @@ def fetched_sum(checksum_file: str, probes: Probes) -> str | None:
     """The sum a fetch rule recorded beside its download (sha256sum's format), if it ran."""
     if not probes.exists(checksum_file):
         return None
-    return Path(checksum_file).read_text().split()[0]
+    return probes.read(checksum_file).split()[0]
 
 
 def safetensors_metadata(path: str) -> dict[str, Any]:
@@ -668,6 +669,16 @@ def probe_device(compile_modes: Sequence[str]) -> dict[str, Any]:
         found["error"] = f"CUDA_VISIBLE_DEVICES={found['visible']}" if found["visible"] is not None else ""
         return found
     found.update(count=torch.cuda.device_count(), name=torch.cuda.get_device_name(0))
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        found["bf16"] = f"{found['name']} has no native bf16 (emulated: far slower than the rates estimated)"
+    else:
+        found["bf16"] = _bf16_matmul(torch)
+    found["compile"] = {mode: _compiled_step(mode) for mode in compile_modes}
+    return found
+
+
+def _bf16_matmul(torch: Any) -> bool | str:
+    """A bf16 autocast matmul on the GPU agrees with fp32 to bf16's precision."""
     gen = torch.Generator(device="cuda").manual_seed(0)
     a = torch.randn(256, 256, device="cuda", generator=gen)
     b = torch.randn(256, 256, device="cuda", generator=gen)
@@ -676,11 +687,9 @@ def probe_device(compile_modes: Sequence[str]) -> dict[str, Any]:
             low = a @ b
         exact = a @ b
         error = float((low.float() - exact).abs().max() / exact.abs().max())
-        found["bf16"] = True if low.dtype == torch.bfloat16 and error < 0.05 else f"bf16 matmul off by {error:.3g}"
     except RuntimeError as err:
-        found["bf16"] = f"bf16 autocast failed: {err}"
-    found["compile"] = {mode: _compiled_step(mode) for mode in compile_modes}
-    return found
+        return f"bf16 autocast failed: {err}"
+    return True if low.dtype == torch.bfloat16 and error < 0.05 else f"bf16 matmul off by {error:.3g} of its range"
 
 
 def _compiled_step(mode: str) -> bool | str:

@@ -344,28 +344,24 @@ def disk_need(plan: Plan, backbone_bytes: Mapping[str, int] | None = None, jobs_
         # train, val, train+val and test, each its own cache
         splits[dataset] = (tune_train, trainval - tune_train, trainval, test)
         items["split caches"] += sum(splits[dataset]) * side * side * 3
-    checkpoint = 0
+    checkpoints = []  # each training job's: its runs' epoch checkpoints
     for name, exp in plan.experiments.items():
         weights = known.get(name, VIT_B_BYTES)
         for method in exp["methods"]:
             trained = weights if method == "full" else int(weights * PEFT_SHARE)
-            checkpoint = max(checkpoint, CHECKPOINT_COPIES * trained * runs_per_job_max(plan, name))
+            packs = plan.layout.tune_jobs[name, method].values()
             for dataset in exp["datasets"]:
-                if dataset not in splits:
-                    continue
-                runs = len(exp["seeds"])
-                items["final logits"] += runs * splits[dataset][3] * plan.datasets[dataset]["classes"] * 4
-                items["final trained tensors"] += runs * trained
-    items["epoch checkpoints in flight"] = checkpoint * jobs_at_once
+                runs = len(exp["seeds"])  # one final job per seed
+                checkpoints += [CHECKPOINT_COPIES * trained] * runs
+                checkpoints += [CHECKPOINT_COPIES * trained * len(gps) for gps in packs] * len(
+                    plan.tuning_sets(dataset)
+                )
+                if dataset in splits:
+                    items["final logits"] += runs * splits[dataset][3] * plan.datasets[dataset]["classes"] * 4
+                    items["final trained tensors"] += runs * trained
+    # At worst the largest jobs run at once.
+    items["epoch checkpoints in flight"] = sum(sorted(checkpoints, reverse=True)[:jobs_at_once])
     return DiskNeed(items, unsized)
-
-
-def runs_per_job_max(plan: Plan, experiment: str) -> int:
-    """The most runs one training job of `experiment` trains at once (a tune pack, or one final seed)."""
-    packs = [
-        len(gps) for (name, _), jobs in plan.layout.tune_jobs.items() if name == experiment for gps in jobs.values()
-    ]
-    return max([1, *packs])
 
 
 def summarise(names: list[str], shown: int = 6) -> str:
