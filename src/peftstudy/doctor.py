@@ -638,14 +638,14 @@ def doctor(
         "envs": lambda: check_envs(profile, probes, build_envs),
     }
     for group, run in groups.items():
-        lines += [Check(group, group, SKIP, "--skip")] if group in skip else run()
+        lines += [Check(group, "", SKIP, "left out (--skip)")] if group in skip else run()
     return lines
 
 
 def render(lines: Sequence[Check]) -> str:
     out = []
     for line in lines:
-        out.append(f"[{line.status:^4}] {line.group}: {line.name}: {line.detail}")
+        out.append(f"[{line.status:^4}] {': '.join(filter(None, (line.group, line.name, line.detail)))}")
         if line.fix:
             out.append(f"       fix: {line.fix}")
     counts = {status: sum(line.status == status for line in lines) for status in (OK, WARN, FAIL, SKIP)}
