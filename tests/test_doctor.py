@@ -64,7 +64,7 @@ def fake(files: dict[str, str] | None = None, **overrides) -> Probes:
         free_bytes=lambda path: 10**12,
         has_module=lambda name: True,
         python="/env/bin/python",
-        user="alice",
+        user=lambda: "alice",
     )
     return Probes(**{**defaults, **overrides})
 
@@ -111,6 +111,10 @@ def test_a_local_file_is_hashed_against_its_pin():
     assert state == FAIL and "correct archives.a.sha256" in fix
     state, fix = status(doctor.check_source(*args, fake(), False), "archives.a reachable")
     assert state == FAIL and fix.startswith("put the file at downloads/a.tar")
+    # Here but not pinned: the fix is the line to add.
+    unpinned = ("data", "archives.a", "downloads/a.tar", None, "archives.a", False, fake({"downloads/a.tar": SUM_B}))
+    state, fix = status(doctor.check_source(*unpinned, False), "archives.a pinned")
+    assert state == FAIL and fix == f"if it is the file you mean, pin it: archives.a.sha256: {SUM_B}"
 
 
 def test_weights_already_here_are_checked_against_the_pin_of_what_they_were_made_from():
@@ -211,7 +215,7 @@ def test_on_slurm_the_device_test_is_one_job_on_the_profiles_partition_with_its_
     lines = doctor.check_device(smoke(), SLURM, fake(run=run))
     [(cmd, timeout)] = calls
     assert cmd[0] == "srun" and timeout == doctor.PROBE_WAIT_S
-    assert {"--partition=gpu", "--account=lab", "--gpus=1", "--constraint=h100"} <= set(cmd)
+    assert {"--partition=gpu", "--account=lab", "--gpus=1", "--constraint=h100", "--immediate=900"} <= set(cmd)
     assert cmd[cmd.index("/env/bin/python") :][-2:] == ["--probe-device", "--compile=reduce-overhead"]
     assert all(line.status == OK for line in lines)
 
@@ -358,15 +362,42 @@ def test_the_preflight_exits_non_zero_on_a_failure_and_prints_each_fix():
 
 def test_the_smoke_study_plans_its_jobs_in_a_dry_run(tmp_path):
     wf = copy_repo(tmp_path)
-    proc = wf.snakemake("-n", "--configfile", "studies/smoke.yaml")
-    planned = [rule for rule, _ in jobs(proc.stdout)]
-    assert planned.count("tune") == 3 and {"vtab_tfds", "fetch_backbone", "select", "report"} <= set(planned)
-    with open(REPO / "report/data/authors_vtab1k.csv") as handle:
-        header = next(line for line in handle if not line.startswith("#"))
-    # The report joins the authors' numbers by the dataset's name and the method's.
-    assert "dtd" in header.split(",") and set(SMOKE["experiments"]["vtab"]["methods"]) <= set(
-        line.split(",")[0] for line in (REPO / "report/data/authors_vtab1k.csv").read_text().splitlines()
-    )
+    planned = [rule for rule, _ in jobs(wf.snakemake("-n", "--configfile", "studies/smoke.yaml").stdout)]
+    assert planned.count("tune") == 3  # one job per method: its two grid points together
+    assert {"vtab_tfds", "fetch_backbone", "prepare", "select", "tables", "report"} <= set(planned)
+
+
+def test_the_smoke_studys_report_sets_the_authors_dtd_numbers_and_choices_beside_ours():
+    """The report's tables, as the tables stage builds them, for the smoke study's plan: each method on DTD with the
+    authors' test top-1 (authors_vtab1k.csv) and their chosen grid point (authors_vtab1k_selection.csv)."""
+    import pandas as pd
+
+    from peftstudy.report.tables import read_authors, selection_table, vtab_table
+
+    plan = smoke()
+    context = plan.report_context()
+    ours = pd.DataFrame(
+        [
+            {"experiment": "vtab", "dataset": "dtd", "method": m, "test_top1": top1, "test_top1_std": 0.5, "seeds": 2,
+             "trainable_params": 1, "gp": "x", "status": "ok"}
+            for m, top1 in (("linear", 66.0), ("lora", 70.0), ("full", 50.0))
+        ]
+    )  # fmt: skip
+    table = vtab_table(ours, context, read_authors(REPO / "report/data/authors_vtab1k.csv")).set_index("method")
+    assert table.loc[["linear", "lora", "full"], "authors_top1"].tolist() == [65.7, 69.0, 48.2]
+    assert table.loc["full", "diff"] == pytest.approx(1.8)
+    # Their choice on DTD is one of our two points per method, so the selections can agree.
+    grid = {m: list(plan.grids["vtab", m].values()) for m in ("linear", "lora", "full")}
+    theirs = read_authors(REPO / "report/data/authors_vtab1k_selection.csv")
+    tune = pd.DataFrame(
+        [
+            {"experiment": "vtab", "dataset": "dtd", "method": m, "gp": "g", "hp": json.dumps(grid[m][0]),
+             "val_top1": 60.0, "selected": True}
+            for m in grid
+        ]
+    )  # fmt: skip
+    chosen = selection_table(tune, context, theirs)
+    assert chosen["task"].tolist() == ["dtd"] * 3 and chosen["agree"].tolist() == [True] * 3
 
 
 # On the one-node Slurm of CI.

@@ -28,7 +28,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +37,15 @@ import yaml
 from peftstudy.io import sha256_file
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
-GROUPS = ("config", "device", "weights", "data", "disk", "slurm", "envs")
-# What --skip takes: a group, or `network` (no HEAD requests: the URLs are reported as not checked).
-SKIPPABLE = (*GROUPS[1:], "network")
 # A line of the device test's output that carries its result (srun and the node may print other lines).
 PROBE_MARK = "PEFTSTUDY_DEVICE "
-DEFAULT_PROFILE = "workflow/profiles/default"
 DEFAULT_CONFIG = "config.yaml"
 HEAD_TIMEOUT = 10.0
-# The device test on Slurm: the job's limits, and how long the doctor waits for it (queueing included).
+# The device test on Slurm: the job's limits, and how long it may wait in the queue (srun --immediate: Slurm
+# withdraws it then, so no job is left pending); the doctor waits that long and the test's own run on top.
 PROBE_JOB = {"time": "10", "mem": "4000", "name": "peftstudy-doctor"}
-PROBE_WAIT_S = 900.0
+PROBE_QUEUE_S = 900
+PROBE_WAIT_S = PROBE_QUEUE_S + 600.0
 
 
 @dataclass(frozen=True)
@@ -75,8 +73,9 @@ def _run(cmd: Sequence[str], timeout: float) -> Result:
         proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
         return Result(127, "", f"{cmd[0]}: command not found")
-    except subprocess.TimeoutExpired as err:
-        return Result(124, str(err.stdout or ""), f"{shlex.join(cmd)}: no answer within {timeout:.0f} s")
+    except subprocess.TimeoutExpired as err:  # its output comes as bytes, text=True or not
+        out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else err.stdout or ""
+        return Result(124, out, f"{shlex.join(cmd)}: no answer within {timeout:.0f} s")
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -114,7 +113,7 @@ class Probes:
     read: Callable[[str], str] = lambda path: Path(path).read_text()
     has_module: Callable[[str], bool] = lambda name: importlib.util.find_spec(name) is not None
     python: str = sys.executable
-    user: str = field(default_factory=getpass.getuser)
+    user: Callable[[], str] = getpass.getuser
 
 
 REAL = Probes()
@@ -171,15 +170,18 @@ def check_config(files: Sequence[str]) -> tuple[list[Check], Any]:
     from peftstudy.plan.cost import load_config
     from peftstudy.plan.jobs import Plan
 
+    name = " ".join(files)
     try:
         plan = Plan.of(load_config(files))
-    except (OSError, ValueError) as err:
-        return [Check("config", " ".join(files), FAIL, str(err), "correct the key the message names")], None
+    except OSError as err:
+        return [Check("config", name, FAIL, str(err), "give the study config's path (studies/*.yaml)")], None
+    except (ValueError, yaml.YAMLError) as err:
+        return [Check("config", name, FAIL, str(err), "correct the key (or the line) the message names")], None
     exps = plan.experiments
     methods = sorted({m for exp in exps.values() for m in exp["methods"]})
     detail = f"study {plan.config['study']!r}: {len(exps)} experiment(s), {len(plan.report_datasets())} dataset(s), "
     detail += f"methods {', '.join(methods)}"
-    return [Check("config", " ".join(files), OK, detail)], plan
+    return [Check("config", name, OK, detail)], plan
 
 
 def device_needs(plan: Any) -> dict[str, Any]:
@@ -248,6 +250,7 @@ def srun_command(profile: Profile, needs: Mapping[str, Any], python: str) -> lis
     request (`--gpus`, as the executor plugin sends it)."""
     res = profile.resources
     cmd = ["srun", f"--job-name={PROBE_JOB['name']}", f"--time={PROBE_JOB['time']}", f"--mem={PROBE_JOB['mem']}"]
+    cmd += [f"--immediate={PROBE_QUEUE_S}"]
     cmd += [f"--partition={res['slurm_partition']}"] if res.get("slurm_partition") else []
     cmd += [f"--account={res['slurm_account']}"] if res.get("slurm_account") else []
     cmd += [f"--gpus={needs['gpus']}"] if needs["gpus"] else []
@@ -291,9 +294,10 @@ def check_source(
         if not probes.exists(path):
             fix = f"put the file at {path}, or set {key}.url to where it is (a path or a URL)"
             return [*lines, Check(group, f"{name} reachable", FAIL, f"{path}: no such file", fix)]
-        if sha256 is None:
-            return [*lines, Check(group, f"{name} reachable", OK, f"{path} is here")]
         actual = probes.sha256(path)
+        if sha256 is None:  # the exact line to pin
+            fix = f"if it is the file you mean, pin it: {key}.sha256: {actual}"
+            return [*lines[:-1], replace(lines[-1], fix=fix), Check(group, f"{name} reachable", OK, f"{path} is here")]
         if actual != sha256:
             fix = f"the file is not the pinned one: download it again, or correct {key}.sha256"
             return [*lines, Check(group, f"{name} sha256", FAIL, f"{path}: sha256 {actual}, pinned {sha256}", fix)]
@@ -536,16 +540,17 @@ def check_account(profile: Profile, probes: Probes) -> list[Check]:
     account = profile.resources.get("slurm_account")
     if not account:
         return [Check("slurm", "account", OK, "none set: jobs are submitted with your default account")]
-    result = probes.run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={probes.user}", "format=account"], 60)
+    user = probes.user()
+    result = probes.run(["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=account"], 60)
     if result.returncode != 0:
         detail = f"sacctmgr could not check {account!r}: {(result.stderr or result.stdout).strip()[-300:]}"
         fix = "ask your admins whether it exists; without slurmdbd, remove slurm_account (the plugin checks it)"
         return [Check("slurm", "account", FAIL, detail, fix)]
     mine = {line.strip() for line in result.stdout.splitlines() if line.strip()}
     if account in mine:
-        return [Check("slurm", "account", OK, f"{account} is one of {probes.user}'s")]
+        return [Check("slurm", "account", OK, f"{account} is one of {user}'s")]
     fix = f"set slurm_account to one of {', '.join(sorted(mine)) or '(none)'} in {profile.path}"
-    return [Check("slurm", "account", FAIL, f"{probes.user} has no association with account {account!r}", fix)]
+    return [Check("slurm", "account", FAIL, f"{user} has no association with account {account!r}", fix)]
 
 
 def check_status_command(profile: Profile, probes: Probes) -> list[Check]:
