@@ -218,6 +218,12 @@ def test_on_slurm_the_device_test_is_one_job_on_the_profiles_partition_with_its_
     assert {"--partition=gpu", "--account=lab", "--gpus=1", "--constraint=h100", "--immediate=900"} <= set(cmd)
     assert cmd[cmd.index("/env/bin/python") :][-2:] == ["--probe-device", "--compile=reduce-overhead"]
     assert all(line.status == OK for line in lines)
+    # With conda envs, a test run by the doctor's own Python says which it tested.
+    conda = Profile(SLURM.path, {**SLURM.settings, "software-deployment-method": "conda"})
+    lines = doctor.check_device(smoke(), conda, fake(run=run, python=sys.executable))
+    state, fix = status(lines, "environment")
+    assert state == WARN and "--conda-create-envs-only" in fix
+    assert "environment" not in {line.name for line in doctor.check_device(smoke(), conda, fake(run=run))}
 
 
 def test_a_study_without_gpus_needs_no_device_test_and_one_without_compile_or_bf16_checks_neither():
@@ -228,6 +234,20 @@ def test_a_study_without_gpus_needs_no_device_test_and_one_without_compile_or_bf
     config["experiments"]["vtab"]["recipe"].update(precision="fp32", compile="off")
     needs = doctor.device_needs(plan_of(config))
     assert needs == {"gpus": 1, "cuda": True, "bf16": False, "compile": []}
+
+
+def test_the_device_tests_bf16_and_compile_steps_report_a_failure_as_its_message():
+    """The steps the device test runs on the GPU, here on the CPU: a mode torch.compile does not know is its error."""
+    import torch
+
+    assert doctor._bf16_matmul(torch, "cpu") is True
+    assert doctor._compiled_step("no-such-mode", "cpu").startswith("RuntimeError: Unrecognized mode=no-such-mode")
+
+
+@pytest.mark.slow
+def test_the_device_tests_compiled_step_matches_eager_on_the_cpu():
+    """The compiled step as the engine compiles it (inductor, ~25 CPU-s here) agrees with eager."""
+    assert doctor._compiled_step("default", "cpu") is True
 
 
 # Disk, Slurm, envs.

@@ -270,7 +270,15 @@ def check_device(plan: Any, profile: Profile, probes: Probes, wait_s: float = PR
         cmd, where = probe_command(probes.python, needs), "this machine"
     result = probes.run(cmd, wait_s)
     out = result.stdout + "\n" + result.stderr
-    return device_checks(read_probe(result.stdout), needs, where, f"exit {result.returncode}: {out}")
+    lines = device_checks(read_probe(result.stdout), needs, where, f"exit {result.returncode}: {out}")
+    if profile.conda and probes.python == sys.executable:
+        detail = f"the test ran {probes.python}; the jobs run in the conda env of envs/train.yaml"
+        fix = (
+            "to test that env: snakemake --profile <this one> --conda-create-envs-only, then --python "
+            ".snakemake/conda/<its hash>/bin/python"
+        )
+        lines.append(Check("device", "environment", WARN, detail, fix))
+    return lines
 
 
 def _is_local(url: str) -> bool:
@@ -682,13 +690,13 @@ def probe_device(compile_modes: Sequence[str]) -> dict[str, Any]:
     return found
 
 
-def _bf16_matmul(torch: Any) -> bool | str:
+def _bf16_matmul(torch: Any, device: str = "cuda") -> bool | str:
     """A bf16 autocast matmul on the GPU agrees with fp32 to bf16's precision."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    a = torch.randn(256, 256, device="cuda", generator=gen)
-    b = torch.randn(256, 256, device="cuda", generator=gen)
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(256, 256, device=device, generator=gen)
+    b = torch.randn(256, 256, device=device, generator=gen)
     try:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             low = a @ b
         exact = a @ b
         error = float((low.float() - exact).abs().max() / exact.abs().max())
@@ -697,26 +705,32 @@ def _bf16_matmul(torch: Any) -> bool | str:
     return True if low.dtype == torch.bfloat16 and error < 0.05 else f"bf16 matmul off by {error:.3g} of its range"
 
 
-def _compiled_step(mode: str) -> bool | str:
-    """A training step of a small MLP compiled in `mode` gives eager's loss and gradients, up to rounding."""
+def _compiled_step(mode: str, device: str = "cuda") -> bool | str:
+    """A training step of a small MLP, compiled in `mode` as the engine compiles (train.engine._compiled) and run as
+    it runs (bf16 autocast, CUDA graphs' step marks), gives eager's loss and gradient up to rounding."""
     import torch
+
+    from peftstudy.train.engine import _compiled
 
     try:
         torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 10)).cuda()
-        x, y = torch.randn(32, 64, device="cuda"), torch.randint(0, 10, (32,), device="cuda")
+        net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 10)).to(device)
+        x, y = torch.randn(32, 64, device=device), torch.randint(0, 10, (32,), device=device)
 
-        def step(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
+        def step(forward: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+            torch.compiler.cudagraph_mark_step_begin()
+            with torch.autocast(device, dtype=torch.bfloat16):
+                logits = forward(x)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)
             (grad,) = torch.autograd.grad(loss, [net[0].weight])
-            return loss.detach(), grad
+            return loss.detach().clone(), grad.clone()
 
         eager = step(net)
-        compiled = torch.compile(net, mode=None if mode == "default" else mode)
+        compiled = _compiled(net, mode)
         for _ in range(3):  # CUDA graphs record on a later call than the first
             got = step(compiled)
-        same = all(torch.allclose(g, e, rtol=1e-3, atol=1e-5) for g, e in zip(got, eager, strict=True))
-        return True if same else "the compiled step differs from eager beyond rounding"
+        same = all(torch.allclose(g, e, rtol=2e-2, atol=1e-3) for g, e in zip(got, eager, strict=True))
+        return True if same else "the compiled step differs from eager beyond bf16 rounding"
     except Exception as err:  # any failure to compile is the answer, whatever raised it
         return f"{type(err).__name__}: {err}"
 
