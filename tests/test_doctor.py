@@ -62,7 +62,8 @@ def fake(files: dict[str, str] | None = None, **overrides) -> Probes:
         exists=lambda path: path in files,
         size=lambda path: 344_000_000,
         free_bytes=lambda path: 10**12,
-        has_module=lambda name: True,
+        module_dir=lambda name: f"/env/lib/{name}",
+        find=lambda pattern: [],
         python="/env/bin/python",
         user=lambda: "alice",
     )
@@ -157,11 +158,25 @@ def test_a_fetched_archive_is_held_to_its_pin_and_a_missing_one_must_be_put_in_p
     assert state == FAIL and fix.startswith("put the file at resources/downloads/vtab-1k.tar.gz")
 
 
-def test_a_tfds_task_needs_tensorflow_datasets_where_it_is_built_and_a_local_folder_must_exist():
-    lines = doctor.check_data(smoke(), fake(has_module=lambda name: False), False)
-    state, fix = status(lines, "dtd")
+def test_a_tfds_task_is_built_or_prepared_or_its_registered_downloads_answer():
+    manifest, dtd_list = "results/smoke/data/dtd/manifest.json", "/env/lib/tensorflow_datasets/url_checksums/dtd.txt"
+    url = "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz"
+    registered = {dtd_list: ""}
+    answers = {url: (False, "timed out")}
+    probes = fake(registered, read=lambda path: f"{url}\t625239812\t{SUM_A}\n", head=lambda u, t: answers[u])
+    state, fix = status(doctor.check_data(smoke(), probes, True), "dtd reachable")
+    assert state == FAIL and fix.endswith("or put it in resources/tfds/downloads/manual")
+    answers[url] = (True, "HTTP 200, 625 MB")
+    assert status(doctor.check_data(smoke(), probes, True), "dtd reachable")[0] == OK
+    assert status(doctor.check_data(smoke(), probes, False), "dtd reachable")[0] == SKIP
+    # Already built, or prepared by TFDS: nothing to download.
+    for there in (manifest, "resources/tfds/dtd"):
+        assert status(doctor.check_data(smoke(), fake({there: ""}), True), "dtd")[0] == OK
+    state, fix = status(doctor.check_data(smoke(), fake(module_dir=lambda name: None), True), "dtd")
     assert state == WARN and "envs/data.yaml" in fix
-    assert status(doctor.check_data(smoke(), fake(), False), "dtd")[0] == OK
+
+
+def test_a_local_folder_must_exist():
     config = copy.deepcopy(SMOKE)
     config["datasets"]["dtd"] = {"source": "local", "path": "data/dtd", "classes": 47}
     state, fix = status(doctor.check_data(plan_of(config), fake(), False), "dtd")
@@ -306,7 +321,7 @@ def test_slurm_partition_account_and_gpu_gres_each_pass_or_fail_with_the_fix():
     assert state == FAIL and "gres gpu" in fix
     state, fix = status(doctor.check_slurm(smoke(), SLURM, sinfo(rows, sacctmgr="other\n")), "account")
     assert state == FAIL and fix == "set slurm_account to one of other in slurm/config.yaml"
-    no_plugin = fake(has_module=lambda name: False, run=sinfo(rows).run)
+    no_plugin = fake(module_dir=lambda name: None, run=sinfo(rows).run)
     state, fix = status(doctor.check_slurm(smoke(), SLURM, no_plugin), "executor plugin")
     assert state == FAIL and fix == "pip install -e '.[slurm]'"
 

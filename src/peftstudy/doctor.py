@@ -17,6 +17,7 @@ Torch is imported only by the device test, which runs in its own process (`pefts
 from __future__ import annotations
 
 import getpass
+import glob
 import importlib.util
 import json
 import os
@@ -99,6 +100,12 @@ def _head(url: str, timeout: float) -> tuple[bool, str]:
     return False, answer
 
 
+def _module_dir(name: str) -> str | None:
+    """The folder of an installed package, found without importing it (None: not installed)."""
+    spec = importlib.util.find_spec(name)
+    return os.path.dirname(spec.origin) if spec and spec.origin else None
+
+
 @dataclass(frozen=True)
 class Probes:
     """Everything the checks consult outside the config. Replace any of them to test a check."""
@@ -111,7 +118,8 @@ class Probes:
     size: Callable[[str], int] = os.path.getsize
     free_bytes: Callable[[str], int] = lambda path: shutil.disk_usage(path).free
     read: Callable[[str], str] = lambda path: Path(path).read_text()
-    has_module: Callable[[str], bool] = lambda name: importlib.util.find_spec(name) is not None
+    find: Callable[[str], list[str]] = lambda pattern: sorted(glob.glob(pattern, recursive=True))
+    module_dir: Callable[[str], str | None] = lambda name: _module_dir(name)
     python: str = sys.executable
     user: Callable[[], str] = getpass.getuser
 
@@ -410,7 +418,6 @@ def check_data(plan: Any, probes: Probes, net: bool) -> list[Check]:
     ImageNet folders there; TFDS builds noted (TFDS checks its own downloads)."""
     from peftstudy.plan.cost import summarise
     from peftstudy.plan.jobs import archive_checksum
-    from peftstudy.plan.tasks import task_table
 
     allow = bool(plan.config.get("allow_unpinned", False))
     lines: list[Check] = []
@@ -429,17 +436,7 @@ def check_data(plan: Any, probes: Probes, net: bool) -> list[Check]:
                 fix = f"put the dataset at {path}, or correct datasets.{name}.path"
                 lines.append(Check("data", name, FAIL, f"{path}: no such folder", fix))
         elif source == "tfds":
-            row = task_table().get(spec["vtab_task"])
-            builder = row.builder if row else spec["vtab_task"]
-            if probes.exists(plan.layout.manifest(name)):
-                lines.append(Check("data", name, OK, f"built from TFDS {builder}"))
-            elif probes.has_module("tensorflow_datasets"):
-                detail = f"TFDS {builder}: downloaded and built by the vtab_tfds rule, checked against TFDS's own sums"
-                lines.append(Check("data", name, OK, detail))
-            else:
-                detail = f"TFDS {builder}: tensorflow-datasets is not in this environment"
-                fix = "the vtab_tfds rule runs in envs/data.yaml (conda), or pip install tensorflow-datasets==4.9.6"
-                lines.append(Check("data", name, WARN, detail, fix))
+            lines += check_tfds(plan, name, probes, net)
     archives = plan.config.get("archives", {})
     for archive, names in by_archive.items():
         spec, key = archives[archive], f"archives.{archive}"
@@ -456,6 +453,54 @@ def check_data(plan: Any, probes: Probes, net: bool) -> list[Check]:
             fix = f"pin {key}.sha256: {recorded}"
             lines.append(Check("data", label, WARN if allow else FAIL, f"fetched unpinned, sha256 {recorded}", fix))
     return lines
+
+
+def check_tfds(plan: Any, dataset: str, probes: Probes, net: bool) -> list[Check]:
+    """A VTAB task from TFDS: built already, or its builder prepared in tfds_data_dir, or the files TFDS will
+    download (its registered URLs and sums, read from the installed package) reachable."""
+    from peftstudy.plan.defaults import DEFAULTS
+    from peftstudy.plan.tasks import task_table
+
+    task = plan.datasets[dataset]["vtab_task"]
+    builder = task_table()[task].builder
+    name = re.split("[/:]", builder)[0]
+    data_dir = plan.config.get("tfds_data_dir", DEFAULTS["tfds_data_dir"])
+    if probes.exists(plan.layout.manifest(dataset)):
+        return [Check("data", dataset, OK, f"built from TFDS {builder}")]
+    if probes.exists(f"{data_dir}/{name}"):
+        return [Check("data", dataset, OK, f"TFDS {builder} prepared in {data_dir}")]
+    package = probes.module_dir("tensorflow_datasets")
+    if package is None:
+        detail = f"TFDS {builder}: tensorflow-datasets is not in this environment"
+        fix = "the vtab_tfds rule runs in envs/data.yaml (conda), or pip install tensorflow-datasets==4.9.6"
+        return [Check("data", dataset, WARN, detail, fix)]
+    downloads = tfds_downloads(package, name, probes)
+    if not downloads:
+        return [Check("data", dataset, OK, f"TFDS {builder}: TFDS downloads it and checks its own sums")]
+    lines = []
+    for url in downloads:
+        if not net:
+            lines.append(Check("data", f"{dataset} reachable", SKIP, f"{url}: not checked (--skip network)"))
+            continue
+        ok, answer = probes.head(url, HEAD_TIMEOUT)
+        fix = (
+            ""
+            if ok
+            else f"the vtab_tfds rule downloads it where Snakemake runs; or put it in {data_dir}/downloads/manual"
+        )
+        lines.append(Check("data", f"{dataset} reachable", OK if ok else FAIL, f"TFDS {builder}: {url}: {answer}", fix))
+    return lines
+
+
+def tfds_downloads(package: str, name: str, probes: Probes) -> list[str]:
+    """The URLs TFDS registers for a builder: `url_checksums/<name>.txt` or `<name>/checksums.tsv` in its package
+    (one file a line: URL, size, sha256, ...)."""
+    found = [f"{package}/url_checksums/{name}.txt", *probes.find(f"{package}/**/{name}/checksums.tsv")]
+    for path in found:
+        if probes.exists(path):
+            rows = [line.split() for line in probes.read(path).splitlines()]
+            return [row[0] for row in rows if row and row[0].startswith(("http://", "https://"))]
+    return []
 
 
 def check_disk(plan: Any, profile: Profile, probes: Probes) -> list[Check]:
@@ -498,7 +543,7 @@ def check_slurm(plan: Any, profile: Profile, probes: Probes) -> list[Check]:
     if not profile.slurm:
         return [Check("slurm", "executor", SKIP, f"{profile.path} runs jobs locally")]
     lines = []
-    if probes.has_module("snakemake_executor_plugin_slurm"):
+    if probes.module_dir("snakemake_executor_plugin_slurm"):
         lines.append(Check("slurm", "executor plugin", OK, "snakemake-executor-plugin-slurm installed"))
     else:
         fix = "pip install -e '.[slurm]'"
@@ -580,7 +625,7 @@ def check_envs(profile: Profile, probes: Probes, build: bool, files: Sequence[st
     """The conda envs the rules run in parse, name this checkout's extras, and conda is there; `build` resolves
     each for real (conda's --dry-run). Without conda, the jobs' packages must be in this environment."""
     if not profile.conda:
-        missing = [name for name in ("torch", "timm", "safetensors", "snakemake") if not probes.has_module(name)]
+        missing = [name for name in ("torch", "timm", "safetensors", "snakemake") if not probes.module_dir(name)]
         if missing:
             fix = "pip install -e '.[all]' in this environment (the jobs run in it)"
             return [Check("envs", "this environment", FAIL, f"missing {', '.join(missing)}", fix)]
