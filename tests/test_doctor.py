@@ -288,6 +288,11 @@ def test_the_disk_need_grows_with_the_jobs_at_once_and_counts_each_split_cache()
     assert one.items["epoch checkpoints in flight"] == 2 * 3 * 344_000_000
     assert four.items["epoch checkpoints in flight"] > one.items["epoch checkpoints in flight"]
     assert not one.unsized
+    # A dataset of unknown size is named, not guessed.
+    config = copy.deepcopy(SMOKE)
+    config["datasets"]["dtd"] = {"source": "local", "path": "data/textures", "classes": 47}
+    state, _ = status(doctor.check_disk(plan_of(config), LOCAL, fake()), "not sized")
+    assert state == WARN and disk_need(plan_of(config)).unsized == ["dtd"]
 
 
 def sinfo(rows: str, sacctmgr: str = "lab\n", sacct: Result | None = None):
@@ -337,7 +342,8 @@ def test_sacct_polling_without_accounting_fails_and_squeue_is_the_fix():
 
 
 def test_the_gpus_of_a_node_are_read_from_sinfos_gres():
-    assert [doctor.gres_gpus(g) for g in ("(null)", "gpu:1", "gpu:a100:4(S:0-1)", "tmp:1,gpu:h100:8")] == [0, 1, 4, 8]
+    gres = ("(null)", "gpu:1", "gpu:a100:4(S:0-1)", "tmp:1,gpu:h100:8", "gpu:a100:2,gpu:v100:1")
+    assert [doctor.gres_gpus(g) for g in gres] == [0, 1, 4, 8, 3]
 
 
 def test_conda_envs_parse_need_conda_and_resolve_when_asked(tmp_path, monkeypatch):

@@ -506,7 +506,7 @@ def tfds_downloads(package: str, name: str, probes: Probes) -> list[str]:
 def check_disk(plan: Any, profile: Profile, probes: Probes) -> list[Check]:
     """The free space where results/ goes against what the study's outputs take (plan.cost.disk_need), with the
     epoch checkpoints of as many training jobs at once as the profile runs."""
-    from peftstudy.plan.cost import disk_need
+    from peftstudy.plan.cost import disk_need, summarise
 
     sizes = {
         name: probes.size(plan.backbone_weights(name))
@@ -529,7 +529,7 @@ def check_disk(plan: Any, profile: Profile, probes: Probes) -> list[Check]:
     else:
         lines.append(Check("disk", "free space", OK, detail))
     if need.unsized:
-        detail = f"no size known for {', '.join(need.unsized)}: their caches are not counted; nor are downloads"
+        detail = f"no size known for {summarise(need.unsized)}: their caches are not counted; nor are downloads"
         lines.append(Check("disk", "not sized", WARN, detail))
     return lines
 
@@ -584,9 +584,9 @@ def check_slurm(plan: Any, profile: Profile, probes: Probes) -> list[Check]:
 
 
 def gres_gpus(gres: str) -> int:
-    """The GPUs of a node from sinfo's %G (`gpu:4`, `gpu:a100:4(S:0-1)`, `gpu:2,tmpdisk:100`, `(null)`)."""
-    counts = [int(m[1]) for m in re.finditer(r"gpu(?::[^:,(]+)?:(\d+)", gres)]
-    return max(counts, default=0)
+    """The GPUs of a node from sinfo's %G (`gpu:4`, `gpu:a100:4(S:0-1)`, `gpu:2,tmpdisk:100`, `(null)`), of all
+    its types together."""
+    return sum(int(m[1]) for m in re.finditer(r"gpu(?::[^:,(]+)?:(\d+)", gres))
 
 
 def check_account(profile: Profile, probes: Probes) -> list[Check]:
