@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from peftstudy.data.fetch import is_local
 from peftstudy.io import sha256_file
 
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
@@ -289,10 +290,6 @@ def check_device(plan: Any, profile: Profile, probes: Probes, wait_s: float = PR
     return lines
 
 
-def _is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
 def check_source(
     group: str, name: str, url: str, sha256: str | None, key: str, allow_unpinned: bool, probes: Probes, net: bool
 ) -> list[Check]:
@@ -305,7 +302,7 @@ def check_source(
         lines.append(Check(group, f"{name} pinned", status, f"{key}.sha256 is null: {why}", fix))
     else:
         lines.append(Check(group, f"{name} pinned", OK, f"{key}.sha256 {sha256[:12]}..."))
-    if _is_local(url):
+    if is_local(url):
         path = url.removeprefix("file://")
         if not probes.exists(path):
             fix = f"put the file at {path}, or set {key}.url to where it is (a path or a URL)"
