@@ -346,6 +346,13 @@ def test_the_gpus_of_a_node_are_read_from_sinfos_gres():
     assert [doctor.gres_gpus(g) for g in gres] == [0, 1, 4, 8, 3]
 
 
+def test_without_conda_the_jobs_packages_must_be_in_this_environment():
+    assert status(doctor.check_envs(LOCAL, fake(), False), "this environment")[0] == OK
+    no_report = fake(module_dir=lambda name: None if name == "papermill" else f"/env/{name}")
+    state, fix = status(doctor.check_envs(LOCAL, no_report, False), "this environment")
+    assert state == FAIL and fix == "pip install -e '.[all]' in this environment (the jobs run in it)"
+
+
 def test_conda_envs_parse_need_conda_and_resolve_when_asked(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     conda = Profile("slurm/config.yaml", {"software-deployment-method": "conda"})

@@ -614,6 +614,10 @@ def check_status_command(profile: Profile, probes: Probes) -> list[Check]:
     return [Check("slurm", "job status", FAIL, detail, f"add `slurm-status-command: squeue` to {profile.path}")]
 
 
+# What the rules import, by extra (pyproject.toml): data, train, report, workflow.
+JOB_MODULES = ("PIL", "sklearn", "torch", "timm", "safetensors", "pandas", "papermill", "snakemake")
+
+
 def env_files(root: str = "envs") -> list[str]:
     return sorted(str(p) for p in Path(root).glob("*.yaml"))
 
@@ -622,11 +626,11 @@ def check_envs(profile: Profile, probes: Probes, build: bool, files: Sequence[st
     """The conda envs the rules run in parse, name this checkout's extras, and conda is there; `build` resolves
     each for real (conda's --dry-run). Without conda, the jobs' packages must be in this environment."""
     if not profile.conda:
-        missing = [name for name in ("torch", "timm", "safetensors", "snakemake") if not probes.module_dir(name)]
+        missing = [name for name in JOB_MODULES if not probes.module_dir(name)]
         if missing:
             fix = "pip install -e '.[all]' in this environment (the jobs run in it)"
             return [Check("envs", "this environment", FAIL, f"missing {', '.join(missing)}", fix)]
-        return [Check("envs", "this environment", OK, "no conda: jobs run here; torch, timm, snakemake present")]
+        return [Check("envs", "this environment", OK, "no conda: the jobs run here, and their packages are here")]
     lines = []
     conda = next((tool for tool in ("mamba", "conda") if probes.which(tool)), None)
     if conda is None:
