@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, copy_repo, jobs
+from test_slurm import slurm  # noqa: F401  (the fixture: skip here, fail under CI=true)
 
 from peftstudy import doctor, io
 from peftstudy.doctor import FAIL, OK, SKIP, WARN, Check, Probes, Profile, Result
@@ -451,23 +451,8 @@ def test_the_smoke_studys_report_sets_the_authors_dtd_numbers_and_choices_beside
 # On the one-node Slurm of CI.
 
 
-def slurm_available() -> bool:
-    if not shutil.which("sinfo"):
-        return False
-    probe = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
-    return probe.returncode == 0 and "idle" in probe.stdout
-
-
-@pytest.fixture
-def slurm():
-    if not slurm_available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but no idle Slurm: .ci/slurm-up should have started it")
-        pytest.skip("no Slurm here (run .ci/slurm-up)")
-
-
 @pytest.mark.slow
-def test_on_slurm_the_device_test_is_a_job_on_the_partition_and_a_node_without_cuda_fails(slurm, tmp_path):
+def test_on_slurm_the_device_test_is_a_job_on_the_partition_and_a_node_without_cuda_fails(slurm, tmp_path):  # noqa: F811
     profile = yaml.safe_load((REPO / "slurm/config.yaml").read_text())
     del profile["software-deployment-method"], profile["configfile"]
     profile["default-resources"] = {"slurm_partition": "debug"}
