@@ -299,6 +299,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", help="a GPU of peftstudy/tables/throughput.csv (measured rates; default: H100)")
     p.set_defaults(func=_stage("peftstudy.plan.cost:run"))
 
+    p = sub.add_parser("doctor", help="preflight: what a study and a profile still lack, with the fix for each")
+    p.add_argument(
+        "--configfile", nargs="+", help="the study config(s), as given to snakemake (default: the profile's)"
+    )
+    p.add_argument("--profile", default="workflow/profiles/default", help="the Snakemake profile: its folder or file")
+    p.add_argument(
+        "--skip", nargs="+", default=[], choices=["device", "weights", "data", "disk", "slurm", "envs", "network"]
+    )
+    p.add_argument("--build-envs", action="store_true", help="resolve each conda env for real (conda's --dry-run)")
+    p.add_argument("--python", help="the interpreter of the device test (default: this one; e.g. the train env's)")
+    p.add_argument("--probe-device", action="store_true", help=argparse.SUPPRESS)  # the device test itself
+    p.add_argument("--compile", action="append", default=[], help=argparse.SUPPRESS)  # its compile modes
+    p.set_defaults(func=_stage("peftstudy.doctor:run"))
+
     p = sub.add_parser("zero-shot-head", help="CLIP's zero-shot head from its text tower (STUDY.md A.1), once")
     p.add_argument("--clip-weights", required=True, help="the full CLIP checkpoint (OpenAI/OpenCLIP state dict)")
     p.add_argument("--classnames", required=True, help="imagenet (OpenAI's clean names), or a file: one a line")

@@ -71,7 +71,8 @@ def _progress(name: str, done: int, total: int | None, start: float, last: list[
     print(f"{name}: {size} at {rate:.1f} MB/s", file=sys.stderr, flush=True)
 
 
-def _is_local(source: str) -> bool:
+def is_local(source: str) -> bool:
+    """A local path or file:// URL, as `download` fetches it (not over the network)."""
     return "://" not in source or source.startswith("file://")
 
 
@@ -136,7 +137,7 @@ def download(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    if _is_local(source):
+    if is_local(source):
         path = Path(source.removeprefix("file://"))
         if not path.is_file():
             raise FetchError(f"{path}: no such file; put it there or correct the path in the config")

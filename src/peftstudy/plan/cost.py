@@ -215,7 +215,8 @@ def render(est: Estimate, plan: Plan) -> str:
     head = ("experiment", "tune jobs", "final jobs", "runs", "images trained", f"{est.gpu} GPU-hours")
 
     def cells(name: str, tune: int, final: int, runs: int, images: int, hours: float) -> tuple[str, ...]:
-        return (name, f"{tune:,}", f"{final:,}", f"{runs:,}", f"{images:,}", f"{hours:,.1f}")
+        # Two decimals under an hour, so a small study's minutes show (0.23 h: 14 minutes).
+        return (name, f"{tune:,}", f"{final:,}", f"{runs:,}", f"{images:,}", f"{hours:,.{1 if hours >= 1 else 2}f}")
 
     rows = [cells(e.experiment, e.tune_jobs, e.final_jobs, e.runs, e.images, e.gpu_hours) for e in est.experiments]
     sums = [sum(getattr(e, k) for e in est.experiments) for k in ("tune_jobs", "final_jobs", "runs", "images")]
@@ -284,6 +285,83 @@ def report_context(plan: Plan, gpu: str = DEFAULT_GPU, rates: Sequence[Rate] | N
         },
         "estimated_gpu_hours": {e.experiment: e.method_hours for e in est.experiments},
     }
+
+
+# Disk (the doctor's free-space check). The test split of each VTAB-1K task, as VPT and NOAH cite them (STUDY.md D.1).
+VTAB_1K_TEST_SIZES = {
+    **{"cifar": 10_000, "caltech101": 6_084, "dtd": 1_880, "oxford_flowers102": 6_149, "oxford_iiit_pet": 3_669},
+    **{"svhn": 26_032, "sun397": 21_750, "patch_camelyon": 32_768, "eurosat": 5_400, "resisc45": 6_300},
+    **{"diabetic_retinopathy": 42_670, "clevr_count": 15_000, "clevr_dist": 15_000, "dmlab": 22_735, "kitti": 711},
+    **{"dsprites_loc": 73_728, "dsprites_ori": 73_728, "smallnorb_azi": 12_150, "smallnorb_ele": 12_150},
+}
+# A backbone whose weights are not on disk yet is taken to be ViT-B's size: 86 M float32 parameters.
+VIT_B_BYTES = 86_000_000 * 4
+# A PEFT method's trained tensors, at most this share of the backbone's (the paper's largest grids train ~2 M of
+# ViT-B's 86 M parameters: LoRA+adapter at r 64); full fine-tuning saves them all.
+PEFT_SHARE = 0.03
+# A run's epoch checkpoint (train.resume) holds its trained tensors and AdamW's two moments of each.
+CHECKPOINT_COPIES = 3
+
+
+@dataclass
+class DiskNeed:
+    """The bytes a study writes under results/, by kind, and what the estimate could not size."""
+
+    items: dict[str, int]
+    unsized: list[str]
+
+    @property
+    def total(self) -> int:
+        return sum(self.items.values())
+
+
+def disk_need(plan: Plan, backbone_bytes: Mapping[str, int] | None = None, jobs_at_once: int = 1) -> DiskNeed:
+    """What a study's outputs take on disk, from the plan: the uint8 caches of every split it trains or tests on,
+    each final run's logits and trained tensors, and the epoch checkpoints of `jobs_at_once` training jobs (kept
+    while a run trains, removed when it ends). `backbone_bytes`: the weights file's size of each experiment's
+    backbone where it is known (else ViT-B's). Downloads (archives, TFDS, weights) are not counted: their sizes
+    are the sources'. Small files (metrics, tables, the report) are left out."""
+    known = backbone_bytes or {}
+    items = {"split caches": 0, "final logits": 0, "final trained tensors": 0, "epoch checkpoints in flight": 0}
+    unsized: list[str] = []
+    splits: dict[str, tuple[int, ...]] = {}
+    for dataset in dict.fromkeys(
+        [*plan.report_datasets(), *(f for d in plan.report_datasets() for f in plan.tuning_sets(d))]
+    ):
+        spec, side = plan.datasets[dataset], plan.cache_size(dataset)
+        if spec["source"] == "synthetic":  # a shifted test set has no train or val
+            tune_train, trainval, test = spec.get("train", 0), spec.get("train", 0) + spec.get("val", 0), spec["test"]
+        else:
+            size = train_sizes(plan.config, dataset)
+            test = VTAB_1K_TEST_SIZES.get(study.vtab_task(spec) or "")
+            if size is None or test is None:
+                unsized.append(dataset)
+                continue
+            tune_train, trainval = size[0], size[1]
+        if not side:  # kept at its native size: unknown here
+            unsized.append(dataset)
+            continue
+        # train, val, train+val and test, each its own cache
+        splits[dataset] = (tune_train, trainval - tune_train, trainval, test)
+        items["split caches"] += sum(splits[dataset]) * side * side * 3
+    checkpoints = []  # each training job's: its runs' epoch checkpoints
+    for name, exp in plan.experiments.items():
+        weights = known.get(name, VIT_B_BYTES)
+        for method in exp["methods"]:
+            trained = weights if method == "full" else int(weights * PEFT_SHARE)
+            packs = plan.layout.tune_jobs[name, method].values()
+            for dataset in exp["datasets"]:
+                runs = len(exp["seeds"])  # one final job per seed
+                checkpoints += [CHECKPOINT_COPIES * trained] * runs
+                checkpoints += [CHECKPOINT_COPIES * trained * len(gps) for gps in packs] * len(
+                    plan.tuning_sets(dataset)
+                )
+                if dataset in splits:
+                    items["final logits"] += runs * splits[dataset][3] * plan.datasets[dataset]["classes"] * 4
+                    items["final trained tensors"] += runs * trained
+    # At worst the largest jobs run at once.
+    items["epoch checkpoints in flight"] = sum(sorted(checkpoints, reverse=True)[:jobs_at_once])
+    return DiskNeed(items, unsized)
 
 
 def summarise(names: list[str], shown: int = 6) -> str:
