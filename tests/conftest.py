@@ -80,10 +80,16 @@ def copy_repo(dest: Path) -> Workflow:
 @pytest.fixture(autouse=True)
 def own_gpu_locks(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """GPUs claimed by tests (peftstudy.gpus) are claimed in a lock folder of the test session, never in the
-    machine's where real jobs claim theirs, and a claim made in the test process ends with its test."""
+    machine's where real jobs claim theirs, and a claim made in the test process ends with its test (the
+    CUDA_VISIBLE_DEVICES it set too, for the processes later tests start)."""
     monkeypatch.setenv(gpus.LOCKS_VAR, str(tmp_path_factory.getbasetemp() / "gpu-locks"))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     yield
     gpus.release()
+    if visible is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
 
 
 @pytest.fixture

@@ -419,17 +419,16 @@ def test_runs_at_once_are_those_whose_measured_peaks_fit_the_free_memory():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: run by benchmarks/gpu_checks.sh")
 def test_on_a_gpu_the_runs_at_once_fit_and_an_out_of_memory_goes_on(task, tmp_path, capsys):
     """ViT-B/16 full fine-tunings at 224 px (random weights; the 32 px cache resized on the device): the number
-    trained at once is measured to fit (the job's peak stays under the GPU's memory); then, with the process
+    trained at once is measured and fits (no out-of-memory error); then, with the process
     held to a quarter of the memory it measured as free, the same job really runs out, goes on fewer at a time
     and ends with the results of the unhindered job (within the GPU's own run-to-run spread)."""
     backbone = {"arch": "vit_base_patch16_224", "weights": None, "sha256": None, "keep_head": False}
     recipe = dict(RECIPE, epochs=2, warmup_epochs=0, augment="crop_flip", eval_resize=224, normalize=False)
     hps = [{"lr": lr, "wd": 0.0001} for lr in (1e-5, 2e-5, 3e-5, 5e-5, 1e-4, 2e-4)]
-    torch.cuda.reset_peak_memory_stats()
     fit = tune(task, tmp_path / "fit", "full", hps, recipe, concurrent=0, device="cuda", backbone=backbone)
     free, total = torch.cuda.mem_get_info()
     chosen = capsys.readouterr().out
-    assert "runs at a time" in chosen and torch.cuda.max_memory_allocated() < total, chosen
+    assert "runs at a time" in chosen and "out of memory" not in chosen, chosen
     torch.cuda.empty_cache()
     torch.cuda.set_per_process_memory_fraction(0.25 * free / total)
     try:
@@ -447,8 +446,15 @@ def test_on_a_gpu_the_runs_at_once_fit_and_an_out_of_memory_goes_on(task, tmp_pa
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
     log = capsys.readouterr().out
-    print(chosen, log)
+    with capsys.disabled():
+        print(chosen, log)
     assert f"out of memory with {len(hps)} runs together" in log, log
+    spread = {
+        key: max(abs(f["metrics"][key] - a["metrics"][key]) for f, a in zip(fallen, fit, strict=True))
+        for key in fit[0]["metrics"]
+    }
+    with capsys.disabled():
+        print(f"largest difference, out of memory and not, over {len(hps)} runs: {spread}")
     for f, a in zip(fallen, fit, strict=True):
         for key, value in a["metrics"].items():
             within = {"abs": 1.25} if key.endswith("top1") else {"rel": 1e-2}  # one image of 80; the loss

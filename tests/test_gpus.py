@@ -158,22 +158,55 @@ def test_a_simulated_gpu_is_claimed_and_the_job_runs_on_the_cpu(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: run by benchmarks/gpu_checks.sh")
-def test_real_gpus_one_per_job():
-    """On a GPU machine: as many jobs as GPUs at once each see one device, each another (by UUID), and torch in
-    each sees that device only."""
-    count = len(gpus.machine_devices(dict(os.environ, **{gpus.SIMULATE_VAR: ""})))
+def test_real_gpus_one_per_job(capsys):
+    """On a GPU machine, through torch: as many jobs at once as GPUs each see one device, each another (by
+    UUID); one job more waits, and gets a device when a job ends."""
+    count = len(gpus.machine_devices({}))
     code = (
-        "import os, sys, time, torch; from peftstudy import models; models.pick_device('cuda');"
-        "print(torch.cuda.device_count(), torch.cuda.get_device_properties(0).uuid, os.environ['CUDA_VISIBLE_DEVICES'],"
-        " flush=True); time.sleep(5)"
+        "import sys, time, torch; from peftstudy import models; models.pick_device('cuda');"
+        "print(torch.cuda.device_count(), torch.cuda.get_device_properties(0).uuid, flush=True); time.sleep(15)"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    jobs = [
-        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True) for _ in range(count)
-    ]
-    seen = [job.communicate(timeout=120)[0].split() for job in jobs]
-    assert all(job.returncode == 0 for job in jobs)
-    assert all(s[0] == "1" for s in seen)  # one visible device each
-    assert len({s[1] for s in seen}) == count  # all different
-    assert all(s[2].endswith(s[1]) or s[1] in s[2] for s in seen)  # the one claimed
+
+    def job() -> subprocess.Popen:
+        args = [sys.executable, "-c", code]
+        return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    jobs = [job() for _ in range(count)]
+    seen = [j.stdout.readline().split() for j in jobs]  # each has claimed and started CUDA
+    extra = job()
+    first = next(line for line in extra.stderr if line.startswith("gpus:"))  # after torch's own warnings, if any
+    assert "waiting for a free GPU" in first, first
+    seen_extra = extra.stdout.readline().split()
+    for j in [*jobs, extra]:
+        assert j.wait(timeout=120) == 0, j.stderr.read()
+    assert [s[0] for s in seen] == ["1"] * count  # one visible device each
+    assert len({s[1] for s in seen}) == count  # each another
+    assert seen_extra[0] == "1" and seen_extra[1] in {s[1] for s in seen}  # a device handed back
+    with capsys.disabled():
+        print(f"{count} GPU(s): {[s[1] for s in seen]}; the job more got {seen_extra[1]} after waiting")
+
+
+def test_snakemake_resources_gpu_bound_the_jobs_that_claim(tmp_path):
+    """The README's command on a workstation, with the local executor: `--resources gpu=2` lets two jobs of a rule
+    asking `gpu: 1` run at once out of four cores, and the two at once always claim different devices (each
+    told not to wait, so a job finding both held would fail)."""
+    (tmp_path / "job.py").write_text(JOB)
+    (tmp_path / "Snakefile").write_text(
+        "rule all:\n"
+        "    input: expand('job{i}.record', i=range(6))\n\n"
+        "rule job:\n"
+        "    output: 'job{i}.record'\n"
+        "    resources: gpu=1\n"
+        f"    shell: '{sys.executable} job.py stop 0.5 {{output}}'\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), **{gpus.SIMULATE_VAR: "2", gpus.WAIT_VAR: "0"})
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    snakemake = Path(sys.executable).parent / "snakemake"
+    command = [str(snakemake), "all", "--cores", "4", "--resources", "gpu=2", "--quiet"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    spans = sorted(tuple(map(float, (tmp_path / f"job{i}.record").read_text().split()[1:])) for i in range(6))
+    most = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
+    assert most == 2  # both devices used at once, never a third job
