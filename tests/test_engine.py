@@ -416,6 +416,38 @@ def test_runs_at_once_are_those_whose_measured_peaks_fit_the_free_memory():
     assert runs.runs_that_fit(4 * gib, 2 * gib, 32) == 1  # one at least: it fails alone if it must
 
 
+def test_the_memory_probe_sets_the_runs_at_once_and_changes_no_result(task, tmp_path, monkeypatch, capsys):
+    """The probe that measures one run's footprint on a GPU, driven on the CPU with CUDA's memory counters faked
+    (a 3 GiB peak, 7 GiB free): two of the four runs at a time, and each run's result that of the job without a
+    probe, byte for byte (the probe's steps and draws leave nothing behind)."""
+    hps = [{"lr": lr, "wd": 0.0001, "r": 2} for lr in (0.001, 0.002, 0.003, 0.005)]
+    recipe = dict(RECIPE, augment="hflip")
+    whole = tune(task, tmp_path / "whole", "lora", hps, recipe, concurrent=4)
+    gib = 2**30
+    counters = {
+        "memory_allocated": 0,
+        "max_memory_allocated": 3 * gib,
+        "memory_reserved": 0,
+        "mem_get_info": (7 * gib, 80 * gib),
+        "reset_peak_memory_stats": None,
+    }
+    for name, value in counters.items():
+        monkeypatch.setattr(torch.cuda, name, lambda device=None, value=value: value)
+    set_up = runs.Session.__init__
+
+    def measuring(self, *args):  # as on a GPU, where `--concurrent 0` measures
+        set_up(self, *args)
+        self.concurrent = None
+
+    monkeypatch.setattr(runs.Session, "__init__", measuring)
+    capsys.readouterr()
+    probed = tune(task, tmp_path / "probed", "lora", hps, recipe, concurrent=0)
+    log = capsys.readouterr().out
+    assert "GPU memory: one lora run takes 3.00 GiB at its peak" in log and "7.0 GiB free" in log, log
+    assert "2 of the job's 4 runs at a time" in log
+    assert probed == whole
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: run by benchmarks/gpu_checks.sh")
 def test_on_a_gpu_the_runs_at_once_fit_and_an_out_of_memory_goes_on(task, tmp_path, capsys):
     """ViT-B/16 full fine-tunings at 224 px (random weights; the 32 px cache resized on the device): the number
