@@ -401,6 +401,28 @@ def test_out_of_memory_in_a_final_job_keeps_its_logits_and_weights(task, tmp_pat
     assert files["fallen"] == files["whole"] and len(files["whole"]) == 7
 
 
+def test_out_of_memory_building_the_runs_sets_up_fewer(task, tmp_path, monkeypatch, capsys):
+    """The third of four models runs out of memory as it is built: the job builds three at a time and trains
+    every run to the results of the job that did not run out."""
+    hps = [{"lr": lr, "wd": 0.0001, "r": 2} for lr in (0.001, 0.002, 0.003, 0.005)]
+    whole = tune(task, tmp_path / "whole", "lora", hps, concurrent=4)
+    set_up, calls = runs._set_up, []
+
+    def failing(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 330.00 MiB (injected)")
+        return set_up(*args)
+
+    monkeypatch.setattr(runs, "_set_up", failing)
+    capsys.readouterr()
+    fallen = tune(task, tmp_path / "fallen", "lora", hps, concurrent=4, resume_dir=str(tmp_path / "resume"))
+    log = capsys.readouterr().out
+    assert "out of memory setting up 4 runs together: CUDA out of memory. Tried to allocate 330.00 MiB" in log
+    assert "3 at a time from now on: the other 4 train again" in log
+    assert fallen == whole and len(calls) == 3 + 4
+
+
 def test_one_run_out_of_memory_alone_fails_saying_what_to_do(task, tmp_path, monkeypatch):
     run_out_of_memory(monkeypatch, at_step=3, above=0)
     with pytest.raises(torch.OutOfMemoryError) as error:

@@ -270,14 +270,18 @@ def fit(
     return train_together([run])[0]
 
 
+def first_line(error: BaseException) -> str:
+    """An error's first line: CUDA's out-of-memory message goes on about the allocator's settings."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class OutOfMemoryTogether(RuntimeError):
     """Several runs trained together ran out of device memory (torch.OutOfMemoryError in one of them): the
     results of those that had finished, by position, and the error. The others stopped and are to be trained
     again, fewer at a time, from their last epoch-boundary checkpoints (or from the start without them)."""
 
     def __init__(self, together: int, finished: dict[int, TrainResult], error: torch.OutOfMemoryError) -> None:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
-        super().__init__(f"out of memory with {together} runs together: {first_line}")
+        super().__init__(f"out of memory with {together} runs together: {first_line(error)}")
         self.together, self.finished = together, finished
 
 

@@ -32,6 +32,7 @@ from peftstudy.train.engine import (
     TrainResult,
     bf16_on,
     features,
+    first_line,
     predict,
     scores,
     seed_everything,
@@ -223,16 +224,20 @@ def _train(session: Session, specs: list[tuple[str, dict[str, Any], int]], phase
     wall = [0.0] * len(specs)  # runs trained together share their wall time equally, over every attempt
     while todo:
         ids, todo = todo[:together], todo[together:]
-        group = [_set_up(session, *specs[i], phase) for i in ids]
+        group: list[_Pending] = []
         start = time.time()
         try:
+            group.extend(_set_up(session, *specs[i], phase) for i in ids)
+            start = time.time()  # the wall time of training, not of building the models
             finished = dict(enumerate(train_together([pending.run for pending in group])))
             out_of_memory = ""
         except OutOfMemoryTogether as error:
             finished, out_of_memory = error.finished, str(error)
-        except torch.OutOfMemoryError as error:  # one run alone: nothing fewer to try
-            _note_alone_does_not_fit(session, error)
-            raise
+        except torch.OutOfMemoryError as error:  # building the group's models, or one run alone
+            if len(ids) == 1:  # nothing fewer to try
+                _note_alone_does_not_fit(session, error)
+                raise
+            finished, out_of_memory = {}, f"out of memory setting up {len(ids)} runs together: {first_line(error)}"
         for i in ids:
             wall[i] += (time.time() - start) / len(ids)
         done = [(ids[k], group[k], finished[k]) for k in sorted(finished)]
@@ -242,7 +247,7 @@ def _train(session: Session, specs: list[tuple[str, dict[str, Any], int]], phase
             _free_device_memory(session.device)
             together = _fewer(len(ids))
             where = (
-                f"their last epoch checkpoints in {session.args.resume_dir}"
+                f"their last epoch checkpoints in {session.args.resume_dir} (their start before the first)"
                 if session.args.resume_dir
                 else "their start (no --resume-dir, so no checkpoints)"
             )
