@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU row of the README's speed table and the VTAB-1K projection, in one command (estimated 8-10 minutes
-# on an H100 or H200; not yet run: the session that wrote it had no GPU), plus the guards that need a GPU:
+# Every GPU row of the README's speed table and the VTAB-1K projection, in one command (estimated 11-13 minutes
+# on an H100 or H200; not yet run: the session that wrote it had no GPU), plus the guards that need a GPU
+# (benchmarks/gpu_checks.sh first, then bf16 against fp32 and runs together against alone):
 #
 #     bash benchmarks/gpu_table.sh 2>&1 | tee gpu_table.log
 #
@@ -13,6 +14,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+# One GPU per job, and runs at once that fit in memory (issue 26): ~3 minutes. A failure there does not stop the
+# table; the script exits with its status at the end.
+checks=0
+bash benchmarks/gpu_checks.sh || checks=$?
 sweep=$((9804 * 100 * 800 + 304 * 100 * 1000)) # VTAB-1K: tune and final training images
 common=(--arch vit_base_patch16_224 --image-size 224 --native-size 320 --n 512 --batch-size 64 --epochs 2
     --threads 8 --workers 4 --runs-per-cache 530 --sweep-images "$sweep" --device cuda
@@ -21,3 +26,4 @@ python benchmarks/train_throughput.py "${common[@]}" --precisions fp32 bf16 --co
 python benchmarks/train_throughput.py "${common[@]}" --precisions bf16 --compile reduce-overhead --concurrent 4
 # bf16 against fp32, and runs trained together against alone, on the GPU (both tests take the GPU when present).
 python -m pytest tests/test_engine.py -q -k "bf16_and_fp32 or together or alone" -p no:cacheprovider
+exit "$checks"

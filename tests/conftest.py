@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from peftstudy import gpus
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COPIED = ("Snakefile", "workflow", "config.yaml", "studies", "src", "report", "resources", "envs")
@@ -73,6 +75,21 @@ def copy_repo(dest: Path) -> Workflow:
             shutil.copy2(src, dest / name)
     (dest / "profiles").symlink_to("workflow/profiles")
     return Workflow(dest)
+
+
+@pytest.fixture(autouse=True)
+def own_gpu_locks(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """GPUs claimed by tests (peftstudy.gpus) are claimed in a lock folder of the test session, never in the
+    machine's where real jobs claim theirs, and a claim made in the test process ends with its test (the
+    CUDA_VISIBLE_DEVICES it set too, for the processes later tests start)."""
+    monkeypatch.setenv(gpus.LOCKS_VAR, str(tmp_path_factory.getbasetemp() / "gpu-locks"))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    yield
+    gpus.release()
+    if visible is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
 
 
 @pytest.fixture

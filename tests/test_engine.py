@@ -13,7 +13,7 @@ from conftest import REPO, prepare_mini_task
 
 from peftstudy.data import layout
 from peftstudy.io import load_npz, read_json
-from peftstudy.train import reference, runs
+from peftstudy.train import engine, reference, runs
 from peftstudy.train.engine import Recipe, Run, fit, predict, scores, seed_everything, to_input, train_together
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -37,7 +37,7 @@ def task(tmp_path_factory):
     return prepare_mini_task(tmp_path_factory.mktemp("count"), "count", ("train", "val"))
 
 
-def tune(task, tmp_path, method, hps, recipe=RECIPE, concurrent=1, device="cpu"):
+def tune(task, tmp_path, method, hps, recipe=RECIPE, concurrent=1, device="cpu", resume_dir="", backbone=BACKBONE_ARG):
     points = [{"gp": f"{i:08x}", "hp": hp} for i, hp in enumerate(hps)]
     out = str(tmp_path / f"{method}-{'-'.join(p['gp'] for p in points)}.json")
     args = argparse.Namespace(
@@ -46,14 +46,14 @@ def tune(task, tmp_path, method, hps, recipe=RECIPE, concurrent=1, device="cpu")
         method=method,
         points=points,
         recipe=recipe,
-        backbone=BACKBONE_ARG,
+        backbone=backbone,
         seed=0,
         train=str(task / "train.npz"),
         val=str(task / "val.npz"),
         manifest=str(task / "manifest.json"),
         threads=1,
         device=device,
-        resume_dir="",
+        resume_dir=resume_dir,
         concurrent=concurrent,
         out=out,
     )
@@ -313,3 +313,203 @@ def test_runs_interleaved_draw_what_they_draw_alone():
         for pa, pt in zip(a.model.parameters(), t.model.parameters(), strict=True):
             assert torch.equal(pa, pt)
     assert not torch.equal(alone[0].model[0].weight, alone[1].model[0].weight)
+
+
+def run_out_of_memory(monkeypatch, at_step: int, above: int) -> dict[str, int]:
+    """Make the `at_step`-th training step of the process (all runs counted) raise torch.OutOfMemoryError if more
+    than `above` runs are being trained together then, once, as CUDA would; the count of errors raised."""
+    steps = engine._steps
+    state = {"together": 0, "steps": 0, "raised": 0}
+
+    def failing(run):
+        state["together"] += 1
+        try:
+            stepper = steps(run)
+            while True:
+                try:
+                    next(stepper)
+                except StopIteration as done:
+                    return done.value
+                state["steps"] += 1
+                if not state["raised"] and state["steps"] >= at_step and state["together"] > above:
+                    state["raised"] += 1
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+                yield
+        finally:
+            state["together"] -= 1
+
+    monkeypatch.setattr(engine, "_steps", failing)
+    return state
+
+
+def test_out_of_memory_trains_fewer_at_once_from_the_last_epoch_to_the_same_results(
+    task, tmp_path, monkeypatch, capsys
+):
+    """Four grid points together run out of memory in their second epoch: the job goes on three at a time, each
+    run from its epoch-1 checkpoint, and every point's metrics are those of the job that never ran out (the same
+    bytes: drop-path and augmentation draw from each run's own RNG, restored from its checkpoint)."""
+    hps = [{"lr": lr, "wd": 0.0001, "r": 2} for lr in (0.001, 0.002, 0.003, 0.005)]
+    recipe = dict(RECIPE, augment="hflip")
+    whole = tune(task, tmp_path / "whole", "lora", hps, recipe, concurrent=4, resume_dir=str(tmp_path / "r1"))
+    capsys.readouterr()
+    steps_per_epoch = 320 // RECIPE["batch_size"]
+    injected = run_out_of_memory(monkeypatch, at_step=4 * (steps_per_epoch + 4), above=3)
+    fallen = tune(task, tmp_path / "fallen", "lora", hps, recipe, concurrent=4, resume_dir=str(tmp_path / "r2"))
+    log = capsys.readouterr()
+    assert injected["raised"] == 1
+    assert fallen == whole and len({p["metrics"]["val_loss"] for p in whole}) == 4
+    assert (
+        "out of memory with 4 runs together: CUDA out of memory. Tried to allocate 2.00 GiB (injected). 0 had "
+        f"finished; 3 at a time from now on: the other 4 train again from their last epoch checkpoints in {tmp_path}"
+    ) in log.out
+    assert log.err.count("after epoch 1\n") == 4  # each resumed, none started over
+
+
+def test_out_of_memory_in_a_final_job_keeps_its_logits_and_weights(task, tmp_path, monkeypatch):
+    """A final job's three seeds run out of memory together late in training: its logits and PEFT weights are
+    the bytes of the job that did not."""
+    files = {}
+    for label in ("whole", "fallen"):
+        if label == "fallen":
+            injected = run_out_of_memory(monkeypatch, at_step=3 * (2 * 320 // RECIPE["batch_size"] + 1), above=2)
+        out = tmp_path / label
+        args = argparse.Namespace(
+            experiment="vtab",
+            dataset="count",
+            method="bitfit",
+            gp="00000000",
+            hp={"lr": 0.005, "wd": 0.0001},
+            recipe=RECIPE,
+            backbone=BACKBONE_ARG,
+            seed=[0, 1, 2],
+            train=str(task / "train.npz"),
+            test=str(task / "val.npz"),
+            manifest=str(task / "manifest.json"),
+            threads=1,
+            device="cpu",
+            resume_dir=str(out / "resume"),
+            concurrent=3,
+            out_metrics=[str(out / f"metrics{s}.json") for s in (0, 1, 2)],
+            out_logits=[str(out / f"logits{s}.npz") for s in (0, 1, 2)],
+            out_weights=[str(out / f"weights{s}.safetensors") for s in (0, 1, 2)],
+        )
+        runs.final(args)
+        files[label] = {f.name: f.read_bytes() for f in out.iterdir() if f.suffix in (".npz", ".safetensors")}
+        metrics = [read_json(m) for m in args.out_metrics]
+        files[label]["metrics"] = [{k: v for k, v in m.items() if k not in VOLATILE} for m in metrics]
+    assert injected["raised"] == 1
+    assert files["fallen"] == files["whole"] and len(files["whole"]) == 7
+
+
+def test_out_of_memory_building_the_runs_sets_up_fewer(task, tmp_path, monkeypatch, capsys):
+    """The third of four models runs out of memory as it is built: the job builds three at a time and trains
+    every run to the results of the job that did not run out."""
+    hps = [{"lr": lr, "wd": 0.0001, "r": 2} for lr in (0.001, 0.002, 0.003, 0.005)]
+    whole = tune(task, tmp_path / "whole", "lora", hps, concurrent=4)
+    set_up, calls = runs._set_up, []
+
+    def failing(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 330.00 MiB (injected)")
+        return set_up(*args)
+
+    monkeypatch.setattr(runs, "_set_up", failing)
+    capsys.readouterr()
+    fallen = tune(task, tmp_path / "fallen", "lora", hps, concurrent=4, resume_dir=str(tmp_path / "resume"))
+    log = capsys.readouterr().out
+    assert "out of memory setting up 4 runs together: CUDA out of memory. Tried to allocate 330.00 MiB" in log
+    assert "3 at a time from now on: the other 4 train again" in log
+    assert fallen == whole and len(calls) == 3 + 4
+
+
+def test_one_run_out_of_memory_alone_fails_saying_what_to_do(task, tmp_path, monkeypatch):
+    run_out_of_memory(monkeypatch, at_step=3, above=0)
+    with pytest.raises(torch.OutOfMemoryError) as error:
+        tune(task, tmp_path, "lora", [{"lr": 0.001, "wd": 0.0001, "r": 2}])
+    assert "one lora run alone does not fit" in str(error.value.__notes__)
+    assert "experiments.vtab.recipe.batch_size" in str(error.value.__notes__)
+
+
+def test_runs_at_once_are_those_whose_measured_peaks_fit_the_free_memory():
+    gib = 2**30
+    assert runs.runs_that_fit(4 * gib, 40 * gib, 32) == 9  # 90 % of 40 GiB over 4 GiB each
+    assert runs.runs_that_fit(4 * gib, 400 * gib, 32) == 32  # never more than the job's runs
+    assert runs.runs_that_fit(4 * gib, 2 * gib, 32) == 1  # one at least: it fails alone if it must
+
+
+def test_the_memory_probe_sets_the_runs_at_once_and_changes_no_result(task, tmp_path, monkeypatch, capsys):
+    """The probe that measures one run's footprint on a GPU, driven on the CPU with CUDA's memory counters faked
+    (a 3 GiB peak, 7 GiB free): two of the four runs at a time, and each run's result that of the job without a
+    probe, byte for byte (the probe's steps and draws leave nothing behind)."""
+    hps = [{"lr": lr, "wd": 0.0001, "r": 2} for lr in (0.001, 0.002, 0.003, 0.005)]
+    recipe = dict(RECIPE, augment="hflip")
+    whole = tune(task, tmp_path / "whole", "lora", hps, recipe, concurrent=4)
+    gib = 2**30
+    counters = {
+        "memory_allocated": 0,
+        "max_memory_allocated": 3 * gib,
+        "memory_reserved": 0,
+        "mem_get_info": (7 * gib, 80 * gib),
+        "reset_peak_memory_stats": None,
+    }
+    for name, value in counters.items():
+        monkeypatch.setattr(torch.cuda, name, lambda device=None, value=value: value)
+    set_up = runs.Session.__init__
+
+    def measuring(self, *args):  # as on a GPU, where `--concurrent 0` measures
+        set_up(self, *args)
+        self.concurrent = None
+
+    monkeypatch.setattr(runs.Session, "__init__", measuring)
+    capsys.readouterr()
+    probed = tune(task, tmp_path / "probed", "lora", hps, recipe, concurrent=0)
+    log = capsys.readouterr().out
+    assert "GPU memory: one lora run takes 3.00 GiB at its peak" in log and "7.0 GiB free" in log, log
+    assert "2 of the job's 4 runs at a time" in log
+    assert probed == whole
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: run by benchmarks/gpu_checks.sh")
+def test_on_a_gpu_the_runs_at_once_fit_and_an_out_of_memory_goes_on(task, tmp_path, capsys):
+    """ViT-B/16 full fine-tunings at 224 px (random weights; the 32 px cache resized on the device): the number
+    trained at once is measured and fits (no out-of-memory error); then, with the process
+    held to a quarter of the memory it measured as free, the same job really runs out, goes on fewer at a time
+    and ends with the results of the unhindered job (within the GPU's own run-to-run spread)."""
+    backbone = {"arch": "vit_base_patch16_224", "weights": None, "sha256": None, "keep_head": False}
+    recipe = dict(RECIPE, epochs=2, warmup_epochs=0, augment="crop_flip", eval_resize=224, normalize=False)
+    hps = [{"lr": lr, "wd": 0.0001} for lr in (1e-5, 2e-5, 3e-5, 5e-5, 1e-4, 2e-4)]
+    fit = tune(task, tmp_path / "fit", "full", hps, recipe, concurrent=0, device="cuda", backbone=backbone)
+    free, total = torch.cuda.mem_get_info()
+    chosen = capsys.readouterr().out
+    assert "runs at a time" in chosen and "out of memory" not in chosen, chosen
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(0.25 * free / total)
+    try:
+        fallen = tune(
+            task,
+            tmp_path / "fallen",
+            "full",
+            hps,
+            recipe,
+            concurrent=len(hps),
+            device="cuda",
+            backbone=backbone,
+            resume_dir=str(tmp_path / "resume"),
+        )
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    log = capsys.readouterr().out
+    with capsys.disabled():
+        print(chosen, log)
+    assert f"out of memory with {len(hps)} runs together" in log, log
+    spread = {
+        key: max(abs(f["metrics"][key] - a["metrics"][key]) for f, a in zip(fallen, fit, strict=True))
+        for key in fit[0]["metrics"]
+    }
+    with capsys.disabled():
+        print(f"largest difference, out of memory and not, over {len(hps)} runs: {spread}")
+    for f, a in zip(fallen, fit, strict=True):
+        for key, value in a["metrics"].items():
+            within = {"abs": 1.25} if key.endswith("top1") else {"rel": 1e-2}  # one image of 80; the loss
+            assert f["metrics"][key] == pytest.approx(value, **within), (key, f, a)

@@ -16,7 +16,7 @@ import torch
 import yaml
 from conftest import BIN, REPO, prepare_mini_task
 
-from peftstudy import models
+from peftstudy import gpus, models
 from peftstudy.train.resume import PREEMPTED_STATUS
 
 BACKBONE = yaml.safe_load((REPO / "config.yaml").read_text())["backbone"]
@@ -88,6 +88,7 @@ def test_sigterm_mid_epoch_stops_within_a_step_and_the_requeued_run_ends_the_sam
 )
 def test_a_job_that_asks_for_a_gpu_and_finds_none_fails(monkeypatch, device, environ, named):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gpus, "machine_devices", lambda environ: [])  # none to claim either, on a GPU machine too
     with pytest.raises(RuntimeError, match="finds no CUDA device") as error:
         models.pick_device(device, environ=environ)
     assert named in str(error.value)
@@ -98,5 +99,6 @@ def test_a_job_that_asks_for_a_gpu_and_finds_none_fails(monkeypatch, device, env
 )
 def test_a_job_given_no_gpu_trains_on_the_cpu(monkeypatch, environ):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gpus, "machine_devices", lambda environ: [])  # none to claim either, on a GPU machine too
     assert models.pick_device("auto", environ=environ) == torch.device("cpu")
     assert models.pick_device("cpu", environ=environ) == torch.device("cpu")

@@ -68,7 +68,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         "--concurrent",
         type=int,
         default=0,
-        help="runs trained at once, interleaved step by step (0: all of the job's on a GPU, one on the CPU)",
+        help="runs trained at once, interleaved step by step (0: on a GPU as many of the job's as fit in its memory, "
+        "measured; one on the CPU); fewer after an out-of-memory error",
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, _cfg, _create_vision_transformer
 
+from peftstudy import gpus
 from peftstudy.io import atomic_path, sha256_file
 
 HEAD_NAMES = ("head.weight", "head.bias")
@@ -94,16 +95,19 @@ GPU_ALLOCATION = {
 }
 
 
-def pick_device(name: str, threads: int | None = None, environ: Mapping[str, str] = os.environ) -> torch.device:
+def pick_device(name: str, threads: int | None = None, environ: MutableMapping[str, str] = os.environ) -> torch.device:
     """`auto` is CUDA when present, else the CPU; a job that asks for a GPU and finds none fails instead.
 
     Asking is `--device cuda` (the config's `device`), or `auto` in a job given GPUs (GPU_ALLOCATION): training
     such a job on the CPU would take days and look like a slow GPU. A stage that trains or predicts calls it first,
     with its --threads: torch's CPU threads are set here, not in the CLI, so that the CLI imports no torch (the
-    report's env has none).
+    report's env has none). Before CUDA starts, a job bound for it claims a GPU no other job of the machine holds
+    (peftstudy.gpus: one GPU per job on a workstation), unless a scheduler chose its devices.
     """
     if threads is not None:
         torch.set_num_threads(threads)
+    if name == "cuda" or (name == "auto" and torch.version.cuda):  # torch.version, unlike torch.cuda, starts no CUDA
+        gpus.claim(environ)
     if torch.cuda.is_available():
         return torch.device("cuda" if name == "auto" else name)
     if name != "auto":

@@ -270,13 +270,29 @@ def fit(
     return train_together([run])[0]
 
 
+def first_line(error: BaseException) -> str:
+    """An error's first line: CUDA's out-of-memory message goes on about the allocator's settings."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+class OutOfMemoryTogether(RuntimeError):
+    """Several runs trained together ran out of device memory (torch.OutOfMemoryError in one of them): the
+    results of those that had finished, by position, and the error. The others stopped and are to be trained
+    again, fewer at a time, from their last epoch-boundary checkpoints (or from the start without them)."""
+
+    def __init__(self, together: int, finished: dict[int, TrainResult], error: torch.OutOfMemoryError) -> None:
+        super().__init__(f"out of memory with {together} runs together: {first_line(error)}")
+        self.together, self.finished = together, finished
+
+
 def train_together(runs: Sequence[Run]) -> list[TrainResult]:
     """Train `runs` interleaved step by step (round robin) in this process; their results, in order.
 
     Several small runs keep a GPU busier than one (issue 17): on CUDA each run launches on its own stream,
     so one run's kernels fill the gaps another leaves. A run's result does not depend on its companions:
     each has its own batch-order generator, its own global-RNG state (swapped in around its steps) and its
-    own tensors (tested bitwise on the CPU against the run alone).
+    own tensors (tested bitwise on the CPU against the run alone). Out of device memory with several runs,
+    it stops them all and raises :class:`OutOfMemoryTogether` (one run alone: the OutOfMemoryError itself).
     """
     device = runs[0].y.device
     cuda = device.type == "cuda"
@@ -302,6 +318,13 @@ def train_together(runs: Sequence[Run]) -> list[TrainResult]:
                 except StopIteration as done:
                     results[i] = done.value
                     live.remove(i)
+                except torch.OutOfMemoryError as error:
+                    if len(runs) == 1:
+                        raise
+                    for stepper in steppers:
+                        stepper.close()  # their optimizers and activations go with their frames
+                    finished = {k: r for k, r in enumerate(results) if r is not None}
+                    raise OutOfMemoryTogether(len(runs), finished, error) from None
                 if swap:
                     runs[i].rng = rng_state(device)
                 preempt["steps"] += 1
@@ -321,6 +344,20 @@ def train_together(runs: Sequence[Run]) -> list[TrainResult]:
         if stream is not None:
             torch.cuda.current_stream(device).wait_stream(stream)
     return [r for r in results if r is not None]
+
+
+def take_steps(run: Run, steps: int) -> None:
+    """The first `steps` training steps of `run`, alone, eager, without checkpoints or evaluation; then its
+    optimizer is dropped. What a run takes in device memory is measured so (runs.py), without compiling it."""
+    set_rng_state(run.rng, run.y.device)
+    eager = dataclasses.replace(run.recipe, compile="off")
+    stepper = _steps(dataclasses.replace(run, recipe=eager, checkpoint=None, evaluate=None, log_every=0))
+    for _ in range(steps):
+        try:
+            next(stepper)
+        except StopIteration:
+            return
+    stepper.close()
 
 
 def _steps(run: Run) -> Generator[None, None, TrainResult]:

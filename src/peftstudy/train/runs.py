@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,14 +26,17 @@ from peftstudy.plan.study import config_hash
 from peftstudy.train.cache import TuneResults
 from peftstudy.train.engine import (
     Images,
+    OutOfMemoryTogether,
     Recipe,
     Run,
     TrainResult,
     bf16_on,
     features,
+    first_line,
     predict,
     scores,
     seed_everything,
+    take_steps,
     to_input,
     train_together,
 )
@@ -93,9 +97,10 @@ class Session:
         self.device = pick_device(args.device, args.threads)
         self.recipe = Recipe(**args.recipe)
         self.bf16 = bf16_on(self.recipe, self.device)
-        # Runs trained at once, interleaved: `--concurrent`, or by default all of the job's on a GPU (which one
-        # run leaves idle at the protocol's batch size) and one at a time on the CPU (no idle units to fill).
-        self.concurrent = args.concurrent or (runs if self.device.type == "cuda" else 1)
+        # Runs trained at once, interleaved: `--concurrent`, or by default on a GPU (which one run leaves idle at
+        # the protocol's batch size) as many of the job's as fit in its memory (None: measured as training starts,
+        # _runs_that_fit), and one at a time on the CPU (no idle units to fill).
+        self.concurrent: int | None = args.concurrent or (None if self.device.type == "cuda" and runs > 1 else 1)
         self.train = load_npz(args.train)
         if len(self.train["labels"]) < self.recipe.batch_size:  # before any model is built
             raise ValueError(
@@ -127,6 +132,14 @@ class Session:
         if split not in self._features:
             self._features[split] = features(model, self.inputs(split, model), self.recipe.eval_batch_size, self.bf16)
         return self._features[split]
+
+    def device_bytes(self) -> int:
+        """Device memory the cached splits and features take: shared by every run of the process."""
+        return sum(x.data.nbytes for x in self._inputs.values()) + sum(f.nbytes for f in self._features.values())
+
+    def held_out_bytes_to_come(self) -> int:
+        """Device memory the held-out split's pixels will take when first evaluated (0 once they are there)."""
+        return 0 if "held_out" in self._inputs else self.held_out["images"].nbytes
 
     def uses_features(self, method: str, drop_path: float) -> bool:
         """The linear probe on cached features is the same computation only without stochastic depth, and never
@@ -199,15 +212,123 @@ def _set_up(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str
 
 
 def _train(session: Session, specs: list[tuple[str, dict[str, Any], int]], phase: str, split: str):
-    """Train (gp, hp, seed) runs, `session.concurrent` at a time, interleaved; yield each one's
-    (model, trainable names, metrics, logits, labels) as its group ends, in order."""
-    for first in range(0, len(specs), session.concurrent):
-        group = [_set_up(session, gp, hp, seed, phase) for gp, hp, seed in specs[first : first + session.concurrent]]
+    """Train (gp, hp, seed) runs, `session.concurrent` at a time (or as many as fit), interleaved; yield each
+    one's position in `specs` and its (model, trainable names, metrics, logits, labels) as its group ends.
+
+    Out of GPU memory with several runs together, the runs that had finished are kept, the number at a time is
+    lowered (_fewer) and the others train again from their last epoch-boundary checkpoints (with --resume-dir;
+    else from the start): each run's result is the same bytes as if nothing had happened, since a resumed run
+    ends as one never interrupted and no run depends on its neighbours."""
+    together = session.concurrent or _runs_that_fit(session, specs, phase)
+    todo = list(range(len(specs)))
+    wall = [0.0] * len(specs)  # runs trained together share their wall time equally, over every attempt
+    while todo:
+        ids, todo = todo[:together], todo[together:]
+        group: list[_Pending] = []
         start = time.time()
-        results = train_together([pending.run for pending in group])
-        wall = (time.time() - start) / len(group)
-        for pending, result in zip(group, results, strict=True):
-            yield _finish(session, pending, result, wall, phase, split)
+        try:
+            group.extend(_set_up(session, *specs[i], phase) for i in ids)
+            start = time.time()  # the wall time of training, not of building the models
+            finished = dict(enumerate(train_together([pending.run for pending in group])))
+            out_of_memory = ""
+        except OutOfMemoryTogether as error:
+            finished, out_of_memory = error.finished, str(error)
+        except torch.OutOfMemoryError as error:  # building the group's models, or one run alone
+            if len(ids) == 1:  # nothing fewer to try
+                _note_alone_does_not_fit(session, error)
+                raise
+            finished, out_of_memory = {}, f"out of memory setting up {len(ids)} runs together: {first_line(error)}"
+        for i in ids:
+            wall[i] += (time.time() - start) / len(ids)
+        done = [(ids[k], group[k], finished[k]) for k in sorted(finished)]
+        if out_of_memory:
+            stopped = [i for k, i in enumerate(ids) if k not in finished]
+            del group  # the stopped runs' models, before their memory is handed back
+            _free_device_memory(session.device)
+            together = _fewer(len(ids))
+            where = (
+                f"their last epoch checkpoints in {session.args.resume_dir} (their start before the first)"
+                if session.args.resume_dir
+                else "their start (no --resume-dir, so no checkpoints)"
+            )
+            print(
+                f"{out_of_memory}. {len(done)} had finished; {together} at a time from now on: the other "
+                f"{len(stopped)} train again from {where}",
+                flush=True,
+            )
+            todo = stopped + todo
+        for i, pending, result in done:
+            yield i, _finish(session, pending, result, wall[i], phase, split)
+
+
+def _note_alone_does_not_fit(session: Session, error: torch.OutOfMemoryError) -> None:
+    error.add_note(
+        f"one {session.args.method} run alone does not fit in the memory free on {session.device}: free the GPU, "
+        f"or lower experiments.{session.args.experiment}.recipe.batch_size (a change of protocol)"
+    )
+
+
+def _fewer(together: int) -> int:
+    """Runs at a time after `together` ran out of memory: a quarter fewer (at least one fewer), so that a
+    footprint measured a little low costs a few steps down, not half the GPU's throughput."""
+    return max(1, min(together - 1, 3 * together // 4))
+
+
+# The share of the free GPU memory the runs trained at once may fill: the rest is left for what one run's first
+# steps do not show (the caching allocator's rounding and per-stream pools, evaluation batches, cuBLAS workspaces).
+MEMORY_MARGIN = 0.9
+PROBE_STEPS = 2  # the first step creates the optimizer state; the second is a step in the steady state
+
+
+def _runs_that_fit(session: Session, specs: list[tuple[str, dict[str, Any], int]], phase: str) -> int:
+    """How many of the job's runs fit in the GPU's free memory at once.
+
+    One run's footprint is measured: its first run set up and trained for PROBE_STEPS steps alone (eager, no
+    checkpoint, no evaluation), its peak of allocated memory (weights, gradients, optimizer state and activations)
+    less what was allocated before it and what the session's shared splits grew by. The probe is then dropped and
+    the runs start from their own seeds, so it changes no result; its pixels stay, as every run shares them. A
+    compiled run usually takes less than eager, one with CUDA graphs (their memory pools) more: where the
+    measure falls short, an out-of-memory error lowers the count (_train)."""
+    device = session.device
+    shared = session.device_bytes()
+    before = torch.cuda.memory_allocated(device)
+    probe = _set_up(session, *specs[0], phase)
+    shared_added = session.device_bytes() - shared
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        take_steps(probe.run, PROBE_STEPS)
+    except torch.OutOfMemoryError as error:
+        _note_alone_does_not_fit(session, error)
+        raise
+    footprint = torch.cuda.max_memory_allocated(device) - before - shared_added
+    del probe
+    _free_device_memory(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    available = free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    to_come = session.held_out_bytes_to_come()
+    together = runs_that_fit(footprint, available - to_come, len(specs))
+    print(
+        f"GPU memory: one {session.args.method} run takes {footprint / 2**30:.2f} GiB at its peak (measured over "
+        f"its first {PROBE_STEPS} steps), {available / 2**30:.1f} GiB free ({to_come / 2**30:.2f} GiB of it for the "
+        f"held-out split to come), {MEMORY_MARGIN:.0%} of the rest usable: {together} of the job's {len(specs)} "
+        "runs at a time",
+        flush=True,
+    )
+    return together
+
+
+def runs_that_fit(footprint: int, available: int, runs: int) -> int:
+    """Runs of `footprint` bytes each that fit in MEMORY_MARGIN of `available` bytes, between 1 and `runs`."""
+    return max(1, min(runs, int(MEMORY_MARGIN * available) // max(footprint, 1)))
+
+
+def _free_device_memory(device: torch.device) -> None:
+    """Hand the memory of dropped runs back: their tensors may sit in reference cycles (frames, tracebacks), and
+    the caching allocator keeps freed blocks per stream until emptied."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
 
 
 def _finish(session: Session, pending: _Pending, result: TrainResult, wall: float, phase: str, split: str):
@@ -308,7 +429,8 @@ def tune(args: argparse.Namespace) -> None:
     if todo:
         session = Session(args, args.val, len(todo))
         specs = [(point["gp"], point["hp"], args.seed) for point in todo]
-        for point, (_, _, metrics, _, _) in zip(todo, _train(session, specs, "tune", "val"), strict=True):
+        for i, (_, _, metrics, _, _) in _train(session, specs, "tune", "val"):
+            point = todo[i]
             if kept:
                 kept.put(point, metrics)
             results[point["gp"]] = metrics
@@ -324,9 +446,8 @@ def final(args: argparse.Namespace) -> None:
         raise ValueError(f"{len(args.seed)} seeds: give as many --out-metrics, --out-logits and --out-weights")
     session = Session(args, args.test, len(args.seed))
     specs = [(args.gp, args.hp, seed) for seed in args.seed]
-    for (model, trainable, metrics, logits, labels), out_metrics, out_logits, out_weights in zip(
-        _train(session, specs, "final", "test"), *outs, strict=True
-    ):
+    for i, (model, trainable, metrics, logits, labels) in _train(session, specs, "final", "test"):
+        out_metrics, out_logits, out_weights = (o[i] for o in outs)
         params = dict(model.named_parameters())
         save_safetensors(out_weights, {n: params[n] for n in trainable}, {"method": args.method, "gp": args.gp})
         save_npz(out_logits, logits=logits.numpy().astype(np.float32), labels=labels)
