@@ -52,7 +52,7 @@ def test_sweep_overhead_on_the_tiny_study(workflow: Workflow, tmp_path) -> None:
     sizes = {m[1]: m for m in SIZE_LINE.finditer(proc.stdout)}
     assert sorted(sizes) == ["1x1", "2x1", "2x2"], proc.stdout
     assert [int(sizes[k][3]) for k in ("1x1", "2x1", "2x2")] == [1, 2, 2]
-    for _, _, planned, _, executed, cpu in (m.groups() for m in sizes.values()):
+    for _, planned, _, executed, cpu in (m.groups() for m in sizes.values()):
         assert int(executed) > int(planned)  # the finals appear behind the checkpoints
         assert float(cpu) > 0
     match = LAST_LINE.match(proc.stdout.strip().splitlines()[-1])
