@@ -136,7 +136,9 @@ def test_the_throughput_benchmark_writes_rows_the_estimate_reads():
     spec.loader.exec_module(bench)
     import torch
 
-    args = argparse.Namespace(arch=ARCH, batch_size=64, n=512, native_size=320, image_size=224, drop_path=0.1)
+    args = argparse.Namespace(
+        arch=ARCH, batch_size=64, n=512, native_size=320, image_size=224, drop_path=0.1, repeats=3
+    )
     rows = bench.throughput_rows(args, torch.device("cpu"), {"lora": {"fp32": (123.4, None), "bf16": (200.0, 1.0)}})
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=cost.THROUGHPUT_COLUMNS)
@@ -147,7 +149,7 @@ def test_the_throughput_benchmark_writes_rows_the_estimate_reads():
         ("CPU", ARCH, "lora", "fp32", 123.0),
         ("CPU", ARCH, "lora", "bf16", 200.0),
     ]
-    assert "batch 64" in read[0].source
+    assert "batch 64" in read[0].source and "median of 3 repetitions" in read[0].source
 
 
 def test_a_broken_study_config_stops_the_estimate_naming_the_key(tmp_path, capsys):
