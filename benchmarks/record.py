@@ -1,4 +1,4 @@
-"""Record a benchmark: run a command N >= 3 times and keep its raw output, the machine and the spread.
+r"""Record a benchmark: run a command N >= 3 times and keep its raw output, the machine and the spread.
 
 Every figure the README or docs/scale.md quotes is the median of a file this writes under benchmarks/results/
 (`<name>-<YYYY-MM-DD>.json`; `-2`, `-3`... when that day's exists: a record is never overwritten), holding
@@ -9,8 +9,9 @@ Every figure the README or docs/scale.md quotes is the median of a file this wri
 - each repetition's raw output (stdout and stderr, interleaved as printed), exit status, wall time and the CPU
   time (user + system) of the command and everything it waited for;
 - every figure the command prints as `key=value` (a number, optionally followed by a unit such as `x`, `s` or
-  `%`: `speedup=1.69x`, `snakemake_seconds=344`, `rate[lora/engine fp32]=1565`) and the wall and CPU times,
-  each with its values per repetition and their median, minimum and maximum.
+  `%`: `speedup=1.69x`, `snakemake_seconds=344`, `rate[lora/engine fp32]=1565`), those `--figure NAME=REGEX`
+  picks out of what it prints otherwise (the regex's first group, at its last match), and the wall and CPU
+  times, each with its values per repetition and their median, minimum and maximum.
 
 A repetition that exits non-zero stops the record and writes nothing (its output is shown): a figure is never
 taken from a failed run. `--setup` runs a shell command before each repetition, untimed (e.g. removing the
@@ -18,7 +19,8 @@ previous run's results, so each repetition starts clean). The load average is re
 record made on a busy machine says so, and its range shows it.
 
     python benchmarks/record.py dag_scale-mini -- python benchmarks/dag_scale.py --configfile config.yaml
-    python benchmarks/record.py mini_study --setup 'rm -rf results/mini' -- snakemake all
+    python benchmarks/record.py mini_study --setup 'rm -rf results/mini .snakemake' \
+        --figure 'jobs=(\d+) of \d+ steps \(100%\) done' -- snakemake all
     python benchmarks/record.py --show benchmarks/results/mini_study-2026-12-06.json
 """
 
@@ -81,13 +83,32 @@ def git(*args: str) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
-def figures(output: str) -> dict[str, float]:
-    """Every `key=value` the output prints; a key printed twice keeps its last value (the final figure)."""
+def figures(output: str, picked: dict[str, re.Pattern] | None = None) -> dict[str, float]:
+    """Every `key=value` the output prints, and each `picked` pattern's first group at its last match; a key
+    printed twice keeps its last value (the final figure)."""
     found = {}
     for line in output.splitlines():
         for key, number, _unit in FIGURE.findall(line):
-            found[key.strip()] = float(number.replace(",", ""))
+            found[key] = float(number.replace(",", ""))
+    for name, pattern in (picked or {}).items():
+        matches = pattern.findall(output)
+        if matches:
+            found[name] = float(str(matches[-1]).replace(",", ""))
     return found
+
+
+def picked_figure(text: str) -> tuple[str, re.Pattern]:
+    """--figure NAME=REGEX: the regex must have a group (the number)."""
+    name, _, regex = text.partition("=")
+    if not re.fullmatch(r"[A-Za-z_]\w*", name) or not regex:
+        raise argparse.ArgumentTypeError(f"--figure {text!r}: NAME=REGEX, e.g. 'jobs=(\\d+) of \\d+ steps'")
+    try:
+        pattern = re.compile(regex, re.MULTILINE)
+    except re.error as error:
+        raise argparse.ArgumentTypeError(f"--figure {text!r}: {error}") from None
+    if pattern.groups < 1:
+        raise argparse.ArgumentTypeError(f"--figure {text!r}: the regex needs a group around the number")
+    return name, pattern
 
 
 def spread(values: Sequence[float]) -> dict[str, Any]:
@@ -117,9 +138,11 @@ def run_once(command: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def summarise(repetitions: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each figure over the repetitions: the wall and CPU times, and every key=value all of them printed."""
-    printed = [figures(r["output"]) for r in repetitions]
+def summarise(
+    repetitions: Sequence[dict[str, Any]], picked: dict[str, re.Pattern] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Each figure over the repetitions: the wall and CPU times, and every figure all of them printed."""
+    printed = [figures(r["output"], picked) for r in repetitions]
     common = [key for key in printed[0] if all(key in p for p in printed)]
     summary = {"wall_s": spread([r["wall_s"] for r in repetitions]), "cpu_s": spread([r["cpu_s"] for r in repetitions])}
     summary.update({key: spread([p[key] for p in printed]) for key in common})
@@ -149,7 +172,14 @@ def show(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def record(name: str, command: Sequence[str], repeat: int, setup: str | None, folder: Path = RESULTS) -> Path:
+def record(
+    name: str,
+    command: Sequence[str],
+    repeat: int,
+    setup: str | None,
+    folder: Path = RESULTS,
+    picked: dict[str, re.Pattern] | None = None,
+) -> Path:
     if not NAME.match(name):
         raise SystemExit(f"record: name {name!r}: use letters, digits, '_', '.' and '-' (it names the file)")
     if repeat < MIN_REPEATS:
@@ -161,6 +191,7 @@ def record(name: str, command: Sequence[str], repeat: int, setup: str | None, fo
         "name": name,
         "command": list(command),
         "setup": setup,
+        "picked": {name: pattern.pattern for name, pattern in (picked or {}).items()},
         "cwd": os.getcwd(),
         "date": started.isoformat(timespec="seconds"),
         "commit": git("rev-parse", "HEAD"),  # the benchmarks' own checkout
@@ -180,7 +211,7 @@ def record(name: str, command: Sequence[str], repeat: int, setup: str | None, fo
             )
         print(f"repetition {i + 1}/{repeat}: {rep['wall_s']:.1f} s wall, load {rep['load_before']}", flush=True)
         repetitions.append(rep)
-    result = facts | {"load_after": load(), "repetitions": repetitions, "figures": summarise(repetitions)}
+    result = facts | {"load_after": load(), "repetitions": repetitions, "figures": summarise(repetitions, picked)}
     path = record_path(folder, name, started.date().isoformat())
     write_json(path, result)
     print(show(result))
@@ -195,11 +226,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="%(prog)s NAME [--repeat N] [--setup CMD] -- COMMAND [ARG ...]\n       %(prog)s --show FILE",
+        usage="%(prog)s NAME [--repeat N] [--setup CMD] [--figure NAME=REGEX] -- COMMAND [ARG ...]\n"
+        "       %(prog)s --show FILE",
     )
     parser.add_argument("name", nargs="?", help="the record's name: benchmarks/results/<name>-<date>.json")
     parser.add_argument("--repeat", type=int, default=MIN_REPEATS, help=f"repetitions (at least {MIN_REPEATS})")
     parser.add_argument("--setup", help="a shell command run before each repetition, untimed")
+    parser.add_argument(
+        "--figure",
+        type=picked_figure,
+        action="append",
+        default=[],
+        metavar="NAME=REGEX",
+        help="also record the regex's first group (its last match in the output) as NAME; repeatable",
+    )
     parser.add_argument("--show", type=Path, help="print a record's machine and figures, run nothing")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the record goes (%(default)s)")
     args = parser.parse_args(own)
@@ -208,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if not args.name:
         parser.error("a name is required (or --show FILE)")
-    record(args.name, command, args.repeat, args.setup, args.results)
+    record(args.name, command, args.repeat, args.setup, args.results, dict(args.figure))
 
 
 if __name__ == "__main__":

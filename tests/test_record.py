@@ -13,7 +13,7 @@ RECORD = [sys.executable, str(REPO / "benchmarks/record.py")]
 # Each repetition prints the next of 3, 1, 2 (a counter in a file): the median is 2, the range 1 to 3.
 PRINTS = (
     "import pathlib; p = pathlib.Path('n'); n = int(p.read_text()) if p.exists() else 0; p.write_text(str(n + 1));"
-    "print(f'speedup={[3, 1, 2][n]}.5x rate[lora/engine fp32]=1,{n}00 n=800,'); print('chatter')"
+    "print(f'speedup={[3, 1, 2][n]}.5x rate[lora/engine fp32]=1,{n}00 n=800,'); print('chatter', 2 * n)"
 )
 
 
@@ -23,12 +23,14 @@ def run(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 def test_a_record_holds_each_repetition_its_spread_and_the_machine(tmp_path) -> None:
     out = tmp_path / "results"
-    proc = run(tmp_path, "demo", "--results", str(out), "--", sys.executable, "-c", PRINTS)
+    picked = ["--figure", r"lines=^chatter (\d+)$"]
+    proc = run(tmp_path, "demo", "--results", str(out), *picked, "--", sys.executable, "-c", PRINTS)
     assert proc.returncode == 0, proc.stderr
     (path,) = out.glob("demo-*.json")
     record = json.loads(path.read_text())
     assert len(record["repetitions"]) == 3
-    assert [r["output"].splitlines()[1] for r in record["repetitions"]] == ["chatter"] * 3
+    assert [r["output"].splitlines()[1] for r in record["repetitions"]] == ["chatter 0", "chatter 2", "chatter 4"]
+    assert record["figures"]["lines"]["values"] == [0, 2, 4]
     assert record["figures"]["speedup"] | {"values": None} == {"values": None, "median": 2.5, "min": 1.5, "max": 3.5}
     assert record["figures"]["rate[lora/engine fp32]"]["values"] == [1000, 1100, 1200]
     assert "n" not in record["figures"]  # `n=800,` is part of a repr, not a figure
