@@ -339,9 +339,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 flush=True,
             )
             # The same as figures, for benchmarks/record.py.
-            print(
-                f"snakemake_cpu[{m.size}]={m.cpu:.2f} jobs_cpu[{m.size}]={m.children_cpu:.2f} wall[{m.size}]={m.wall:.1f}"
-            )
+            size = m.size
+            print(f"snakemake_cpu[{size}]={m.cpu:.2f} jobs_cpu[{size}]={m.children_cpu:.2f} wall[{size}]={m.wall:.1f}")
         a, b, c = fit(sizes)
         print(f"fit: seconds = {a:.3g} + {b:.3g} * jobs + {c:.3g} * checkpoints * jobs", flush=True)
         for m in sizes:
