@@ -12,8 +12,8 @@ stays clean):
 2. The fit (4.) must be able to tell its terms apart: before anything runs, the sizes' planned (jobs,
    checkpoints) must give a design of full rank, i.e. checkpoints that differ between sizes of different job
    counts. Sizes that vary only the datasets keep the checkpoints fixed (one per experiment), so jobs and
-   checkpoints x jobs move together and any split between them is arbitrary: the benchmark refuses them (and
-   `--plan-only` shows the sizes' counts and stops there).
+   checkpoints x jobs move together and any split between them is arbitrary: the benchmark refuses them
+   (`--plan-only` shows the sizes' counts and stops there; `--no-fit` measures the sizes and projects nothing).
 3. `snakemake all` then runs every other job for real, with `peftstudy` replaced by benchmarks/sweep_stand_in.py
    (first on PATH in the scratch copy: schema-valid outputs in milliseconds; `select` and `collect` are the real
    ones). A second dry run must find nothing to do. The CPU time (user + system) of Snakemake's own process is
@@ -32,7 +32,7 @@ Last line:
     python benchmarks/sweep_overhead.py        # studies/paper.yaml at 1x1 1xall allx1 allx2 -> studies/paper.yaml
     python benchmarks/sweep_overhead.py --plan-only                     # the same sizes' counts; runs nothing
     python benchmarks/sweep_overhead.py --configfile config.yaml --sizes 1x1 1x2 2x1 --project config.yaml
-    python benchmarks/sweep_overhead.py --configfile config.yaml --sizes 2x1 --slurm debug   # the slurm profile
+    python benchmarks/sweep_overhead.py --configfile config.yaml --sizes 2x1 --no-fit --slurm debug  # through Slurm
 """
 
 from __future__ import annotations
@@ -312,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--scheduler", default="greedy", help="Snakemake's --scheduler (greedy or ilp)")
     parser.add_argument("--slurm", metavar="PARTITION", help="run through the slurm profile on this partition")
     parser.add_argument("--plan-only", action="store_true", help="plan the sizes and check the fit; run nothing")
+    parser.add_argument("--no-fit", action="store_true", help="measure the sizes, fit and project nothing")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copies (their path is printed)")
     args = parser.parse_args(argv)
     configfiles = [p.resolve() for p in (args.configfile or [DEFAULT_CONFIG])]
@@ -323,9 +324,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for p in prepared:
             print(f"size={p.size}: planned {len(p.jobs)} jobs, {p.checkpoints} checkpoints", flush=True)
         try:
-            check_separable([(len(p.jobs), p.checkpoints) for p in prepared])
+            if not args.no_fit:
+                check_separable([(len(p.jobs), p.checkpoints) for p in prepared])
         except NotSeparable as error:
-            raise SystemExit(f"sweep_overhead: refused before running anything: {error}") from None
+            raise SystemExit(f"sweep_overhead: refused before running anything: {error} (or --no-fit)") from None
         if args.plan_only:
             return
         sizes = []
@@ -341,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             # The same as figures, for benchmarks/record.py.
             size = m.size
             print(f"snakemake_cpu[{size}]={m.cpu:.2f} jobs_cpu[{size}]={m.children_cpu:.2f} wall[{size}]={m.wall:.1f}")
+        if args.no_fit:
+            return
         a, b, c = fit(sizes)
         print(f"fit: seconds = {a:.3g} + {b:.3g} * jobs + {c:.3g} * checkpoints * jobs", flush=True)
         for m in sizes:
