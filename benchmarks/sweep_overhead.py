@@ -269,13 +269,14 @@ def check_separable(points: Sequence[tuple[int, int]]) -> None:
     rank = int((singular > SEPARABLE * singular[0]).sum())
     if len(distinct) >= n_terms and rank == n_terms:
         return
-    ratios = sorted({c for _, c in distinct})
+    checkpoint_counts = sorted({c for _, c in distinct})
     raise NotSeparable(
         f"the sizes' (jobs, checkpoints) {distinct} give {len(distinct)} distinct points and a design of rank "
         f"{rank} of {n_terms}: seconds = a + b * jobs + c * checkpoints * jobs cannot be fitted"
         + (
-            f"; every size has {ratios[0]} checkpoint(s), so the per-job and per-checkpoint terms move together"
-            if len(ratios) == 1
+            f"; every size has {checkpoint_counts[0]} checkpoint(s), so the per-job and per-checkpoint terms"
+            " move together"
+            if len(checkpoint_counts) == 1
             else ""
         )
         + ". Add sizes with another number of experiments (checkpoints) at another number of jobs, "
