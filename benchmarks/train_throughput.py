@@ -30,6 +30,7 @@ the format of src/peftstudy/tables/throughput.csv (what `peftstudy estimate` rea
 
     python benchmarks/train_throughput.py --methods lora                          # CPU, the mini ViT
     python benchmarks/record.py train_throughput -- python benchmarks/train_throughput.py --methods linear lora
+    python benchmarks/train_throughput.py --table benchmarks/results/train_throughput-<date>.json  # README table
     bash benchmarks/gpu_table.sh                                                  # every GPU row (ViT-B/16)
 """
 
@@ -38,7 +39,9 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import json
 import math
+import re
 import statistics
 import subprocess
 import tempfile
@@ -203,6 +206,40 @@ def timed_in_turns(loops: dict[str, Callable[[int], float]], epochs: int, repeat
     return rates
 
 
+RATE = re.compile(r"^rate\[(?P<method>[^/\]]+)/(?P<loop>[^\]]+)\]")
+
+
+def table_from_record(record: dict) -> str:
+    """The README's speed table from a benchmarks/record.py record of this script: each cell the median and range,
+    over the record's runs, of each run's own median; a run's speedup is its rate over its own reference's."""
+    figures = record["figures"]
+    # The rows in the order the script printed them (the record's figures are sorted by name).
+    order = [line.split("=")[0] for line in record["repetitions"][0]["output"].splitlines() if RATE.match(line)]
+    m = record["machine"]
+    lines = [
+        f"{len(record['repetitions'])} runs of `{' '.join(record['command'])}` ({record['date']}, {m['cpu_model']},"
+        f" {m['cores_usable']} cores, load average {record['load_before'][0]} before, {record['load_after'][0]}"
+        f" after): each figure the median (min–max) of the runs' own medians. The one-off decode of the split:"
+        f" {spread(figures['decode_img_per_s']['values'], ',.0f')} img/s.",
+        "",
+        "| method | loop | img/s | speedup |",
+        "|---|---|---|---|",
+    ]
+    for key in order:
+        row = RATE.match(key)
+        if not row:
+            continue
+        method, loop, rates = row["method"], row["loop"], figures[key]["values"]
+        reference = figures[f"rate[{method}/reference]"]["values"]
+        speedup = spread([r / ref for r, ref in zip(rates, reference, strict=True)], ".2f", "x")
+        speedup = {"reference": "1x", "cached features": f"({speedup}, other computation: not counted)"}.get(
+            loop, speedup
+        )
+        lines.append(f"| {method} | {loop} | {spread(rates, ',.0f')} | {speedup} |")
+    lines += ["", f"Geometric mean over the methods: `speedup={spread(figures['speedup']['values'], '.2f', 'x')}`."]
+    return "\n".join(lines)
+
+
 def run_method(
     bench: Bench, decode_seconds_per_image: float, figures: list[str]
 ) -> tuple[float, float, float | None, dict[str, tuple[float, float | None]]]:
@@ -325,8 +362,12 @@ def main() -> None:
     p.add_argument("--runs-per-cache", type=int, default=1, help="runs sharing one decode (VTAB-1K: ~530)")
     p.add_argument("--sweep-images", type=int, default=0, help=f"project a sweep (VTAB-1K: {VTAB1K_SWEEP_IMAGES})")
     p.add_argument("--device", default="auto")
+    p.add_argument("--table", type=Path, help="print the README's table from a record of this script; run nothing")
     p.add_argument("--csv", default="", help="append the eager rates of one run alone here (throughput.csv format)")
     args = p.parse_args()
+    if args.table:
+        print(table_from_record(json.loads(args.table.read_text())))
+        return
     if args.repeats < 3:
         p.error(f"--repeats {args.repeats}: at least 3 (a median and a range need them)")
     torch.set_num_threads(args.threads)
@@ -342,6 +383,7 @@ def main() -> None:
             f"prepare (one-off decode of the split, once for all its runs): {len(rows)} images in "
             f"{decode_seconds:.2f} s ({len(rows) / decode_seconds:,.0f} img/s)"
         )
+        print(f"decode_img_per_s={len(rows) / decode_seconds:.0f}")
         print(
             f"img/s and speedups: median (min–max) of {args.repeats} repetitions\n"
             "| method | loop | img/s | img/s +decode | MFU | speedup |\n|---|---|---|---|---|---|"
