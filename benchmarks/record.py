@@ -191,7 +191,7 @@ def record(
         "name": name,
         "command": list(command),
         "setup": setup,
-        "picked": {name: pattern.pattern for name, pattern in (picked or {}).items()},
+        "picked": {figure: pattern.pattern for figure, pattern in (picked or {}).items()},
         "cwd": os.getcwd(),
         "date": started.isoformat(timespec="seconds"),
         "commit": git("rev-parse", "HEAD"),  # the benchmarks' own checkout
