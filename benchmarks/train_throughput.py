@@ -219,7 +219,8 @@ def table_from_record(record: dict) -> str:
     lines = [
         f"{len(record['repetitions'])} runs of `{' '.join(record['command'])}` ({record['date']}, {m['cpu_model']},"
         f" {m['cores_usable']} cores, load average {record['load_before'][0]} before, {record['load_after'][0]}"
-        f" after): each figure the median (min–max) of the runs' own medians. The one-off decode of the split:"
+        f" after): each figure the median (min–max) of the runs' own medians, a run's speedup its median rate over"
+        f" its reference's; the last line the script's own. The one-off decode of the split:"
         f" {spread(figures['decode_img_per_s']['values'], ',.0f')} img/s.",
         "",
         "| method | loop | img/s | speedup |",
