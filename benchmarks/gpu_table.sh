@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU row of the README's speed table and the VTAB-1K projection, in one command (estimated 11-13 minutes
-# on an H100 or H200; not yet run: the session that wrote it had no GPU), plus the guards that need a GPU
-# (benchmarks/gpu_checks.sh first, then bf16 against fp32 and runs together against alone):
+# Every GPU row of the README's speed table and the VTAB-1K projection, in one command (estimated 20-25 minutes
+# on an H100 or H200 with every loop timed 3 times, --repeats; not yet run: no GPU so far), plus the guards that
+# need a GPU (benchmarks/gpu_checks.sh first, then bf16 against fp32 and runs together against alone):
 #
 #     bash benchmarks/gpu_table.sh 2>&1 | tee gpu_table.log
 #

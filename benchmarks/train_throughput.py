@@ -13,17 +13,24 @@ feature row (features once, in eval mode, no drop-path: another computation, whi
 without drop-path) is printed apart and left out of the speedup.
 
 Both train freshly initialised models (seeded alike) for --epochs epochs after one untimed warm-up epoch
-(worker start-up, cuDNN autotuning, compilation). Images/s = trained images / wall time. On CUDA each engine
+(worker start-up, cuDNN autotuning, compilation). Images/s = trained images / wall time. Every loop of a method
+is timed --repeats times (default 3), the loops taking turns (reference, engine, ..., reference, engine, ...), so
+that a change in the machine's load reaches all of them alike: each row shows the median and, in brackets, the
+range; a speedup is the median of the repetitions' own ratios (engine_i / reference_i), with their range. A wide
+range says the machine was busy: quote the median, record the run (benchmarks/record.py). On CUDA each engine
 row also gives MFU: measured FLOPs of a training step (torch's FlopCounterMode) x images/s over the device's
 dense bf16 peak (fp32 rows against the same peak, so the columns compare). --sweep-images projects a sweep's
-GPU-hours from the measured rates (the arithmetic is printed). The last line is `speedup=<x>x`: the engine
-as the pipeline runs it on this device (default precision, --compile, --concurrent) over the reference, the
-geometric mean over --methods (each method's ratio is printed above it).
+GPU-hours from the measured rates (the arithmetic is printed). Each row's figures are also printed as
+`rate[<method>/<loop>]=<img/s>` and `speedup[<method>]=<x>x` lines (medians), for benchmarks/record.py. The last
+line is `speedup=<x>x`: the engine as the pipeline runs it on this device (default precision, --compile,
+--concurrent) over the reference, the geometric mean over --methods of each method's median ratio.
 
 With --csv, each method's engine rows of one run alone, eager (one per --precisions), are appended to a CSV in
 the format of src/peftstudy/tables/throughput.csv (what `peftstudy estimate` reads): copy them there to refresh it.
 
     python benchmarks/train_throughput.py --methods lora                          # CPU, the mini ViT
+    python benchmarks/record.py train_throughput -- python benchmarks/train_throughput.py --methods linear lora
+    python benchmarks/train_throughput.py --table benchmarks/results/train_throughput-<date>.json  # README table
     bash benchmarks/gpu_table.sh                                                  # every GPU row (ViT-B/16)
 """
 
@@ -32,10 +39,15 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import json
 import math
+import re
+import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -125,22 +137,27 @@ class Bench:
         model, *_ = build(self.method, {"lr": 1e-3, "wd": 1e-4}, backbone, self.args.classes, recipe, self.device)
         return model
 
-    def engine(self, precision: str, compile_mode: str, concurrent: int) -> tuple[float, float | None]:
-        """Images/s (all runs together) and MFU of `concurrent` engine runs, after a warm-up epoch."""
-        for epochs in (1, self.args.epochs):  # the first, untimed: compilation, autotuning
-            recipe = Recipe(**dict(self.base, epochs=epochs, precision=precision, compile=compile_mode))
-            models = [self.model(recipe, seed) for seed in range(concurrent)]
-            cfg = models[0].pretrained_cfg
-            x = to_input(self.cache, cfg["mean"], cfg["std"], self.device)
-            runs = [Run(m, x, self.y, 1e-3 * (1 + s), 1e-4, recipe, s, log_every=0) for s, m in enumerate(models)]
-            synchronize(self.device)
-            start = time.perf_counter()
-            train_together(runs)
-            synchronize(self.device)
-            seconds = time.perf_counter() - start
+    def engine(self, precision: str, compile_mode: str, concurrent: int, epochs: int) -> float:
+        """Images/s (all runs together) of `concurrent` engine runs of `epochs` epochs, freshly built."""
+        recipe = Recipe(**dict(self.base, epochs=epochs, precision=precision, compile=compile_mode))
+        models = [self.model(recipe, seed) for seed in range(concurrent)]
+        cfg = models[0].pretrained_cfg
+        x = to_input(self.cache, cfg["mean"], cfg["std"], self.device)
+        runs = [Run(m, x, self.y, 1e-3 * (1 + s), 1e-4, recipe, s, log_every=0) for s, m in enumerate(models)]
+        synchronize(self.device)
+        start = time.perf_counter()
+        train_together(runs)
+        synchronize(self.device)
+        seconds = time.perf_counter() - start
         steps = len(self.y) // self.args.batch_size
-        rate = concurrent * self.args.epochs * steps * self.args.batch_size / seconds
-        return rate, self.mfu(models[0], bf16_on(recipe, self.device), rate)
+        return concurrent * epochs * steps * self.args.batch_size / seconds
+
+    def engine_mfu(self, precision: str, rate: float) -> float | None:
+        """MFU of the engine at `precision` running at `rate` images/s (None off CUDA)."""
+        if self.peak is None:
+            return None
+        recipe = Recipe(**dict(self.base, precision=precision))
+        return self.mfu(self.model(recipe), bf16_on(recipe, self.device), rate)
 
     def mfu(self, model: torch.nn.Module, bf16: bool, rate: float) -> float | None:
         if self.peak is None:
@@ -149,17 +166,16 @@ class Bench:
         x = to_input(self.cache[:b], cfg["mean"], cfg["std"], self.device)[:]
         return 100 * step_flops(model, x, self.y[:b], bf16) / b * rate / self.peak
 
-    def reference(self) -> float:
+    def reference(self, epochs: int) -> float:
         data = reference.ImageFiles(self.root, self.rows, self.args.image_size)
-        for epochs in (1, self.args.epochs):
-            recipe = Recipe(**dict(self.base, epochs=epochs, precision="fp32"))
-            kwargs = dict(lr=1e-3, wd=1e-4, recipe=recipe, seed=0, workers=self.args.workers, device=self.device)
-            _, rate = reference.fit(self.model(recipe), data, **kwargs)
+        recipe = Recipe(**dict(self.base, epochs=epochs, precision="fp32"))
+        kwargs = dict(lr=1e-3, wd=1e-4, recipe=recipe, seed=0, workers=self.args.workers, device=self.device)
+        _, rate = reference.fit(self.model(recipe), data, **kwargs)
         return rate
 
-    def cached_linear(self, precision: str) -> float:
+    def cached_linear(self, precision: str, epochs: int) -> float:
         """The linear probe on features computed once (eval mode, no drop-path); the features' pass is timed."""
-        recipe = Recipe(**dict(self.base, epochs=self.args.epochs, precision=precision))
+        recipe = Recipe(**dict(self.base, epochs=epochs, precision=precision))
         model = self.model(recipe)
         cfg = model.pretrained_cfg
         synchronize(self.device)
@@ -170,46 +186,119 @@ class Bench:
         fit(model.head, x, self.y, lr=1e-3, wd=1e-4, recipe=recipe, seed=0, log_every=0)
         synchronize(self.device)
         steps = len(self.y) // self.args.batch_size
-        return self.args.epochs * steps * self.args.batch_size / (time.perf_counter() - start)
+        return epochs * steps * self.args.batch_size / (time.perf_counter() - start)
+
+
+def spread(values: Sequence[float], fmt: str, unit: str = "") -> str:
+    """The median and, in brackets, the range: `1,565 (1,498–1,602)`, `1.59x (1.41–1.62)`."""
+    return f"{statistics.median(values):{fmt}}{unit} ({min(values):{fmt}}–{max(values):{fmt}})"
+
+
+def timed_in_turns(loops: dict[str, Callable[[int], float]], epochs: int, repeats: int) -> dict[str, list[float]]:
+    """Each loop's images/s over `repeats` repetitions, after one untimed warm-up epoch of each; the loops take
+    turns within a repetition, so the machine's drift reaches all of them alike."""
+    for timer in loops.values():
+        timer(1)
+    rates: dict[str, list[float]] = {label: [] for label in loops}
+    for _ in range(repeats):
+        for label, timer in loops.items():
+            rates[label].append(timer(epochs))
+    return rates
+
+
+RATE = re.compile(r"^rate\[(?P<method>[^/\]]+)/(?P<loop>[^\]]+)\]")
+
+
+def table_from_record(record: dict) -> str:
+    """The README's speed table from a benchmarks/record.py record of this script: each cell the median and range,
+    over the record's runs, of each run's own median; a run's speedup is its rate over its own reference's."""
+    figures = record["figures"]
+    # The rows in the order the script printed them (the record's figures are sorted by name).
+    order = [line.split("=")[0] for line in record["repetitions"][0]["output"].splitlines() if RATE.match(line)]
+    m = record["machine"]
+    lines = [
+        f"{len(record['repetitions'])} runs of `{' '.join(record['command'])}` ({record['date']}, {m['cpu_model']},"
+        f" {m['cores_usable']} cores, load average {record['load_before'][0]} before, {record['load_after'][0]}"
+        f" after): each figure the median (min–max) of the runs' own medians, a run's speedup its median rate over"
+        f" its reference's; the last line the script's own. The one-off decode of the split:"
+        f" {spread(figures['decode_img_per_s']['values'], ',.0f')} img/s.",
+        "",
+        "| method | loop | img/s | speedup |",
+        "|---|---|---|---|",
+    ]
+    for key in order:
+        row = RATE.match(key)
+        if not row:
+            continue
+        method, loop, rates = row["method"], row["loop"], figures[key]["values"]
+        reference = figures[f"rate[{method}/reference]"]["values"]
+        speedup = spread([r / ref for r, ref in zip(rates, reference, strict=True)], ".2f", "x")
+        speedup = {"reference": "1x", "cached features": f"({speedup}, other computation: not counted)"}.get(
+            loop, speedup
+        )
+        lines.append(f"| {method} | {loop} | {spread(rates, ',.0f')} | {speedup} |")
+    lines += ["", f"Geometric mean over the methods: `speedup={spread(figures['speedup']['values'], '.2f', 'x')}`."]
+    return "\n".join(lines)
 
 
 def run_method(
-    bench: Bench, decode_seconds_per_image: float
+    bench: Bench, decode_seconds_per_image: float, figures: list[str]
 ) -> tuple[float, float, float | None, dict[str, tuple[float, float | None]]]:
-    """Print the method's rows; return (speedup as the pipeline runs, pipeline img/s, its MFU, the eager rows:
-    precision -> (img/s, MFU) of one run alone)."""
+    """Print the method's rows (medians and ranges over --repeats), add its `key=value` lines to `figures` (printed
+    after the table); return (median speedup as the pipeline runs, pipeline img/s, its MFU, the eager rows:
+    precision -> (median img/s, MFU) of one run alone)."""
     args, method = bench.args, bench.method
-    ref_rate = bench.reference()
-    print(f"| {method} | reference (fp32, decode every epoch) | {ref_rate:,.0f} | | | 1.00x |", flush=True)
-
-    def row(label: str, rate: float, mfu: float | None) -> None:
-        # The decode, once per split, spread over the runs that share its cache.
-        with_decode = 1 / (1 / rate + decode_seconds_per_image / args.epochs / args.runs_per_cache)
-        mfu_text = f"{mfu:.1f} %" if mfu is not None else ""
-        print(f"| {method} | {label} | {rate:,.0f} | {with_decode:,.0f} | {mfu_text} | {rate / ref_rate:.2f}x |")
-
     default_precision = "bf16" if bench.device.type == "cuda" else "fp32"
-    eager = {}
-    for precision in args.precisions:
-        eager[precision] = bench.engine(precision, "off", 1)
-        row(f"engine {precision}{', live backbone' if method == 'linear' else ''}", *eager[precision])
-    pipeline = eager.get(default_precision) or bench.engine(default_precision, "off", 1)
+    live = ", live backbone" if method == "linear" else ""
+    reference_label = "reference (fp32, decode every epoch)"
+    loops: dict[str, Callable[[int], float]] = {reference_label: bench.reference}
+    precision_of: dict[str, str] = {}  # each engine loop's precision
+
+    def engine(label: str, precision: str, compile_mode: str, concurrent: int) -> None:
+        loops[label] = partial(bench.engine, precision, compile_mode, concurrent)
+        precision_of[label] = precision
+
+    eager_labels = {p: f"engine {p}{live}" for p in dict.fromkeys([*args.precisions, default_precision])}
+    for precision, label in eager_labels.items():
+        engine(label, precision, "off", 1)
+    pipeline = eager_labels[default_precision]
     if args.compile != "off":
-        pipeline = bench.engine(default_precision, args.compile, 1)
-        row(f"engine {default_precision}, compile {args.compile}", *pipeline)
+        pipeline = f"engine {default_precision}, compile {args.compile}"
+        engine(pipeline, default_precision, args.compile, 1)
     if args.concurrent > 1:
-        pipeline = bench.engine(default_precision, args.compile, args.concurrent)
         compiled = f", compile {args.compile}" if args.compile != "off" else ""
-        row(f"engine {default_precision}{compiled}, {args.concurrent} runs at once", *pipeline)
+        pipeline = f"engine {default_precision}{compiled}, {args.concurrent} runs at once"
+        engine(pipeline, default_precision, args.compile, args.concurrent)
+    cached_label = "(other computation) cached features: eval mode, no drop-path"
     if method == "linear":
-        cached = bench.cached_linear(default_precision)
+        loops[cached_label] = partial(bench.cached_linear, default_precision)
+    rates = timed_in_turns(loops, args.epochs, args.repeats)
+    reference_rates = rates[reference_label]
+    median = {label: statistics.median(r) for label, r in rates.items()}
+    print(f"| {method} | {reference_label} | {spread(reference_rates, ',.0f')} | | | 1.00x |", flush=True)
+    figures.append(f"rate[{method}/reference]={median[reference_label]:.0f}")
+    mfus = {}
+    for label in loops:
+        if label == reference_label:
+            continue
+        ratios = [r / ref for r, ref in zip(rates[label], reference_rates, strict=True)]
+        if label == cached_label:
+            print(f"| {method} | {label} | {spread(rates[label], ',.0f')} | | | ({spread(ratios, '.2f', 'x')}) |")
+            figures.append(f"rate[{method}/cached features]={median[label]:.0f}")
+            continue
+        mfus[label] = bench.engine_mfu(precision_of[label], median[label])
+        # The decode, once per split, spread over the runs that share its cache.
+        with_decode = 1 / (1 / median[label] + decode_seconds_per_image / args.epochs / args.runs_per_cache)
+        mfu_text = f"{mfus[label]:.1f} %" if mfus[label] is not None else ""
         print(
-            f"| {method} | (other computation) cached features: eval mode, no drop-path | {cached:,.0f} | | | "
-            f"({cached / ref_rate:.2f}x) |"
+            f"| {method} | {label} | {spread(rates[label], ',.0f')} | {with_decode:,.0f} | {mfu_text} |"
+            f" {spread(ratios, '.2f', 'x')} |"
         )
-    ratio = pipeline[0] / ref_rate
-    print(f"speedup[{method}]={ratio:.2f}x", flush=True)
-    return ratio, pipeline[0], pipeline[1], eager
+        figures.append(f"rate[{method}/{label}]={median[label]:.0f}")
+    ratio = statistics.median(r / ref for r, ref in zip(rates[pipeline], reference_rates, strict=True))
+    figures.append(f"speedup[{method}]={ratio:.2f}x")
+    eager = {p: (median[label], mfus[label]) for p, label in eager_labels.items() if p in args.precisions}
+    return ratio, median[pipeline], mfus[pipeline], eager
 
 
 def project(rates: dict[str, float], mfus: dict[str, float | None], images: int) -> None:
@@ -241,7 +330,7 @@ def throughput_rows(
     source = (
         f"benchmarks/train_throughput.py at {commit or 'unknown commit'}, {datetime.date.today()}, on {name}: "
         f"engine eager, one run alone, batch {args.batch_size}, {args.n} images of {args.native_size} px at "
-        f"{args.image_size} px, drop-path {args.drop_path}"
+        f"{args.image_size} px, drop-path {args.drop_path}, median of {args.repeats} repetitions"
     )
     return [
         dict(
@@ -263,6 +352,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=800, help="training images (VTAB-1K: 800)")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed repetitions of every loop, in turns (at least 3)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--drop-path", type=float, default=0.1)
     p.add_argument("--workers", type=int, default=2, help="reference DataLoader workers (the authors: 4)")
@@ -273,8 +363,14 @@ def main() -> None:
     p.add_argument("--runs-per-cache", type=int, default=1, help="runs sharing one decode (VTAB-1K: ~530)")
     p.add_argument("--sweep-images", type=int, default=0, help=f"project a sweep (VTAB-1K: {VTAB1K_SWEEP_IMAGES})")
     p.add_argument("--device", default="auto")
+    p.add_argument("--table", type=Path, help="print the README's table from a record of this script; run nothing")
     p.add_argument("--csv", default="", help="append the eager rates of one run alone here (throughput.csv format)")
     args = p.parse_args()
+    if args.table:
+        print(table_from_record(json.loads(args.table.read_text())))
+        return
+    if args.repeats < 3:
+        p.error(f"--repeats {args.repeats}: at least 3 (a median and a range need them)")
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), {args}")
@@ -288,12 +384,17 @@ def main() -> None:
             f"prepare (one-off decode of the split, once for all its runs): {len(rows)} images in "
             f"{decode_seconds:.2f} s ({len(rows) / decode_seconds:,.0f} img/s)"
         )
-        print("| method | loop | img/s | img/s +decode | MFU | speedup |\n|---|---|---|---|---|---|")
-        ratios, rates, mfus, eager = [], {}, {}, {}
+        print(f"decode_img_per_s={len(rows) / decode_seconds:.0f}")
+        print(
+            f"img/s and speedups: median (min–max) of {args.repeats} repetitions\n"
+            "| method | loop | img/s | img/s +decode | MFU | speedup |\n|---|---|---|---|---|---|"
+        )
+        ratios, rates, mfus, eager, figures = [], {}, {}, {}, []
         for method in args.methods:
             bench = Bench(method, args, root, rows, cache, device)
-            ratio, rates[method], mfus[method], eager[method] = run_method(bench, decode_seconds / len(rows))
+            ratio, rates[method], mfus[method], eager[method] = run_method(bench, decode_seconds / len(rows), figures)
             ratios.append(ratio)
+        print("\n".join(figures))
     if args.csv:
         new = not Path(args.csv).exists()
         with open(args.csv, "a", newline="") as handle:

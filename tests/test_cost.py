@@ -136,7 +136,9 @@ def test_the_throughput_benchmark_writes_rows_the_estimate_reads():
     spec.loader.exec_module(bench)
     import torch
 
-    args = argparse.Namespace(arch=ARCH, batch_size=64, n=512, native_size=320, image_size=224, drop_path=0.1)
+    args = argparse.Namespace(
+        arch=ARCH, batch_size=64, n=512, native_size=320, image_size=224, drop_path=0.1, repeats=3
+    )
     rows = bench.throughput_rows(args, torch.device("cpu"), {"lora": {"fp32": (123.4, None), "bf16": (200.0, 1.0)}})
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=cost.THROUGHPUT_COLUMNS)
@@ -147,7 +149,7 @@ def test_the_throughput_benchmark_writes_rows_the_estimate_reads():
         ("CPU", ARCH, "lora", "fp32", 123.0),
         ("CPU", ARCH, "lora", "bf16", 200.0),
     ]
-    assert "batch 64" in read[0].source
+    assert "batch 64" in read[0].source and "median of 3 repetitions" in read[0].source
 
 
 def test_a_broken_study_config_stops_the_estimate_naming_the_key(tmp_path, capsys):
@@ -191,13 +193,22 @@ def test_the_report_sets_the_gpu_hours_spent_beside_the_estimate(tmp_path):
     experiments.to_csv(tables_dir / "experiments.csv", index=False)
     summary = render.summary(render.load_tables(tables_dir))["cost"]
     assert summary["gpu"] == "X1" and summary["spent"] == pytest.approx(2.2)
+    # One row per experiment; the robustness evaluation jobs, in no experiment and no estimate, apart from them
+    # (the tiny study's experiment named robustness has no job here: its tune and finals were not benchmarked).
     assert [(r["experiment"], r["jobs"], r["spent"]) for r in summary["rows"]] == [
         ("vtab", 2, pytest.approx(2.0)),
         ("robustness", 0, 0.0),
-        ("robustness jobs", 2, pytest.approx(0.2)),
+    ]
+    assert summary["other"] == [
+        {"what": render.OTHER_JOBS["robustness"], "jobs": 2, "spent": pytest.approx(0.2)},
     ]
     assert summary["rows"][0]["estimated"] == pytest.approx(estimated["vtab"])
     page = render_page(tables_dir, tmp_path / "report")
-    assert "2.20 spent" in page and "estimated before the run on X1" in page and "not estimated" in page
+    assert "2.20 spent" in page and "estimated before the run on X1" in page
+    cost_table = page.split('<table class="cost">')[1].split("</table>")[0]
+    assert [row.split("</td>")[0] for row in cost_table.split("<tr><td>")[1:]] == ["vtab", "robustness"]
+    assert "not estimated" not in page and "robustness jobs" not in page
+    other = page.split('<p class="cost-other">')[1].split("</p>")[0]
+    assert "in no estimate" in other and f"{render.OTHER_JOBS['robustness']}, 2 jobs, 0.20 GPU-hours spent." in other
     # Without the cost in the context (tables made before it), the tables and the page stay as they were.
     assert tables.with_gpu_hours(compute.drop(columns=["gpus", "gpu_hours"]), None).columns.tolist()[-1] == "max_rss_mb"

@@ -409,6 +409,57 @@ def test_a_marked_difference_is_red_in_the_browser_and_the_others_are_not(reruns
     assert sorted(colours) == [["+2.7", "rgb(187, 0, 0)"], ["-8.2", "rgb(102, 102, 102)"]]
 
 
+@pytest.fixture(scope="module")
+def wide_page(tmp_path_factory) -> Path:
+    """The widest results table: all 16 methods on the 19 VTAB-1K tasks, the authors' numbers under ours."""
+    tmp_path = tmp_path_factory.mktemp("wide-page")
+    tables_dir = tmp_path / "tables"
+    tables_dir.mkdir()
+    authors = tables.read_authors(DATA / "authors_vtab1k.csv")
+    methods = sorted(set(authors["method"]))
+    assert len(methods) == 16
+    by = authors.set_index("method")
+    ours = results({(t, m): by.at[m, t] + 3.0 for t in tables.VTAB_TASKS for m in methods})
+    vtab = tables.vtab_table(ours, context(tables.VTAB_TASKS, methods), authors)
+    vtab.to_csv(tables_dir / "vtab.csv", index=False)
+    tables.group_means(vtab).to_csv(tables_dir / "group_means.csv", index=False)
+    render_page(tables_dir, tmp_path / "report")
+    return tmp_path / "report" / "index.html"
+
+
+@pytest.mark.slow
+def test_a_wide_table_scrolls_in_its_own_box_on_a_laptop_screen(wide_page: Path):
+    """At 1366x768 the 16-method table is wider than the page: it scrolls inside its box, whose horizontal scroll
+    bar is on screen with the table's top (the box is no taller than the window), the page itself does not
+    overflow, and the last column can be scrolled into view while the task names and the header stay."""
+    with browser() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = chromium.new_page(viewport={"width": 1366, "height": 768})
+        page.goto(wide_page.as_uri(), wait_until="load")
+        page_width = page.evaluate("() => [document.documentElement.scrollWidth, innerWidth]")
+        box = page.evaluate(
+            """() => { const box = document.querySelector('#acc-vtab').parentElement; box.scrollIntoView();
+            const r = box.getBoundingClientRect();
+            return {overflow: getComputedStyle(box).overflowX, scroll: box.scrollWidth, client: box.clientWidth,
+                    left: r.left, right: r.right, top: r.top, height: r.height, window: innerHeight}; }"""
+        )
+        scrolled = page.evaluate(
+            """() => { const box = document.querySelector('#acc-vtab').parentElement;
+            box.scrollLeft = box.scrollWidth; box.scrollTop = 200;
+            const last = [...document.querySelectorAll('#acc-vtab thead th')].pop().getBoundingClientRect();
+            const task = document.querySelector('#acc-vtab tbody tr:nth-child(8) th').getBoundingClientRect();
+            const head = document.querySelector('#acc-vtab thead th:nth-child(2)').getBoundingClientRect();
+            return {last: [last.left, last.right], task: task.left, head: head.top}; }"""
+        )
+        chromium.close()
+    assert page_width[0] <= page_width[1], page_width  # no horizontal overflow of the page
+    assert box["overflow"] in ("auto", "scroll") and box["scroll"] > box["client"] + 100, box
+    assert box["height"] <= box["window"], box  # the scroll bar at its bottom is on screen
+    assert box["left"] - 1 <= scrolled["last"][0] and scrolled["last"][1] <= box["right"] + 1, (box, scrolled)
+    assert abs(scrolled["task"] - box["left"]) <= 1, (box, scrolled)  # the first column stays
+    assert abs(scrolled["head"] - box["top"]) <= 1, (box, scrolled)  # the header row stays
+
+
 # --- the tiny study's report, built by the pipeline and opened in a browser ---------------------------------------
 
 

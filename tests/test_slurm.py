@@ -110,20 +110,19 @@ def test_the_slurm_profile_runs_every_training_job_through_sbatch(slurm, tmp_pat
 
 def test_sweep_overhead_through_the_slurm_profile(slurm, tmp_path):
     """benchmarks/sweep_overhead.py --slurm: the tiny study's DAG through the slurm profile, every training job a
-    Slurm job, and the CPU time measured is Snakemake's own (a wrapper such as `timeout` would read as 0 s)."""
+    Slurm job, and the CPU time measured is Snakemake's own (a wrapper such as `timeout` would read as 0 s). One
+    size (both experiments at one dataset): measured, nothing fitted."""
     study = tmp_path / "tiny.yaml"
     study.write_text(yaml.safe_dump(tiny_config()))
-    cmd = [sys.executable, str(REPO / "benchmarks/sweep_overhead.py"), "--configfile", str(study), "--datasets", "1"]
+    cmd = [sys.executable, str(REPO / "benchmarks/sweep_overhead.py"), "--configfile", str(study), "--sizes", "2x1"]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     before = {job for job, _, _ in slurm_jobs()}
-    proc = subprocess.run(
-        [*cmd, "--project", str(study), "--slurm", "debug"], cwd=REPO, env=env, capture_output=True, text=True
-    )
+    proc = subprocess.run([*cmd, "--no-fit", "--slurm", "debug"], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    size = re.search(r"^datasets=1: .* executed (\d+); Snakemake CPU (\d+\.\d\d) s", proc.stdout, re.MULTILINE)
+    size = re.search(r"^size=2x1: .* 2 checkpoints, executed (\d+); Snakemake CPU (\d+\.\d\d) s", proc.stdout, re.M)
     assert size, proc.stdout
     assert float(size[2]) > 0.5, size[0]
     submitted = [comment for job, comment, _ in slurm_jobs() if job not in before]
     # Data preparation, training and robustness are Slurm jobs; selection and the rest run where Snakemake runs.
     assert {c.split("_")[1] for c in submitted} == {"prepare", "tune", "final", "robustness"}, submitted
-    assert re.match(r"^snakemake_seconds=\d+ jobs=\d+ checkpoints=2$", proc.stdout.strip().splitlines()[-1])
+    assert re.match(r"^snakemake_cpu\[2x1\]=\d+\.\d\d ", proc.stdout.strip().splitlines()[-1])  # no fit, no projection

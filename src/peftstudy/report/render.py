@@ -329,33 +329,45 @@ def summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     }
 
 
+# Jobs that belong to no experiment's estimate (compute table rows without an experiment), by phase: what they are.
+OTHER_JOBS = {
+    "robustness": "robustness evaluation (the finals on the shifted test sets, and WiSE)",
+    "pretrain": "backbone pretraining",
+}
+
+
 def gpu_cost(frames: dict[str, pd.DataFrame]) -> dict[str, Any] | None:
     """GPU-hours spent per experiment (benchmark seconds x the GPUs each job asked for) beside the estimate made
-    before the run (`peftstudy estimate`, per experiment); robustness and pretraining jobs, not estimated, as
-    their own rows. None when the tables carry no GPU counts (a context without the cost)."""
+    before the run (`peftstudy estimate`, per experiment); apart from them (`other`), the jobs no experiment's
+    estimate covers (robustness evaluation, pretraining), by what they are. None when the tables carry no GPU
+    counts (a context without the cost)."""
     compute = table(frames, "compute", ("phase", "experiment", "gpu_hours"))
     planned = table(frames, "experiments", ("experiment", "estimated_gpu_hours", "estimate_gpu"))
     if compute.empty and planned.empty:
         return None
     experiment = compute["experiment"].fillna("").astype(str)
-    spent = compute.assign(row=experiment.where(experiment != "", compute["phase"] + " jobs"))
-    spent_hours = spent.groupby("row", sort=False)["gpu_hours"].sum()
-    jobs = spent.groupby("row", sort=False).size()
+    ours, others = compute[experiment != ""].assign(experiment=experiment), compute[experiment == ""]
+    spent = ours.groupby("experiment", sort=False)["gpu_hours"]
     estimated = planned.groupby("experiment", sort=False)["estimated_gpu_hours"].sum()
-    names = list(dict.fromkeys([*estimated.index, *spent_hours.index]))
+    names = list(dict.fromkeys([*estimated.index, *spent.groups]))
     rows = [
         {
             "experiment": name,
-            "jobs": int(jobs.get(name, 0)),
-            "spent": float(spent_hours.get(name, 0.0)),
+            "jobs": int(spent.size().get(name, 0)),
+            "spent": float(spent.sum().get(name, 0.0)),
             "estimated": float(estimated[name]) if name in estimated else None,
         }
         for name in names
     ]
+    other = [
+        {"what": OTHER_JOBS.get(phase, f"{phase} jobs"), "jobs": len(jobs), "spent": float(jobs["gpu_hours"].sum())}
+        for phase, jobs in others.groupby("phase", sort=False)
+    ]
     return {
         "gpu": str(planned["estimate_gpu"].iloc[0]) if len(planned) else "",
         "rows": rows,
-        "spent": float(spent_hours.sum()),
+        "other": other,
+        "spent": float(compute["gpu_hours"].sum()),
         "estimated": float(estimated.sum()),
     }
 
