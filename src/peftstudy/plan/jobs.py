@@ -247,20 +247,22 @@ class Plan:
                 "request only points of the current config"
             ) from None
 
-    def grid_order(self, experiment: str, method: str) -> list[str]:
-        return list(self.grids[experiment, method])
-
     def selection(self, experiment: str) -> dict[str, str]:
         chosen = self.experiments[experiment]["selection"]
         return {"tie_break": chosen["tie_break"], "metric": chosen.get("metric", DEFAULTS["selection_metric"])}
 
     def select_args(self, experiment: str) -> str:
-        """A select job's arguments: each method's grid order (ties), each dataset's tuning sets, the tie-break
-        and the metric."""
+        """A select job's arguments: each method's grid (its points' settings, in grid order: ties), each dataset's
+        tuning sets, the points per tune job (which job holds which point), the tie-break and the metric."""
         exp, rule = self.experiments[experiment], self.selection(experiment)
-        grids = as_json({m: self.grid_order(experiment, m) for m in exp["methods"]})
+        grids = as_json(
+            {m: [{"gp": gp, "hp": hp} for gp, hp in self.grids[experiment, m].items()] for m in exp["methods"]}
+        )
         datasets = as_json({d: self.tuning_sets(d) for d in exp["datasets"]})
-        return f"--grids {grids} --datasets {datasets} --tie-break {rule['tie_break']} --metric {rule['metric']}"
+        return (
+            f"--grids {grids} --datasets {datasets} --runs-per-job {study.runs_per_job(exp, 'tune')}"
+            f" --tie-break {rule['tie_break']} --metric {rule['metric']}"
+        )
 
     # Data sources.
 
@@ -361,12 +363,11 @@ class Plan:
     def tune_metrics(self, experiment: str) -> list[str]:
         """Every tune result of the experiment: each method on each dataset and on each of its tuning folds."""
         exp = self.experiments[experiment]
+        tuning_sets = {dataset: self.tuning_sets(dataset) for dataset in exp["datasets"]}
+        jobs = {method: self.layout.tune_jobs[experiment, method] for method in exp["methods"]}
         return [
-            path
-            for dataset in exp["datasets"]
-            for method in exp["methods"]
-            for fold in self.tuning_sets(dataset)
-            for path in self.layout.tune_metrics(experiment, fold, method)
+            self.layout.tune_file(experiment, tuning_set, method, name, "metrics.json")
+            for tuning_set, method, name, _ in study.selection_jobs(tuning_sets, jobs)
         ]
 
     # Analysis, robustness, tables.

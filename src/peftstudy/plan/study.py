@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from peftstudy import methods
@@ -178,6 +178,22 @@ def tune_jobs(config: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, list
         (exp_name, method): packs(list(points), runs_per_job(config["experiments"][exp_name], "tune"))
         for (exp_name, method), points in grids(config).items()
     }
+
+
+def selection_jobs(
+    tuning_sets: Mapping[str, Sequence[str]], jobs: Mapping[str, Mapping[str, list[str]]]
+) -> list[tuple[str, str, str, list[str]]]:
+    """The tune jobs one selection reads, in the order of its files: (tuning set, method, job name, its grid-point
+    ids) for each dataset and each method (by name: a JSON argument's keys come sorted), each of the dataset's
+    tuning sets and each of the method's `jobs`. The plan lists the select job's inputs in this order and select
+    reads them back in it."""
+    return [
+        (tuning_set, method, name, points)
+        for dataset in sorted(tuning_sets)
+        for method in sorted(jobs)
+        for tuning_set in tuning_sets[dataset]
+        for name, points in jobs[method].items()
+    ]
 
 
 def runs_per_job(experiment: Mapping[str, Any], phase: str) -> int:
