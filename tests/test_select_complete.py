@@ -103,3 +103,22 @@ def test_a_truncated_tune_file_is_named_with_the_fix_not_a_bare_json_error(plan)
     Path(path).write_text(text[: len(text) // 2])
     with pytest.raises(select.IncompleteTune, match=rf"^{path} is not a readable tune result \(.*\); remake it: rm"):
         run_select(plan)
+
+
+def test_a_selection_made_before_the_grid_changed_asks_to_select_again(plan):
+    """After --rerun-triggers mtime, an edited grid leaves select's output standing: its chosen point, now out of
+    the grid, reaches the final's params. The advice was "request only points of the current config"; the user
+    requested nothing: the selection is stale."""
+    old_hp = {"drop_path": 0.3, "lr": 0.001, "wd": 0.0001}
+    old_gp = study.gp_id(old_hp)
+    entry = {"gp": old_gp, "hp": old_hp, "metric": "val_top1", "score": 50.0, "rule": "max"}
+    Path(plan.layout.selected(EXPERIMENT)).parent.mkdir(parents=True)
+    write_json(plan.layout.selected(EXPERIMENT), {"datasets": {"shapes": {"bitfit": entry}}}, schema="selected")
+    with pytest.raises(ValueError) as raised:
+        plan.final_args(EXPERIMENT, "shapes", "bitfit", old_gp, "0")
+    message = str(raised.value)
+    assert message.startswith(f"{plan.layout.selected(EXPERIMENT)} chose grid point {old_gp} for bitfit on shapes")
+    assert "add --forcerun select (or run without --rerun-triggers mtime)" in message
+    # A final asked for by path, of a point no selection chose: the point itself is the mistake.
+    with pytest.raises(ValueError, match=r"grid point 0123abcd is not in the grid of bitfit .*points of the current"):
+        plan.final_args(EXPERIMENT, "shapes", "bitfit", "0123abcd", "0")

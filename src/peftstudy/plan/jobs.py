@@ -238,14 +238,30 @@ class Plan:
         grid = self.grids[experiment, method]
         return [{"gp": gp, "hp": grid[gp]} for gp in gps]
 
-    def hp(self, experiment: str, method: str, gp: str) -> dict[str, Any]:
+    def final_hp(self, experiment: str, dataset: str, method: str, gp: str) -> dict[str, Any]:
+        """A final's grid point settings; where the point left the grid, what to do about it: a point the
+        experiment's selected.json chose is a selection made before the grid was edited."""
         try:
             return self.grids[experiment, method][gp]
         except KeyError:
+            pass
+        selected = self.layout.selected(experiment)
+        try:
+            with open(selected) as handle:
+                chose = json.load(handle)["datasets"][dataset][method].get("gp")
+        except (OSError, ValueError, KeyError):
+            chose = None
+        if chose == gp:
             raise ValueError(
-                f"grid point {gp} is not in the grid of {method} in experiment {experiment}; "
-                "request only points of the current config"
-            ) from None
+                f"{selected} chose grid point {gp} for {method} on {dataset}, which is no longer in the grid of "
+                f"experiment {experiment}: that selection predates an edit of the grid, which --rerun-triggers mtime "
+                "does not see (it reruns no job whose params alone changed). Select again on the current grid: add "
+                "--forcerun select (or run without --rerun-triggers mtime)"
+            )
+        raise ValueError(
+            f"grid point {gp} is not in the grid of {method} in experiment {experiment}: ask only for the finals of "
+            "points of the current grid"
+        )
 
     def selection(self, experiment: str) -> dict[str, str]:
         chosen = self.experiments[experiment]["selection"]
@@ -335,7 +351,7 @@ class Plan:
 
     def final_args(self, experiment: str, dataset: str, method: str, gp: str, seed: str) -> str:
         """A final job's arguments: the grid point, its seed, and run_args."""
-        hp = as_json(self.hp(experiment, method, gp))
+        hp = as_json(self.final_hp(experiment, dataset, method, gp))
         return f"--hp {hp} --seed {seed} {self.run_args(experiment, dataset, method)}"
 
     def tune_inputs(self, experiment: str, dataset: str, method: str) -> dict[str, Any]:
