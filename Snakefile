@@ -1,13 +1,16 @@
 # peftstudy: the PEFT study of Mai et al. (CVPR 2025) as one DAG. Stages in data-flow order.
 from snakemake.utils import min_version
 
+from peftstudy.plan import study
+
 min_version("9.0")
 
 
-# The embedded mini study is the default; a --configfile (studies/*.yaml) replaces it, not merged into it.
+# The embedded mini study is the default; a --configfile (studies/*.yaml) replaces it, not merged into it. Read
+# as the configfile directive would (--config on top), but a syntax error names its line (Snakemake's does not).
 if not workflow.config_settings.configfiles:
-
-    configfile: "config.yaml"
+    study.update_config(config, study.load_yaml("config.yaml"))
+    study.update_config(config, workflow.config_settings.overwrite_config)
 
 
 include: "workflow/rules/common.smk"

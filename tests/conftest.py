@@ -111,6 +111,30 @@ def prepare_mini_task(out: Path, name: str, splits: tuple[str, ...]) -> Path:
     return out
 
 
+def tune_point(gp: str, val_top1: float, val_best_top1: float | None = None, **fields) -> dict:
+    """A tune run's metrics.json, as the engine writes it, with the scores given (`fields` replace its own: hp,
+    dataset, method, ...)."""
+    provenance = {
+        "code_version": "test",
+        "code_hash": "0",
+        "config_hash": "0",
+        "packages": {},
+        "data_manifest_sha256": "0",
+        "backbone_sha256": None,
+        "host": "test",
+        "python": "3",
+    }
+    return {
+        **dict(status="ok", phase="tune", experiment="clip", dataset="shapes", method="lora", gp=gp, hp={"lr": 0.1}),
+        **dict(method_config={}, recipe={}, seed=0, trainable_params=10, head_params=2, epochs_run=2),
+        **dict(skipped_batches=0, wall_seconds=1.0, device="cpu", precision="fp32", cached_features=False),
+        "metrics": {"train_loss": 1.0, "train_top1": 50.0, "val_top1": val_top1, "val_best_top1": val_best_top1},
+        "kept": "last",
+        "provenance": provenance,
+        **fields,
+    }
+
+
 def tiny_config() -> dict:
     """A study small enough for tests: every stage, two VTAB-like tasks (one run per job), robustness with one
     shifted set (several runs per job)."""

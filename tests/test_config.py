@@ -11,7 +11,8 @@ import yaml
 from conftest import REPO
 from snakemake.utils import update_config
 
-from peftstudy import methods
+from peftstudy import cli, methods
+from peftstudy import io as study_io
 from peftstudy.plan import study
 from peftstudy.plan.tasks import vtab_groups
 
@@ -143,6 +144,44 @@ def test_snakemake_stops_before_any_job_on_a_bad_config(workflow, override, mess
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert not (workflow.root / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "message"),
+    [
+        (("grid", "lr", 0), float("nan"), "experiments.vtab.grid.lr[0]: nan is not a finite number"),
+        (("method_grids", "full", "lr", 0), float("inf"), "experiments.vtab.method_grids.full.lr[0]: inf is not a"),
+        (("recipe", "warmup_lr"), float("-inf"), "experiments.vtab.recipe.warmup_lr: -inf is not a finite number"),
+    ],
+)
+def test_a_non_finite_number_is_refused_at_parse_time_naming_its_key(where, value, message):
+    """YAML's .nan and .inf are numbers that pass the schema's ranges: nan failed inside torch, inf trained and its
+    result could then not be written (JSON has no infinity)."""
+    config = copy.deepcopy(DEFAULT)
+    node = config["experiments"]["vtab"]
+    for key in where[:-1]:
+        node = node.setdefault(key, {})
+    node[where[-1]] = value
+    with pytest.raises(ValueError) as raised:
+        study_io.validate_config(config)
+    assert str(raised.value).startswith(f"config: {message}")
+
+
+def test_a_config_that_is_not_valid_yaml_is_named_with_its_line(workflow, monkeypatch):
+    """The default config (read by the Snakefile), an included study and `peftstudy estimate`'s files: the file,
+    line and column of the syntax error, not Snakemake's "Config file is not valid JSON or YAML"."""
+    default = workflow.root / "config.yaml"
+    lines = default.read_text().splitlines()
+    lines.insert(3, "  extra: [1, 2")  # an indented key under a scalar, an unclosed list
+    default.write_text("\n".join(lines) + "\n")
+    proc = workflow.snakemake("-n", check=False)
+    assert proc.returncode != 0
+    assert "config.yaml, line 4, column 8: not valid YAML" in proc.stdout + proc.stderr
+    monkeypatch.chdir(workflow.root)
+    with pytest.raises(study.ConfigError, match=r"^config.yaml, line 4, column 8: not valid YAML .*fix the syntax"):
+        study.compose({"include": ["config.yaml"]})
+    with pytest.raises(SystemExit, match=r"peftstudy estimate: config.yaml, line 4, column 8: not valid YAML"):
+        cli.main(["estimate", "--configfile", "config.yaml"])
 
 
 def job_stats(output: str) -> dict[str, int]:

@@ -130,12 +130,12 @@ def test_compiled_and_eager_training_give_the_same_model(task):
 
 def test_engine_and_the_authors_loop_fed_the_same_batches_train_the_same_model(task):
     """Same model, seed, pixels, schedule and batch order (the engine's, fed to the authors' DataLoader): the
-    two loops differ only in how pixels reach the model. Unnormalised pixels ([0, 1], the authors' VTAB-1K
-    input) are the one place their arithmetic differs: ToTensor's x / 255 against the engine's x * (1 / 255),
-    one float32 ulp (6e-8) apart on 126 of the 256 pixel values. Trained 4 epochs of LoRA with drop-path,
-    the models agree to rounding (measured: weights 3.7e-7, val logits 2.7e-6, train loss 5e-8 relative, the
-    same top-1); 1e-4 leaves 30x room for other BLAS kernels while catching any real difference: the authors'
-    own shuffle in place of the engine's order moves the weights by 0.07 and the logits by 1.2."""
+    two loops differ only in how pixels reach the model, and both compute ToTensor's x / 255 (the engine once
+    used x * (1 / 255), one float32 ulp off on 126 of the 256 byte values: see the test below). Trained 4
+    epochs of LoRA with drop-path, the models agree to rounding (measured then: weights 3.7e-7, val logits
+    2.7e-6, train loss 5e-8 relative, the same top-1); 1e-4 leaves 30x room for other BLAS kernels while catching
+    any real difference: the authors' own shuffle in place of the engine's order moves the weights by 0.07 and
+    the logits by 1.2."""
     recipe = Recipe(**dict(RECIPE, epochs=4, normalize=False))
     rows = layout.read_list(task / "source" / "train800.txt")
     train, val = load_npz(task / "train.npz"), load_npz(task / "val.npz")
@@ -162,6 +162,24 @@ def test_engine_and_the_authors_loop_fed_the_same_batches_train_the_same_model(t
         torch.testing.assert_close(weight, their_weights[name], rtol=0, atol=1e-4, msg=name)
     torch.testing.assert_close(our_logits, their_logits, rtol=0, atol=1e-4)
     assert torch.equal(our_logits.argmax(1), their_logits.argmax(1))
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_pixels_are_scaled_as_the_authors_totensor_and_normalize_do_bit_for_bit(normalize):
+    """Every byte value: x / 255 (ToTensor), then (x - mean) / std (Normalize) where the recipe normalises, in
+    float32, bit for bit: x * (1 / 255) differs from x / 255 by one ulp on 126 of the 256 values."""
+    from torchvision.transforms import v2
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
+    recipe = Recipe(epochs=1, batch_size=1, normalize=normalize)
+    ours = to_input(pixels, mean, std, "cpu", recipe)[0:1]
+    as_float = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
+    theirs = as_float / 255
+    assert int((theirs != as_float * (1 / 255)).sum()) == 126 * 3
+    if normalize:
+        theirs = v2.Normalize(mean, std)(theirs)
+    assert torch.equal(ours, theirs)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -279,8 +279,9 @@ def _select(metrics: list[dict], out: Path) -> Path:
     write_json(paths[0], {"points": metrics}, schema="tune")
     args = argparse.Namespace(
         metrics=[str(p) for p in paths],
-        grids={"linear": [m["gp"] for m in metrics]},
+        grids={"linear": [{"gp": m["gp"], "hp": m["hp"]} for m in metrics]},
         datasets={"count": ["count"]},
+        runs_per_job=len(metrics),
         tie_break="last",
         metric="val_top1",
         out=str(out / "selected.json"),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, copy_repo, tiny_config
+from conftest import REPO, copy_repo, tiny_config, tune_point
 
 from peftstudy import cli
 from peftstudy.io import read_json, write_json
@@ -198,28 +198,6 @@ def test_report_keys_of_a_dataset_do_not_change_what_makes_the_data():
     assert study.data_spec(spec) == {"source": "synthetic", "task": "count", "classes": 6}
 
 
-def tune_metrics(gp: str, val_top1: float, val_best_top1: float) -> dict:
-    """A tune run's metrics.json, as the engine writes it, with the scores given."""
-    provenance = {
-        "code_version": "test",
-        "code_hash": "0",
-        "config_hash": "0",
-        "packages": {},
-        "data_manifest_sha256": "0",
-        "backbone_sha256": None,
-        "host": "test",
-        "python": "3",
-    }
-    return {
-        **dict(status="ok", phase="tune", experiment="clip", dataset="shapes", method="lora", gp=gp, hp={"lr": 0.1}),
-        **dict(method_config={}, recipe={}, seed=0, trainable_params=10, head_params=2, epochs_run=2),
-        **dict(skipped_batches=0, wall_seconds=1.0, device="cpu", precision="fp32", cached_features=False),
-        "metrics": {"train_loss": 1.0, "train_top1": 50.0, "val_top1": val_top1, "val_best_top1": val_best_top1},
-        "kept": "last",
-        "provenance": provenance,
-    }
-
-
 def test_collect_refuses_finals_of_two_grid_points(tmp_path: Path):
     """A record holds the seeds of one grid point: metrics of another point (a stale file) are refused, by what
     the metrics say, before anything is hashed."""
@@ -227,7 +205,7 @@ def test_collect_refuses_finals_of_two_grid_points(tmp_path: Path):
     for gp in ("aaaaaaaa", "bbbbbbbb"):
         paths.append(tmp_path / gp / "seed0" / "metrics.json")
         paths[-1].parent.mkdir(parents=True)
-        write_json(paths[-1], dict(tune_metrics(gp, 70.0, 70.0), phase="final"), schema="metrics")
+        write_json(paths[-1], dict(tune_point(gp, 70.0, 70.0), phase="final"), schema="metrics")
     choice = json.dumps({"gp": "aaaaaaaa", "hp": {}, "metric": "val_top1", "score": 70.0, "rule": "r"})
     argv = ["collect", "--choice", choice, "--metrics", *map(str, paths), "--out", str(tmp_path / "final.json")]
     with pytest.raises(ValueError, match="seeds of one grid point, not of 2"):
@@ -242,9 +220,9 @@ def test_selected_json_and_the_report_name_the_selection_metric(tmp_path: Path):
     for gp, last, best in (("aaaaaaaa", 70.0, 71.0), ("bbbbbbbb", 60.0, 80.0)):
         paths.append(tmp_path / gp / "metrics.json")
         paths[-1].parent.mkdir()
-        write_json(paths[-1], {"points": [tune_metrics(gp, last, best)]}, schema="tune")
+        write_json(paths[-1], {"points": [tune_point(gp, last, best)]}, schema="tune")
     out = tmp_path / "selected.json"
-    grids = json.dumps({"lora": ["aaaaaaaa", "bbbbbbbb"]})
+    grids = json.dumps({"lora": [{"gp": "aaaaaaaa", "hp": {"lr": 0.1}}, {"gp": "bbbbbbbb", "hp": {"lr": 0.1}}]})
     args = ["--metric", "val_best_top1", "--metrics", *map(str, paths), "--out", str(out)]
     datasets = json.dumps({"shapes": ["shapes"]})
     cli.main(["select", "--grids", grids, "--datasets", datasets, *args, "--out-summary", str(tmp_path / "tune.csv")])

@@ -215,11 +215,19 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_stage("peftstudy.train.runs:final"))
 
     p = sub.add_parser("select", help="choose each (dataset, method)'s grid point from tune results (val only)")
-    p.add_argument("--grids", type=_json, required=True, help='{"<method>": [grid-point ids in grid order], ...}')
+    p.add_argument(
+        "--grids", type=_json, required=True, help='{"<method>": [{"gp": "<id>", "hp": {...}}, ...] in grid order, ...}'
+    )
     p.add_argument(
         "--datasets", type=_json, required=True, help='{"<dataset>": [it and its tuning folds], ...}: one choice each'
     )
-    p.add_argument("--metrics", nargs="+", required=True, help="the tune jobs' metrics.json files, every method's")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        required=True,
+        help="every tune job's metrics.json, in the plan's order (Plan.tune_metrics)",
+    )
+    p.add_argument("--runs-per-job", type=int, default=1, help="grid points per tune job (study.packs)")
     p.add_argument("--tie-break", choices=["last", "first"], default="last")
     p.add_argument("--metric", choices=["val_top1", "val_best_top1"], default=DEFAULTS["selection_metric"])
     p.add_argument("--out", required=True, help="selected.json: each method's choice")

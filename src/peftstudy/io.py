@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -183,10 +184,22 @@ def validate(obj: Any, schema: str) -> None:
         raise ValueError(f"{schema} file invalid at {problems[0]}")
 
 
+def non_finite(obj: Any, parts: tuple[Any, ...] = ()) -> list[str]:
+    """Every NaN or infinity in `obj`, by key path: YAML reads `.nan` and `.inf` as numbers, which the schema's
+    ranges let through (NaN compares false) and which no result file can hold (JSON has neither)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return [f"{_key_path(parts)}: {obj} is not a finite number; give a finite value"]
+    if isinstance(obj, dict):
+        return [line for key, value in obj.items() for line in non_finite(value, (*parts, key))]
+    if isinstance(obj, list):
+        return [line for i, value in enumerate(obj) for line in non_finite(value, (*parts, i))]
+    return []
+
+
 def validate_config(config: Any) -> None:
     """The study config against config.schema.yaml, every problem on its own line with its key path first
-    (snakemake.utils.validate prints the whole schema, the location last)."""
-    problems = schema_problems(config, "config")
+    (snakemake.utils.validate prints the whole schema, the location last), non-finite numbers first."""
+    problems = non_finite(config) + schema_problems(config, "config")
     if problems:
         more = f"\n({len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ValueError("config: " + "\nconfig: ".join(problems[:3]) + more)

@@ -8,6 +8,11 @@ CLIP runs the best val evaluation (`val_best_top1`); ties go to the last tied po
 (`tie_break="last"`), or to the first. Diverged runs never win. When every grid point diverged, the entry
 says so (`status: all-diverged`, naming each run and why): nothing is chosen, no final is scheduled, and the
 tables and the report show that (experiment, dataset, method) as all-diverged.
+
+Before choosing, select checks that the tune results cover the grid exactly: each tune job's file holds its own
+grid points, every one of them and nothing else. A point missing (a file of an older grid, an entry deleted) or
+extra (a file of an older grid) would move the choice silently; select refuses instead, naming each file, the
+points it lacks and those it holds beyond its job, and how to remake it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from peftstudy.io import atomic_path, read_json, write_json
+from peftstudy.plan import study
 
 SUMMARY_COLUMNS = (
     "experiment",
@@ -51,6 +57,17 @@ ALL_DIVERGED = "all-diverged"
 
 class AllDiverged(ValueError):
     """No grid point has a finite score to choose by."""
+
+
+class IncompleteTune(ValueError):
+    """Tune results that do not cover their grid exactly, or a tune file that cannot be read."""
+
+
+def remake(paths: Sequence[str]) -> str:
+    """How to remake tune jobs' files: Snakemake reruns the job of a deleted output."""
+    named = " ".join(paths)
+    it = "it" if len(paths) == 1 else "them"
+    return f"remake {it}: rm {named}, then run snakemake again (or add --forcerun {named})"
 
 
 def chosen(selected: str | Path, dataset: str, method: str) -> dict[str, Any]:
@@ -138,32 +155,89 @@ def choice(results: Sequence[dict[str, Any]], order: Sequence[str], tie_break: s
     return {"gp": best["gp"], "hp": best["hp"], "metric": metric, "score": best["metrics"][metric], "rule": rule}
 
 
+def read_tune(path: str) -> list[dict[str, Any]]:
+    """A tune job's results; IncompleteTune naming the file (and how to remake it) where it cannot be read."""
+    try:
+        return read_json(path, schema="tune")["points"]
+    except ValueError as err:  # not JSON (truncated), or not a tune job's results (edited)
+        raise IncompleteTune(f"{path} is not a readable tune result ({err}); {remake([path])}") from None
+
+
+def tune_results(
+    paths: Sequence[str],
+    grids: dict[str, dict[str, dict[str, Any]]],
+    tuning_sets: dict[str, list[str]],
+    runs_per_job: int,
+) -> list[dict[str, Any]]:
+    """Every tune result of a selection, in the order of `paths`, each tune job's file (in the plan's order,
+    study.selection_jobs) checked to hold exactly its job's grid points (`grids`: each method's {gp: hp} in grid
+    order): IncompleteTune names every file that lacks one of them or holds another (not in its job, of other
+    settings, or repeated)."""
+    packs = {method: study.packs(list(grid), runs_per_job) for method, grid in grids.items()}
+    jobs = study.selection_jobs(tuning_sets, packs)
+    if len(paths) != len(jobs):
+        raise ValueError(
+            f"{len(paths)} tune files for the {len(jobs)} tune jobs of --grids, --datasets and --runs-per-job: "
+            "give every tune job's file, in the plan's order"
+        )
+    results: list[dict[str, Any]] = []
+    problems: dict[str, list[str]] = {}  # file -> what it lacks and holds beyond its job
+    for path, (tuning_set, method, _, points) in zip(paths, jobs, strict=True):
+        found: dict[str, dict[str, Any]] = {}
+        extra = []
+        for r in read_tune(path):
+            ours = r["dataset"] == tuning_set and r["method"] == method and r["gp"] in points
+            if ours and r["gp"] not in found and study.canonical(r["hp"]) == study.canonical(grids[method][r["gp"]]):
+                found[r["gp"]] = r
+            else:
+                extra.append(r)
+        missing = [_point(gp, grids[method][gp]) for gp in points if gp not in found]
+        lines = [f"  missing {len(missing)}: {'; '.join(missing)}"] if missing else []
+        if extra:
+            lines.append(f"  extra {len(extra)}: " + "; ".join(_extra(r, tuning_set, method) for r in extra))
+        if lines:
+            problems[path] = [f"{path} ({method} on {tuning_set}, {len(points)} grid points):", *lines]
+        results.extend(found[gp] for gp in points if gp in found)
+    if problems:
+        raise IncompleteTune(
+            f"the tune results do not cover the grid exactly ({len(problems)} of {len(paths)} files); nothing was "
+            "selected:\n" + "\n".join(line for lines in problems.values() for line in lines) + "\nEach file "
+            "predates its tune job's current grid points (the grid edited under --rerun-triggers mtime, which reruns "
+            "no job whose params alone changed) or was edited; " + remake(list(problems))
+        )
+    return results
+
+
+def _point(gp: str, hp: dict[str, Any]) -> str:
+    return f"{gp} {json.dumps(hp, sort_keys=True)}"
+
+
+def _extra(result: dict[str, Any], tuning_set: str, method: str) -> str:
+    """A result a tune file holds beyond its job's points, and why it is not one of them."""
+    where = (result["dataset"], result["method"])
+    why = "" if where == (tuning_set, method) else f" (of {where[1]} on {where[0]})"
+    return _point(result["gp"], result["hp"]) + why
+
+
 def run(args: argparse.Namespace) -> None:
-    results = [point for path in args.metrics for point in read_json(path, schema="tune")["points"]]
+    grids = {method: {p["gp"]: p["hp"] for p in points} for method, points in args.grids.items()}
+    results = tune_results(args.metrics, grids, args.datasets, args.runs_per_job)
     if any(r["phase"] != "tune" for r in results):
         raise ValueError("select reads tune results only")
     tuned_for = {tuning_set: d for d, tuning_sets in args.datasets.items() for tuning_set in tuning_sets}
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = {(d, m): [] for d in args.datasets for m in args.grids}
     for r in results:
-        key = (tuned_for.get(r["dataset"]), r["method"])
-        if key not in grouped:
-            raise ValueError(
-                f"tune results of {r['method']} on {r['dataset']}, which --grids and --datasets do not name"
-            )
-        grouped[key].append(r)
-    untuned = [f"{m} on {d}" for (d, m), rs in grouped.items() if not rs]
-    if untuned:
-        raise ValueError(f"no tune results for {', '.join(untuned)}: give every tune job's file")
+        grouped[tuned_for[r["dataset"]], r["method"]].append(r)
     choices: dict[str, dict[str, Any]] = {d: {} for d in args.datasets}
     for (dataset, method), rs in grouped.items():
-        record = choices[dataset][method] = choice(rs, args.grids[method], args.tie_break, args.metric)
+        record = choices[dataset][method] = choice(rs, list(grids[method]), args.tie_break, args.metric)
         if record.get("status") == ALL_DIVERGED:
             print(f"{dataset}/{method}: every grid point diverged or has no val score: recorded", flush=True)
         else:
             print(f"{dataset}/{method}: selected {record['gp']} {record['hp']} ({record['score']:.2f})", flush=True)
     write_json(args.out, {"datasets": choices}, schema="selected")
     order = {d: i for i, d in enumerate(args.datasets)}
-    position = {(m, gp): (i, j) for i, (m, grid) in enumerate(args.grids.items()) for j, gp in enumerate(grid)}
+    position = {(m, gp): (i, j) for i, (m, grid) in enumerate(grids.items()) for j, gp in enumerate(grid)}
     with atomic_path(args.out_summary) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(SUMMARY_COLUMNS)

@@ -24,8 +24,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from peftstudy import io
 from peftstudy.plan import study
 from peftstudy.plan.defaults import DEFAULTS
@@ -161,8 +159,7 @@ def load_config(paths: Sequence[str]) -> dict[str, Any]:
     them), its `include`s composed, then checked against the schema (the plan cross-checks the rest)."""
     config: dict[str, Any] = {}
     for path in paths:
-        with open(path) as handle:
-            study.update_config(config, yaml.safe_load(handle))
+        study.update_config(config, study.load_yaml(path))
     if "include" in config:
         config = study.compose(config)
     io.validate_config(config)

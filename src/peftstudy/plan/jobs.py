@@ -238,29 +238,47 @@ class Plan:
         grid = self.grids[experiment, method]
         return [{"gp": gp, "hp": grid[gp]} for gp in gps]
 
-    def hp(self, experiment: str, method: str, gp: str) -> dict[str, Any]:
+    def final_hp(self, experiment: str, dataset: str, method: str, gp: str) -> dict[str, Any]:
+        """A final's grid point settings; where the point left the grid, what to do about it: a point the
+        experiment's selected.json chose is a selection made before the grid was edited."""
         try:
             return self.grids[experiment, method][gp]
         except KeyError:
+            pass
+        selected = self.layout.selected(experiment)
+        try:
+            with open(selected) as handle:
+                chose = json.load(handle)["datasets"][dataset][method].get("gp")
+        except (OSError, ValueError, KeyError):
+            chose = None
+        if chose == gp:
             raise ValueError(
-                f"grid point {gp} is not in the grid of {method} in experiment {experiment}; "
-                "request only points of the current config"
-            ) from None
-
-    def grid_order(self, experiment: str, method: str) -> list[str]:
-        return list(self.grids[experiment, method])
+                f"{selected} chose grid point {gp} for {method} on {dataset}, which is no longer in the grid of "
+                f"experiment {experiment}: that selection predates an edit of the grid, which --rerun-triggers mtime "
+                "does not see (it reruns no job whose params alone changed). Select again on the current grid: add "
+                "--forcerun select (or run without --rerun-triggers mtime)"
+            )
+        raise ValueError(
+            f"grid point {gp} is not in the grid of {method} in experiment {experiment}: ask only for the finals of "
+            "points of the current grid"
+        )
 
     def selection(self, experiment: str) -> dict[str, str]:
         chosen = self.experiments[experiment]["selection"]
         return {"tie_break": chosen["tie_break"], "metric": chosen.get("metric", DEFAULTS["selection_metric"])}
 
     def select_args(self, experiment: str) -> str:
-        """A select job's arguments: each method's grid order (ties), each dataset's tuning sets, the tie-break
-        and the metric."""
+        """A select job's arguments: each method's grid (its points' settings, in grid order: ties), each dataset's
+        tuning sets, the points per tune job (which job holds which point), the tie-break and the metric."""
         exp, rule = self.experiments[experiment], self.selection(experiment)
-        grids = as_json({m: self.grid_order(experiment, m) for m in exp["methods"]})
+        grids = as_json(
+            {m: [{"gp": gp, "hp": hp} for gp, hp in self.grids[experiment, m].items()] for m in exp["methods"]}
+        )
         datasets = as_json({d: self.tuning_sets(d) for d in exp["datasets"]})
-        return f"--grids {grids} --datasets {datasets} --tie-break {rule['tie_break']} --metric {rule['metric']}"
+        return (
+            f"--grids {grids} --datasets {datasets} --runs-per-job {study.runs_per_job(exp, 'tune')}"
+            f" --tie-break {rule['tie_break']} --metric {rule['metric']}"
+        )
 
     # Data sources.
 
@@ -333,7 +351,7 @@ class Plan:
 
     def final_args(self, experiment: str, dataset: str, method: str, gp: str, seed: str) -> str:
         """A final job's arguments: the grid point, its seed, and run_args."""
-        hp = as_json(self.hp(experiment, method, gp))
+        hp = as_json(self.final_hp(experiment, dataset, method, gp))
         return f"--hp {hp} --seed {seed} {self.run_args(experiment, dataset, method)}"
 
     def tune_inputs(self, experiment: str, dataset: str, method: str) -> dict[str, Any]:
@@ -361,12 +379,11 @@ class Plan:
     def tune_metrics(self, experiment: str) -> list[str]:
         """Every tune result of the experiment: each method on each dataset and on each of its tuning folds."""
         exp = self.experiments[experiment]
+        tuning_sets = {dataset: self.tuning_sets(dataset) for dataset in exp["datasets"]}
+        jobs = {method: self.layout.tune_jobs[experiment, method] for method in exp["methods"]}
         return [
-            path
-            for dataset in exp["datasets"]
-            for method in exp["methods"]
-            for fold in self.tuning_sets(dataset)
-            for path in self.layout.tune_metrics(experiment, fold, method)
+            self.layout.tune_file(experiment, tuning_set, method, name, "metrics.json")
+            for tuning_set, method, name, _ in study.selection_jobs(tuning_sets, jobs)
         ]
 
     # Analysis, robustness, tables.

@@ -52,11 +52,6 @@ class Layout:
         """A file of one tune job: `pack` is its grid point's id, or pack-<id> for a pack of points."""
         return f"{self.method_dir(experiment, dataset, method)}/tune/{pack}/{name}"
 
-    def tune_metrics(self, experiment: str, dataset: str, method: str) -> list[str]:
-        """The metrics.json of every tune job of a (experiment, dataset, method), in grid order."""
-        packs = self.tune_jobs[experiment, method]
-        return [self.tune_file(experiment, dataset, method, pack, "metrics.json") for pack in packs]
-
     def final_file(self, experiment: str, dataset: str, method: str, gp: str, seed: str, name: str) -> str:
         return f"{self.method_dir(experiment, dataset, method)}/final/{gp}/seed{seed}/{name}"
 

@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from peftstudy import methods
@@ -51,17 +51,33 @@ def gp_id(hp: Mapping[str, Any]) -> str:
     return hashlib.sha1(canonical(hp).encode()).hexdigest()[:8]
 
 
+def load_yaml(path: str) -> dict[str, Any]:
+    """A study config file, its syntax errors named by file, line and column (Snakemake's own message for a
+    --configfile it cannot parse names neither: `peftstudy estimate --configfile FILE` names both)."""
+    import yaml
+
+    try:
+        with open(path) as handle:
+            config = yaml.safe_load(handle)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            f"{path}{where}: not valid YAML ({err.problem or err.context}); fix the syntax there"
+        ) from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a study config is a mapping of keys (study:, experiments:, ...)")
+    return config
+
+
 def compose(config: dict[str, Any]) -> dict[str, Any]:
     """The config with its `include` files (other study configs, paths from the working directory) merged
     underneath, in order, then its own keys on top: mappings merge key by key, anything else is replaced.
     How studies/paper.yaml brings the VTAB, many-shot and robustness studies together without copying them."""
-    import yaml
-
     composed: dict[str, Any] = {}
     for path in config.get("include", []):
         try:
-            with open(path) as handle:
-                included = compose(yaml.safe_load(handle))
+            included = compose(load_yaml(path))
         except FileNotFoundError:
             raise ConfigError(f"include: {path} not found (paths are relative to where snakemake runs)") from None
         update_config(composed, included)
@@ -162,6 +178,22 @@ def tune_jobs(config: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, list
         (exp_name, method): packs(list(points), runs_per_job(config["experiments"][exp_name], "tune"))
         for (exp_name, method), points in grids(config).items()
     }
+
+
+def selection_jobs(
+    tuning_sets: Mapping[str, Sequence[str]], jobs: Mapping[str, Mapping[str, list[str]]]
+) -> list[tuple[str, str, str, list[str]]]:
+    """The tune jobs one selection reads, in the order of its files: (tuning set, method, job name, its grid-point
+    ids) for each dataset and each method (by name: a JSON argument's keys come sorted), each of the dataset's
+    tuning sets and each of the method's `jobs`. The plan lists the select job's inputs in this order and select
+    reads them back in it."""
+    return [
+        (tuning_set, method, name, points)
+        for dataset in sorted(tuning_sets)
+        for method in sorted(jobs)
+        for tuning_set in tuning_sets[dataset]
+        for name, points in jobs[method].items()
+    ]
 
 
 def runs_per_job(experiment: Mapping[str, Any], phase: str) -> int:

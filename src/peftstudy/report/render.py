@@ -268,6 +268,24 @@ def selected_table(tune: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+# The authors' numerics: plain fp32, eager, torch's default AdamW. The overlay that reproduces them on a GPU, and
+# the command that measures what the departure costs.
+AUTHORS_NUMERICS = "studies/vtab1k-fp32.yaml"
+PRECISION_EFFECT = "python benchmarks/precision_effect.py"
+
+
+def numerics(final: pd.DataFrame) -> list[str]:
+    """How the final runs departed from the authors' plain fp32 training, each departure with the number of runs
+    that took it (metrics.json records precision, compile mode, device): none, where they computed as theirs."""
+    runs = len(final)
+    taken = {
+        "bf16 autocast": final.get("precision", pd.Series(dtype=str)).astype(str).eq("bf16").sum(),
+        "fused AdamW": final.get("fused_adamw", pd.Series(dtype=str)).astype(str).str.lower().eq("true").sum(),
+        "torch.compile": final.get("compile", pd.Series(dtype=str)).fillna("off").astype(str).ne("off").sum(),
+    }
+    return [f"{what} in {int(count)} of {runs} final runs" for what, count in taken.items() if count]
+
+
 def summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
     final = table(frames, "final", ("experiment", "dataset", "method", "seed", "status", "device", "code_version"))
     tune = table(frames, "tune", ("experiment", "dataset", "method", "gp", "status", "wall_seconds"))
@@ -310,6 +328,9 @@ def summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
         "finals": len(final),
         "missing": [f"{r.experiment}/{r.dataset}/{r.method}" for r in missing.itertuples()],
         "all_diverged": [f"{r.experiment}/{r.dataset}/{r.method}" for r in vtab[diverged].itertuples()],
+        "numerics": numerics(final),
+        "authors_numerics": AUTHORS_NUMERICS,
+        "precision_effect": PRECISION_EFFECT,
         "devices": sorted(final["device"].astype(str).unique()),
         "hosts": sorted(final.get("host", pd.Series(dtype=str)).astype(str).unique()),
         "unpinned": sorted(

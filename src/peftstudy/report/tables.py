@@ -77,6 +77,10 @@ def final_table(records: list[str]) -> pd.DataFrame:
                 "device": m["device"],
                 "host": m["provenance"]["host"],
                 "precision": m["precision"],
+                # The other departures from the authors' numerics (recipe.compile, recipe.fused_adamw): the fused
+                # kernel runs on CUDA only; a metrics.json from before fused_adamw was a switch ran it there.
+                "compile": m["recipe"].get("compile", "off"),
+                "fused_adamw": bool(m["recipe"].get("fused_adamw", True)) and m["device"].startswith("cuda"),
                 "code_version": m["provenance"]["code_version"],
                 "code_hash": m["provenance"]["code_hash"],
                 "config_hash": m["provenance"]["config_hash"],

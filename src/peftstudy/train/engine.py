@@ -6,8 +6,10 @@ decoded or resized per epoch. Evaluation happens only where the caller asks: the
 at a held-out split.
 
 Speed options (issues 7 and 17), none of which changes what a result means: bf16 autocast (`precision`, the
-default on CUDA; fp32 stays the reference and the CPU default), fused AdamW on CUDA, `torch.compile` (with
-eager's random draws), and several runs trained at once (:func:`train_together`).
+default on CUDA; fp32 stays the reference and the CPU default), fused AdamW on CUDA (`fused_adamw`),
+`torch.compile` (with eager's random draws), and several runs trained at once (:func:`train_together`). The
+first three round differently from the authors' plain fp32 loop (eager, torch's default AdamW): a study that
+uses them declares it (studies/vtab1k.yaml, the report), and switching them off gives the authors' numerics.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class Recipe:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere; fp32; bf16
     # torch.compile mode, or off: pays off on GPUs (reduce-overhead adds CUDA graphs), not for the CPU mini model.
     compile: str = "off"
+    # AdamW fused into one kernel on CUDA: the same update rule, rounded otherwise than torch's default
+    # implementation (the authors'), which false keeps.
+    fused_adamw: bool = True
     # The linear probe trains on cached backbone features: `exact` when that is the same computation (no
     # stochastic depth), `always` also with drop-path (features then come without it), `never`.
     feature_cache: str = "exact"
@@ -131,10 +136,11 @@ class Images:
 
         self.data = torch.from_numpy(images).to(device)
         self.size = size or images.shape[1]
-        # (x / 255 - mean) / std folded into one multiply-add per pixel.
-        std_t = torch.tensor(std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
-        self.scale = 1.0 / (255.0 * std_t)
-        self.shift = -torch.tensor(mean, device=device, dtype=torch.float32).view(1, 3, 1, 1) / std_t
+        # (x / 255 - mean) / std in the authors' order (ToTensor, then Normalize): the same float32 roundings, bit for
+        # bit. One multiply-add by 1 / (255 * std) would be cheaper but rounds differently: x * (1 / 255) is one ulp
+        # off x / 255 on 126 of the 256 byte values. Unnormalised, mean 0 and std 1 leave x / 255 exact.
+        self.mean = torch.tensor(mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
         bicubic = v2.InterpolationMode.BICUBIC
         crop = [v2.RandomResizedCrop(self.size, interpolation=bicubic), v2.RandomHorizontalFlip()]
         steps = {
@@ -157,7 +163,7 @@ class Images:
         return len(self.data)
 
     def _float(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift, batch.float(), self.scale).contiguous()
+        return batch.float().div_(255).sub_(self.mean).div_(self.std).contiguous()
 
     def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
         batch = self.data[index].permute(0, 3, 1, 2)
@@ -200,9 +206,10 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, recipe: Recipe):
     )
 
 
-def _optimizer(params: list[torch.Tensor], lr: float, wd: float) -> torch.optim.Optimizer:
-    """AdamW; fused into one kernel on CUDA (same update rule, fewer launches)."""
-    fused = all(p.is_cuda for p in params)
+def _optimizer(params: list[torch.Tensor], lr: float, wd: float, fused: bool) -> torch.optim.Optimizer:
+    """AdamW; with `fused`, fused into one kernel on CUDA (same update rule, fewer launches), else torch's default
+    implementation, as the authors."""
+    fused = fused and all(p.is_cuda for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=fused or None)
 
 
@@ -368,7 +375,7 @@ def _steps(run: Run) -> Generator[None, None, TrainResult]:
     if not params:
         raise RuntimeError("nothing to train: no parameter requires grad")
     # Decoupled weight decay on every trainable tensor, biases and norms included (STUDY.md B.1).
-    optimizer = _optimizer(params, run.lr, run.wd)
+    optimizer = _optimizer(params, run.lr, run.wd, recipe.fused_adamw)
     scheduler = cosine_schedule(optimizer, recipe)
     generator = torch.Generator().manual_seed(run.seed)
     n = len(y)
