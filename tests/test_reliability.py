@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, prepare_mini_task, tiny_config
+from conftest import REPO, dependencies, prepare_mini_task, tiny_config
 
 from peftstudy import cli, methods, select
 from peftstudy import io as study_io
@@ -209,7 +209,7 @@ def _full_disk_open(path, mode="r", *args, **kwargs):
 
 
 def test_a_checkpoint_save_on_a_full_disk_names_the_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
-    checkpoint = resume.Checkpoint(tmp_path / "resume" / "tune-00000000-seed0.pt", "key")
+    checkpoint = resume.Checkpoint(tmp_path / "resume" / "tune-00000000-seed0.pt", dependencies())
     checkpoint.save({"params": torch.zeros(4)})  # the previous epoch's, which a failed save must keep
     monkeypatch.setattr(resume, "open", _full_disk_open, raising=False)
     for _ in range(2):  # a retry leaves nothing behind either

@@ -41,6 +41,7 @@ TABLES = (
     "confidence",
     "ood",
     "wise",
+    "mixed",
 )
 # The authors' numbers (STUDY.md H), transcribed with their sources; copied beside our tables.
 AUTHORS = ("vtab1k", "vtab1k_selection", "reruns", "manyshot", "clip_ood", "wise")
@@ -430,6 +431,7 @@ class Plan:
         layout = self.layout
         return {
             "tune": layout.tune_summaries(),
+            "tune_metrics": [path for experiment in self.experiments for path in self.tune_metrics(experiment)],
             "finals": layout.final_records(),
             "analysis": [output["path"] for output in layout.analysis_outputs()],
             "robustness": layout.robustness_outputs(),
