@@ -189,17 +189,17 @@ def code_digest(method: str) -> str:
 
 # The record.
 
-# How a log line names each field.
-LABELS = {
-    "settings": "settings",
-    "data": "data",
-    "backbone_weights": "backbone weights",
-    "zero_shot_head": "zero-shot head",
-    "code": "code",
-    "device": "device",
-    "precision": "precision",
-    "torch": "torch version",
-    "timm": "timm version",
+# How a log line says that a field differs.
+DIFFER = {
+    "settings": "settings differ",
+    "data": "data differ",
+    "backbone_weights": "backbone weights differ",
+    "zero_shot_head": "zero-shot head differs",
+    "code": "code differs",
+    "device": "device differs",
+    "precision": "precision differs",
+    "torch": "torch version differs",
+    "timm": "timm version differs",
 }
 
 
@@ -247,7 +247,7 @@ class Dependencies:
 
     def differences(self, earlier: Dependencies) -> list[str]:
         """What differs from an earlier record, a phrase per field: `backbone weights differ (267b2e… -> bca4af…)`,
-        `data differ (train: …)`, `settings differ (hp, recipe)`."""
+        `data differ (train: 1f3a09… -> 77c2d1…)`, `settings differ (hp, recipe)`, `code differs (…)`."""
         found = []
         for field in dataclasses.fields(self):
             old, new = getattr(earlier, field.name), getattr(self, field.name)
@@ -261,7 +261,7 @@ class Dependencies:
                     detail = ", ".join(f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in keys)
             else:
                 detail = f"{_short(old)} -> {_short(new)}"
-            found.append(f"{LABELS[field.name]} differ ({detail})")
+            found.append(f"{DIFFER[field.name]} ({detail})")
         return found
 
 
