@@ -326,3 +326,37 @@ def test_an_epoch_checkpoint_is_not_resumed_after_a_data_code_device_or_precisio
     assert resume.Checkpoint(checkpoint.path, on_gpu).load() is None
     assert "device differs (cpu -> cuda); precision differs (fp32 -> bf16); starting afresh" in capsys.readouterr().err
     assert checkpoint.path.exists()  # a whole checkpoint of another run is kept until this run's first epoch
+
+
+# The same definition gives the jobs' Snakemake params.
+
+
+@pytest.mark.slow
+def test_a_changed_shared_adapter_default_makes_exactly_the_adapter_jobs_stale_and_they_retrain(workflow):
+    """`scale`'s default in methods/_adapters.py (the Houlsby and Pfeiffer adapters'): a dry run lists the Pfeiffer
+    adapter's tune job and not LoRA's, and the rerun trains it again (its kept point is not reused) with the new
+    scale. A comment edit in train/engine.py leaves nothing to do."""
+    from conftest import jobs, tiny_config
+
+    from peftstudy.plan.jobs import Plan
+
+    config = tiny_config()
+    del config["experiments"]["robustness"], config["robustness"]
+    vtab = config["experiments"]["vtab"]
+    vtab.update(datasets=["count"], methods=["lora_p_adapter", "lora"], method_grids={"lora": {"r": [2]}})
+    path = str(workflow.config(config, "adapters.yaml"))
+    targets = Plan.of(config).tune_metrics("vtab")
+    workflow.snakemake(*targets, "--configfile", path)
+    src = workflow.root / "src/peftstudy"
+    engine = src / "train/engine.py"
+    engine.write_text(engine.read_text() + "\n# a comment changes no result\n")
+    assert "Nothing to be done" in workflow.snakemake(*targets, "-n", "--configfile", path).stdout
+    edit(src / "methods/_adapters.py", "default=0.1, metadata", "default=0.2, metadata")
+    planned = jobs(workflow.snakemake(*targets, "-n", "--configfile", path).stdout)
+    assert [(rule, wc["method"]) for rule, wc in planned if rule != "all"] == [("tune", "lora_p_adapter")]
+    proc = workflow.snakemake(*targets, "--configfile", path)
+    assert [(rule, wc["method"]) for rule, wc in jobs(proc.stdout + proc.stderr)] == [("tune", "lora_p_adapter")]
+    (log,) = (workflow.root / "results/tiny/vtab/count/lora_p_adapter/tune").glob("*/log.txt")
+    assert "not reused: code differs" in log.read_text() and "grid points reused" not in log.read_text()
+    (metrics,) = (workflow.root / "results/tiny/vtab/count/lora_p_adapter/tune").glob("*/metrics.json")
+    assert json.loads(metrics.read_text())["points"][0]["method_config"]["scale"] == 0.2

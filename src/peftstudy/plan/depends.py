@@ -111,9 +111,10 @@ def _imports(name: str) -> frozenset[str]:
     """The package modules a module imports anywhere in its body (functions' lazy imports included), and the
     packages holding it (importing a module runs its packages' __init__ first)."""
     path = _module_file(name)
-    found = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+    packages = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}  # `peftstudy` has no file
+    found: set[str] = set()
     if path is None:
-        return frozenset(found)
+        return frozenset(packages)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -125,7 +126,7 @@ def _imports(name: str) -> frozenset[str]:
                 base = ".".join([*parts, *([base] if base else [])])
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
-    return frozenset(m for m in found if m.split(".")[0] == PACKAGE and _module_file(m) is not None)
+    return frozenset(packages | {m for m in found if m.split(".")[0] == PACKAGE and _module_file(m) is not None})
 
 
 @functools.cache
