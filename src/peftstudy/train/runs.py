@@ -314,7 +314,7 @@ def _finite(value: float) -> float | None:
 
 def tune(args: argparse.Namespace) -> None:
     """Every grid point of `--points`, `concurrent` at a time, but those an earlier job already trained with the
-    same settings, data and code (train.cache: a pack that gained or lost a point retrains nothing else). The
+    same dependencies (train.cache: a pack that gained or lost a point retrains nothing else). The
     job's file is rewritten (atomically) as each group is done, so a killed job shows what it finished (and
     Snakemake names it incomplete)."""
     job = JobDependencies(args, "tune", args.val)
