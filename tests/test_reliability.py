@@ -177,6 +177,9 @@ def test_a_batch_larger_than_the_training_split_fails_before_any_model_is_built(
         dataset="count",
         recipe={"epochs": 1, "batch_size": 4096},
         train=str(count_task / "train.npz"),
+        manifest=str(count_task / "manifest.json"),
+        method="linear",
+        backbone={"arch": "peftstudy_vit_mini"},
         device="cpu",
         threads=1,
         concurrent=1,
@@ -186,7 +189,8 @@ def test_a_batch_larger_than_the_training_split_fails_before_any_model_is_built(
         match=r"train.npz: 320 training images of count are fewer than one batch: lower "
         r"experiments.vtab.recipe.batch_size \(4096\)",
     ):
-        runs.Session(args, str(count_task / "val.npz"), 1)
+        val = str(count_task / "val.npz")
+        runs.Session(args, val, 1, runs.JobDependencies(args, "tune", val))
 
 
 # A full disk

@@ -79,6 +79,11 @@ def count(model: nn.Module, names: list[str]) -> tuple[int, int]:
     return sum(params[n].numel() for n in names if n not in head), sum(params[n].numel() for n in head)
 
 
+def _digest(path: str | None, pinned: str | None, what: str, config_key: str) -> str | None:
+    """A file's sha256 (checked against its pinned sum), or None when the run reads no such file."""
+    return depends.verified_sha256(path, pinned, what, config_key) if path else None
+
+
 class JobDependencies:
     """The :class:`~peftstudy.plan.depends.Dependencies` of a job's runs: its files hashed once (and checked against
     the config's pinned sums, so a swapped weights file fails every job that would use it, even one that reuses
@@ -95,24 +100,24 @@ class JobDependencies:
             held_out_split: depends.file_sha256(held_out),
             "manifest": depends.file_sha256(args.manifest),
         }
-        self.weights = backbone.get("weights") and depends.verified_sha256(
-            backbone["weights"], backbone.get("sha256"), "backbone weights", "backbone.sha256"
-        )
-        self.head = backbone.get("head") and depends.verified_sha256(
-            backbone["head"], backbone.get("head_sha256"), "zero-shot head", "backbone.zero_shot_head"
-        )
+        self.weights = _digest(backbone.get("weights"), backbone.get("sha256"), "backbone weights", "backbone.sha256")
+        self.head = _digest(backbone.get("head"), backbone.get("head_sha256"), "zero-shot head", "zero_shot_head")
         self.code = depends.code_digest(args.method)
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
 
     def of(self, gp: str, hp: dict[str, Any], seed: int) -> depends.Dependencies:
         args = self.args
         return depends.Dependencies(
             settings=depends.settings(args.method, self.phase, gp, hp, args.recipe, args.backbone, seed),
             data=self.data,
-            backbone_weights=self.weights or None,
-            zero_shot_head=self.head or None,
+            backbone_weights=self.weights,
+            zero_shot_head=self.head,
             code=self.code,
             device=self.device.type,
-            precision="bf16" if self.bf16 else "fp32",
+            precision=self.precision,
             torch=torch.__version__,
             timm=timm.__version__,
         )
@@ -286,7 +291,7 @@ def _finish(session: Session, pending: _Pending, result: TrainResult, wall: floa
         "skipped_batches": result.skipped_batches,
         "wall_seconds": round(wall, 3),  # runs trained together share their wall time equally
         "device": str(session.device),
-        "precision": "bf16" if session.bf16 else "fp32",
+        "precision": session.job.precision,
         "cached_features": pending.cached,
         "provenance": provenance.record(
             dependencies=session.job.of(pending.gp, pending.hp, pending.seed),
