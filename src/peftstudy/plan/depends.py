@@ -9,15 +9,20 @@ ways:
 - keying every reuse inside a job: a tune point trained earlier (train.cache) and an epoch checkpoint
   (train.resume) are reused only when every field is equal, and the log names the fields that differ;
 - giving the job's Snakemake inputs (the files) and params (the code digest, the settings), so that Snakemake
-  reruns a job exactly when something it depends on changed and the job's own reuse then agrees.
+  reruns a job when something it depends on changed and the job's own reuse then agrees.
 
 The cost of a code edit is an explicit choice: the code dependency is a digest over the *normalised* source of
 every package module a run imports (the syntax tree without docstrings, so comments, docstrings and formatting
 change nothing), not the files' bytes or times. Editing `train/engine.py` in a way that changes its code makes
 every training job stale (a params change for Snakemake, a different key for the job's reuse); a comment or
-docstring edit makes none stale. Which modules a method's run imports is found statically (:func:`run_sources`,
-following `import` statements from the training entry points), torch-free, so Snakemake can use it at DAG time;
-tests/test_depends.py checks it against the modules a real run of each method has loaded.
+docstring edit makes none stale. There is deliberately no switch to declare an edit harmless: a result is a
+function of its code, and the report (report.tables.mixed_table) flags an experiment whose results still came
+from different code, weights, data or precision (after `--rerun-triggers mtime`, say).
+
+Which modules a method's run imports is found statically (:func:`run_sources`, following `import` statements from
+the training entry points), torch-free, so Snakemake can use it at DAG time; tests/test_depends.py checks it
+against the modules a real run of each method has loaded. The device and precision that will run and the torch
+and timm versions are known only inside the job: they key its reuse, not Snakemake's staleness.
 
 Standard library only, like the whole planning package.
 """
