@@ -39,12 +39,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from peftstudy import methods
 from peftstudy.io import atomic_path, sha256_file
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the `peftstudy` package
 PACKAGE = "peftstudy"
 # Where a training job starts: the command line, and the runs module it calls (each method's own modules are
-# imported by name at run time, methods.get and Method.inject: added per method).
+# imported by name at run time, methods.get and Method.inject: added per method, from methods.source_files).
 ENTRY_MODULES = ("peftstudy.cli", "peftstudy.train.runs")
 # Digests of data and weights files, by path, size, mtime and ctime (a file swapped in place with its mtime kept
 # still has a new ctime): a 330 MB ViT-B/16 is hashed once, not by every job. Override with PEFTSTUDY_DIGESTS.
@@ -138,7 +139,10 @@ def _imports(name: str) -> frozenset[str]:
 def run_modules(method: str) -> tuple[str, ...]:
     """Every package module a tune or final run of `method` may import, sorted: the closure of the entry modules'
     and the method's own modules' imports."""
-    todo = [*ENTRY_MODULES, f"{PACKAGE}.methods.{method}", f"{PACKAGE}.methods.modules.{method}"]
+    own = [
+        ".".join(path.resolve().relative_to(SOURCE_ROOT).with_suffix("").parts) for path in methods.source_files(method)
+    ]
+    todo = [*ENTRY_MODULES, *own]
     seen: set[str] = set()
     while todo:
         name = todo.pop()
