@@ -20,7 +20,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, _cfg, _create_vision_transformer
 
 from peftstudy.io import atomic_path, sha256_file
-from peftstudy.plan.depends import file_sha256, verified_sha256
+from peftstudy.plan.depends import verified_sha256
 
 HEAD_NAMES = ("head.weight", "head.bias")
 
@@ -125,11 +125,6 @@ def pick_device(name: str, threads: int | None = None, environ: Mapping[str, str
     return torch.device("cpu")
 
 
-def weights_sha256(weights: str | Path) -> str:
-    """sha256 of a weights file, hashed again only when it changed (plan.depends.file_sha256's digest cache)."""
-    return file_sha256(weights)
-
-
 @functools.cache
 def _read_weights(weights: str, sha256: str | None, device: str, mtime_ns: int, size: int) -> dict[str, torch.Tensor]:
     """A weights file, sha256-checked when a sum is given; read once per process (several runs share it).
@@ -138,7 +133,8 @@ def _read_weights(weights: str, sha256: str | None, device: str, mtime_ns: int, 
     """
     from safetensors.torch import load_file
 
-    verified_sha256(weights, sha256, "backbone weights", "backbone.sha256")
+    if sha256 is not None:
+        verified_sha256(weights, sha256, "backbone weights", "backbone.sha256")
     return load_file(weights, device=device)
 
 
