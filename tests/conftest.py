@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -133,6 +134,24 @@ def tune_point(gp: str, val_top1: float, val_best_top1: float | None = None, **f
         "provenance": provenance,
         **fields,
     }
+
+
+def dependencies(**changes: Any) -> Any:
+    """A run's plan.depends.Dependencies for tests that need one (a checkpoint's, a provenance's), with `changes`."""
+    from peftstudy.plan.depends import Dependencies
+
+    record = {
+        "settings": {"method": "lora", "phase": "tune", "gp": "00000000", "hp": {"lr": 0.01}, "recipe": {}, "seed": 0},
+        "data": {"train": "1" * 64, "val": "2" * 64, "manifest": "3" * 64},
+        "backbone_weights": "4" * 64,
+        "zero_shot_head": None,
+        "code": "5" * 16,
+        "device": "cpu",
+        "precision": "fp32",
+        "torch": "2.0",
+        "timm": "1.0",
+    }
+    return Dependencies(**dict(record, **changes))
 
 
 def tiny_config() -> dict:

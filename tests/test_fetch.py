@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import jobs, tiny_config
+from conftest import dependencies, jobs, tiny_config
 
 from peftstudy.data import fetch, layout, synthetic
 from peftstudy.data.fetch import FetchError, download, extract
@@ -360,9 +360,8 @@ def test_unpinned_data_and_weights_are_refused_unless_allowed_and_then_in_every_
     main([*index, "--about", about, "--checksum-file", f"{res}/v.sha256", "--out", f"{res}/manifest.json"])
     assert read_json(res / "manifest.json", schema="manifest")["spec"]["unpinned"] is True
     record = provenance.record(
-        config_hash="x",
+        dependencies=dependencies(),
         data_manifest=res / "manifest.json",
-        backbone_sha256=None,
         backbone_weights=res / "w.safetensors",
     )
     assert record["unpinned"] == [
@@ -376,9 +375,8 @@ def test_unpinned_data_and_weights_are_refused_unless_allowed_and_then_in_every_
     main([*index, "--about", about, "--checksum-file", f"{res}/v.sha256", "--out", f"{res}/manifest.json"])
     main([*fetch_weights[:4], sha(weights.getvalue()), *fetch_weights[5:]])
     record = provenance.record(
-        config_hash="x",
+        dependencies=dependencies(),
         data_manifest=res / "manifest.json",
-        backbone_sha256=None,
         backbone_weights=res / "w.safetensors",
     )
     assert record["unpinned"] == []

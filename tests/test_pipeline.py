@@ -149,7 +149,8 @@ def test_adding_a_grid_point_reruns_only_its_tune_select_and_dependants(tiny):
 def test_editing_a_method_module_reruns_only_that_method(tiny):
     wf, config, _ = tiny
     module = wf.root / "src/peftstudy/methods/bitfit.py"
-    module.write_text(module.read_text() + "\n# an edit\n")
+    # A code edit (a comment or docstring edit changes no result and reruns nothing: tests/test_depends.py).
+    module.write_text(module.read_text() + "\nEDITED = True\n")
     executed = run(wf, config)
     stages = ("tune", "final", "collect")
     trained = {(rule, wc["method"]) for rule, wc in executed if rule in stages}

@@ -26,6 +26,7 @@ for path in sys.argv[1:]:
     for experiment, dataset, method in layout.runs():
         plan.tune_inputs(experiment, dataset, method)
         plan.final_inputs(experiment, dataset, method)
+        plan.code_digest(method)
         plan.backbone_arg(experiment)
         for pack in layout.tune_jobs[experiment, method]:
             plan.pack_points(experiment, method, pack)

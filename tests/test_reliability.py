@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, prepare_mini_task, tiny_config
+from conftest import REPO, dependencies, prepare_mini_task, tiny_config
 
 from peftstudy import cli, methods, select
 from peftstudy import io as study_io
@@ -177,6 +177,9 @@ def test_a_batch_larger_than_the_training_split_fails_before_any_model_is_built(
         dataset="count",
         recipe={"epochs": 1, "batch_size": 4096},
         train=str(count_task / "train.npz"),
+        manifest=str(count_task / "manifest.json"),
+        method="linear",
+        backbone={"arch": "peftstudy_vit_mini"},
         device="cpu",
         threads=1,
         concurrent=1,
@@ -186,7 +189,8 @@ def test_a_batch_larger_than_the_training_split_fails_before_any_model_is_built(
         match=r"train.npz: 320 training images of count are fewer than one batch: lower "
         r"experiments.vtab.recipe.batch_size \(4096\)",
     ):
-        runs.Session(args, str(count_task / "val.npz"), 1)
+        val = str(count_task / "val.npz")
+        runs.Session(args, val, 1, runs.JobDependencies(args, "tune", val))
 
 
 # A full disk
@@ -209,7 +213,7 @@ def _full_disk_open(path, mode="r", *args, **kwargs):
 
 
 def test_a_checkpoint_save_on_a_full_disk_names_the_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
-    checkpoint = resume.Checkpoint(tmp_path / "resume" / "tune-00000000-seed0.pt", "key")
+    checkpoint = resume.Checkpoint(tmp_path / "resume" / "tune-00000000-seed0.pt", dependencies())
     checkpoint.save({"params": torch.zeros(4)})  # the previous epoch's, which a failed save must keep
     monkeypatch.setattr(resume, "open", _full_disk_open, raising=False)
     for _ in range(2):  # a retry leaves nothing behind either

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, copy_repo, tiny_config, tune_point
+from conftest import REPO, copy_repo, dependencies, tiny_config, tune_point
 
 from peftstudy import cli
 from peftstudy.io import read_json, write_json
@@ -334,6 +334,53 @@ def test_results_from_unpinned_downloads_are_flagged_on_the_page(tmp_path: Path,
     )
     page = render_page(tables_dir, tmp_path / "report")
     assert ("unpinned downloads" in page) == unpinned and (line in page) == unpinned
+
+
+def result(experiment: str, dataset: str, method: str, code: dict[str, str], **changes) -> dict:
+    """A result's fields the mixed-inputs check reads: its provenance's dependencies and code modules."""
+    record = dependencies(**{"settings": {"method": method}, **changes}).as_dict()
+    return {"experiment": experiment, "dataset": dataset, "provenance": {"dependencies": record, "code_files": code}}
+
+
+def test_an_experiment_whose_results_came_from_other_code_weights_data_or_precision_is_flagged_on_the_page(
+    tmp_path: Path,
+):
+    """Methods import different modules (their code digests differ by design); a module they share with two
+    digests, or one experiment's results on two precisions, two weights files or two versions of a dataset's split,
+    is named with its experiment at the top of the page. Another experiment, all alike, is not."""
+    engine, lora, ssf = {"train/engine.py": "e1"}, {"methods/lora.py": "l1"}, {"methods/ssf.py": "s1"}
+    results = [
+        result("vtab", "count", "lora", engine | lora),
+        result("vtab", "count", "ssf", engine | ssf),
+        result("vtab", "dtd", "ssf", {"train/engine.py": "e2"} | ssf, precision="bf16"),
+        result("clip", "count", "lora", engine | lora, backbone_weights="a" * 64),
+        result("clip", "count", "ssf", engine | ssf, backbone_weights="b" * 64),
+        result("clip", "dtd", "ssf", engine | ssf, data={"train": "c" * 64, "val": "2" * 64, "manifest": "3" * 64}),
+        result("clip", "dtd", "lora", engine | lora),
+        result("same", "count", "lora", engine | lora),
+        result("same", "count", "ssf", engine | ssf, settings={"seed": 1}),
+    ]
+    mixed = tables.mixed_table(results)
+    assert mixed[["experiment", "field"]].values.tolist() == [
+        ["clip", "backbone weights"],
+        ["clip", "data"],
+        ["vtab", "precision"],
+        ["vtab", "code"],
+    ]
+    details = dict(zip(mixed["experiment"] + " " + mixed["field"], mixed["detail"], strict=True))
+    assert details["vtab code"] == "train/engine.py: e1 (2 results), e2 (1 result)"
+    assert details["clip data"].startswith("dtd/train: 111111… (1 result), cccccc… (1 result)")
+    tables_dir = tmp_path / "tables"
+    tables_dir.mkdir()
+    mixed.to_csv(tables_dir / "mixed.csv", index=False)
+    page = render_page(tables_dir, tmp_path / "report")
+    top = page.split('<h2 id="summary">')[0]
+    assert "Results made from different inputs" in top
+    assert "experiment <code>vtab</code>: mixed code (train/engine.py: e1 (2 results), e2 (1 result))" in top
+    assert (
+        "<code>clip</code>: mixed backbone weights (444444… (2 results), aaaaaa… (1 result), bbbbbb… (1 result))" in top
+        and "<code>same</code>" not in top
+    )
 
 
 @pytest.fixture(scope="module")

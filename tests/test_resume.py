@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from conftest import BIN, REPO, prepare_mini_task
 
+from peftstudy.train import resume
 from peftstudy.train.resume import PREEMPTED_STATUS
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -72,7 +72,7 @@ def epochs_saved(checkpoint: Path) -> int:
     """The epochs a checkpoint holds (0 while there is none); it is replaced atomically, so always whole."""
     if not checkpoint.exists():
         return 0
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["result"]["epochs_run"]
+    return resume.read(checkpoint)[1]["result"]["epochs_run"]
 
 
 def interrupted(cmd, checkpoint, sig, after_epoch=2):
@@ -160,7 +160,7 @@ def test_a_tune_run_killed_after_its_best_epoch_resumes_with_that_best_state(tas
     tune = command("tune", task, broken, tmp_path / "resume", TUNE_RECIPE, HP_TUNE)
     code, log = interrupted(tune, checkpoint, signal.SIGKILL, after_epoch=best + 1)
     assert code == -signal.SIGKILL, log
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    _, saved = resume.read(checkpoint)
     assert saved["result"]["best_epoch"] == best < saved["result"]["epochs_run"] and saved["best_params"]
     again = run(tune)
     assert resumed_after(again.stderr) > best  # the kept weights can only have come from the checkpoint
@@ -179,7 +179,7 @@ def test_a_checkpoint_of_a_run_with_other_settings_is_ignored(task, tmp_path, wh
     code, log = interrupted(other, checkpoint, signal.SIGTERM)
     assert code == PREEMPTED_STATUS and epochs_saved(checkpoint) >= 2, log
     again = run(command("tune", task, broken, tmp_path / "resume", TUNE_RECIPE, HP_TUNE))
-    assert "saved by a run with other settings; starting afresh" in again.stderr
+    assert f"{checkpoint}: not resumed: settings differ (hp); starting afresh" in again.stderr
     assert "resumed from" not in again.stderr
     same_metrics(whole, broken)
 

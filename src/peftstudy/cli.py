@@ -276,6 +276,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config-hash", required=True)
     p.add_argument("--tune", nargs="+", required=True, help="tune.csv of every (experiment, dataset, method)")
     p.add_argument("--finals", nargs="+", required=True, help="final.json of every (experiment, dataset, method)")
+    p.add_argument("--tune-metrics", nargs="*", default=[], help="metrics.json of every tune job (provenance)")
     p.add_argument(
         "--analysis", nargs="*", type=json.loads, default=[], help="JSON: each ensembles.json and agreement.json, named"
     )

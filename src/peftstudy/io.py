@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -107,6 +108,17 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def set_aside(path: str | Path, reason: str) -> Path:
+    """Move a kept file that cannot be trusted (truncated, unparsable, its digest not its content, or not one of
+    ours) out of the way as `<name>.corrupt`, replacing an earlier one, and say so naming it: the job goes on
+    without it (retrains) instead of failing on it at every rerun."""
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.corrupt")
+    os.replace(path, aside)
+    print(f"{path}: {reason}; set aside as {aside.name}, training afresh", file=sys.stderr, flush=True)
+    return aside
 
 
 def sha256_file(path: str | Path) -> str:

@@ -1,9 +1,9 @@
-"""Provenance of a result: code version and hash, config hash, packages, data and weight checksums, and which
-of its inputs were downloaded without a pinned sha256 (the config's `allow_unpinned: true`)."""
+"""Provenance of a result: what it depends on (plan.depends.Dependencies: the files' digests, settings, code,
+device, precision, torch and timm), the code version, packages, and which of its inputs were downloaded without a
+pinned sha256 (the config's `allow_unpinned: true`)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import socket
@@ -12,40 +12,12 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-from peftstudy import methods  # settings modules only: no torch
-from peftstudy.io import read_json, sha256_file
+from peftstudy.io import read_json
+from peftstudy.plan.depends import Dependencies, run_sources, source_digests
+from peftstudy.plan.study import config_hash
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGES = ("peftstudy", "torch", "timm", "numpy", "safetensors")
-
-
-@cache
-def code_hash() -> str:
-    """sha256 over the package's Python sources (path + content), independent of git."""
-    return _sources_hash(sorted(PACKAGE_DIR.rglob("*.py")))
-
-
-@cache
-def training_code_hash(method: str) -> str:
-    """sha256 over the code a run of `method` executes: the engine, models, shared layers and the method's own
-    modules (not the other methods', the report's or the data stage's, whose edits cannot change the run)."""
-    shared = [
-        *sorted((PACKAGE_DIR / "train").glob("*.py")),
-        *sorted((PACKAGE_DIR / "models").glob("*.py")),
-        PACKAGE_DIR / "methods" / "__init__.py",
-        *sorted((PACKAGE_DIR / "methods" / "modules").glob("_*.py")),
-        PACKAGE_DIR / "io.py",
-    ]
-    return _sources_hash([*shared, *methods.source_files(method)])
-
-
-def _sources_hash(paths: list[Path]) -> str:
-    """sha256 over package files: each one's path in the package, then its content."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(str(path.relative_to(PACKAGE_DIR)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 @cache
@@ -92,19 +64,21 @@ def unpinned_inputs(data_manifest: str | Path, backbone_weights: str | Path | No
 
 
 def record(
-    *,
-    config_hash: str,
-    data_manifest: str | Path,
-    backbone_sha256: str | None,
-    backbone_weights: str | Path | None = None,
+    *, dependencies: Dependencies, data_manifest: str | Path, backbone_weights: str | Path | None = None
 ) -> dict:
+    """A result's provenance: its dependencies whole, and the fields the tables read beside them."""
     return {
         "code_version": code_version(),
-        "code_hash": code_hash(),
-        "config_hash": config_hash,
+        "code_hash": dependencies.code,
+        # The code digest's parts, module by module: the report compares them across an experiment's methods.
+        "code_files": source_digests(run_sources(dependencies.settings["method"])),
+        # The hash of the settings this run depends on, not of the whole study config: an unrelated edit elsewhere
+        # in the config must not make a result look different (or rerun it).
+        "config_hash": config_hash(dependencies.settings),
         "packages": {name: _version(name) for name in PACKAGES},
-        "data_manifest_sha256": sha256_file(data_manifest),
-        "backbone_sha256": backbone_sha256,
+        "data_manifest_sha256": dependencies.data["manifest"],
+        "backbone_sha256": dependencies.backbone_weights,
+        "dependencies": dependencies.as_dict(),
         "unpinned": unpinned_inputs(data_manifest, backbone_weights),
         "host": socket.gethostname(),
         "python": platform.python_version(),

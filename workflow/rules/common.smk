@@ -85,6 +85,10 @@ def get_final_args(wildcards):
     return PLAN.final_args(*run_of(wildcards), wildcards.gp, wildcards.seed)
 
 
+def get_code(wildcards):
+    return PLAN.code_digest(wildcards.method)
+
+
 def get_tune_inputs(wildcards):
     return PLAN.tune_inputs(*run_of(wildcards))
 

@@ -20,6 +20,7 @@ rule final:
         **job_resources("final"),
     params:
         args=get_final_args,
+        code=get_code,
     shell:
         FINAL_SHELL
 

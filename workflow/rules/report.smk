@@ -28,7 +28,8 @@ rule tables:
         benchmarks=get_benchmark_jobs,
     shell:
         "peftstudy tables --study {params.study} --config-hash {params.config_hash}"
-        " --context {params.context} --tune {input.tune} --finals {input.finals}"
+        " --context {params.context} --tune {input.tune} --tune-metrics {input.tune_metrics}"
+        " --finals {input.finals}"
         " --analysis {params.analysis} --robustness {input.robustness}"
         " --manifests {input.manifests} --benchmarks {params.benchmarks}"
         " --authors {input.authors} --out-dir {params.out_dir} > {log} 2>&1"

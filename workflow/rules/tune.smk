@@ -20,5 +20,6 @@ rule tune:
         **job_resources("tune"),
     params:
         args=get_tune_args,
+        code=get_code,
     shell:
         TUNE_SHELL

@@ -4,9 +4,10 @@ A method is two modules. ``methods/<name>.py``, its settings, imports no torch: 
 (its grid keys, with help text, checked in ``__post_init__``) and one ``register(name, Config)`` call, so the
 DAG checks a study's grids without torch. ``methods/modules/<name>.py`` holds its layers and
 ``inject(model, cfg) -> list[str]``, which adds its modules and returns the exact names of the parameters it
-trains (the head is always trained and never listed); it is imported when a model is built. Both files are
-inputs of the method's jobs. Nothing outside this package names a method: the pipeline discovers them here,
-so adding a method is these two files plus one row in the tests' method table.
+trains (the head is always trained and never listed); it is imported when a model is built. Both files, and the
+shared modules they import, are in the code digest of the method's jobs (plan.depends). Nothing outside this
+package names a method: the pipeline discovers them here, so adding a method is these two files plus one row in
+the tests' method table.
 
 A grid key the authors' code also had names it in its field metadata (``"authors_key"``, and
 ``"authors_values"`` where their values differ from ours): the grid is iterated in the order of those names
@@ -71,7 +72,8 @@ def names() -> list[str]:
 
 
 def source_files(name: str) -> list[Path]:
-    """The method's own modules, settings and layers: inputs of its jobs, so editing either reruns exactly them."""
+    """The method's own modules, settings and layers (imported by name when a model is built, so plan.depends adds
+    them to what a run of the method imports: editing either reruns exactly its jobs)."""
     return [PACKAGE_DIR / f"{name}.py", PACKAGE_DIR / "modules" / f"{name}.py"]
 
 

@@ -21,6 +21,7 @@ from timm.models.vision_transformer import VisionTransformer, _cfg, _create_visi
 
 from peftstudy import gpus
 from peftstudy.io import atomic_path, sha256_file
+from peftstudy.plan.depends import verified_sha256
 
 HEAD_NAMES = ("head.weight", "head.bias")
 
@@ -128,17 +129,6 @@ def pick_device(name: str, threads: int | None = None, environ: MutableMapping[s
     return torch.device("cpu")
 
 
-def weights_sha256(weights: str | Path) -> str:
-    """sha256 of a weights file, hashed once per process (and again only if the file changed since)."""
-    stat = os.stat(weights)
-    return _file_sha256(str(weights), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.cache
-def _file_sha256(weights: str, mtime_ns: int, size: int) -> str:
-    return sha256_file(weights)
-
-
 @functools.cache
 def _read_weights(weights: str, sha256: str | None, device: str, mtime_ns: int, size: int) -> dict[str, torch.Tensor]:
     """A weights file, sha256-checked when a sum is given; read once per process (several runs share it).
@@ -148,13 +138,7 @@ def _read_weights(weights: str, sha256: str | None, device: str, mtime_ns: int, 
     from safetensors.torch import load_file
 
     if sha256 is not None:
-        actual = weights_sha256(weights)
-        if actual != sha256:
-            raise ValueError(
-                f"backbone weights {weights}: sha256 is {actual}, expected {sha256}. "
-                "The file is corrupt or not the one the config names: restore it, or remake it and update "
-                "backbone.sha256."
-            )
+        verified_sha256(weights, sha256, "backbone weights", "backbone.sha256")
     return load_file(weights, device=device)
 
 

@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import Any
 
 from peftstudy import methods
-from peftstudy.plan import study
+from peftstudy.plan import depends, study
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.layout import Layout
 
@@ -41,6 +41,7 @@ TABLES = (
     "confidence",
     "ood",
     "wise",
+    "mixed",
 )
 # The authors' numbers (STUDY.md H), transcribed with their sources; copied beside our tables.
 AUTHORS = ("vtab1k", "vtab1k_selection", "reruns", "manyshot", "clip_ood", "wise")
@@ -71,6 +72,11 @@ class Plan:
         """The plan of a config that passed the JSON schema: cross-checked here (ConfigError names the key)."""
         study.check(config)
         return cls(config)
+
+    @cached_property
+    def _code_digests(self) -> dict[str, str]:
+        """method -> :meth:`code_digest`, filled as asked."""
+        return {}
 
     @cached_property
     def layout(self) -> Layout:
@@ -223,8 +229,16 @@ class Plan:
     # Methods and grids.
 
     def method_sources(self, method: str) -> list[str]:
-        """A method's own modules (settings and layers) are inputs of its jobs: editing one reruns exactly them."""
+        """A method's own modules (settings and layers): inputs of its robustness job."""
         return [os.path.relpath(path) for path in methods.source_files(method)]
+
+    def code_digest(self, method: str) -> str:
+        """The code a tune or final run of `method` depends on (plan.depends.code_digest: every package module it
+        imports, normalised), a `params` value of its jobs: Snakemake reruns exactly the jobs whose code changed,
+        as the jobs' own reuse (their dependencies' `code`) would, and a comment or docstring edit reruns none."""
+        if method not in self._code_digests:  # once per method: the DAG asks for every tune and final job
+            self._code_digests[method] = depends.code_digest(method)
+        return self._code_digests[method]
 
     def pack_points(self, experiment: str, method: str, pack: str) -> list[dict[str, Any]]:
         """The grid points a tune job trains, in order: [{"gp": id, "hp": {...}}, ...]."""
@@ -361,7 +375,6 @@ class Plan:
             "val": self.layout.data(dataset, "val"),
             "manifest": self.layout.manifest(dataset),
             **self.backbone_files(experiment),
-            "code": self.method_sources(method),
         }
 
     def final_inputs(self, experiment: str, dataset: str, method: str) -> dict[str, Any]:
@@ -370,7 +383,6 @@ class Plan:
             "test": self.layout.data(dataset, "test"),
             "manifest": self.layout.manifest(dataset),
             **self.backbone_files(experiment),
-            "code": self.method_sources(method),
         }
 
     def tuning_sets(self, dataset: str) -> list[str]:
@@ -436,6 +448,7 @@ class Plan:
         layout = self.layout
         return {
             "tune": layout.tune_summaries(),
+            "tune_metrics": [path for experiment in self.experiments for path in self.tune_metrics(experiment)],
             "finals": layout.final_records(),
             "analysis": [output["path"] for output in layout.analysis_outputs()],
             "robustness": layout.robustness_outputs(),

@@ -301,7 +301,8 @@ def summary(frames: dict[str, pd.DataFrame]) -> dict[str, Any]:
         "study": results["study"].iloc[0] if len(results) else NOT_COMPUTED,
         "config_hash": results["config_hash"].iloc[0] if len(results) else NOT_COMPUTED,
         "code_versions": sorted(final["code_version"].astype(str).unique()),
-        "code_hashes": sorted(final.get("code_hash", pd.Series(dtype=str)).astype(str).unique()),
+        # Experiments whose results do not share their code, weights, data, device, precision or packages.
+        "mixed": table(frames, "mixed", ("experiment", "field", "detail")).to_dict("records"),
         "experiments": [
             {
                 "name": name,

@@ -93,6 +93,63 @@ def final_table(records: list[str]) -> pd.DataFrame:
 
 RUN_KEY = ["experiment", "dataset", "method"]
 
+# The fields of a result's dependencies (plan.depends.Dependencies) that must agree across an experiment's results:
+# one trained on other weights, data, code or precision makes its comparison with the others unsound. Settings
+# differ by design (methods, grid points, seeds) and are not compared.
+AGREED = ("backbone_weights", "zero_shot_head", "device", "precision", "torch", "timm")
+MIXED_COLUMNS = ["experiment", "field", "detail"]
+
+
+def _counted(values: Mapping[str, int]) -> str:
+    """`267b2e… (10 results), bca4af… (4 results)`."""
+    shown = {(f"{v[:6]}…" if len(v) > 12 else v): n for v, n in values.items()}
+    return ", ".join(f"{v} ({n} result{'s' if n > 1 else ''})" for v, n in sorted(shown.items()))
+
+
+def mixed_table(metrics: list[Mapping[str, Any]]) -> pd.DataFrame:
+    """Per experiment, each dependency its results do not share: the backbone's weights or head, the device, the
+    precision, torch or timm (one value each), the data (per dataset and split), and the code (per module, compared
+    across every result that imports it). Results written before dependencies were recorded are a row of their own.
+    """
+    rows = []
+    by_experiment: dict[str, list[Mapping[str, Any]]] = {}
+    for m in metrics:
+        by_experiment.setdefault(m["experiment"], []).append(m)
+    for experiment, results in sorted(by_experiment.items()):
+        recorded = [m for m in results if "dependencies" in m["provenance"]]
+        if len(recorded) < len(results):
+            rows.append(
+                [experiment, "dependencies", f"not recorded by {len(results) - len(recorded)} of {len(results)} "
+                 "results (written by an older peftstudy): rerun them"]
+            )  # fmt: skip
+        values: dict[tuple[str, str], dict[str, int]] = {}
+        for m in recorded:
+            found = m["provenance"]["dependencies"]
+            seen = {(field, ""): found[field] for field in AGREED}
+            seen |= {("data", f"{m['dataset']}/{role}"): digest for role, digest in found["data"].items()}
+            seen |= {("code", module): digest for module, digest in m["provenance"].get("code_files", {}).items()}
+            for where, value in seen.items():
+                counts = values.setdefault(where, {})
+                counts[str(value)] = counts.get(str(value), 0) + 1
+        for field in (*AGREED, "data", "code"):
+            split = {part: counts for (name, part), counts in values.items() if name == field and len(counts) > 1}
+            if split:
+                parts = sorted(split.items())
+                detail = "; ".join(f"{part}: {_counted(c)}" if part else _counted(c) for part, c in parts)
+                rows.append([experiment, field.replace("_", " "), detail])
+    return pd.DataFrame(rows, columns=MIXED_COLUMNS)
+
+
+def final_metrics(records: list[str]) -> list[dict[str, Any]]:
+    """The metrics.json of every final run the records list."""
+    paths = [f"{r['dir']}/metrics.json" for record in records for r in read_json(record, schema="final")["runs"]]
+    return [read_json(path) for path in paths]
+
+
+def tune_metrics(paths: list[str]) -> list[dict[str, Any]]:
+    """The metrics of every grid point the tune jobs' files hold."""
+    return [point for path in paths for point in read_json(path, schema="tune")["points"]]
+
 
 def results_table(finals: pd.DataFrame, diverged: list[tuple[str, str, str]] = ()) -> pd.DataFrame:
     """Mean and std of test top-1 over seeds per (experiment, dataset, method); a run whose every grid point
@@ -442,6 +499,7 @@ def run(args: argparse.Namespace) -> None:
     vtab = vtab_table(results, context, vtab1k, reruns)
     choices = read_authors(authors["authors_vtab1k_selection"]) if "authors_vtab1k_selection" in authors else None
     tune = tune_table(args.tune)
+    mixed = mixed_table([*tune_metrics(args.tune_metrics), *final_metrics(args.finals)])
     ood, wise = robustness_tables(args.robustness)
     tables = {
         "tune": tune,
@@ -456,6 +514,7 @@ def run(args: argparse.Namespace) -> None:
         **analysis_tables(args.analysis),
         "ood": ood,
         "wise": wise,
+        "mixed": mixed,
     }
     for name, frame in tables.items():
         write_csv(frame, out / f"{name}.csv")

@@ -1,51 +1,68 @@
 """Finished tune results kept per grid point, so a tune job whose pack changed trains only its new points.
 
 A tune job's pack (plan.study.packs) changes when a grid point is added to it or removed from it, and Snakemake
-then reruns the job. Each point's result is kept in the run's resume folder under the key of everything it is a
-function of: its settings (method, grid point, recipe, backbone, seed), the device asked for, the training data
-(sha256 of the train and val caches) and the code a run executes (provenance.training_code_hash). A point whose
-key matches is reused as it was written, provenance included; any change to those trains it again. Delete the
-folder's tune-*.json to retrain regardless.
+then reruns the job. Each point's result is kept in the run's resume folder as `tune-<gp>.json`, with the point's
+:class:`~peftstudy.plan.depends.Dependencies` (settings, the digests of the data, weights and head files, the
+code digest, the device and precision that ran, torch and timm) and a sha256 of the entry's own content. A point
+is reused, provenance included, only when every field of its dependencies is equal; otherwise the log names the
+fields that differ (`tune-<gp>.json: not reused: backbone weights differ (267b2e… -> bca4af…)`) and it is trained
+again. An entry that is truncated, unparsable, does not match its digest or is not one of ours is set aside
+(`tune-<gp>.json.corrupt`, named in the log) and the point retrained. Delete the folder's tune-*.json to retrain
+regardless.
 """
 
 from __future__ import annotations
 
-import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peftstudy.io import read_json, sha256_file, write_json
-from peftstudy.plan.study import config_hash
-from peftstudy.provenance import training_code_hash
+from peftstudy.io import set_aside, write_json
+from peftstudy.plan.depends import Dependencies
+
+FORMAT = "peftstudy-tune-point/2"
+
+
+def _digest(dependencies: dict[str, Any], metrics: dict[str, Any]) -> str:
+    text = json.dumps({"dependencies": dependencies, "metrics": metrics}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class TuneResults:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.folder = Path(args.resume_dir)
-        self.common = {
-            "phase": "tune",
-            "method": args.method,
-            "recipe": args.recipe,
-            "backbone": args.backbone,
-            "seed": args.seed,
-            "device": args.device,
-            "data": {"train": sha256_file(args.train), "val": sha256_file(args.val)},
-            "code": training_code_hash(args.method),
-        }
+    """The kept points of one resume folder; `dependencies` gives a point's ({"gp", "hp"}) record."""
+
+    def __init__(self, folder: str | Path, dependencies: Callable[[dict[str, Any]], Dependencies]) -> None:
+        self.folder = Path(folder)
+        self.dependencies = dependencies
 
     def _path(self, gp: str) -> Path:
         return self.folder / f"tune-{gp}.json"
 
-    def _key(self, point: dict[str, Any]) -> str:
-        return config_hash(dict(self.common, gp=point["gp"], hp=point["hp"]))
-
     def get(self, point: dict[str, Any]) -> dict[str, Any] | None:
-        """The point's metrics from an earlier job with the same key, else None."""
+        """The point's metrics from an earlier job with equal dependencies, else None (the reason logged)."""
         path = self._path(point["gp"])
         if not path.exists():
             return None
-        kept = read_json(path)
-        return kept["metrics"] if kept.get("key") == self._key(point) else None
+        try:
+            kept = json.loads(path.read_bytes())
+            if not isinstance(kept, dict) or kept.get("format") != FORMAT:
+                raise ValueError("not a tune result of this peftstudy")
+            if _digest(kept["dependencies"], kept["metrics"]) != kept["sha256"]:
+                raise ValueError("its content does not match its sha256")
+            earlier = Dependencies.from_dict(kept["dependencies"])
+        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+            set_aside(path, f"unreadable ({error})")
+            return None
+        differences = self.dependencies(point).differences(earlier)
+        if differences:
+            print(f"{path}: not reused: {'; '.join(differences)}", file=sys.stderr, flush=True)
+            return None
+        return kept["metrics"]
 
     def put(self, point: dict[str, Any], metrics: dict[str, Any]) -> None:
-        write_json(self._path(point["gp"]), {"key": self._key(point), "metrics": metrics})
+        dependencies = self.dependencies(point).as_dict()
+        entry = {"format": FORMAT, "dependencies": dependencies, "metrics": metrics}
+        write_json(self._path(point["gp"]), dict(entry, sha256=_digest(dependencies, metrics)))

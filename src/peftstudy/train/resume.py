@@ -3,7 +3,10 @@
 A checkpoint holds what the next epoch depends on: the trained tensors, the optimizer's state, the
 batch-order generator, torch's RNG (drop-path, dropout, augmentation), the epoch and the result so far. A run
 resumed from it ends with the same weights and metrics as one never interrupted (tested bitwise on the CPU).
-It carries the run's key (the hash of its settings), so a changed run never resumes from a stale file.
+It carries the run's :class:`~peftstudy.plan.depends.Dependencies` (settings, data, weights, code, device,
+precision, torch and timm), so a run resumes only from a checkpoint whose every field is equal (else the log names
+the fields that differ and it starts afresh), and a sha256 of its own content: a truncated, corrupt or foreign
+checkpoint is set aside (`<name>.corrupt`, named in the log) and the run starts afresh.
 SIGTERM (Slurm's preemption and time limit) sets a flag; the loop stops after the training step under way
 and exits with status 143 (well within Slurm's KillWait of 30 s), and the job's retry or requeue resumes from
 the last epoch boundary, replaying the steps since: the same bytes as a run never interrupted.
@@ -12,6 +15,9 @@ the last epoch boundary, replaying the steps since: the same bytes as a run neve
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import json
 import signal
 import sys
 from collections.abc import Iterator
@@ -21,7 +27,8 @@ from typing import Any
 
 import torch
 
-from peftstudy.io import atomic_path
+from peftstudy.io import atomic_path, set_aside
+from peftstudy.plan.depends import Dependencies
 
 PREEMPTED_STATUS = 143  # 128 + SIGTERM, what a shell reports for a job that SIGTERM ended
 
@@ -32,27 +39,56 @@ class Preempted(SystemExit):
         self.path = path
 
 
+# A checkpoint file: one line of JSON (FORMAT, the sha256 of the rest, the run's dependencies), then torch.save's
+# bytes. The header is read without torch, and the digest tells a truncated or damaged file from a whole one.
+FORMAT = "peftstudy-checkpoint/2"
+
+
+def read(path: Path) -> tuple[Dependencies, dict[str, Any]]:
+    """A checkpoint's dependencies and state; ValueError (or KeyError, TypeError) when it cannot be trusted."""
+    header, _, body = path.read_bytes().partition(b"\n")
+    about = json.loads(header)
+    if not isinstance(about, dict) or about.get("format") != FORMAT:
+        raise ValueError("not a checkpoint of this peftstudy")
+    if hashlib.sha256(body).hexdigest() != about["sha256"]:
+        raise ValueError("its content does not match its sha256 (truncated or damaged)")
+    dependencies = Dependencies.from_dict(about["dependencies"])
+    return dependencies, torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+
+
 @dataclasses.dataclass
 class Checkpoint:
     path: Path
-    key: str
+    dependencies: Dependencies
 
     def load(self) -> dict[str, Any] | None:
-        """The saved state, or None when there is none or it belongs to other settings."""
+        """The saved state, or None when there is none, it belongs to a run with other dependencies, or it cannot
+        be trusted (then set aside)."""
         if not self.path.exists():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        if state.get("key") != self.key:
-            print(f"{self.path}: saved by a run with other settings; starting afresh", file=sys.stderr, flush=True)
+        try:
+            earlier, state = read(self.path)
+        except (ValueError, KeyError, TypeError, RuntimeError, EOFError) as error:  # RuntimeError: torch's zip reader
+            set_aside(self.path, f"unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})")
+            return None
+        differences = self.dependencies.differences(earlier)
+        if differences:
+            print(f"{self.path}: not resumed: {'; '.join(differences)}; starting afresh", file=sys.stderr, flush=True)
             return None
         return state
 
     def save(self, state: dict[str, Any]) -> None:
         """Written beside the target and renamed, so a kill mid-write leaves the previous checkpoint; a failed
         write leaves no temporary file and names the checkpoint and the cause (a full disk)."""
-        # Through a Python file: torch then reports a write error as the OSError it was, not by a C++ position.
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        body = buffer.getbuffer()
+        digest = hashlib.sha256(body).hexdigest()
+        about = {"format": FORMAT, "sha256": digest, "dependencies": self.dependencies.as_dict()}
+        # Through a Python file: a write error is then the OSError it was, which atomic_path names.
         with atomic_path(self.path) as tmp, open(tmp, "wb") as handle:
-            torch.save(dict(state, key=self.key), handle)
+            handle.write(json.dumps(about, sort_keys=True).encode() + b"\n")
+            handle.write(body)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

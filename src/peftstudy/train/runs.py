@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
 import torch
 from torch import nn
 
 from peftstudy import methods, provenance
 from peftstudy.io import load_npz, save_npz, write_json
-from peftstudy.models import create_backbone, pick_device, save_safetensors, weights_sha256
-from peftstudy.plan.study import config_hash
+from peftstudy.models import create_backbone, pick_device, save_safetensors
+from peftstudy.plan import depends
 from peftstudy.train.cache import TuneResults
 from peftstudy.train.engine import (
     Images,
@@ -82,6 +83,50 @@ def count(model: nn.Module, names: list[str]) -> tuple[int, int]:
     return sum(params[n].numel() for n in names if n not in head), sum(params[n].numel() for n in head)
 
 
+def _digest(path: str | None, pinned: str | None, what: str, config_key: str) -> str | None:
+    """A file's sha256 (checked against its pinned sum), or None when the run reads no such file."""
+    return depends.verified_sha256(path, pinned, what, config_key) if path else None
+
+
+class JobDependencies:
+    """The :class:`~peftstudy.plan.depends.Dependencies` of a job's runs: its files hashed once (and checked against
+    the config's pinned sums, so a swapped weights file fails every job that would use it, even one that reuses
+    all its points), the device and precision resolved as they will run."""
+
+    def __init__(self, args: argparse.Namespace, phase: str, held_out: str) -> None:
+        self.args, self.phase = args, phase
+        self.device = pick_device(args.device, args.threads)
+        self.bf16 = bf16_on(Recipe(**args.recipe), self.device)
+        backbone = args.backbone
+        held_out_split = "val" if phase == "tune" else "test"
+        self.data = {
+            "train": depends.file_sha256(args.train),
+            held_out_split: depends.file_sha256(held_out),
+            "manifest": depends.file_sha256(args.manifest),
+        }
+        self.weights = _digest(backbone.get("weights"), backbone.get("sha256"), "backbone weights", "backbone.sha256")
+        self.head = _digest(backbone.get("head"), backbone.get("head_sha256"), "zero-shot head", "zero_shot_head")
+        self.code = depends.code_digest(args.method)
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+    def of(self, gp: str, hp: dict[str, Any], seed: int) -> depends.Dependencies:
+        args = self.args
+        return depends.Dependencies(
+            settings=depends.settings(args.method, self.phase, gp, hp, args.recipe, args.backbone, seed),
+            data=self.data,
+            backbone_weights=self.weights,
+            zero_shot_head=self.head,
+            code=self.code,
+            device=self.device.type,
+            precision=self.precision,
+            torch=torch.__version__,
+            timm=timm.__version__,
+        )
+
+
 class Session:
     """What the runs of one process share: device, recipe, the training split, the held-out split, and the
     linear probe's cached features.
@@ -92,11 +137,12 @@ class Session:
     whichever runs share its process.
     """
 
-    def __init__(self, args: argparse.Namespace, held_out: str, runs: int) -> None:
+    def __init__(self, args: argparse.Namespace, held_out: str, runs: int, job: JobDependencies) -> None:
         self.args = args
-        self.device = pick_device(args.device, args.threads)
+        self.job = job
+        self.device = job.device
         self.recipe = Recipe(**args.recipe)
-        self.bf16 = bf16_on(self.recipe, self.device)
+        self.bf16 = job.bf16
         # Runs trained at once, interleaved: `--concurrent`, or by default on a GPU (which one run leaves idle at
         # the protocol's batch size) as many of the job's as fit in its memory (None: measured as training starts,
         # _runs_that_fit), and one at a time on the CPU (no idle units to fill).
@@ -176,11 +222,9 @@ def _set_up(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str
     cached = session.uses_features(args.method, recipe_hp.get("drop_path", recipe.drop_path))
     # The cached probe trains the head alone on features; the same seed gives the same head init and batch order.
     net, x_train = (model.head, session.features("train", model)) if cached else (model, session.inputs("train", model))
-    settings = {"method": args.method, "hp": hp, "recipe": args.recipe, "backbone": args.backbone, "seed": seed}
     checkpoint = None
     if args.resume_dir:
-        key = config_hash(dict(settings, phase=phase, cached_features=cached))
-        checkpoint = Checkpoint(Path(args.resume_dir) / f"{phase}-{gp}-seed{seed}.pt", key)
+        checkpoint = Checkpoint(Path(args.resume_dir) / f"{phase}-{gp}-seed{seed}.pt", session.job.of(gp, hp, seed))
 
     def held_out_scores() -> tuple[torch.Tensor, dict[str, float]]:
         x_held = session.features("held_out", model) if cached else session.inputs("held_out", model)
@@ -338,13 +382,6 @@ def _finish(session: Session, pending: _Pending, result: TrainResult, wall: floa
     logits, score = latest[0] if latest and recipe.keep == "last" else pending.held_out_scores()
     trainable_params, head_params = count(pending.model, pending.trainable)
     reason = result.divergence or (None if np.isfinite(score["loss"]) else f"non-finite {split} logits")
-    settings = {
-        "method": args.method,
-        "hp": pending.hp,
-        "recipe": args.recipe,
-        "backbone": args.backbone,
-        "seed": pending.seed,
-    }
     metrics = {
         "status": "diverged" if reason else "ok",
         "divergence": {"rule": recipe.divergence, "reason": reason},
@@ -375,14 +412,11 @@ def _finish(session: Session, pending: _Pending, result: TrainResult, wall: floa
         "skipped_batches": result.skipped_batches,
         "wall_seconds": round(wall, 3),  # runs trained together share their wall time equally
         "device": str(session.device),
-        "precision": "bf16" if session.bf16 else "fp32",
+        "precision": session.job.precision,
         "cached_features": pending.cached,
         "provenance": provenance.record(
-            # The hash of the settings this run depends on, not of the whole study config: an unrelated edit
-            # elsewhere in the config must not make a result look different (or rerun it).
-            config_hash=config_hash(settings),
+            dependencies=session.job.of(pending.gp, pending.hp, pending.seed),
             data_manifest=args.manifest,
-            backbone_sha256=_backbone_sha256(args.backbone),
             backbone_weights=args.backbone.get("weights"),
         ),
     }
@@ -400,24 +434,17 @@ def _kept(recipe: Recipe, split: str) -> str:
     return f"best {split} epoch"
 
 
-def _backbone_sha256(backbone: dict[str, Any]) -> str | None:
-    """The weights' sha256: the config's, which create_backbone has just verified, else hashed (once per
-    process: every run of a pack records it, and a ViT-B/16 file is 330 MB)."""
-    if not backbone.get("weights"):
-        return None
-    return backbone.get("sha256") or weights_sha256(backbone["weights"])
-
-
 def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
 def tune(args: argparse.Namespace) -> None:
     """Every grid point of `--points`, `concurrent` at a time, but those an earlier job already trained with the
-    same settings, data and code (train.cache: a pack that gained or lost a point retrains nothing else). The
+    same dependencies (train.cache: a pack that gained or lost a point retrains nothing else). The
     job's file is rewritten (atomically) as each group is done, so a killed job shows what it finished (and
     Snakemake names it incomplete)."""
-    kept = TuneResults(args) if args.resume_dir else None
+    job = JobDependencies(args, "tune", args.val)
+    kept = TuneResults(args.resume_dir, lambda p: job.of(p["gp"], p["hp"], args.seed)) if args.resume_dir else None
     results = {p["gp"]: kept.get(p) for p in args.points} if kept else {}
     todo = [p for p in args.points if not results.get(p["gp"])]
     if len(todo) < len(args.points):
@@ -427,7 +454,7 @@ def tune(args: argparse.Namespace) -> None:
         write_json(args.out, {"points": [results[p["gp"]] for p in args.points if results.get(p["gp"])]}, "tune")
 
     if todo:
-        session = Session(args, args.val, len(todo))
+        session = Session(args, args.val, len(todo), job)
         specs = [(point["gp"], point["hp"], args.seed) for point in todo]
         for i, (_, _, metrics, _, _) in _train(session, specs, "tune", "val"):
             point = todo[i]
@@ -444,7 +471,7 @@ def final(args: argparse.Namespace) -> None:
     outs = (args.out_metrics, args.out_logits, args.out_weights)
     if any(len(o) != len(args.seed) for o in outs):
         raise ValueError(f"{len(args.seed)} seeds: give as many --out-metrics, --out-logits and --out-weights")
-    session = Session(args, args.test, len(args.seed))
+    session = Session(args, args.test, len(args.seed), JobDependencies(args, "final", args.test))
     specs = [(args.gp, args.hp, seed) for seed in args.seed]
     for i, (model, trainable, metrics, logits, labels) in _train(session, specs, "final", "test"):
         out_metrics, out_logits, out_weights = (o[i] for o in outs)
