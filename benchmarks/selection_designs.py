@@ -11,7 +11,7 @@ shell jobs that only write small files, and three designs of the selection:
 Every tune output exists before the timed run (faked, older than nothing it reads), as when the sweep's tune
 stage is done: the run is selection and what follows it, over a DAG that still holds every tune job, which is
 what each checkpoint's re-evaluation walks. Snakemake's own CPU time is read as benchmarks/sweep_overhead.py
-reads it. Then the exactness check of CHECKPOINTS.md: a grid point that does not win is added to every grid,
+reads it. Then the exactness check of docs/scale.md §5: a grid point that does not win is added to every grid,
 and the second run must tune only the new point and select again (no final, no collect rerun), which the static
 design fails.
 

@@ -234,7 +234,7 @@ def measure(prepared: Prepared, run_args: Sequence[str], slurm: str | None) -> M
     root, configs, env = prepared.root, prepared.configs, prepared.env
     executor = ["--profile", "slurm"] if slurm else []
     cmd = [str(SNAKEMAKE), "all", "--configfile", *map(str, configs), *executor, *run_args]
-    # A Snakemake stuck polling Slurm ignores SIGTERM (LOCAL_SLURM.md (d)): SIGKILL after an hour.
+    # A Snakemake stuck polling Slurm ignores SIGTERM (docs/slurm.md §4): SIGKILL after an hour.
     run = run_measured(cmd, root, env, root / "run.log", limit=3600 if slurm else None)
     if run.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({run.returncode}):\n{run.output[-8000:]}")

@@ -1,4 +1,4 @@
-"""Training throughput: the authors' loop (STUDY.md B.1) against peftstudy's engine, same method, model, data.
+"""Training throughput: the authors' loop (docs/protocol.md §B.1) against peftstudy's engine, same method, model, data.
 
 (a) reference: fp32; each epoch, DataLoader workers decode every image file and resize it (PIL bicubic);
 (b) engine: the split decoded once into a uint8 cache (the prepare rule does it once per dataset split for
@@ -72,7 +72,7 @@ from peftstudy.train.runs import build
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device-name fragment.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0}
-# VTAB-1K's sweep (STUDY.md): 9,804 tune runs of 100 epochs on 800 images, 304 finals of 100 on 1,000.
+# VTAB-1K's sweep (docs/protocol.md §B.2): 9,804 tune runs of 100 epochs on 800 images, 304 finals of 100 on 1,000.
 VTAB1K_SWEEP_IMAGES = 9_804 * 100 * 800 + 304 * 100 * 1_000
 
 

@@ -24,7 +24,8 @@ from peftstudy.report import render, tables
 
 TUNE = REPO / "report" / "data" / "authors_vtab1k_tune.csv"
 TRANSCRIBED = REPO / "report" / "data" / "authors_vtab1k_selection.csv"
-# Where the authors' recorded linear-probe choice contradicts their own rule (STUDY.md C.3: the last of the points
+# Where the authors' recorded linear-probe choice contradicts their own rule (docs/protocol.md §C.3: the last of the
+# points
 # tied at the top val_top1 wins): on these tasks two (lr, wd) points tie at the top of their tune_summary.csv and
 # their best_tune is the first of the two, which the rule (and their stable sort, taking [-1]) cannot give.
 LINEAR_TIES_TO_FIRST = {
@@ -126,7 +127,7 @@ def test_select_on_the_authors_val_scores_picks_their_best_tune():
             by_our_names += our_point(task, method, plain) != our_point(task, method, grid)
     assert differ == {(task, "linear") for task in LINEAR_TIES_TO_FIRST}
     assert agree == 19 * 16 - len(LINEAR_TIES_TO_FIRST) == 298
-    # STUDY.md B.2: iterating keys sorted by our own names would change 13 choices (ties at the top).
+    # docs/protocol.md §B.2: iterating keys sorted by our own names would change 13 choices (ties at the top).
     assert by_our_names == 13
 
 

@@ -1,4 +1,4 @@
-"""The committed mini backbone: its checksum, strict loading, and that it transfers (CPU_FIGURES.md §4)."""
+"""The committed mini backbone: its checksum, strict loading, and that it transfers (docs/scale.md §4)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def test_frozen_feature_methods_beat_a_random_backbone_on_every_mini_task(tmp_pa
 
 
 def test_a_dinov2_checkpoint_converts_strictly_to_the_224_input_backbone(tmp_path):
-    """STUDY.md E: Meta's ViT-B/14 checkpoint (518 px: a 37 x 37 position grid, a mask token) at 224 px input."""
+    """docs/protocol.md §E: Meta's ViT-B/14 checkpoint (518 px: a 37 x 37 position grid, a mask token) at 224 px
+    input."""
     import timm
 
     from peftstudy.models import convert

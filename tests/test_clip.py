@@ -184,7 +184,7 @@ def test_a_head_file_that_does_not_fit_is_an_error(tiny, tmp_path, edit, match):
 
 @pytest.mark.parametrize("name", ["linear", "full"])
 def test_the_head_of_clip_vit_b16_is_906216_trainable_parameters(name):
-    """proj 768x512 + Linear(512, 1000) (STUDY.md A.1), counted as head whatever the method."""
+    """proj 768x512 + Linear(512, 1000) (docs/protocol.md §A.1), counted as head whatever the method."""
     model = create_clip("vit_base_patch16_clip_quickgelu_224", 1000, device="meta")
     trainable = methods.apply(model, name, methods.get(name).config())
     head = set(methods.head_names(model))

@@ -269,8 +269,9 @@ def test_the_paper_study_brings_vtab_manyshot_and_robustness_together(workflow, 
     }
     for name in ("manyshot", "robustness"):
         study.check(studies[name])
-    # B.3: per dataset group, 9 widths x (LoRA + adapter x 2 scales + FacT-TK x 2 scales) x 12 lr/wd/drop-path
-    # points, and linear/full/BitFit/SSF x 12; the 5-fold subsets tune on each fold. B.4: 15 methods x 2 drop-paths.
+    # docs/protocol.md §B.3: per dataset group, 9 widths x (LoRA + adapter x 2 scales + FacT-TK x 2 scales)
+    # x 12 lr/wd/drop-path points, and linear/full/BitFit/SSF x 12; the 5-fold subsets tune on each fold.
+    # docs/protocol.md §B.4: 15 methods x 2 drop-paths.
     assert planned_tunes(studies["manyshot"]) == 13_742 and planned_tunes(studies["robustness"]) == 30
     stats = job_stats(workflow.snakemake("-n", "--configfile", "studies/paper.yaml").stdout)
     assert planned_tunes(paper) == 9_804 + 13_742 + 30 and stats["tune"] == tune_jobs(paper)

@@ -90,7 +90,7 @@ def test_the_paper_study_estimate_counts_what_the_plan_has_without_torch():
     for name, (tune_jobs, final_jobs, tune_runs, final_runs, _, unsized) in counts.items():
         assert (tune_jobs, final_jobs, tune_runs, final_runs) == plan_counts(plan, name), name
         assert unsized == [], name
-    # VTAB-1K as STUDY.md B.2 counts it: 9,804 tune runs of 100 epochs on 800 images (in 19 x 27 dense jobs),
+    # VTAB-1K as docs/protocol.md §B.2 counts it: 9,804 tune runs of 100 epochs on 800 images (in 19 x 27 dense jobs),
     # 304 finals on 1,000.
     assert counts["vtab"][:5] == [19 * 27, 304, 9_804, 304, 9_804 * 100 * 800 + 304 * 100 * 1_000]
     # CLIP few-shot: 100 shots x 1000 classes for tuning and the final run alike.

@@ -1,4 +1,4 @@
-"""FacT against closed forms written from STUDY.md A.2 #15 and #16, every core and every chunk, in float64.
+"""FacT against closed forms written from docs/protocol.md §A.2 #15 and #16, every core and every chunk, in float64.
 
 The model's deltas are read off the adapted Linears by hooks registered after FacT's (output minus the Linear's
 own function); the closed forms take FacT's tensors and nothing else from the module.
@@ -50,7 +50,7 @@ def pieces(delta: torch.Tensor, layer: str) -> dict[str, torch.Tensor]:
 
 
 def fact_tk_closed_form(fact, variant: str, block: int, layer: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """STUDY.md A.2 #16 term by term: T, P, U, V, s as the formulas name them; c = 12 * block."""
+    """docs/protocol.md §A.2 #16 term by term: T, P, U, V, s as the formulas name them; c = 12 * block."""
     T, P, U, V, s = fact.tensor, fact.factors, fact.u.weight, fact.v.weight, fact.scale
     d, c = T.shape[0], 12 * block
 
@@ -81,7 +81,7 @@ def fact_tk_closed_form(fact, variant: str, block: int, layer: str, x: torch.Ten
 
 
 def fact_tt_closed_form(fact, block: int, layer: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """STUDY.md A.2 #15: per-block Linear cores W applied as W u; C1: d -> 4d, C2: 4d -> d."""
+    """docs/protocol.md §A.2 #15: per-block Linear cores W applied as W u; C1: d -> 4d, C2: 4d -> d."""
     cores, U, V, s = fact.cores[block], fact.u.weight, fact.v.weight, fact.scale
     if layer in ("attn.qkv", "attn.proj"):
         names = "qkv" if layer == "attn.qkv" else "o"

@@ -198,7 +198,7 @@ def test_build_imagenet_writes_the_layout_deterministically(tmp_path):
         assert manifest["lists"][name] == hashlib.sha256(data).hexdigest()
     assert (out / "train800.txt").read_bytes() != (other / "train800.txt").read_bytes()
     assert (out / "test.txt").read_bytes() == (other / "test.txt").read_bytes()
-    # §C.4: the final run trains on the same 100-shot (here 4-shot) list; val only tunes.
+    # docs/protocol.md §C.4: the final run trains on the same 100-shot (here 4-shot) list; val only tunes.
     assert (out / "train800val200.txt").read_bytes() == (out / "train800.txt").read_bytes()
     train, val, test = (read_list(out / n) for n in ("train800.txt", "val200.txt", "test.txt"))
     assert manifest["sizes"] == {"train800.txt": 12, "val200.txt": 6, "train800val200.txt": 12, "test.txt": 6}

@@ -9,7 +9,7 @@ import torch
 from peftstudy import methods
 from peftstudy.models import create_backbone
 
-# name, method settings, trainable count outside the head on ViT-B/16 (STUDY.md A.3), on the mini ViT,
+# name, method settings, trainable count outside the head on ViT-B/16 (docs/protocol.md §A.3), on the mini ViT,
 # and whether the method's own init leaves the backbone's function unchanged. Methods whose added tensors
 # cannot be scaled by a merge_factor (prompts) are listed in NO_MERGE.
 # Mini ViT: width D=128, 4 blocks, patch 8 on 3 channels, 16 tokens + CLS.
@@ -171,7 +171,7 @@ def test_large_settings_count_on_vit_b16(name, cfg, count):
     ("name", "count"), [("ln", 39_936), ("difffit", 141_312), ("bitfit", 102_912), ("full", 85_799_424)]
 )
 def test_trainable_count_on_clip_vit_b16(name, count):
-    """CLIP's visual tower: QuickGELU, ln_pre (norm_pre) and no patch-embedding bias (STUDY.md A.3)."""
+    """CLIP's visual tower: QuickGELU, ln_pre (norm_pre) and no patch-embedding bias (docs/protocol.md §A.3)."""
     with torch.device("meta"):
         model = timm.create_model("vit_base_patch16_clip_quickgelu_224", num_classes=1000)
     assert inject(model, name, {})[1] == count
@@ -190,7 +190,8 @@ def test_vpt_shallow_prompts_leave_after_block_0_as_the_authors_or_stay_as_the_o
 
 @pytest.mark.parametrize(("variant", "keeps_backbone"), [("authors", False), ("original", True)])
 def test_sequential_adapters_apply_layerscale_twice_as_the_authors_or_once(variant, keeps_backbone):
-    """STUDY.md I.3: with LayerScale (DINOv2) the authors' zero-initialised adapter already changes the model."""
+    """docs/protocol.md §I.3: with LayerScale (DINOv2) the authors' zero-initialised adapter already changes the
+    model."""
     torch.manual_seed(0)
     base = timm.create_model("peftstudy_vit_test", num_classes=3, init_values=0.5).eval()
     model = timm.create_model("peftstudy_vit_test", num_classes=3, init_values=0.5)
@@ -210,7 +211,7 @@ def test_sequential_adapters_apply_layerscale_twice_as_the_authors_or_once(varia
     ],
 )
 def test_authors_init_overwrites_added_linears_only(name, cfg, still_backbone):
-    """STUDY.md I.26: timm's init ran after the PEFT modules, re-drawing every Linear they added."""
+    """docs/protocol.md §I.26: timm's init ran after the PEFT modules, re-drawing every Linear they added."""
     torch.manual_seed(0)
     base = create_backbone("peftstudy_vit_test", 3).eval()
     model = create_backbone("peftstudy_vit_test", 3)

@@ -101,7 +101,8 @@ def package_imports() -> dict[str, set[str]]:
 
 
 def test_no_module_of_the_package_imports_itself_back():
-    """One direction of imports (DESIGN.md §2): no cycle, lazy imports included (models.clip <-> train.runs was one).
+    """One direction of imports (docs/architecture.md §2): no cycle, lazy imports included (models.clip <-> train.runs
+    was one).
     A package's __init__ importing its own submodules is the package, not a cycle."""
     graph = package_imports()
 

@@ -30,7 +30,7 @@ def test_authors_vtab1k_transcription():
     assert frame.shape == (16, 1 + 19 + 5 + 1)
     assert list(frame.columns[1:20]) == list(tables.VTAB_TASKS)
     by = frame.set_index("method")
-    # Cells checked against STUDY.md H.1 by hand: corners, a middle cell, a mean and a parameter count.
+    # Cells checked against docs/protocol.md §H.1 by hand: corners, a middle cell, a mean and a parameter count.
     assert by.at["linear", "cifar"] == 48.7
     assert by.at["fact_tk", "smallnorb_ele"] == 40.1
     assert by.at["lora", "dsprites_loc"] == 86.6

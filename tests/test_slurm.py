@@ -63,7 +63,7 @@ def test_the_slurm_profile_runs_every_training_job_through_sbatch(slurm, tmp_pat
     (tmp_path / "local").mkdir()
     wf = copy_repo(tmp_path / "cluster")
     profile = yaml.safe_load((REPO / "slurm/config.yaml").read_text())
-    # The test cluster: no conda channels here, its partition, quick polls (LOCAL_SLURM.md (b)).
+    # The test cluster: no conda channels here, its partition, quick polls (docs/slurm.md §2).
     del profile["configfile"], profile["software-deployment-method"]
     profile.update({"slurm-init-seconds-before-status-checks": 2, "latency-wait": 5, "cores": 2})
     profile["default-resources"] = {"slurm_partition": "debug", "mem_mb": 500, "runtime": 10}
@@ -72,7 +72,7 @@ def test_the_slurm_profile_runs_every_training_job_through_sbatch(slurm, tmp_pat
     config = wf.config(slurm_config())
 
     def run(*extra: str) -> str:
-        # SIGKILL: a Snakemake stuck polling Slurm ignores SIGTERM (LOCAL_SLURM.md (d)).
+        # SIGKILL: a Snakemake stuck polling Slurm ignores SIGTERM (docs/slurm.md §4).
         snakemake = shutil.which("snakemake", path=wf.env["PATH"])
         cmd = ["timeout", "-s", "KILL", "900", snakemake, "all", "--profile", "slurm", "--configfile", str(config)]
         proc = subprocess.run([*cmd, *extra], cwd=wf.root, env=wf.env, capture_output=True, text=True)

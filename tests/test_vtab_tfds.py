@@ -51,7 +51,8 @@ RECIPE_CASES = {
     "smallnorb_ele": (SMALLNORB, 9, "test[0:200]", "test[12150:24300]"),
 }
 
-# STUDY.md §D.1: the commonly cited test sizes, in its order of the 19 tasks (natural 7, specialized 4, structured 8).
+# docs/protocol.md §D.1: the commonly cited test sizes, in its order of the 19 tasks (natural 7, specialized 4,
+# structured 8).
 CITED = "10000 6084 1880 6149 3669 26032 21750 | 32768 5400 6300 42670 | 15000 15000 22735 711 73728 73728 12150 12150"
 CITED_TEST_SIZES = dict(zip(RECIPE_CASES, map(int, CITED.replace("|", "").split()), strict=True))
 

@@ -1,7 +1,7 @@
 """`peftstudy <stage> ...`: the entry points the Snakemake rules call.
 
 Every input a stage needs is an argument, so any job can be rerun by hand from its log's command line.
-Heavy imports happen inside each stage, so a job pays only for what it uses (CPU_FIGURES.md §2).
+Heavy imports happen inside each stage, so a job pays only for what it uses (docs/scale.md §3).
 """
 
 from __future__ import annotations
@@ -323,7 +323,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="append", default=[], help=argparse.SUPPRESS)  # its compile modes
     p.set_defaults(func=_stage("peftstudy.doctor:run"))
 
-    p = sub.add_parser("zero-shot-head", help="CLIP's zero-shot head from its text tower (STUDY.md A.1), once")
+    p = sub.add_parser("zero-shot-head", help="CLIP's zero-shot head from its text tower (docs/protocol.md §A.1), once")
     p.add_argument("--clip-weights", required=True, help="the full CLIP checkpoint (OpenAI/OpenCLIP state dict)")
     p.add_argument("--classnames", required=True, help="imagenet (OpenAI's clean names), or a file: one a line")
     p.add_argument("--clip-model", default=DEFAULTS["clip_model"], help="open_clip config of the checkpoint")

@@ -604,7 +604,7 @@ def check_account(profile: Profile, probes: Probes) -> list[Check]:
 
 
 def check_status_command(profile: Profile, probes: Probes) -> list[Check]:
-    """Without accounting, the plugin's default sacct polling hangs Snakemake forever (LOCAL_SLURM.md (d))."""
+    """Without accounting, the plugin's default sacct polling hangs Snakemake forever (docs/slurm.md §4)."""
     if profile.settings.get("slurm-status-command") == "squeue":
         return [Check("slurm", "job status", OK, "polled with squeue")]
     result = probes.run(["sacct", "-n", "-X", "-o", "JobID", "-S", "now"], 60)

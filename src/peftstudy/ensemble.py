@@ -1,4 +1,5 @@
-"""Confidence, agreement, overlaps and ensembles of the methods' final test predictions, per dataset (STUDY.md F).
+"""Confidence, agreement, overlaps and ensembles of the methods' final test predictions, per dataset
+(docs/protocol.md §F).
 
 Pure functions over logits and labels; :func:`run` is the I/O edge. Members are aligned by seed:
 the ensemble of a method set at seed k averages those methods' seed-k probabilities, and every
@@ -155,7 +156,7 @@ def analyse(
         raise ValueError("the methods share no seed, so their predictions cannot be paired")
     k = confident_count(len(labels), confident_k)
     members = {m: float(np.mean([top1(logits[m][s], labels) for s in seeds])) for m in everyone}
-    # Every pair and triple of the chosen set, and all methods together (STUDY.md F): every subset of 16
+    # Every pair and triple of the chosen set, and all methods together (docs/protocol.md §F): every subset of 16
     # methods would be 65k. dict.fromkeys drops the all-methods set when it is one of the triples already.
     pairs = list(itertools.combinations(chosen, 2))
     triples = list(itertools.combinations(chosen, 3))

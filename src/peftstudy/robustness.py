@@ -1,4 +1,4 @@
-"""Robustness: in- and out-of-distribution accuracy of the finals, and WiSE curves (STUDY.md G).
+"""Robustness: in- and out-of-distribution accuracy of the finals, and WiSE curves (docs/protocol.md §G).
 
 WiSE at mixing coefficient alpha (0 = the zero-shot model, 1 = the fine-tuned one), by the study's two
 procedures in one rule: every trained tensor that the zero-shot model also has (the head; full's,
@@ -9,7 +9,7 @@ zero-shot model for every method, and alpha = 1 exactly the fine-tuned one. The 
 (``merge_fc``) interpolates the head alone and keeps everything else fine-tuned.
 
 Test sets whose images cover part of the label space (ImageNet-R and -A: 200 of 1000 classes) are scored
-on the logits of those classes only, as the authors' masks do (STUDY.md D.3).
+on the logits of those classes only, as the authors' masks do (docs/protocol.md §D.3).
 """
 
 from __future__ import annotations

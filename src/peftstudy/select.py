@@ -3,7 +3,7 @@
 One selection per experiment, not per method or dataset: a checkpoint's completion makes Snakemake re-evaluate
 the whole DAG, so their number is what a paper-sized run pays for (docs/scale.md). Each (dataset, method)'s entry
 of selected.json changes only when its own choice does, and its finals and record read that entry alone.
-The rule is the authors' (STUDY.md C.3): the highest last-epoch val top-1 (`val_top1`) wins, or for their
+The rule is the authors' (docs/protocol.md §C.3): the highest last-epoch val top-1 (`val_top1`) wins, or for their
 CLIP runs the best val evaluation (`val_best_top1`); ties go to the last tied point in grid order
 (`tie_break="last"`), or to the first. Diverged runs never win. When every grid point diverged, the entry
 says so (`status: all-diverged`, naming each run and why): nothing is chosen, no final is scheduled, and the
@@ -122,7 +122,7 @@ def choose(
 
 def average_folds(results: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     """One result per grid point: its score averaged over the tuning folds it ran on (the authors' 5-fold
-    CIFAR-100 500 and RESISC45 225/450, STUDY.md C.1), diverged if any fold diverged. Pure."""
+    CIFAR-100 500 and RESISC45 225/450, docs/protocol.md §C.1), diverged if any fold diverged. Pure."""
     by_gp: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         by_gp.setdefault(r["gp"], []).append(r)

@@ -178,7 +178,7 @@ def get_final_outputs(wildcards):
 
 def get_all_selected_finals(wildcards):
     """Every selected final, asked for by the target itself: Snakemake rebuilds a deleted intermediate only
-    when the target asks for it (CHECKPOINTS.md). Kept apart from get_final_outputs because this function
+    when the target asks for it (docs/scale.md §5). Kept apart from get_final_outputs because this function
     stops at the first selection not yet made; the collect jobs meanwhile run the others in parallel.
     """
     return [path for run in LAYOUT.runs() for path in selected_finals(*run)]

@@ -216,7 +216,7 @@ rule prepare:
 
 
 rule zero_shot_head:
-    """CLIP's zero-shot head (proj + 80-template text classifier, STUDY.md A.1), built once from the full
+    """CLIP's zero-shot head (proj + 80-template text classifier, docs/protocol.md §A.1), built once from the full
     checkpoint's text tower; then only the file is read."""
     input:
         unpack(lambda wc: PLAN.zero_shot_head_inputs(wc.head)),

@@ -1,4 +1,4 @@
-"""Many-shot datasets (issue 5, STUDY.md §D.2): CIFAR-100 and RESISC45 subsets in the processed-VTAB layout.
+"""Many-shot datasets (issue 5, docs/protocol.md §D.2): CIFAR-100 and RESISC45 subsets in the processed-VTAB layout.
 
 The subsets are the authors' own (OSU-MLB/PETL_Vision at commit 245d262, `data/annotations/`): CIFAR-100 index
 files (.npy, positions in torchvision's 50,000-image train set) and RESISC45 lists (`<class>/<file>.jpg label`).

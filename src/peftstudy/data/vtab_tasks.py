@@ -114,9 +114,10 @@ def halved_test(sizes: Mapping[str, int]) -> Splits:
 
 
 def clevr_many_shot(sizes: Mapping[str, int]) -> Splits:
-    """Clevr-distance many-shot (STUDY.md §D.2), in the layout's names: tune on train[:90%] (train800.txt)
+    """Clevr-distance many-shot (docs/protocol.md §D.2), in the layout's names: tune on train[:90%] (train800.txt)
     against train[90%:] (val200.txt), train the final run on all of TFDS train (train800val200.txt), test on
-    TFDS validation. Unlike the study's code, the tuning val is not also in the tuning train (§I.17)."""
+    TFDS validation. Unlike the study's code, the tuning val is not also in the tuning train
+    (docs/protocol.md §I.17)."""
     cut = 90 * sizes["train"] // 100
     return Splits(
         _slice(sizes, "train", 0, cut),

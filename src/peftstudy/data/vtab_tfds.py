@@ -1,6 +1,6 @@
 """VTAB-1K built from TensorFlow Datasets, split and labelled as google-research/task_adaptation does.
 
-This redoes what OSU-MLB/MLB-VTAB's ``get_vtab1k.py`` did to make the processed archive (STUDY.md §D.1): each
+This redoes what OSU-MLB/MLB-VTAB's ``get_vtab1k.py`` did to make the processed archive (docs/protocol.md §D.1): each
 task's recipe and label function (:mod:`peftstudy.data.vtab_tasks`) applied to the builder's examples, the
 images re-encoded as JPEG with PIL's defaults, one file per example, in the processed layout.
 

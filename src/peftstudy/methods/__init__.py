@@ -156,7 +156,7 @@ def apply(model: nn.Module, name: str, cfg: Any, linear_init: str = "own") -> li
 
     `linear_init="authors"` re-initialises every Linear layer the method added as timm's ViT init does,
     trunc_normal(std 0.02) weights and zero biases: in the study's runs timm's `init_weights` ran after the
-    PEFT modules were built and overwrote their own init (STUDY.md I.26). Conv layers and raw parameters keep
+    PEFT modules were built and overwrote their own init (docs/protocol.md §I.26). Conv layers and raw parameters keep
     theirs, as with the timm 0.9.12 the study pinned.
     """
     if linear_init not in LINEAR_INITS:

@@ -1,4 +1,4 @@
-"""Bottleneck adapters shared by the Houlsby and Pfeiffer adapters and AdaptFormer (STUDY.md A.2 #10-12).
+"""Bottleneck adapters shared by the Houlsby and Pfeiffer adapters and AdaptFormer (docs/protocol.md §A.2 #10-12).
 
 ``Adapter(z) = merge_factor * s * Up(Dropout(ReLU(Down(z))))``, D -> r -> D, with the init each method states.
 """

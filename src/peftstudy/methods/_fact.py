@@ -1,4 +1,4 @@
-"""FacT (STUDY.md A.2 #15, #16, I.6): factor-tuning with a U: D -> d and V: d -> D shared by all blocks.
+"""FacT (docs/protocol.md §A.2 #15, #16, §I.6): factor-tuning with a U: D -> d and V: d -> D shared by all blocks.
 
 Each adapted Linear gets ``out += merge_factor * s * V(Dropout(C(U(x))))`` for a d x d core C per matrix: q, k
 and v on the QKV output (concatenated), o on the attention projection, fc1 in four D-wide chunks of its 4D

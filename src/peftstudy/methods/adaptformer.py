@@ -1,4 +1,4 @@
-"""AdaptFormer (STUDY.md A.2 #12, I.4): a bottleneck adapter parallel to the MLP, fed the residual stream
+"""AdaptFormer (docs/protocol.md §A.2 #12, §I.4): a bottleneck adapter parallel to the MLP, fed the residual stream
 before LN2: ``x = x + DP(LS2(mlp(LN2(x)))) + DP(LS2(s * Up(Dropout(ReLU(Down(x))))))``, with its own
 drop-path mask. Down: PyTorch's Linear init; Up and biases zero, so the model starts as the backbone.
 """

@@ -1,4 +1,5 @@
-"""BitFit (STUDY.md A.2 #3): every bias tensor, LayerNorm and patch-embedding biases included (STUDY.md I.5)."""
+"""BitFit (docs/protocol.md §A.2 #3): every bias tensor, LayerNorm and patch-embedding biases included
+(docs/protocol.md §I.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ConvPass (STUDY.md A.2 #13, I.7): a convolutional bypass parallel to both branches of every block.
+"""ConvPass (docs/protocol.md §A.2 #13, §I.7): a convolutional bypass parallel to both branches of every block.
 
 Input LN1 / LN2 output: Down (D -> r) -> QuickGELU -> patch tokens on their grid and CLS as a 1x1 image ->
 one 3x3 conv r -> r (pad 1, shared by CLS and patches) -> QuickGELU -> Dropout -> Up (r -> D) -> x s, added

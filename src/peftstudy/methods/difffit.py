@@ -1,4 +1,4 @@
-"""DiffFit (STUDY.md A.2 #5, I.5): BitFit's biases + every LayerNorm weight + a gain on each residual branch.
+"""DiffFit (docs/protocol.md §A.2 #5, §I.5): BitFit's biases + every LayerNorm weight + a gain on each residual branch.
 
 ``x = x + g1 * DP(LS1(attn))`` and ``x = x + g2 * DP(LS2(mlp))`` in every block, g in R^D initialised to 1.
 The gain multiplies the branch after LayerScale; drop-path scales whole samples, so it commutes with the gain.

@@ -1,4 +1,4 @@
-"""FacT-TK (STUDY.md A.2 #16): one shared core tensor T (d x d x d) and a factor matrix P (d x 12 * depth);
+"""FacT-TK (docs/protocol.md §A.2 #16): one shared core tensor T (d x d x d) and a factor matrix P (d x 12 * depth);
 block i owns the 12 columns c = 12 i ... c + 11 of P: q, k, v, o, then four for fc1 and four for fc2.
 With M_j = T x_3 P[:, j], i.e. M_j[a, b] = sum_e T[a, b, e] P[e, j], and u = U(x) a row vector:
 

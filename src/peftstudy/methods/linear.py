@@ -1,4 +1,4 @@
-"""Linear probing (STUDY.md A.2 #1): only the head trains."""
+"""Linear probing (docs/protocol.md §A.2 #1): only the head trains."""
 
 from __future__ import annotations
 

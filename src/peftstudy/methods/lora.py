@@ -1,4 +1,4 @@
-"""LoRA (STUDY.md A.2 #9, I.2) on each block's fused QKV projection.
+"""LoRA (docs/protocol.md §A.2 #9, §I.2) on each block's fused QKV projection.
 
 `variant="authors"` (what the study ran): one rank-r update of the whole fused projection,
 ``qkv(u) + B(A(dropout(u)))`` with B: r -> 3D, so q, k and v all change; no alpha/r scaling.

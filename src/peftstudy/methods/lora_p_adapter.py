@@ -1,4 +1,5 @@
-"""Pfeiffer adapter, LoRA-style init (STUDY.md A.2 #11, I.3): one bottleneck adapter per block, sequential after
+"""Pfeiffer adapter, LoRA-style init (docs/protocol.md §A.2 #11, §I.3): one bottleneck adapter per block, sequential
+after
 the MLP branch. Xavier down, zero up and biases, so the model starts as the backbone. 12 * (1536 r + r + 768).
 
 `variant="authors"` applies the branch's drop-path and LayerScale before the adapter and again after it;

@@ -1,4 +1,4 @@
-"""Houlsby adapter, random init (STUDY.md A.2 #10, I.3): two bottleneck adapters per block, sequential after
+"""Houlsby adapter, random init (docs/protocol.md §A.2 #10, §I.3): two bottleneck adapters per block, sequential after
 the attention and the MLP branch. Xavier weights, N(0, 1e-6) biases. 24 * (1536 r + r + 768) on ViT-B/16.
 
 `variant="authors"` applies the branch's drop-path and LayerScale before the adapter and again after it

@@ -1,4 +1,4 @@
-"""RepAdapter (STUDY.md A.2 #14): a linear adapter sequential before the attention and before the MLP, on the
+"""RepAdapter (docs/protocol.md §A.2 #14): a linear adapter sequential before the attention and before the MLP, on the
 LN1 / LN2 outputs: ``u' = u + s * B(Dropout(A(u)))``, A a 1x1 conv D -> r, B a grouped (g = 2) 1x1 conv
 r -> D, no non-linearity (so it re-parameterises into the next layer). A xavier, B and biases zero: the model
 starts as the backbone. 24 * (768 r + r + 384 r + 768) on ViT-B/16.

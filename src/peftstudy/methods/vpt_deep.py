@@ -1,4 +1,5 @@
-"""VPT-deep (STUDY.md A.2 #8): P new prompt tokens in front of the sequence before every block, removed after it.
+"""VPT-deep (docs/protocol.md §A.2 #8): P new prompt tokens in front of the sequence before every block, removed after
+it.
 
 No positional embedding on prompts; dropout 0.1; 9,216 * P trainable on ViT-B/16 (12 blocks x P x 768).
 """

@@ -1,4 +1,4 @@
-"""VPT-shallow (STUDY.md A.2 #7, I.1): P prompt tokens in front of the sequence at the input of block 0.
+"""VPT-shallow (docs/protocol.md §A.2 #7, §I.1): P prompt tokens in front of the sequence at the input of block 0.
 
 `variant="authors"` (the study's runs) drops the prompts again after block 0, so they take part in the
 first block only; `variant="original"` keeps them through every block, as VPT describes. 768 * P trainable.

@@ -25,7 +25,7 @@ from peftstudy.plan.depends import verified_sha256
 
 HEAD_NAMES = ("head.weight", "head.bias")
 
-# Unnormalised [0, 1] input, as the paper's processed-VTAB runs (STUDY.md B.2); the mini head is the
+# Unnormalised [0, 1] input, as the paper's processed-VTAB runs (docs/protocol.md §B.2); the mini head is the
 # 16-class `shapes` pretraining task.
 default_cfgs = generate_default_cfgs(
     {
@@ -58,7 +58,8 @@ def peftstudy_vit_test(pretrained: bool = False, **kwargs) -> VisionTransformer:
 @register_model
 def peftstudy_dinov2_vitb14_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """timm's ``vit_base_patch14_dinov2`` (LayerScale, 518 x 518 by default) at 224 x 224, as the authors run it
-    (STUDY.md E): the checkpoint's 37 x 37 position embedding is resampled to 16 x 16 by timm's checkpoint filter
+    (docs/protocol.md §E): the checkpoint's 37 x 37 position embedding is resampled to 16 x 16 by timm's checkpoint
+    filter
     (bicubic, antialiased) when the weights are converted, and its mask token dropped."""
     args = dict(img_size=224, patch_size=14, embed_dim=768, depth=12, num_heads=12, init_values=1e-5)
     return _create_vision_transformer("peftstudy_dinov2_vitb14_224", pretrained=pretrained, **dict(args, **kwargs))
@@ -154,7 +155,7 @@ def create_backbone(
 ) -> VisionTransformer:
     """Build `arch`, load `weights` strictly (sha256-checked when given), then give it a `num_classes` head.
 
-    The head is a fresh PyTorch-default Linear (STUDY.md A.1) unless `keep_head`, which keeps the
+    The head is a fresh PyTorch-default Linear (docs/protocol.md §A.1) unless `keep_head`, which keeps the
     pretrained head (the mini study's stand-in for CLIP's zero-shot head) and checks its size.
     `weights=None` leaves timm's random init (a from-scratch control).
     """

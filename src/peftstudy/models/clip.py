@@ -1,4 +1,4 @@
-"""CLIP ViT-B/16 with its zero-shot head (STUDY.md A.1, E, G).
+"""CLIP ViT-B/16 with its zero-shot head (docs/protocol.md §A.1, §E, §G).
 
 The visual tower is timm's ``vit_base_patch16_clip_quickgelu_224``; its weights come from an OpenAI/OpenCLIP
 checkpoint through ``fetch-backbone --format torch`` (timm's own checkpoint filter converts the keys; the
@@ -68,7 +68,7 @@ def zero_shot_head(
     clip_model: str = CLIP_MODEL,
     device: str | torch.device = "cpu",
 ) -> dict[str, torch.Tensor]:
-    """The head's tensors (``CLIPHead`` names) from a full CLIP checkpoint, per STUDY.md A.1.
+    """The head's tensors (``CLIPHead`` names) from a full CLIP checkpoint, per docs/protocol.md §A.1.
 
     Row c of ``fc.weight`` is ``100 * normalise(mean_t normalise(text_emb(template_t(class_c))))`` over the 80
     OpenAI ImageNet templates. open_clip loads the checkpoint strictly, text tower included, and computes the

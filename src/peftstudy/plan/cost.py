@@ -35,9 +35,9 @@ THROUGHPUT_TABLE = "throughput.csv"
 DEFAULT_GPU = "H100"  # the GPU the shipped rates were measured on
 THROUGHPUT_COLUMNS = ("gpu", "model", "method", "precision", "images_per_second", "source")
 
-# A VTAB-1K task: tuned on train800, its final run on train800val200 (STUDY.md C.1, C.4).
+# A VTAB-1K task: tuned on train800, its final run on train800val200 (docs/protocol.md §C.1, §C.4).
 VTAB_1K_SIZES = (800, 1_000)
-# The many-shot lists (STUDY.md D.2): (tuning train, combined) images. CIFAR-100 500 is one of its five folds.
+# The many-shot lists (docs/protocol.md §D.2): (tuning train, combined) images. CIFAR-100 500 is one of its five folds.
 CIFAR100_SIZES = {"500": (400, 500), "1k": (800, 1_000), "5k": (4_500, 5_000), "10k": (9_000, 10_000)}
 CIFAR100_SIZES["full"] = (49_000, 50_000)
 RESISC45_FULL = 25_200  # the authors' pool train.txt; each subset tunes on 90 % (the folded ones on 80 %)
@@ -111,12 +111,12 @@ def train_sizes(config: Mapping[str, Any], dataset: str) -> tuple[int, int, str]
     if source == "manyshot":
         subset, folded = str(spec["subset"]), (spec["kind"], str(spec["subset"])) in MANYSHOT_FOLDED
         if spec["kind"] == "cifar100":
-            return (*CIFAR100_SIZES[subset], "the authors' CIFAR-100 lists (STUDY.md D.2)")
+            return (*CIFAR100_SIZES[subset], "the authors' CIFAR-100 lists (docs/protocol.md §D.2)")
         images = RESISC45_FULL if subset == "full" else int(subset)
-        return images * (8 if folded else 9) // 10, images, "the authors' RESISC45 lists (STUDY.md D.2)"
+        return images * (8 if folded else 9) // 10, images, "the authors' RESISC45 lists (docs/protocol.md §D.2)"
     task = study.vtab_task(spec)
     if task == "clevr_dist_manyshot":
-        return (*CLEVR_MANYSHOT_SIZES, "TFDS clevr train, 90 % tuned (STUDY.md D.2)")
+        return (*CLEVR_MANYSHOT_SIZES, "TFDS clevr train, 90 % tuned (docs/protocol.md §D.2)")
     row = task_table().get(task or "")
     if row is not None and row.group:
         return (*VTAB_1K_SIZES, "VTAB-1K train800 / train800val200")
@@ -284,7 +284,8 @@ def report_context(plan: Plan, gpu: str = DEFAULT_GPU, rates: Sequence[Rate] | N
     }
 
 
-# Disk (the doctor's free-space check). The test split of each VTAB-1K task, as VPT and NOAH cite them (STUDY.md D.1).
+# Disk (the doctor's free-space check). The test split of each VTAB-1K task, as VPT and NOAH cite them
+# (docs/protocol.md §D.1).
 VTAB_1K_TEST_SIZES = {
     **{"cifar": 10_000, "caltech101": 6_084, "dtd": 1_880, "oxford_flowers102": 6_149, "oxford_iiit_pet": 3_669},
     **{"svhn": 26_032, "sun397": 21_750, "patch_camelyon": 32_768, "eurosat": 5_400, "resisc45": 6_300},

@@ -1,4 +1,4 @@
-"""What a training run's result depends on, defined once (DESIGN.md §4).
+"""What a training run's result depends on, defined once (docs/architecture.md §4).
 
 A run's :class:`Dependencies` are the content digests of every file it reads (its data caches and manifest, the
 backbone's weights and CLIP's zero-shot head, pinned or not), its settings, a digest of the package source it

@@ -43,7 +43,7 @@ TABLES = (
     "wise",
     "mixed",
 )
-# The authors' numbers (STUDY.md H), transcribed with their sources; copied beside our tables.
+# The authors' numbers (docs/protocol.md §H), transcribed with their sources; copied beside our tables.
 AUTHORS = ("vtab1k", "vtab1k_selection", "reruns", "manyshot", "clip_ood", "wise")
 SPLITS = ("train", "val", "trainval", "test")
 

@@ -1,9 +1,9 @@
-"""The results layout of DESIGN.md §4 as pure functions of a study config: every path a rule writes and every
+"""The results layout of docs/architecture.md §4 as pure functions of a study config: every path a rule writes and every
 path a later stage reads back, from one definition.
 
 The rules take their output patterns from the same methods, called with wildcards (``"{experiment}"``) for
 arguments, so a rule's output and the paths its readers ask for cannot drift apart. A tune job writes one
-``metrics.json`` per job: the results of its grid points (one, or a pack of several; DESIGN.md §4 had one file
+``metrics.json`` per job: the results of its grid points (one, or a pack of several; the first design had one file
 per point, but one rule's outputs cannot vary in number with a wildcard).
 """
 

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 RECIPE_CHOICES: dict[str, tuple[str, ...]] = {
-    # authors: scheduler.step(epoch) at the end of each epoch, off by one (STUDY.md I.20); standard: step(epoch + 1)
+    # authors: scheduler.step(epoch) at the end of each epoch, off by one (docs/protocol.md §I.20); standard: step(epoch
+    # + 1)
     "lr_step": ("authors", "standard"),
     "augment": ("none", "hflip", "crop_flip", "crop_flips"),
     "precision": ("auto", "fp32", "bf16"),

@@ -105,7 +105,8 @@ def config_hash(config: Mapping[str, Any]) -> str:
 def expand_grid(grid: Mapping[str, list], authors_keys: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Cartesian product in sklearn ParameterGrid order: keys sorted, the last key varying fastest, each key's
     values in the order listed. Keys sort by the authors' name of them (`authors_keys`, ours where they had none):
-    the order decides ties (the last best point wins, STUDY.md B.2, C.3), and the authors' ParameterGrid sorted
+    the order decides ties (the last best point wins, docs/protocol.md §B.2, §C.3), and the authors' ParameterGrid
+    sorted
     their names. Only the order: a point's id hashes its sorted dict."""
     names = authors_keys or {}
     keys = sorted(grid, key=lambda k: (names.get(k, k), k))

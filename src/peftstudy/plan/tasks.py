@@ -1,7 +1,8 @@
 """The study's dataset facts that are data, each written once: VTAB-1K's tasks and the many-shot subsets.
 
 `vtab_tasks.csv` (package data of :mod:`peftstudy.tables`) holds one row per VTAB-1K task, keyed by the processed
-archive's folder names: its group (STUDY.md C.7), classes, TFDS builder (``name[/config]:version``), split recipe
+archive's folder names: its group (docs/protocol.md §C.7), classes, TFDS builder (``name[/config]:version``), split
+recipe
 and label function (by name; :mod:`peftstudy.data.vtab_tasks` holds the functions) and image key and scale
 (dSprites stores 0/1 pixels, which task_adaptation multiplies by 255). The builders are those task_adaptation asks
 for, except KITTI: its kitti:3.1.0 is no longer served, VPT and the archive used 3.2.0 (task_adaptation issue 18).
@@ -50,12 +51,12 @@ def vtab_groups() -> dict[str, tuple[str, ...]]:
     return groups
 
 
-# The many-shot subsets of the authors' PETL_Vision lists (STUDY.md §B.3).
+# The many-shot subsets of the authors' PETL_Vision lists (docs/protocol.md §B.3).
 MANYSHOT_SUBSETS = {
     "cifar100": ("500", "1k", "5k", "10k", "full"),
     "resisc45": ("225", "450", "900", "2250", "4500", "9000", "full"),
 }
-# The small subsets are tuned on five train/val folds (STUDY.md §B.3); the others have one split.
+# The small subsets are tuned on five train/val folds (docs/protocol.md §B.3); the others have one split.
 MANYSHOT_FOLDED = {("cifar100", "500"), ("resisc45", "225"), ("resisc45", "450")}
 MANYSHOT_FOLDS = 5
 MANYSHOT_CLASSES = {"cifar100": 100, "resisc45": 45}

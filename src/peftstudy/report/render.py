@@ -21,11 +21,11 @@ from peftstudy.report.tables import RERUN_COLUMNS, rerun_ranges
 from peftstudy.select import METRIC_WORDS
 
 NOT_COMPUTED = "not computed yet"
-# Which quirk of the authors' code each recipe value reproduces (STUDY.md §I), for the captions.
+# Which quirk of the authors' code each recipe value reproduces (docs/protocol.md §I), for the captions.
 QUIRKS = {
-    ("lr_step", "authors"): "the scheduler stepped with the finished epoch's index, one epoch late (I.20)",
-    ("normalize", False): "unnormalised [0, 1] pixels (I.13)",
-    ("peft_init", "authors"): "timm's init overwriting every Linear a method adds (I.26)",
+    ("lr_step", "authors"): "the scheduler stepped one epoch late (docs/protocol.md §I.20)",
+    ("normalize", False): "unnormalised [0, 1] pixels (docs/protocol.md §I.13)",
+    ("peft_init", "authors"): "timm's init overwriting every Linear a method adds (docs/protocol.md §I.26)",
 }
 CAPTIONS = {
     "accuracy_vs_params": "Mean test top-1 over the experiment's datasets against the number of trainable parameters "
@@ -45,7 +45,7 @@ CAPTIONS = {
     "wise": "WiSE: trained tensors the zero-shot model also has are interpolated (1 - alpha) zero-shot + alpha "
     "fine-tuned, added branches scaled by alpha; alpha = 0 is the zero-shot model (square), 1 the fine-tuned (star). "
     "Dashed: the head-only variant (the head interpolated, everything else fine-tuned; the authors' merge_fc). "
-    "Right, for reference: the authors' curves (CLIP ViT-B/16, 100-shot ImageNet, STUDY.md H.4).",
+    "Right, for reference: the authors' curves (CLIP ViT-B/16, 100-shot ImageNet, docs/protocol.md §H.4).",
 }
 # Page sections: which figures each holds, in order.
 SECTIONS = {

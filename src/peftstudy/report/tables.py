@@ -17,7 +17,7 @@ from peftstudy.plan.tasks import vtab_groups
 from peftstudy.select import ALL_DIVERGED, SUMMARY_COLUMNS
 
 COMPUTE_KEYS = ("phase", "experiment", "dataset", "method", "job")
-# VTAB-1K's groups (STUDY.md C.7), by the processed folder names.
+# VTAB-1K's groups (docs/protocol.md §C.7), by the processed folder names.
 VTAB_GROUPS = vtab_groups()
 VTAB_TASKS = tuple(t for tasks in VTAB_GROUPS.values() for t in tasks)
 MEAN_TASKS, MEAN_GROUPS = "mean over tasks", "mean over groups"
@@ -388,7 +388,8 @@ def _mean(values: pd.Series) -> float:
 
 def group_means(vtab: pd.DataFrame) -> pd.DataFrame:
     """Per (experiment, method): each group's mean, the mean over tasks and the mean over the group means,
-    ours and the authors' over the same tasks (STUDY.md C.7: which overall mean the paper uses is unknown), with
+    ours and the authors' over the same tasks (docs/protocol.md §C.7: which overall mean the paper uses is unknown),
+    with
     the range the authors' mean spans over their reruns (the mean of the lowest runs to that of the highest)."""
     values = ("test_top1", "authors_top1", "authors_low", "authors_high")
     rows = []

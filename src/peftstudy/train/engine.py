@@ -1,4 +1,4 @@
-"""The training loop: AdamW, timm's epoch-wise cosine schedule, plain cross-entropy (STUDY.md B.1).
+"""The training loop: AdamW, timm's epoch-wise cosine schedule, plain cross-entropy (docs/protocol.md §B.1).
 
 Data arrive as whole uint8 NHWC arrays (the prepared cache) and stay uint8 on the device (4x less
 memory than float); each batch is an index slice converted and normalised on the device, so nothing is
@@ -32,7 +32,7 @@ from peftstudy.train.resume import NO_SIGNAL, Checkpoint, Preempted, rng_state, 
 
 COMPILE_MODES = RECIPE_CHOICES["compile"]
 # What makes a run diverged (recipe.divergence). non_finite: the authors' rule, a NaN/inf loss or weights only
-# (they skip such batches and carry on, STUDY.md B.1). explosion (the default) adds a last-epoch train loss
+# (they skip such batches and carry on, docs/protocol.md §B.1). explosion (the default) adds a last-epoch train loss
 # above EXPLOSION_FACTOR x its start, the start being the loss before the first update or, if larger, that of
 # a uniform guess (ln classes): a working run ends below both, and a run that ends 10x above them predicts
 # confidently wrong (a probe's run at loss 1e7 scored chance and won selection).
@@ -41,7 +41,7 @@ EXPLOSION_FACTOR = 10.0
 
 @dataclass(frozen=True)
 class Recipe:
-    """One run's optimisation settings. `lr_step` chooses the schedule stepping (STUDY.md B.1, I.20)."""
+    """One run's optimisation settings. `lr_step` chooses the schedule stepping (docs/protocol.md §B.1, §I.20)."""
 
     epochs: int
     batch_size: int
@@ -50,13 +50,15 @@ class Recipe:
     min_lr: float = 1e-5
     eval_batch_size: int = 256
     lr_step: str = "authors"  # authors: step(epoch) at the end of `epoch` (off by one); standard: step(epoch + 1)
-    # Training augmentation, on the device (STUDY.md B.3-B.5): none (VTAB-1K); hflip; crop_flip = RandomResizedCrop
+    # Training augmentation, on the device (docs/protocol.md §B.3-§B.5): none (VTAB-1K); hflip; crop_flip =
+    # RandomResizedCrop
     # to the input size (scale 0.08-1, bicubic) + horizontal flip (CIFAR-100); crop_flips adds a vflip (RESISC45).
     augment: str = "none"
     eval_resize: int = 0  # > 0: evaluation resizes to this size, then centre-crops the input size (Resize 256 + CC 224)
     normalize: bool = True  # false: pixels in [0, 1] whatever the backbone's mean/std (the authors' VTAB-1K runs)
     drop_path: float = 0.0  # stochastic depth rate; a `drop_path` grid key overrides it
-    peft_init: str = "own"  # own: each method's stated init; authors: timm re-inits added Linears (STUDY.md I.26)
+    # own: each method's stated init; authors: timm re-inits added Linears (docs/protocol.md §I.26)
+    peft_init: str = "own"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere; fp32; bf16
     # torch.compile mode, or off: pays off on GPUs (reduce-overhead adds CUDA graphs), not for the CPU mini model.
     compile: str = "off"
@@ -66,7 +68,7 @@ class Recipe:
     # The linear probe trains on cached backbone features: `exact` when that is the same computation (no
     # stochastic depth), `always` also with drop-path (features then come without it), `never`.
     feature_cache: str = "exact"
-    # Evaluation of the held-out split during training (the authors' CLIP runs, STUDY.md B.4, C.3): every
+    # Evaluation of the held-out split during training (the authors' CLIP runs, docs/protocol.md §B.4, §C.3): every
     # `eval_every` epochs (0: once, after training); stop after `early_patience` evaluations without a better
     # top-1 (0: never); `keep: best` ends with the weights of the best evaluation instead of the last epoch's.
     # In a final run the held-out split is test: it is evaluated during training only with `keep: best`, the
@@ -193,7 +195,7 @@ def to_input(
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, recipe: Recipe):
-    """timm's epoch-wise cosine with linear warmup, `warmup_prefix=False` as the authors (STUDY.md B.1)."""
+    """timm's epoch-wise cosine with linear warmup, `warmup_prefix=False` as the authors (docs/protocol.md §B.1)."""
     from timm.scheduler import CosineLRScheduler
 
     return CosineLRScheduler(
@@ -374,7 +376,7 @@ def _steps(run: Run) -> Generator[None, None, TrainResult]:
     params = [p for _, p in named]
     if not params:
         raise RuntimeError("nothing to train: no parameter requires grad")
-    # Decoupled weight decay on every trainable tensor, biases and norms included (STUDY.md B.1).
+    # Decoupled weight decay on every trainable tensor, biases and norms included (docs/protocol.md §B.1).
     optimizer = _optimizer(params, run.lr, run.wd, recipe.fused_adamw)
     scheduler = cosine_schedule(optimizer, recipe)
     generator = torch.Generator().manual_seed(run.seed)

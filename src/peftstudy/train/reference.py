@@ -1,4 +1,4 @@
-"""The authors' training loop (STUDY.md B.1, I.25), kept as the reference the engine is measured against.
+"""The authors' training loop (docs/protocol.md §B.1, §I.25), kept as the reference the engine is measured against.
 
 fp32 throughout; every epoch, DataLoader workers open each image file, decode it and resize it to the
 input size with PIL's bicubic filter (the authors' transform), then `ToTensor` ([0, 1], no

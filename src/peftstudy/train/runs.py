@@ -51,7 +51,7 @@ def build(
     recipe_hp, cfg = methods.split_hp(method, hp)
     drop_path = recipe_hp.get("drop_path", recipe.drop_path)
     weights = {"weights": backbone.get("weights"), "sha256": backbone.get("sha256")}
-    if backbone.get("head"):  # CLIP: the zero-shot head built from its text tower (STUDY.md A.1)
+    if backbone.get("head"):  # CLIP: the zero-shot head built from its text tower (docs/protocol.md §A.1)
         from peftstudy.models.clip import create_clip
 
         model = create_clip(
@@ -430,7 +430,7 @@ def _kept(recipe: Recipe, split: str) -> str:
     if recipe.keep == "last":
         return "last epoch"
     if split == "test":
-        return "best test epoch (a test-set oracle: the authors' CLIP model.pt, STUDY.md C.5; not for reporting)"
+        return "best test epoch (a test-set oracle: the authors' CLIP model.pt, docs/protocol.md §C.5; not to report)"
     return f"best {split} epoch"
 
 

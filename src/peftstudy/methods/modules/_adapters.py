@@ -42,7 +42,7 @@ class Adapter(nn.Module):
 class SequentialAfter(nn.Module):
     """Replaces a block's LayerScale `ls`, so the branch ends in an adapter (`z' = z + Adapter(z)`).
 
-    `variant="authors"`: z = DP(LS(branch)) and the block then applies DP and LS again to z' (STUDY.md I.3).
+    `variant="authors"`: z = DP(LS(branch)) and the block then applies DP and LS again to z' (docs/protocol.md §I.3).
     `variant="original"`: z = LS(branch), the block's own DP and residual follow once.
     """
 

@@ -1,4 +1,4 @@
-"""Prompt tokens shared by VPT-shallow and VPT-deep (STUDY.md A.2 #7, #8).
+"""Prompt tokens shared by VPT-shallow and VPT-deep (docs/protocol.md §A.2 #7, #8).
 
 Prompts are prepended in front of the CLS token and stripped again, through forward hooks, so the
 blocks keep their own parameter names. Init U(-v, v), v = sqrt(6 / (3 * p^2 + D)) with p the patch size
