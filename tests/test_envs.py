@@ -78,14 +78,18 @@ def third_party_imports(module: str) -> set[str]:
         if name in seen or path is None:
             continue
         seen.add(name)
+        tree = ast.parse(path.read_text())
+        nodes = ast.walk(tree)
         if path.name == "__init__.py" and name == "peftstudy.methods":
-            # The registry imports every method's modules (settings and layers) by file name.
-            todo += [
-                "peftstudy.methods." + ".".join(p.relative_to(path.parent).with_suffix("").parts)
-                for p in path.parent.rglob("*.py")
-                if p.stem != "__init__"
-            ]
-        for node in ast.walk(ast.parse(path.read_text())):
+            # The registry imports every method's settings module by file name when it is imported; its layers
+            # (methods/modules/) and its model-building helpers' torch and timm only when a model is built. So a
+            # stage that only reads settings (select, and through it the report) needs neither: its module-level
+            # imports are what it brings, and tests/test_cli.py checks at run time that such stages load no torch.
+            todo += [f"peftstudy.methods.{p.stem}" for p in path.parent.glob("*.py") if p.stem != "__init__"]
+            nodes = iter(tree.body)
+        if name == "peftstudy.models":  # a stage that builds a model also injects a method: every method's layers
+            todo += [f"peftstudy.methods.modules.{p.stem}" for p in (SRC / "peftstudy/methods/modules").glob("*.py")]
+        for node in nodes:
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
