@@ -23,7 +23,7 @@ from peftstudy.plan import study
 from peftstudy.select import chosen_gp
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from sweep_overhead import SNAKEMAKE, load_config, set_up
+from sweep_overhead import SNAKEMAKE, Size, load_config, set_up
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def snakemake(shape_root: Path, configs: list[Path], env: dict[str, str], *args:
 @pytest.fixture(scope="module")
 def shape(tmp_path_factory) -> Shape:
     root = tmp_path_factory.mktemp("paper-shape") / "repo"
-    configs, env, _ = set_up(root, [REPO / "studies/vtab1k.yaml"], TASKS)
+    configs, env, _ = set_up(root, [REPO / "studies/vtab1k.yaml"], Size(experiments=1, datasets=TASKS))
     return Shape(root, configs, env, jobs(snakemake(root, configs, env)))
 
 
