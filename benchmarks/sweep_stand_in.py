@@ -1,8 +1,8 @@
 """A stand-in for the `peftstudy` command, for benchmarks/sweep_overhead.py only (never on the product path).
 
-Placed first on PATH in the benchmark's scratch copy, it answers each `peftstudy <stage>` a workflow rule calls in
-milliseconds: every output the stage's arguments name, with content that its JSON schema
-(workflow/schemas/*.schema.yaml) accepts. `select` and `collect` run the real code: they are pure, cheap and
+Placed first on PATH in the benchmark's scratch copy, it answers each `peftstudy <stage>` (or `peftstudy run SPEC`)
+a workflow rule calls in milliseconds: every output the stage's arguments (or spec) name, with content that its
+JSON schema (workflow/schemas/*.schema.yaml) accepts. `select` and `collect` run the real code: they are pure, cheap and
 decide what the DAG does next (the chosen grid point names the finals), and they check the stand-in's metrics
 against the metrics schema as they read them. Stages the benchmark fakes before the run (downloads, extraction,
 indexing) are refused by argparse, so a job that should not run fails loudly. Standard library only: it starts
@@ -53,20 +53,20 @@ def score(gp: str) -> float:
     return int(gp[:4], 16) % 1000 / 10
 
 
-def metrics(args: argparse.Namespace, phase: str, gp: str, hp: dict, seed: int) -> dict[str, Any]:
-    """A metrics.json the metrics schema accepts."""
+def metrics(run: dict[str, Any], phase: str, gp: str, hp: dict, seed: int) -> dict[str, Any]:
+    """A metrics.json the metrics schema accepts, of a run of a training spec's `run` settings."""
     top1 = score(gp)
     measured = {"val_top1": top1, "val_best_top1": top1} if phase == "tune" else {"test_top1": top1}
     return {
         "status": "ok",
         "phase": phase,
-        "experiment": args.experiment,
-        "dataset": args.dataset,
-        "method": args.method,
+        "experiment": run["experiment"],
+        "dataset": run["dataset"],
+        "method": run["method"],
         "gp": gp,
         "hp": hp,
         "method_config": {},
-        "recipe": json.loads(args.recipe),
+        "recipe": run["recipe"],
         "seed": seed,
         "metrics": {"train_loss": 0.0, "train_top1": top1, **measured},
         "trainable_params": 0,
@@ -82,18 +82,27 @@ def metrics(args: argparse.Namespace, phase: str, gp: str, hp: dict, seed: int) 
     }
 
 
-def tune(args: argparse.Namespace) -> None:
-    points = json.loads(args.points)
+def tune(spec: dict[str, Any]) -> None:
     # One file per tune job, holding each of its grid points' results (workflow/schemas/tune.schema.yaml).
-    write_json(args.out, {"points": [metrics(args, "tune", p["gp"], p["hp"], args.seed) for p in points]})
+    points = [metrics(spec["run"], "tune", p["gp"], p["hp"], spec["seed"]) for p in spec["points"]]
+    write_json(spec["metrics"], {"points": points})
 
 
-def final(args: argparse.Namespace) -> None:
-    runs = zip(args.seed, args.out_metrics, args.out_logits, args.out_weights, strict=True)
-    for seed, out_metrics, out_logits, out_weights in runs:
-        write_json(out_metrics, metrics(args, "final", args.gp, json.loads(args.hp), int(seed)))
-        write(out_logits, f"stand-in logits {args.gp} {seed}")
-        write(out_weights, f"stand-in weights {args.gp} {seed}")
+def final(spec: dict[str, Any]) -> None:
+    gp, seed = spec["point"]["gp"], spec["seed"]
+    write_json(spec["metrics"], metrics(spec["run"], "final", gp, spec["point"]["hp"], seed))
+    write(spec["logits"], f"stand-in logits {gp} {seed}")
+    write(spec["peft"], f"stand-in weights {gp} {seed}")
+
+
+SPEC_STAGES = {"tune": tune, "final": final}
+
+
+def run(args: argparse.Namespace) -> None:
+    """`peftstudy run SPEC`: the spec's JSON (plan.specs), read as plain JSON (no peftstudy import)."""
+    text = Path(args.spec[1:]).read_text() if args.spec.startswith("@") else args.spec
+    spec = json.loads(text)
+    SPEC_STAGES[spec["stage"]](spec)
 
 
 def prepare(args: argparse.Namespace) -> None:
@@ -142,11 +151,6 @@ def report(args: argparse.Namespace) -> None:
     write(args.out_notebook, json.dumps({"cells": []}))
 
 
-def run_args(p: argparse.ArgumentParser) -> None:
-    for name in ("experiment", "dataset", "method", "recipe"):
-        p.add_argument(f"--{name}", required=True)
-
-
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="peftstudy (stand-in)")
     sub = top.add_subparsers(dest="stage", required=True)
@@ -156,18 +160,7 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = stage("tune", tune)
-    run_args(p)
-    p.add_argument("--points", required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p = stage("final", final)
-    run_args(p)
-    p.add_argument("--gp", required=True)
-    p.add_argument("--hp", required=True)
-    p.add_argument("--seed", nargs="+", required=True)
-    for name in ("out-metrics", "out-logits", "out-weights"):
-        p.add_argument(f"--{name}", nargs="+", required=True)
+    stage("run", run).add_argument("spec")
     stage("prepare", prepare).add_argument("--out", required=True)
     p = stage("ensemble", ensemble)
     p.add_argument("--methods", nargs="+", required=True)

@@ -14,7 +14,7 @@ from conftest import REPO, Workflow
 PLAN_EVERYTHING = """
 import json, sys
 import yaml
-from peftstudy.plan import study
+from peftstudy.plan import specs, study
 from peftstudy.plan.jobs import Plan
 
 counts = {}
@@ -24,12 +24,15 @@ for path in sys.argv[1:]:
     layout = plan.layout
     n = 0
     for experiment, dataset, method in layout.runs():
-        plan.tune_inputs(experiment, dataset, method)
-        plan.final_inputs(experiment, dataset, method)
         plan.code_digest(method)
         plan.backbone_arg(experiment)
-        for pack in layout.tune_jobs[experiment, method]:
-            plan.pack_points(experiment, method, pack)
+        # Every job's spec reads back as itself: what the stage gets is what the plan made.
+        jobs = [plan.tune_spec(experiment, dataset, method, pack) for pack in layout.tune_jobs[experiment, method]]
+        gp = next(iter(plan.grids[experiment, method]))
+        seeds = plan.experiments[experiment]["seeds"]
+        jobs += [plan.final_spec(experiment, dataset, method, gp, str(seed)) for seed in seeds]
+        for job in jobs:
+            assert specs.from_json(job.to_json()) == job, job
     for experiment in plan.experiments:
         plan.select_args(experiment)
         n += len(plan.tune_metrics(experiment))
@@ -138,7 +141,7 @@ def test_a_tune_job_is_a_grid_point_or_a_named_pack_and_its_file_comes_from_the_
     ((pack, gps),) = jobs["robustness", "bitfit"].items()
     assert pack == "pack1-0" and gps == list(plan.grids["robustness", "bitfit"])
     assert f"results/tiny/robustness/shapes/bitfit/tune/{pack}/metrics.json" in plan.tune_metrics("robustness")
-    assert [p["gp"] for p in plan.pack_points("robustness", "bitfit", pack)] == gps
+    assert [p.gp for p in plan.pack_points("robustness", "bitfit", pack)] == gps
     with pytest.raises(ValueError, match="not a grid point or pack of bitfit"):
         plan.pack_points("robustness", "bitfit", "pack2-1")
 

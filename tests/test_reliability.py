@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, dependencies, prepare_mini_task, tiny_config
+from conftest import REPO, dependencies, prepare_mini_task, tiny_config, training_spec
 
 from peftstudy import cli, methods, select
 from peftstudy import io as study_io
 from peftstudy.io import read_json, write_json
-from peftstudy.plan import study
+from peftstudy.plan import specs, study
 from peftstudy.report import render, tables
 from peftstudy.select import choose
 from peftstudy.train import resume, runs
@@ -60,32 +60,10 @@ def count_task(tmp_path_factory):
 
 def _tune_linear(task: Path, out: Path, lrs: list[float], divergence: str) -> list[dict]:
     points = [{"gp": f"{i:08x}", "hp": {"lr": lr, "wd": 0.0}} for i, lr in enumerate(lrs)]
-    job_file = str(out / f"{divergence}.json")
-    backbone = CONFIG["backbone"]
-    runs.tune(
-        argparse.Namespace(
-            experiment="vtab",
-            dataset="count",
-            method="linear",
-            points=points,
-            recipe={"epochs": 3, "batch_size": 32, "divergence": divergence},
-            backbone={
-                "arch": backbone["arch"],
-                "weights": str(REPO / backbone["weights"]),
-                "sha256": backbone["sha256"],
-            },
-            seed=0,
-            train=str(task / "train.npz"),
-            val=str(task / "val.npz"),
-            manifest=str(task / "manifest.json"),
-            device="cpu",
-            resume_dir="",
-            out=job_file,
-            threads=1,
-            concurrent=1,
-        )
-    )
-    return read_json(job_file, schema="tune")["points"]
+    recipe = {"epochs": 3, "batch_size": 32, "divergence": divergence}
+    spec = training_spec("tune", task, out / divergence, "linear", points, recipe)
+    runs.tune(spec, specs.Options(threads=1, concurrent=1))
+    return read_json(spec.metrics, schema="tune")["points"]
 
 
 def test_an_exploded_tune_run_is_recorded_diverged_with_its_rule_and_reason_and_never_selected(count_task, tmp_path):
@@ -172,25 +150,15 @@ def test_a_batch_larger_than_a_synthetic_training_split_fails_at_parse_time():
 
 def test_a_batch_larger_than_the_training_split_fails_before_any_model_is_built(count_task, tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "build", lambda *a, **k: pytest.fail("the model was built"))
-    args = argparse.Namespace(
-        experiment="vtab",
-        dataset="count",
-        recipe={"epochs": 1, "batch_size": 4096},
-        train=str(count_task / "train.npz"),
-        manifest=str(count_task / "manifest.json"),
-        method="linear",
-        backbone={"arch": "peftstudy_vit_mini"},
-        device="cpu",
-        threads=1,
-        concurrent=1,
-    )
+    point = {"gp": "00000000", "hp": {"lr": 0.001, "wd": 0.0}}
+    spec = training_spec("tune", count_task, tmp_path, "linear", [point], {"epochs": 1, "batch_size": 4096})
+    options = specs.Options(threads=1, concurrent=1)
     with pytest.raises(
         ValueError,
         match=r"train.npz: 320 training images of count are fewer than one batch: lower "
         r"experiments.vtab.recipe.batch_size \(4096\)",
     ):
-        val = str(count_task / "val.npz")
-        runs.Session(args, val, 1, runs.JobDependencies(args, "tune", val))
+        runs.Session(spec, options, 1, runs.JobDependencies(spec, options))
 
 
 # A full disk

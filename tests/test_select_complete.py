@@ -115,10 +115,10 @@ def test_a_selection_made_before_the_grid_changed_asks_to_select_again(plan):
     Path(plan.layout.selected(EXPERIMENT)).parent.mkdir(parents=True)
     write_json(plan.layout.selected(EXPERIMENT), {"datasets": {"shapes": {"bitfit": entry}}}, schema="selected")
     with pytest.raises(ValueError) as raised:
-        plan.final_args(EXPERIMENT, "shapes", "bitfit", old_gp, "0")
+        plan.final_spec(EXPERIMENT, "shapes", "bitfit", old_gp, "0")
     message = str(raised.value)
     assert message.startswith(f"{plan.layout.selected(EXPERIMENT)} chose grid point {old_gp} for bitfit on shapes")
     assert "add --forcerun select (or run without --rerun-triggers mtime)" in message
     # A final asked for by path, of a point no selection chose: the point itself is the mistake.
     with pytest.raises(ValueError, match=r"grid point 0123abcd is not in the grid of bitfit .*points of the current"):
-        plan.final_args(EXPERIMENT, "shapes", "bitfit", "0123abcd", "0")
+        plan.final_spec(EXPERIMENT, "shapes", "bitfit", "0123abcd", "0")

@@ -1,6 +1,8 @@
 """`peftstudy <stage> ...`: the entry points the Snakemake rules call.
 
-Every input a stage needs is an argument, so any job can be rerun by hand from its log's command line.
+`peftstudy run SPEC` runs a job given as its spec (plan.specs: the tune and final jobs so far); the other stages
+still take flags. Every input a stage needs is an argument, so any job can be rerun by hand from its log's command
+line.
 Heavy imports happen inside each stage, so a job pays only for what it uses (docs/scale.md §3).
 """
 
@@ -15,7 +17,9 @@ import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from peftstudy.plan import specs
 from peftstudy.plan.defaults import DEFAULTS
 
 
@@ -38,7 +42,7 @@ class _stage:  # lower case: read as a call, `set_defaults(func=_stage("module:f
     def module(self) -> str:
         return self.target.partition(":")[0]
 
-    def __call__(self, args: argparse.Namespace) -> None:
+    def __call__(self, *args: Any) -> None:
         # Python's cyclic GC walks every object the imports create, again and again while they pile up (torch and
         # timm: ~2,700 modules) and then in each full collection while the stage runs. Those objects live as long
         # as the process, so the GC pauses for the import and they are frozen out of it after: ~0.8 of a mini
@@ -49,28 +53,18 @@ class _stage:  # lower case: read as a call, `set_defaults(func=_stage("module:f
         finally:
             gc.enable()
         gc.freeze()
-        getattr(module, self.target.partition(":")[2])(args)
+        getattr(module, self.target.partition(":")[2])(*args)
 
 
-def _run_args(p: argparse.ArgumentParser) -> None:
-    """Arguments shared by tune and final runs."""
-    p.add_argument("--experiment", required=True)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--method", required=True)
-    p.add_argument("--recipe", type=_json, required=True)
-    p.add_argument("--backbone", type=_json, required=True, help="arch, weights, sha256, keep_head")
-    p.add_argument("--train", required=True, help="prepared cache of the training split")
-    p.add_argument("--manifest", required=True, help="the dataset's manifest.json (provenance)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--resume-dir", default="", help="checkpoint each epoch here and resume from it (preemption)")
-    p.add_argument(
-        "--concurrent",
-        type=int,
-        default=0,
-        help="runs trained at once, interleaved step by step (0: on a GPU as many of the job's as fit in its memory, "
-        "measured; one on the CPU); fewer after an out-of-memory error",
-    )
+def _run(args: argparse.Namespace) -> None:
+    """`peftstudy run`: the spec read (from the argument, or from the file after `@`), checked against its stage's
+    dataclass, and handed to the stage with the options."""
+    text = args.spec
+    if text.startswith("@"):
+        with open(text[1:]) as handle:
+            text = handle.read()
+    spec = specs.from_json(text)
+    _stage(spec.target)(spec, specs.Options(threads=args.threads, concurrent=args.concurrent))
 
 
 def _pin_args(p: argparse.ArgumentParser) -> None:
@@ -193,26 +187,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True)
     p.set_defaults(func=_stage("peftstudy.train.pretrain:run"))
 
-    p = sub.add_parser("tune", help="train grid points on train, score each on val")
-    _run_args(p)
+    p = sub.add_parser("run", help="run a job given as its spec (plan.specs): tune, final")
+    p.add_argument("spec", help="the spec's JSON, or @FILE holding it")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument(
-        "--points", type=_json, required=True, help='grid points in order: [{"gp": "<id>", "hp": {"lr": 0.001}}, ...]'
+        "--concurrent",
+        type=int,
+        default=0,
+        help="runs trained at once, interleaved step by step (0: on a GPU as many of the job's as fit in its memory, "
+        "measured; one on the CPU); fewer after an out-of-memory error",
     )
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--val", required=True)
-    p.add_argument("--out", required=True, help="the job's metrics.json: each grid point's results, in order")
-    p.set_defaults(func=_stage("peftstudy.train.runs:tune"))
-
-    p = sub.add_parser("final", help="train the selected grid point on train+val, test once at the end")
-    _run_args(p)
-    p.add_argument("--hp", type=_json, required=True, help='the grid point, e.g. \'{"lr": 0.001, "r": 8}\'')
-    p.add_argument("--gp", required=True, help="the grid point's id")
-    p.add_argument("--seed", type=int, nargs="+", required=True, help="one run per seed")
-    p.add_argument("--test", required=True)
-    p.add_argument("--out-metrics", nargs="+", required=True, help="one per seed")
-    p.add_argument("--out-logits", nargs="+", required=True, help="one per seed")
-    p.add_argument("--out-weights", nargs="+", required=True, help="one per seed")
-    p.set_defaults(func=_stage("peftstudy.train.runs:final"))
+    p.set_defaults(func=_run)
 
     p = sub.add_parser("select", help="choose each (dataset, method)'s grid point from tune results (val only)")
     p.add_argument(

@@ -25,6 +25,7 @@ from torch import nn
 from peftstudy import methods
 from peftstudy.io import load_npz, read_json, write_json
 from peftstudy.models import pick_device
+from peftstudy.plan import specs
 from peftstudy.tables import subset_classes
 from peftstudy.train.engine import features, to_input
 from peftstudy.train.runs import load_trained
@@ -210,12 +211,13 @@ def run(args: argparse.Namespace) -> None:
     classes = int(raw[id_name]["num_classes"])
     per_seed_ood, curves = [], []
     not_mergeable = ""
-    backbone_names = {n for n, _ in create_backbone(args.backbone["arch"], classes, device="meta").named_parameters()}
+    backbone = specs.load(specs.Backbone, args.backbone, "--backbone")
+    backbone_names = {n for n, _ in create_backbone(backbone.arch, classes, device="meta").named_parameters()}
     evaluations = None
     for final_dir in (r["dir"] for r in record["runs"]):
         meta = read_json(f"{final_dir}/metrics.json", schema="metrics")
         model, zero_shot, fine_tuned = load_trained(
-            args.method, meta["hp"], args.backbone, f"{final_dir}/peft.safetensors", classes, device
+            args.method, meta["hp"], backbone, f"{final_dir}/peft.safetensors", classes, device
         )
         evaluations = evaluations or Evaluations(_test_sets(raw, subsets, model, device), 256)
         head = set(methods.head_names(model))

@@ -60,41 +60,40 @@ def job_runs(kind, wildcards):
     return 1
 
 
-TUNE_SHELL = (
-    "peftstudy tune --experiment {wildcards.experiment} --dataset {wildcards.dataset}"
-    " --method {wildcards.method} {params.args} --train {input.train} --val {input.val}"
-    " --manifest {input.manifest} --threads {threads} --out {output.metrics} > {log} 2>&1"
-)
-FINAL_SHELL = (
-    "peftstudy final --experiment {wildcards.experiment} --dataset {wildcards.dataset}"
-    " --method {wildcards.method} --gp {wildcards.gp} {params.args} --train {input.train} --test {input.test}"
-    " --manifest {input.manifest} --threads {threads} --out-metrics {output.metrics} --out-logits {output.logits}"
-    " --out-weights {output.peft} > {log} 2>&1"
-)
+# A training job is its spec (plan.specs), one canonical JSON argument: any change of any field reruns the job.
+RUN_SPEC_SHELL = "peftstudy run {params.spec:q} --threads {threads} > {log} 2>&1"
 
 
 def run_of(wildcards):
     return wildcards.experiment, wildcards.dataset, wildcards.method
 
 
-def get_tune_args(wildcards):
-    return PLAN.tune_args(*run_of(wildcards), wildcards.pack)
+def tune_spec(wildcards):
+    return PLAN.tune_spec(*run_of(wildcards), wildcards.pack)
 
 
-def get_final_args(wildcards):
-    return PLAN.final_args(*run_of(wildcards), wildcards.gp, wildcards.seed)
+def final_spec(wildcards):
+    return PLAN.final_spec(*run_of(wildcards), wildcards.gp, wildcards.seed)
+
+
+def get_tune_inputs(wildcards):
+    return tune_spec(wildcards).inputs()
+
+
+def get_tune_spec(wildcards):
+    return tune_spec(wildcards).to_json()
+
+
+def get_final_inputs(wildcards):
+    return final_spec(wildcards).inputs()
+
+
+def get_final_spec(wildcards):
+    return final_spec(wildcards).to_json()
 
 
 def get_code(wildcards):
     return PLAN.code_digest(wildcards.method)
-
-
-def get_tune_inputs(wildcards):
-    return PLAN.tune_inputs(*run_of(wildcards))
-
-
-def get_final_inputs(wildcards):
-    return PLAN.final_inputs(*run_of(wildcards))
 
 
 def get_tune_metrics(wildcards):

@@ -19,10 +19,10 @@ rule final:
     resources:
         **job_resources("final"),
     params:
-        args=get_final_args,
+        spec=get_final_spec,
         code=get_code,
     shell:
-        FINAL_SHELL
+        RUN_SPEC_SHELL
 
 
 rule collect:

@@ -19,7 +19,7 @@ rule tune:
     resources:
         **job_resources("tune"),
     params:
-        args=get_tune_args,
+        spec=get_tune_spec,
         code=get_code,
     shell:
-        TUNE_SHELL
+        RUN_SPEC_SHELL

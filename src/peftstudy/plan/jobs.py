@@ -6,6 +6,7 @@ testable without Snakemake (and without torch: the method registry's settings mo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -16,9 +17,9 @@ from functools import cached_property
 from typing import Any
 
 from peftstudy import methods
-from peftstudy.plan import depends, study
+from peftstudy.plan import depends, specs, study
 from peftstudy.plan.defaults import DEFAULTS
-from peftstudy.plan.layout import Layout
+from peftstudy.plan.layout import FINAL_FILES, Layout
 
 # A job's resources when neither `resources.<kind>` nor the experiment's own set them.
 JOB_DEFAULTS = {"mem_mb": 4000, "runtime": 60, "gpu": 0}
@@ -76,6 +77,12 @@ class Plan:
     @cached_property
     def _code_digests(self) -> dict[str, str]:
         """method -> :meth:`code_digest`, filled as asked."""
+        return {}
+
+    @cached_property
+    def _specs(self) -> dict[tuple[str, ...], specs.Spec]:
+        """(stage, wildcards...) -> the job's spec, filled as asked: a rule asks for a job's inputs and its
+        params separately, and the DAG asks for every job."""
         return {}
 
     @cached_property
@@ -160,27 +167,25 @@ class Plan:
         spec = self.backbone_spec(experiment)
         return self.layout.pretrain_file("backbone.safetensors") if spec["pretrain"] else spec["weights"]
 
-    def backbone_arg(self, experiment: str) -> str:
-        """The --backbone argument: what to build and which weights to load (checked against sha256)."""
+    def backbone(self, experiment: str) -> specs.Backbone:
+        """What an experiment's jobs build and which weights they load (checked against sha256)."""
         spec = self.backbone_spec(experiment)
         head = spec.get("zero_shot_head")
-        return as_json(
-            {
-                "arch": spec["arch"],
-                "weights": self.backbone_weights(experiment),
-                "sha256": None if spec["pretrain"] else spec["sha256"],
-                "keep_head": self.experiments[experiment]["head"] == "pretrained",
-                **({"head": head["file"], "head_sha256": None} if head else {}),
-            }
+        return specs.Backbone(
+            arch=spec["arch"],
+            weights=self.backbone_weights(experiment),
+            sha256=None if spec["pretrain"] else spec["sha256"],
+            keep_head=self.experiments[experiment]["head"] == "pretrained",
+            head=head["file"] if head else None,
         )
 
+    def backbone_arg(self, experiment: str) -> str:
+        """The robustness stage's --backbone argument (plan.specs.Backbone as JSON)."""
+        return as_json(dataclasses.asdict(self.backbone(experiment)))
+
     def backbone_files(self, experiment: str) -> dict[str, str]:
-        """The files a training job of `experiment` reads besides data: weights, and CLIP's zero-shot head."""
-        spec = self.backbone_spec(experiment)
-        files = {"weights": self.backbone_weights(experiment)}
-        if "zero_shot_head" in spec:
-            files["head"] = spec["zero_shot_head"]["file"]
-        return files
+        """The files a job of `experiment` reads besides data: weights, and CLIP's zero-shot head."""
+        return specs.input_files(self.backbone(experiment))
 
     @cached_property
     def fetched_backbones(self) -> dict[str, str]:
@@ -240,8 +245,8 @@ class Plan:
             self._code_digests[method] = depends.code_digest(method)
         return self._code_digests[method]
 
-    def pack_points(self, experiment: str, method: str, pack: str) -> list[dict[str, Any]]:
-        """The grid points a tune job trains, in order: [{"gp": id, "hp": {...}}, ...]."""
+    def pack_points(self, experiment: str, method: str, pack: str) -> list[specs.GridPoint]:
+        """The grid points a tune job trains, in order."""
         try:
             gps = self.layout.tune_jobs[experiment, method][pack]
         except KeyError:
@@ -250,7 +255,7 @@ class Plan:
                 "request only jobs of the current config"
             ) from None
         grid = self.grids[experiment, method]
-        return [{"gp": gp, "hp": grid[gp]} for gp in gps]
+        return [specs.GridPoint(gp=gp, hp=grid[gp]) for gp in gps]
 
     def final_hp(self, experiment: str, dataset: str, method: str, gp: str) -> dict[str, Any]:
         """A final's grid point settings; where the point left the grid, what to do about it: a point the
@@ -350,40 +355,54 @@ class Plan:
 
     # Training jobs.
 
-    def run_args(self, experiment: str, dataset: str, method: str) -> str:
-        """The arguments a tune or final job of a (experiment, dataset, method) shares: recipe, backbone, device,
-        resume folder (its inputs and outputs come from the rule)."""
-        return (
-            f"--recipe {as_json(self.experiments[experiment]['recipe'])} --backbone {self.backbone_arg(experiment)}"
-            f" --device {self.config['device']} --resume-dir {self.layout.resume_dir(experiment, dataset, method)}"
+    def run_settings(self, experiment: str, dataset: str, method: str) -> specs.RunSettings:
+        """What the tune and final jobs of a (experiment, dataset, method) share: recipe, backbone, device, resume
+        folder."""
+        return specs.RunSettings(
+            experiment=experiment,
+            dataset=dataset,
+            method=method,
+            recipe=self.experiments[experiment]["recipe"],
+            backbone=self.backbone(experiment),
+            device=self.config["device"],
+            resume_dir=self.layout.resume_dir(experiment, dataset, method),
         )
 
-    def tune_args(self, experiment: str, dataset: str, method: str, pack: str) -> str:
-        """A tune job's arguments: its grid points in order, the study's seed, and run_args."""
-        points = as_json(self.pack_points(experiment, method, pack))
-        return f"--points {points} --seed {self.config['seed']} {self.run_args(experiment, dataset, method)}"
+    def tune_spec(self, experiment: str, dataset: str, method: str, pack: str) -> specs.TuneSpec:
+        """A tune job: its grid points in order, the study's seed; train and val only (no tune job can see the
+        test split)."""
+        key = ("tune", experiment, dataset, method, pack)
+        if key not in self._specs:
+            self._specs[key] = specs.TuneSpec(
+                run=self.run_settings(experiment, dataset, method),
+                points=tuple(self.pack_points(experiment, method, pack)),
+                seed=self.config["seed"],
+                train=self.layout.data(dataset, "train"),
+                val=self.layout.data(dataset, "val"),
+                manifest=self.layout.manifest(dataset),
+                metrics=self.layout.tune_file(experiment, dataset, method, pack, "metrics.json"),
+            )
+        return self._specs[key]
 
-    def final_args(self, experiment: str, dataset: str, method: str, gp: str, seed: str) -> str:
-        """A final job's arguments: the grid point, its seed, and run_args."""
-        hp = as_json(self.final_hp(experiment, dataset, method, gp))
-        return f"--hp {hp} --seed {seed} {self.run_args(experiment, dataset, method)}"
-
-    def tune_inputs(self, experiment: str, dataset: str, method: str) -> dict[str, Any]:
-        """Train and val only: no tune job can see the test split."""
-        return {
-            "train": self.layout.data(dataset, "train"),
-            "val": self.layout.data(dataset, "val"),
-            "manifest": self.layout.manifest(dataset),
-            **self.backbone_files(experiment),
-        }
-
-    def final_inputs(self, experiment: str, dataset: str, method: str) -> dict[str, Any]:
-        return {
-            "train": self.layout.data(dataset, "trainval"),
-            "test": self.layout.data(dataset, "test"),
-            "manifest": self.layout.manifest(dataset),
-            **self.backbone_files(experiment),
-        }
+    def final_spec(self, experiment: str, dataset: str, method: str, gp: str, seed: str) -> specs.FinalSpec:
+        """A final job: the grid point and one seed, trained on train+val, scored on test."""
+        key = ("final", experiment, dataset, method, gp, seed)
+        if key not in self._specs:
+            point = specs.GridPoint(gp=gp, hp=self.final_hp(experiment, dataset, method, gp))
+            out = {
+                role: self.layout.final_file(experiment, dataset, method, gp, seed, name)
+                for role, name in zip(("metrics", "logits", "peft"), FINAL_FILES, strict=True)
+            }
+            self._specs[key] = specs.FinalSpec(
+                run=self.run_settings(experiment, dataset, method),
+                point=point,
+                seed=int(seed),
+                train=self.layout.data(dataset, "trainval"),
+                test=self.layout.data(dataset, "test"),
+                manifest=self.layout.manifest(dataset),
+                **out,
+            )
+        return self._specs[key]
 
     def tuning_sets(self, dataset: str) -> list[str]:
         return study.tuning_sets(self.config, dataset)
