@@ -95,27 +95,17 @@ def final(spec: dict[str, Any]) -> None:
     write(spec["peft"], f"stand-in weights {gp} {seed}")
 
 
-SPEC_STAGES = {"tune": tune, "final": final}
-
-
-def run(args: argparse.Namespace) -> None:
-    """`peftstudy run SPEC`: the spec's JSON (plan.specs), read as plain JSON (no peftstudy import)."""
-    text = Path(args.spec[1:]).read_text() if args.spec.startswith("@") else args.spec
-    spec = json.loads(text)
-    SPEC_STAGES[spec["stage"]](spec)
-
-
 def prepare(args: argparse.Namespace) -> None:
     write(args.out, "stand-in split cache")
 
 
-def ensemble(args: argparse.Namespace) -> None:
-    common = {"methods": args.methods, "seeds": []}
+def ensemble(spec: dict[str, Any]) -> None:
+    common = {"methods": spec["methods"], "seeds": []}
     write_json(
-        args.out_ensembles,
+        spec["ensembles"],
         common
         | {
-            "ensemble_methods": args.methods,
+            "ensemble_methods": spec["methods"],
             "n_test": 0,
             "combination": "stand-in",
             "members": {},
@@ -123,19 +113,17 @@ def ensemble(args: argparse.Namespace) -> None:
             "seed_ensembles": {},
         },
     )
-    write_json(
-        args.out_agreement, common | {"confident_k": 1, "confidence": [], "pairs": [], "triples": [], "venn": []}
-    )
+    write_json(spec["agreement"], common | {"confident_k": 1, "confidence": [], "pairs": [], "triples": [], "venn": []})
 
 
-def robustness(args: argparse.Namespace) -> None:
-    sets = [item.split("=", 1)[0] for item in args.eval]
-    common = {"method": args.method, "id_set": sets[0], "ood_sets": sets[1:]}
+def robustness(spec: dict[str, Any]) -> None:
+    shifted = [test_set["name"] for test_set in spec["shifted"]]
+    common = {"method": spec["method"], "id_set": spec["in_distribution"]["name"], "ood_sets": shifted}
     write_json(
-        args.out_ood,
+        spec["ood"],
         common | {"seeds": [], "id": 0.0, "ood": {}, "ood_mean": 0.0, "class_subsets": [], "per_seed": []},
     )
-    write_json(args.out_wise, common | {"alphas": json.loads(args.alphas), "points": [], "procedure": "stand-in"})
+    write_json(spec["wise"], common | {"alphas": spec["alphas"], "points": [], "procedure": "stand-in"})
 
 
 def tables(args: argparse.Namespace) -> None:
@@ -151,6 +139,22 @@ def report(args: argparse.Namespace) -> None:
     write(args.out_notebook, json.dumps({"cells": []}))
 
 
+SPEC_STAGES = {"tune": tune, "final": final, "ensemble": ensemble, "robustness": robustness}
+
+
+def run(args: argparse.Namespace) -> None:
+    """`peftstudy run SPEC`: the spec's JSON (plan.specs), read as plain JSON (no peftstudy import); the real
+    stages' specs go to the real command."""
+    text = Path(args.spec[1:]).read_text() if args.spec.startswith("@") else args.spec
+    spec = json.loads(text)
+    if spec["stage"] in REAL_STAGES:
+        from peftstudy.cli import main as real_main
+
+        real_main(["run", args.spec])
+        return
+    SPEC_STAGES[spec["stage"]](spec)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="peftstudy (stand-in)")
     sub = top.add_subparsers(dest="stage", required=True)
@@ -162,16 +166,6 @@ def parser() -> argparse.ArgumentParser:
 
     stage("run", run).add_argument("spec")
     stage("prepare", prepare).add_argument("--out", required=True)
-    p = stage("ensemble", ensemble)
-    p.add_argument("--methods", nargs="+", required=True)
-    p.add_argument("--out-ensembles", required=True)
-    p.add_argument("--out-agreement", required=True)
-    p = stage("robustness", robustness)
-    p.add_argument("--method", required=True)
-    p.add_argument("--eval", nargs="+", required=True)
-    p.add_argument("--alphas", required=True)
-    p.add_argument("--out-ood", required=True)
-    p.add_argument("--out-wise", required=True)
     stage("tables", tables)
     p = stage("report", report)
     p.add_argument("--out", required=True)

@@ -25,7 +25,6 @@ for path in sys.argv[1:]:
     n = 0
     for experiment, dataset, method in layout.runs():
         plan.code_digest(method)
-        plan.backbone_arg(experiment)
         # Every job's spec reads back as itself: what the stage gets is what the plan made.
         jobs = [plan.tune_spec(experiment, dataset, method, pack) for pack in layout.tune_jobs[experiment, method]]
         gp = next(iter(plan.grids[experiment, method]))
@@ -35,12 +34,16 @@ for path in sys.argv[1:]:
             assert specs.from_json(job.to_json()) == job, job
     for experiment in plan.experiments:
         plan.select_args(experiment)
+        for dataset in plan.experiments[experiment]["datasets"]:
+            spec = plan.ensemble_spec(experiment, dataset)
+            assert specs.from_json(spec.to_json()) == spec
         n += len(plan.tune_metrics(experiment))
     for name in plan.datasets:
         plan.source_dir(name)
     if plan.robustness:
         for method in plan.experiments[plan.robustness["experiment"]]["methods"]:
-            plan.robustness_inputs(method)
+            spec = plan.robustness_spec(method)
+            assert specs.from_json(spec.to_json()) == spec
     plan.table_inputs()
     plan.report_context()
     counts[path] = n

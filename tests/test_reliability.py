@@ -8,7 +8,6 @@ import copy
 import dataclasses
 import errno
 import io
-import json
 import os
 import re
 from pathlib import Path
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, dependencies, prepare_mini_task, tiny_config, training_spec
+from conftest import REPO, dependencies, mini_backbone, prepare_mini_task, tiny_config, training_spec
 
 from peftstudy import cli, methods, select
 from peftstudy import io as study_io
@@ -277,21 +276,15 @@ def test_a_grid_that_all_diverged_is_recorded_as_such_and_the_tables_show_it(cou
     assert all("train loss" in r["reason"] for r in record["runs"])
     # collect, with no final runs (none was scheduled), writes the record the analysis and tables read.
     final = run / "final.json"
-    cli.main(
-        [
-            *("collect", "--choice", json.dumps(record), "--out", str(final)),
-            *("--experiment", "vtab", "--dataset", "count", "--method", "linear"),
-        ]
-    )
+    collect = specs.CollectSpec(experiment="vtab", dataset="count", method="linear", choice=record, record=str(final))
+    cli.main(["run", collect.to_json()])
     assert read_json(final, schema="final")["status"] == "all-diverged"
     # The dataset's analysis, its only method diverged: empty, valid files (not an error that stops the report).
     analysis = {kind: tmp_path / f"{kind}.json" for kind in ("ensembles", "agreement")}
-    cli.main(
-        [
-            *("ensemble", "--finals", str(final), "--methods", "linear"),
-            *("--out-ensembles", str(analysis["ensembles"]), "--out-agreement", str(analysis["agreement"])),
-        ]
+    ensemble = specs.EnsembleSpec(
+        finals=(str(final),), methods=("linear",), confident_k=0.1, **{k: str(v) for k, v in analysis.items()}
     )
+    cli.main(["run", ensemble.to_json()])
     assert read_json(analysis["ensembles"], schema="ensembles")["ensembles"] == []
     assert read_json(analysis["agreement"], schema="agreement")["pairs"] == []
     tune = tables.tune_table([str(experiment / "tune.csv")])
@@ -316,13 +309,18 @@ def test_robustness_of_an_all_diverged_method_is_recorded_without_scores(tmp_pat
     record = {"experiment": "robustness", "dataset": "shapes", "method": "bitfit", "status": "all-diverged"}
     write_json(final, record | {"tune_runs": [], "runs": []}, schema="final")
     out = {kind: str(tmp_path / f"{kind}.json") for kind in ("ood", "wise")}
-    cli.main(
-        [
-            *("robustness", "--method", "bitfit", "--backbone", json.dumps(CONFIG["backbone"]), "--final", str(final)),
-            *("--eval", "shapes=unused.npz", "shapes_sketch=unused.npz", "--alphas", "[0.0, 1.0]", "--device", "cpu"),
-            *("--out-ood", out["ood"], "--out-wise", out["wise"]),
-        ]
+    spec = specs.RobustnessSpec(
+        method="bitfit",
+        backbone=specs.load(specs.Backbone, mini_backbone()),
+        final=str(final),
+        in_distribution=specs.EvalSet(name="shapes", test="unused.npz"),
+        shifted=(specs.EvalSet(name="shapes_sketch", test="unused.npz"),),
+        alphas=(0.0, 1.0),
+        class_subsets={},
+        device="cpu",
+        **out,
     )
+    cli.main(["run", spec.to_json()])
     assert read_json(out["ood"], schema="ood")["status"] == "all-diverged"
     assert read_json(out["wise"], schema="wise")["points"] == []
     ood, wise = tables.robustness_tables(list(out.values()))

@@ -17,7 +17,7 @@ from conftest import REPO, copy_repo, dependencies, tiny_config, tune_point
 
 from peftstudy import cli
 from peftstudy.io import read_json, write_json
-from peftstudy.plan import study
+from peftstudy.plan import specs, study
 from peftstudy.report import render, tables
 from peftstudy.select import METRIC_WORDS
 
@@ -206,10 +206,17 @@ def test_collect_refuses_finals_of_two_grid_points(tmp_path: Path):
         paths.append(tmp_path / gp / "seed0" / "metrics.json")
         paths[-1].parent.mkdir(parents=True)
         write_json(paths[-1], dict(tune_point(gp, 70.0, 70.0), phase="final"), schema="metrics")
-    choice = json.dumps({"gp": "aaaaaaaa", "hp": {}, "metric": "val_top1", "score": 70.0, "rule": "r"})
-    argv = ["collect", "--choice", choice, "--metrics", *map(str, paths), "--out", str(tmp_path / "final.json")]
+    choice = {"gp": "aaaaaaaa", "hp": {}, "metric": "val_top1", "score": 70.0, "rule": "r"}
+    spec = specs.CollectSpec(
+        experiment="vtab",
+        dataset="shapes",
+        method="lora",
+        choice=choice,
+        metrics=tuple(map(str, paths)),
+        record=str(tmp_path / "final.json"),
+    )
     with pytest.raises(ValueError, match="seeds of one grid point, not of 2"):
-        cli.main([*argv, "--experiment", "vtab", "--dataset", "shapes", "--method", "lora"])
+        cli.main(["run", spec.to_json()])
     assert not (tmp_path / "final.json").exists()
 
 

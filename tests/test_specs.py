@@ -100,3 +100,17 @@ def test_the_plan_s_training_specs_name_the_files_of_their_rules():
         and final.inputs()["train"] == layout.data(dataset, "trainval")
     )
     assert tune.inputs()["weights"] == final.inputs()["weights"] == plan.backbone_weights(experiment)
+
+
+def test_a_robustness_spec_names_each_test_set_in_order_and_reads_its_split():
+    """The in-distribution set first, then the shifted ones, each by name (no order-dependent NAME=path list); each
+    set's test split is an input under its name, besides the final record and the backbone's files."""
+    config = tiny_config()
+    plan = Plan.of(config)
+    rob = config["robustness"]
+    spec = plan.robustness_spec("bitfit")
+    assert spec.in_distribution.name == rob["dataset"] and [s.name for s in spec.shifted] == list(rob["ood"])
+    names = [rob["dataset"], *rob["ood"]]
+    assert {name: spec.inputs()[name] for name in names} == {name: plan.layout.data(name, "test") for name in names}
+    assert spec.inputs()["final"] == plan.layout.final_record(rob["experiment"], rob["dataset"], "bitfit")
+    assert spec.outputs() == {k: plan.layout.robustness_file("bitfit", f"{k}.json") for k in ("ood", "wise")}

@@ -122,13 +122,22 @@ def test_the_stand_in_writes_what_the_schemas_accept(tmp_path) -> None:
     final = specs.FinalSpec(
         run=run, point=point, seed=0, test="t", metrics="final.json", logits="l.npz", peft="p.safetensors", **data
     )
-    stages = [
-        ["run", tune.to_json()],
-        ["run", final.to_json()],
-        ["ensemble", "--methods", "lora", "--out-ensembles", "ensembles.json", "--out-agreement", "agreement.json"],
-        ["robustness", "--method", "lora", "--eval", "id=a.npz", "--alphas", "[0.0, 1.0]", "--out-ood", "ood.json"],
-    ]
-    stages[-1] += ["--out-wise", "wise.json"]
+    ensemble = specs.EnsembleSpec(
+        finals=("f.json",), methods=("lora",), confident_k=0.1, ensembles="ensembles.json", agreement="agreement.json"
+    )
+    robustness = specs.RobustnessSpec(
+        method="lora",
+        backbone=backbone,
+        final="f.json",
+        in_distribution=specs.EvalSet(name="id", test="a.npz"),
+        shifted=(),
+        alphas=(0.0, 1.0),
+        class_subsets={},
+        device="cpu",
+        ood="ood.json",
+        wise="wise.json",
+    )
+    stages = [["run", spec.to_json()] for spec in (tune, final, ensemble, robustness)]
     for argv in stages:
         subprocess.run([sys.executable, str(REPO / "benchmarks/sweep_stand_in.py"), *argv], cwd=tmp_path, check=True)
     schemas = {"tune": "tune", "final": "metrics", "ensembles": "ensembles", "agreement": "agreement"}

@@ -1,9 +1,9 @@
 """`peftstudy <stage> ...`: the entry points the Snakemake rules call.
 
-`peftstudy run SPEC` runs a job given as its spec (plan.specs: the tune and final jobs so far); the other stages
-still take flags. Every input a stage needs is an argument, so any job can be rerun by hand from its log's command
-line.
-Heavy imports happen inside each stage, so a job pays only for what it uses (docs/scale.md §3).
+`peftstudy run SPEC` runs a job given as its spec (plan.specs: the tune, final, collect, ensemble and robustness
+jobs so far); the other stages still take flags. Every input a stage needs is an argument, so any job can be rerun
+by hand from its log's command line. Heavy imports happen inside each stage, so a job pays only for what it uses
+(docs/scale.md §3).
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True)
     p.set_defaults(func=_stage("peftstudy.train.pretrain:run"))
 
-    p = sub.add_parser("run", help="run a job given as its spec (plan.specs): tune, final")
+    p = sub.add_parser("run", help="run a job given as its spec (plan.specs: tune, final, collect, ...)")
     p.add_argument("spec", help="the spec's JSON, or @FILE holding it")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument(
@@ -218,43 +218,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="selected.json: each method's choice")
     p.add_argument("--out-summary", required=True, help="tune.csv: every method's grid points and val scores")
     p.set_defaults(func=_stage("peftstudy.select:run"))
-
-    p = sub.add_parser("collect", help="record the selected finals of one (experiment, dataset, method)")
-    p.add_argument("--choice", type=_json, required=True, help="the method's entry of its dataset's selected.json")
-    p.add_argument("--metrics", nargs="*", default=[], help="each seed's final metrics.json (none: all diverged)")
-    p.add_argument("--experiment", required=True)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--method", required=True)
-    p.add_argument("--out", required=True, help="final.json")
-    p.set_defaults(func=_stage("peftstudy.collect:run"))
-
-    p = sub.add_parser("ensemble", help="confidence, overlaps and ensembles of the methods' final test logits")
-    p.add_argument("--finals", nargs="+", required=True, help="final.json of each method on the dataset")
-    p.add_argument(
-        "--confident-k",
-        type=float,
-        default=DEFAULTS["confident_k"],
-        help="K most confident: a count, or a fraction if < 1",
-    )
-    p.add_argument("--methods", nargs="+", help="the methods whose pairs and triples are ensembled (default: all)")
-    p.add_argument("--out-ensembles", required=True)
-    p.add_argument("--out-agreement", required=True)
-    p.set_defaults(func=_stage("peftstudy.ensemble:run"))
-
-    p = sub.add_parser("robustness", help="ID/OOD accuracy and WiSE curves of one method's finals")
-    p.add_argument("--method", required=True)
-    p.add_argument("--backbone", type=_json, required=True)
-    p.add_argument("--final", required=True, help="final.json of the method on the in-distribution dataset")
-    p.add_argument("--eval", nargs="+", required=True, help="NAME=path/to/test.npz; the first is in-distribution")
-    p.add_argument("--alphas", type=_json, required=True)
-    p.add_argument(
-        "--class-subsets", type=_json, default=None, help='{"NAME": [class, ...]}: sets covering part of the classes'
-    )
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out-ood", required=True)
-    p.add_argument("--out-wise", required=True)
-    p.set_defaults(func=_stage("peftstudy.robustness:run"))
 
     p = sub.add_parser("tables", help="tidy CSV tables of a study's results")
     p.add_argument("--study", required=True)

@@ -129,11 +129,12 @@ def get_robustness_selection_made(wildcards):
     return selection_made(PLAN.robustness["experiment"])
 
 
-def get_choice(wildcards):
-    """A collect job's own (dataset, method) choice, as a parameter: it reruns when that entry changes, not when
+def get_collect_spec(wildcards):
+    """A collect job's own (dataset, method) choice is in its spec: it reruns when that entry changes, not when
     the file does."""
     entry = chosen(selection(wildcards.experiment), wildcards.dataset, wildcards.method)
-    return as_json(entry)
+    finals = selected_finals(*run_of(wildcards))
+    return PLAN.collect_spec(*run_of(wildcards), entry, finals).to_json()
 
 
 def selected_finals(experiment, dataset, method):

@@ -41,9 +41,6 @@ rule collect:
     conda:
         "../../envs/train.yaml"
     params:
-        choice=get_choice,
-        metrics=lambda wc, input: [p for p in input if p.endswith("metrics.json")],
+        spec=get_collect_spec,
     shell:
-        "peftstudy collect --choice {params.choice} --metrics {params.metrics} --out {output.record}"
-        " --experiment {wildcards.experiment} --dataset {wildcards.dataset} --method {wildcards.method}"
-        " > {log} 2>&1"
+        "peftstudy run {params.spec:q} > {log} 2>&1"

@@ -6,7 +6,6 @@ testable without Snakemake (and without torch: the method registry's settings mo
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -178,10 +177,6 @@ class Plan:
             keep_head=self.experiments[experiment]["head"] == "pretrained",
             head=head["file"] if head else None,
         )
-
-    def backbone_arg(self, experiment: str) -> str:
-        """The robustness stage's --backbone argument (plan.specs.Backbone as JSON)."""
-        return as_json(dataclasses.asdict(self.backbone(experiment)))
 
     def backbone_files(self, experiment: str) -> dict[str, str]:
         """The files a job of `experiment` reads besides data: weights, and CLIP's zero-shot head."""
@@ -419,8 +414,28 @@ class Plan:
 
     # Analysis, robustness, tables.
 
-    def ensemble_inputs(self, experiment: str, dataset: str) -> list[str]:
-        return [self.layout.final_record(experiment, dataset, m) for m in self.experiments[experiment]["methods"]]
+    def collect_spec(
+        self, experiment: str, dataset: str, method: str, choice: Mapping[str, Any], finals: Iterable[str]
+    ) -> specs.CollectSpec:
+        """A collect job: its own entry of the experiment's selected.json and the selected finals' files (known once
+        the selection checkpoint ran, so common.smk resolves them); its spec names their metrics."""
+        metrics = tuple(path for path in finals if os.path.basename(path) == FINAL_FILES[0])
+        record = self.layout.final_record(experiment, dataset, method)
+        return specs.CollectSpec(
+            experiment=experiment, dataset=dataset, method=method, choice=choice, metrics=metrics, record=record
+        )
+
+    def ensemble_spec(self, experiment: str, dataset: str) -> specs.EnsembleSpec:
+        """An ensemble job: every method's final record on the dataset, the methods ensembled, K."""
+        return specs.EnsembleSpec(
+            finals=tuple(
+                self.layout.final_record(experiment, dataset, m) for m in self.experiments[experiment]["methods"]
+            ),
+            methods=tuple(self.analysis_methods(experiment)),
+            confident_k=self.confident_k(),
+            ensembles=self.layout.analysis_file(experiment, dataset, "ensembles.json"),
+            agreement=self.layout.analysis_file(experiment, dataset, "agreement.json"),
+        )
 
     def analysis_methods(self, experiment: str) -> list[str]:
         """The methods whose pairs and triples are ensembled: analysis.methods, else all."""
@@ -438,18 +453,25 @@ class Plan:
     def robustness_experiment(self) -> str | None:
         return self.robustness["experiment"] if self.robustness else None
 
-    def robustness_inputs(self, method: str) -> dict[str, Any]:
+    def robustness_spec(self, method: str) -> specs.RobustnessSpec:
+        """A robustness job: the method's final record on the in-distribution dataset, the backbone, each test set
+        (the in-distribution one, the shifted ones), the WiSE mixing coefficients."""
         rob = self.robustness
-        return {
-            "final": self.layout.final_record(rob["experiment"], rob["dataset"], method),
-            **self.backbone_files(rob["experiment"]),
-            "code": self.method_sources(method),
-            **{name: self.layout.data(name, "test") for name in self.robustness_sets()},
-        }
-
-    def robustness_eval(self) -> str:
-        """The --eval argument: NAME=path of each test set, the in-distribution one first."""
-        return " ".join(f"{name}={self.layout.data(name, 'test')}" for name in self.robustness_sets())
+        in_distribution, *shifted = (
+            specs.EvalSet(name=name, test=self.layout.data(name, "test")) for name in self.robustness_sets()
+        )
+        return specs.RobustnessSpec(
+            method=method,
+            backbone=self.backbone(rob["experiment"]),
+            final=self.layout.final_record(rob["experiment"], rob["dataset"], method),
+            in_distribution=in_distribution,
+            shifted=tuple(shifted),
+            alphas=tuple(rob["alphas"]),
+            class_subsets=self.class_subsets(),
+            device=self.config["device"],
+            ood=self.layout.robustness_file(method, "ood.json"),
+            wise=self.layout.robustness_file(method, "wise.json"),
+        )
 
     def class_subsets(self) -> dict[str, Any]:
         """The robustness test sets that cover part of the label space, with their classes (or mask's name)."""

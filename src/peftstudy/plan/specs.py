@@ -72,8 +72,9 @@ class Spec:
         if cls.__dict__.get("stage"):
             STAGES[cls.stage] = cls
 
-    def inputs(self) -> dict[str, str]:
-        """The files the job reads, by role (its own fields' and its parts', e.g. a backbone's weights)."""
+    def inputs(self) -> dict[str, Any]:
+        """The files the job reads, by role (its own fields' and its parts', e.g. a backbone's weights): a path,
+        or a list of paths."""
         return input_files(self)
 
     def outputs(self) -> dict[str, str]:
@@ -95,17 +96,17 @@ class Spec:
         return text
 
 
-def input_files(part: Any) -> dict[str, str]:
+def input_files(part: Any) -> dict[str, Any]:
     """The files a spec or a part of one (a :class:`Backbone`) names as inputs, by role; none left empty."""
     return _files(part, "in")
 
 
-def _files(spec: Any, io: str) -> dict[str, str]:
-    found: dict[str, str] = {}
+def _files(spec: Any, io: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
     for field in dataclasses.fields(spec):
         value = getattr(spec, field.name)
         if field.metadata.get(IO) == io and value:
-            found[field.name] = value
+            found[field.name] = list(value) if isinstance(value, tuple) else value
         elif dataclasses.is_dataclass(value):
             found.update(_files(value, io))
     return found
@@ -285,3 +286,70 @@ class FinalSpec(Spec):
     metrics: str = output_file()
     logits: str = output_file()
     peft: str = output_file()
+
+
+# The analysis stages' specs.
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CollectSpec(Spec):
+    """The record of one (experiment, dataset, method)'s selected finals: its own entry of the experiment's
+    selected.json (a value, not the file: another choice changing there reruns no collect of this one) and each
+    seed's metrics.json (none: every grid point diverged)."""
+
+    stage: ClassVar[str] = "collect"
+    target: ClassVar[str] = "peftstudy.collect:run"
+
+    experiment: str
+    dataset: str
+    method: str
+    choice: Mapping[str, Any]
+    metrics: tuple[str, ...] = input_file()
+    record: str = output_file()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EnsembleSpec(Spec):
+    """One dataset's analysis: confidence, agreement and ensembles of its methods' final test logits."""
+
+    stage: ClassVar[str] = "ensemble"
+    target: ClassVar[str] = "peftstudy.ensemble:run"
+
+    finals: tuple[str, ...] = input_file()  # final.json of each method on the dataset
+    methods: tuple[str, ...]  # those whose pairs and triples are ensembled
+    confident_k: float  # K most confident: a count, or a fraction if < 1
+    ensembles: str = output_file()
+    agreement: str = output_file()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalSet:
+    """A robustness test set: its dataset name and its prepared test split."""
+
+    name: str
+    test: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RobustnessSpec(Spec):
+    """One method's finals on the in-distribution test set and the shifted ones, and its WiSE curves."""
+
+    stage: ClassVar[str] = "robustness"
+    target: ClassVar[str] = "peftstudy.robustness:run"
+
+    method: str
+    backbone: Backbone
+    final: str = input_file()  # final.json of the method on the in-distribution dataset
+    in_distribution: EvalSet
+    shifted: tuple[EvalSet, ...]
+    alphas: tuple[float, ...]
+    # The sets covering part of the classes: name -> its classes (or the name of a mask), plan.Plan.class_subsets.
+    class_subsets: Mapping[str, Any]
+    device: str
+    ood: str = output_file()
+    wise: str = output_file()
+
+    def inputs(self) -> dict[str, Any]:
+        """Besides the final record and the backbone's files, each test set's split under its dataset's name."""
+        sets = (self.in_distribution, *self.shifted)
+        return {**super().inputs(), **{test_set.name: test_set.test for test_set in sets}}
