@@ -1,5 +1,3 @@
-import json
-
 from peftstudy import io as study_io
 from peftstudy.plan import study
 from peftstudy.plan.jobs import (
@@ -25,7 +23,6 @@ study_io.validate_config(config)  # the key path first, not the whole schema
 # Everything the DAG computes comes from the plan (src/peftstudy/plan); the functions below only unpack wildcards.
 PLAN = Plan.of(config)
 LAYOUT = PLAN.layout
-EXPERIMENTS = PLAN.experiments
 DATASETS = PLAN.datasets
 ARCHIVES = config.get("archives", {})
 # Output patterns: layout methods called with the wildcards for arguments.

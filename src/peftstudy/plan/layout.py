@@ -49,7 +49,7 @@ class Layout:
                     yield name, dataset, method
 
     def tune_file(self, experiment: str, dataset: str, method: str, pack: str, name: str) -> str:
-        """A file of one tune job: `pack` is its grid point's id, or pack-<id> for a pack of points."""
+        """A file of one tune job: `pack` is its grid point's id, or pack<n>-<i> for a pack of points."""
         return f"{self.method_dir(experiment, dataset, method)}/tune/{pack}/{name}"
 
     def final_file(self, experiment: str, dataset: str, method: str, gp: str, seed: str, name: str) -> str:

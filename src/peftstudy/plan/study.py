@@ -198,8 +198,8 @@ def selection_jobs(
 
 
 def runs_per_job(experiment: Mapping[str, Any], phase: str) -> int:
-    """How many tune grid points (on average, packs: :func:`packs`) / final seeds one job of `experiment` trains
-    in one process."""
+    """How many tune grid points (on average, packs: :func:`packs`) one job of `experiment` trains in one process
+    (a final job trains one seed)."""
     return int(experiment.get("runs_per_job", {}).get(phase, 1))
 
 
