@@ -18,6 +18,7 @@ include: "workflow/rules/common.smk"
 
 # Bookkeeping that takes seconds runs where Snakemake runs (on a cluster, the login node), not as jobs.
 localrules:
+    spec_file,
     select,
     collect,
     ensemble,

@@ -26,7 +26,7 @@ stages = {name: sub.get_default("func") for action in parser._subparsers._group_
           for name, sub in action.choices.items() if name != "run"}
 stages |= {name: cli._stage(spec.target) for name, spec in specs.STAGES.items()}
 with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):
-    cli.main(["select", "--help"])
+    cli.main(["run", "--help"])
 wanted = json.loads(sys.argv[1])
 for name in wanted or stages:
     importlib.import_module(stages[name].module)

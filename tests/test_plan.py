@@ -33,7 +33,8 @@ for path in sys.argv[1:]:
         for job in jobs:
             assert specs.from_json(job.to_json()) == job, job
     for experiment in plan.experiments:
-        plan.select_args(experiment)
+        spec = plan.select_spec(experiment)
+        assert specs.from_json(spec.canonical()) == spec
         for dataset in plan.experiments[experiment]["datasets"]:
             spec = plan.ensemble_spec(experiment, dataset)
             assert specs.from_json(spec.to_json()) == spec

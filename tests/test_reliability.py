@@ -3,7 +3,6 @@ diverged, grid values that fail inside torch, a full disk mid-write, a misspelt 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import errno
@@ -248,17 +247,17 @@ def test_the_workflow_reports_a_misspelt_key_in_a_few_lines(workflow):
 def _select(metrics: list[dict], out: Path) -> Path:
     paths = [out / "tune-pack.json"]  # one tune job's file holding every point
     write_json(paths[0], {"points": metrics}, schema="tune")
-    args = argparse.Namespace(
-        metrics=[str(p) for p in paths],
-        grids={"linear": [{"gp": m["gp"], "hp": m["hp"]} for m in metrics]},
-        datasets={"count": ["count"]},
+    spec = specs.SelectSpec(
+        metrics=tuple(str(p) for p in paths),
+        grids={"linear": tuple(specs.GridPoint(gp=m["gp"], hp=m["hp"]) for m in metrics)},
+        datasets={"count": ("count",)},
         runs_per_job=len(metrics),
         tie_break="last",
         metric="val_top1",
-        out=str(out / "selected.json"),
-        out_summary=str(out / "tune.csv"),
+        selected=str(out / "selected.json"),
+        summary=str(out / "tune.csv"),
     )
-    select.run(args)
+    select.run(spec, specs.Options())
     return out / "selected.json"
 
 

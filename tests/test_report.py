@@ -229,10 +229,17 @@ def test_selected_json_and_the_report_name_the_selection_metric(tmp_path: Path):
         paths[-1].parent.mkdir()
         write_json(paths[-1], {"points": [tune_point(gp, last, best)]}, schema="tune")
     out = tmp_path / "selected.json"
-    grids = json.dumps({"lora": [{"gp": "aaaaaaaa", "hp": {"lr": 0.1}}, {"gp": "bbbbbbbb", "hp": {"lr": 0.1}}]})
-    args = ["--metric", "val_best_top1", "--metrics", *map(str, paths), "--out", str(out)]
-    datasets = json.dumps({"shapes": ["shapes"]})
-    cli.main(["select", "--grids", grids, "--datasets", datasets, *args, "--out-summary", str(tmp_path / "tune.csv")])
+    spec = specs.SelectSpec(
+        grids={"lora": tuple(specs.GridPoint(gp=gp, hp={"lr": 0.1}) for gp in ("aaaaaaaa", "bbbbbbbb"))},
+        datasets={"shapes": ("shapes",)},
+        runs_per_job=1,
+        tie_break="last",
+        metric="val_best_top1",
+        metrics=tuple(map(str, paths)),
+        selected=str(out),
+        summary=str(tmp_path / "tune.csv"),
+    )
+    cli.main(["run", spec.to_json()])
     selected = read_json(out, schema="selected")["datasets"]["shapes"]["lora"]
     assert (selected["gp"], selected["metric"], selected["score"]) == ("bbbbbbbb", "val_best_top1", 80.0)
     assert "val_top1" not in selected and METRIC_WORDS["val_best_top1"] in selected["rule"]

@@ -4,8 +4,8 @@ selected. Fake tune results at the plan's own paths, with the plan's own select 
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import shlex
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ from conftest import tiny_config, tune_point
 
 from peftstudy import cli, select
 from peftstudy.io import read_json, write_json
-from peftstudy.plan import study
+from peftstudy.plan import specs, study
 from peftstudy.plan.jobs import Plan
 
 EXPERIMENT = "robustness"  # the tiny study's packed experiment: its tune jobs hold two grid points each
@@ -47,9 +47,10 @@ def write_tune_results(plan: Plan) -> dict[str, list[dict]]:
 
 
 def run_select(plan: Plan) -> dict:
-    """The select job as the rule runs it: the plan's arguments, its tune files in the plan's order."""
-    args = [*shlex.split(plan.select_args(EXPERIMENT)), "--metrics", *plan.tune_metrics(EXPERIMENT)]
-    cli.main(["select", *args, "--out", "selected.json", "--out-summary", "tune.csv"])
+    """The select job as the rules run it: the plan's spec (its tune files in the plan's order) in a file."""
+    spec = dataclasses.replace(plan.select_spec(EXPERIMENT), selected="selected.json", summary="tune.csv")
+    specs.write("select.spec.json", spec)
+    cli.main(["run", "@select.spec.json"])
     return read_json("selected.json", schema="selected")["datasets"]
 
 

@@ -1,9 +1,9 @@
 """`peftstudy <stage> ...`: the entry points the Snakemake rules call.
 
-`peftstudy run SPEC` runs a job given as its spec (plan.specs: the tune, final, collect, ensemble and robustness
-jobs so far); the other stages still take flags. Every input a stage needs is an argument, so any job can be rerun
-by hand from its log's command line. Heavy imports happen inside each stage, so a job pays only for what it uses
-(docs/scale.md §3).
+`peftstudy run SPEC` runs a job given as its spec (plan.specs: the tune, select, final, collect, ensemble and
+robustness jobs so far); the other stages still take flags. Every input a stage needs is an argument (or, for a
+long spec, a file named by one), so any job can be rerun by hand from its log's command line. Heavy imports happen
+inside each stage, so a job pays only for what it uses (docs/scale.md §3).
 """
 
 from __future__ import annotations
@@ -198,26 +198,6 @@ def parser() -> argparse.ArgumentParser:
         "measured; one on the CPU); fewer after an out-of-memory error",
     )
     p.set_defaults(func=_run)
-
-    p = sub.add_parser("select", help="choose each (dataset, method)'s grid point from tune results (val only)")
-    p.add_argument(
-        "--grids", type=_json, required=True, help='{"<method>": [{"gp": "<id>", "hp": {...}}, ...] in grid order, ...}'
-    )
-    p.add_argument(
-        "--datasets", type=_json, required=True, help='{"<dataset>": [it and its tuning folds], ...}: one choice each'
-    )
-    p.add_argument(
-        "--metrics",
-        nargs="+",
-        required=True,
-        help="every tune job's metrics.json, in the plan's order (Plan.tune_metrics)",
-    )
-    p.add_argument("--runs-per-job", type=int, default=1, help="grid points per tune job (study.packs)")
-    p.add_argument("--tie-break", choices=["last", "first"], default="last")
-    p.add_argument("--metric", choices=["val_top1", "val_best_top1"], default=DEFAULTS["selection_metric"])
-    p.add_argument("--out", required=True, help="selected.json: each method's choice")
-    p.add_argument("--out-summary", required=True, help="tune.csv: every method's grid points and val scores")
-    p.set_defaults(func=_stage("peftstudy.select:run"))
 
     p = sub.add_parser("tables", help="tidy CSV tables of a study's results")
     p.add_argument("--study", required=True)

@@ -127,6 +127,7 @@ class Plan:
             "pack": r"[0-9a-f]{8}|pack\d+-\d+",
             "seed": r"\d+",
             "split": only(SPLITS),
+            "stage": only(name for name, spec in specs.STAGES.items() if spec.as_file),
         }
 
     def datasets_from(self, *sources: str) -> list[str]:
@@ -281,18 +282,32 @@ class Plan:
         chosen = self.experiments[experiment]["selection"]
         return {"tie_break": chosen["tie_break"], "metric": chosen.get("metric", DEFAULTS["selection_metric"])}
 
-    def select_args(self, experiment: str) -> str:
-        """A select job's arguments: each method's grid (its points' settings, in grid order: ties), each dataset's
-        tuning sets, the points per tune job (which job holds which point), the tie-break and the metric."""
-        exp, rule = self.experiments[experiment], self.selection(experiment)
-        grids = as_json(
-            {m: [{"gp": gp, "hp": hp} for gp, hp in self.grids[experiment, m].items()] for m in exp["methods"]}
-        )
-        datasets = as_json({d: self.tuning_sets(d) for d in exp["datasets"]})
-        return (
-            f"--grids {grids} --datasets {datasets} --runs-per-job {study.runs_per_job(exp, 'tune')}"
-            f" --tie-break {rule['tie_break']} --metric {rule['metric']}"
-        )
+    def select_spec(self, experiment: str) -> specs.SelectSpec:
+        """A select job: each method's grid (its points' settings, in grid order: ties), each dataset's tuning
+        sets, the points per tune job (which job holds which point), the tie-break and the metric, and every tune
+        job's file in the plan's order."""
+        key = ("select", experiment)
+        if key not in self._specs:
+            exp, rule = self.experiments[experiment], self.selection(experiment)
+            grids = self.grids
+            self._specs[key] = specs.SelectSpec(
+                grids={
+                    m: tuple(specs.GridPoint(gp=gp, hp=hp) for gp, hp in grids[experiment, m].items())
+                    for m in exp["methods"]
+                },
+                datasets={d: tuple(self.tuning_sets(d)) for d in exp["datasets"]},
+                runs_per_job=study.runs_per_job(exp, "tune"),
+                tie_break=rule["tie_break"],
+                metric=rule["metric"],
+                metrics=tuple(self.tune_metrics(experiment)),
+                selected=self.layout.selected(experiment),
+                summary=self.layout.selection_file(experiment, "tune.csv"),
+            )
+        return self._specs[key]
+
+    def file_spec(self, stage: str, name: str) -> specs.Spec:
+        """A spec handed over as a file (`as_file`), by its stage and name (select: the experiment)."""
+        return {"select": self.select_spec}[stage](name)
 
     # Data sources.
 

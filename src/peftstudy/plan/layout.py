@@ -66,6 +66,10 @@ class Layout:
         """collect's files (final.json, its log)."""
         return f"{self.method_dir(experiment, dataset, method)}/{name}"
 
+    def spec_file(self, stage: str, name: str) -> str:
+        """A job's spec handed over as a file (plan.specs.Spec.as_file), written by rule spec_file."""
+        return f"{self.root}/specs/{stage}/{name}.json"
+
     def analysis_file(self, experiment: str, dataset: str, name: str) -> str:
         return f"{self.root}/{experiment}/{dataset}/analysis/{name}"
 

@@ -17,11 +17,15 @@ Standard library only, like the whole planning package: Snakemake builds every s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from peftstudy.io import atomic_path
 
 # The field metadata key saying whether a field is an input file, an output file or (absent) a setting.
 IO = "io"
@@ -66,6 +70,9 @@ class Spec:
 
     stage: ClassVar[str] = ""
     target: ClassVar[str] = ""
+    # Handed over as a file (rule spec_file, `peftstudy run @FILE`) rather than as one argument: a spec that may
+    # approach the 128 KiB one argument can hold (select's grids and tune files are ~80 KB on the paper study).
+    as_file: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -84,10 +91,19 @@ class Spec:
     def as_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, **_plain(self)}
 
+    def canonical(self) -> str:
+        """The canonical JSON text (keys sorted, no spaces): equal specs give equal text."""
+        return json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    def digest(self) -> str:
+        """sha256 of the canonical text: the `params` value of a spec handed over as a file (exact staleness
+        without keeping the whole text in Snakemake's metadata)."""
+        return hashlib.sha256(self.canonical().encode()).hexdigest()
+
     def to_json(self) -> str:
-        """The canonical JSON text (keys sorted, no spaces): equal specs give equal text, so as a Snakemake
-        `params` value it reruns the job exactly when a field changed."""
-        text = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        """The canonical text as one command-line argument: as a Snakemake `params` value it reruns the job
+        exactly when a field changed."""
+        text = self.canonical()
         if len(text.encode()) > MAX_ARGUMENT:
             raise SpecError(
                 f"the {self.stage} job's spec is {len(text.encode())} bytes, over the {MAX_ARGUMENT} one command-line "
@@ -121,6 +137,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     return value
+
+
+def write(path: str | Path, spec: Spec) -> None:
+    """A spec's canonical text in a file, atomically (for `peftstudy run @FILE`)."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(spec.canonical())
 
 
 # Reading a spec back, checked against its dataclass.
@@ -286,6 +308,29 @@ class FinalSpec(Spec):
     metrics: str = output_file()
     logits: str = output_file()
     peft: str = output_file()
+
+
+# Selection.
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SelectSpec(Spec):
+    """One experiment's selection: each (dataset, method)'s grid point, chosen on val from every tune job's file
+    (in the plan's order, study.selection_jobs). `grids`: each method's points in grid order (ties); `datasets`:
+    each dataset's tuning sets (itself and its folds); `runs_per_job`: which tune job holds which point."""
+
+    stage: ClassVar[str] = "select"
+    target: ClassVar[str] = "peftstudy.select:run"
+    as_file: ClassVar[bool] = True
+
+    grids: Mapping[str, tuple[GridPoint, ...]]
+    datasets: Mapping[str, tuple[str, ...]]
+    runs_per_job: int
+    tie_break: Literal["last", "first"]
+    metric: Literal["val_top1", "val_best_top1"]
+    metrics: tuple[str, ...] = input_file()
+    selected: str = output_file()
+    summary: str = output_file()  # tune.csv: every method's grid points and val scores
 
 
 # The analysis stages' specs.
