@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftstudy.io import read_json, sha256_file, validate, write_json
+from peftstudy.plan.layout import FINAL_FILES
 from peftstudy.plan.specs import CollectSpec, Options
 from peftstudy.select import ALL_DIVERGED
-
-FILES = ("metrics.json", "logits.npz", "peft.safetensors")
 
 
 def run(spec: CollectSpec, options: Options) -> None:
@@ -42,7 +41,7 @@ def run(spec: CollectSpec, options: Options) -> None:
             "dir": str(path.parent),
             "status": metrics["status"],
             "test_top1": metrics["metrics"].get("test_top1"),
-            "sha256": {name: sha256_file(path.parent / name) for name in FILES},
+            "sha256": {name: sha256_file(path.parent / name) for name in FINAL_FILES},
         }
         for path, metrics in finals.items()
     ]

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from peftstudy.io import load_npz, read_json, write_json
+from peftstudy.plan.layout import FINAL
 from peftstudy.plan.specs import EnsembleSpec, Options
 
 
@@ -226,7 +227,7 @@ def run(spec: EnsembleSpec, options: Options) -> None:
             all_diverged.append(record["method"])
             print(f"{record['method']}: every grid point diverged, left out of the analysis", flush=True)
         for run_ in record["runs"]:
-            path = f"{run_['dir']}/logits.npz"
+            path = f"{run_['dir']}/{FINAL.logits}"
             data = load_npz(path)
             if labels is not None and not np.array_equal(labels, data["labels"]):
                 raise ValueError(f"{path}: its test labels differ from the other methods'; were they one test set?")

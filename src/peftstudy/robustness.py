@@ -25,6 +25,7 @@ from peftstudy import methods
 from peftstudy.io import load_npz, read_json, write_json
 from peftstudy.models import pick_device
 from peftstudy.plan import specs
+from peftstudy.plan.layout import FINAL
 from peftstudy.tables import subset_classes
 from peftstudy.train.engine import features, to_input
 from peftstudy.train.runs import load_trained
@@ -213,9 +214,9 @@ def run(spec: specs.RobustnessSpec, options: specs.Options) -> None:
     backbone_names = {n for n, _ in create_backbone(backbone.arch, classes, device="meta").named_parameters()}
     evaluations = None
     for final_dir in (r["dir"] for r in record["runs"]):
-        meta = read_json(f"{final_dir}/metrics.json", schema="metrics")
+        meta = read_json(f"{final_dir}/{FINAL.metrics}", schema="metrics")
         model, zero_shot, fine_tuned = load_trained(
-            spec.method, meta["hp"], backbone, f"{final_dir}/peft.safetensors", classes, device
+            spec.method, meta["hp"], backbone, f"{final_dir}/{FINAL.peft}", classes, device
         )
         evaluations = evaluations or Evaluations(_test_sets(raw, subsets, model, device), 256)
         head = set(methods.head_names(model))

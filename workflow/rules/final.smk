@@ -6,9 +6,9 @@ rule final:
     input:
         unpack(get_final_inputs),
     output:
-        metrics=LAYOUT.final_file(*RUN, "{gp}", "{seed}", "metrics.json"),
-        logits=LAYOUT.final_file(*RUN, "{gp}", "{seed}", "logits.npz"),
-        peft=LAYOUT.final_file(*RUN, "{gp}", "{seed}", "peft.safetensors"),
+        metrics=LAYOUT.final_file(*RUN, "{gp}", "{seed}", FINAL.metrics),
+        logits=LAYOUT.final_file(*RUN, "{gp}", "{seed}", FINAL.logits),
+        peft=LAYOUT.final_file(*RUN, "{gp}", "{seed}", FINAL.peft),
     log:
         LAYOUT.final_file(*RUN, "{gp}", "{seed}", "log.txt"),
     benchmark:

@@ -6,6 +6,7 @@ testable without Snakemake (and without torch: the method registry's settings mo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from typing import Any
 from peftstudy import methods
 from peftstudy.plan import depends, specs, study
 from peftstudy.plan.defaults import DEFAULTS
-from peftstudy.plan.layout import FINAL_FILES, Layout
+from peftstudy.plan.layout import FINAL, Layout
 
 # A job's resources when neither `resources.<kind>` nor the experiment's own set them.
 JOB_DEFAULTS = {"mem_mb": 4000, "runtime": 60, "gpu": 0}
@@ -401,7 +402,7 @@ class Plan:
             point = specs.GridPoint(gp=gp, hp=self.final_hp(experiment, dataset, method, gp))
             out = {
                 role: self.layout.final_file(experiment, dataset, method, gp, seed, name)
-                for role, name in zip(("metrics", "logits", "peft"), FINAL_FILES, strict=True)
+                for role, name in dataclasses.asdict(FINAL).items()
             }
             self._specs[key] = specs.FinalSpec(
                 run=self.run_settings(experiment, dataset, method),
@@ -434,7 +435,7 @@ class Plan:
     ) -> specs.CollectSpec:
         """A collect job: its own entry of the experiment's selected.json and the selected finals' files (known once
         the selection checkpoint ran, so common.smk resolves them); its spec names their metrics."""
-        metrics = tuple(path for path in finals if os.path.basename(path) == FINAL_FILES[0])
+        metrics = tuple(path for path in finals if os.path.basename(path) == FINAL.metrics)
         record = self.layout.final_record(experiment, dataset, method)
         return specs.CollectSpec(
             experiment=experiment, dataset=dataset, method=method, choice=choice, metrics=metrics, record=record

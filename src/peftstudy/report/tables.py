@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from peftstudy.io import atomic_path, read_json
+from peftstudy.plan.layout import FINAL
 from peftstudy.plan.tasks import vtab_groups
 from peftstudy.select import ALL_DIVERGED, SUMMARY_COLUMNS
 
@@ -57,7 +58,7 @@ def all_diverged(records: list[str]) -> list[tuple[str, str, str]]:
 
 def final_table(records: list[str]) -> pd.DataFrame:
     rows = []
-    paths = [f"{r['dir']}/metrics.json" for record in records for r in read_json(record, schema="final")["runs"]]
+    paths = [f"{r['dir']}/{FINAL.metrics}" for record in records for r in read_json(record, schema="final")["runs"]]
     for path in paths:
         m = read_json(path, schema="metrics")
         rows.append(
@@ -142,7 +143,7 @@ def mixed_table(metrics: list[Mapping[str, Any]]) -> pd.DataFrame:
 
 def final_metrics(records: list[str]) -> list[dict[str, Any]]:
     """The metrics.json of every final run the records list."""
-    paths = [f"{r['dir']}/metrics.json" for record in records for r in read_json(record, schema="final")["runs"]]
+    paths = [f"{r['dir']}/{FINAL.metrics}" for record in records for r in read_json(record, schema="final")["runs"]]
     return [read_json(path) for path in paths]
 
 
