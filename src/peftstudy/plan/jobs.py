@@ -67,12 +67,13 @@ class Plan:
     """A checked study config and everything its jobs are given."""
 
     config: Mapping[str, Any]
+    # (experiment, method) -> {gp id: hp}, in grid order: expanded once, by the check (study.check).
+    grids: study.Grids
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Plan:
         """The plan of a config that passed the JSON schema: cross-checked here (ConfigError names the key)."""
-        study.check(config)
-        return cls(config)
+        return cls(config, study.check(config))
 
     @cached_property
     def _code_digests(self) -> dict[str, str]:
@@ -87,11 +88,7 @@ class Plan:
 
     @cached_property
     def layout(self) -> Layout:
-        return Layout(self.config)
-
-    @cached_property
-    def grids(self) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
-        return study.grids(self.config)
+        return Layout(self.config, self.grids)
 
     @property
     def experiments(self) -> Mapping[str, Any]:
@@ -519,7 +516,7 @@ class Plan:
         return [*self.layout.tune_benchmarks(), *self.layout.other_benchmarks()]
 
     def report_context(self) -> dict[str, Any]:
-        return study.report_context(self.config)
+        return study.report_context(self.config, self.grids)
 
     def report_tolerance(self) -> float:
         return self.config.get("report", {}).get("tolerance", DEFAULTS["report_tolerance"])

@@ -10,7 +10,7 @@ per point, but one rule's outputs cannot vary in number with a wildcard).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -34,11 +34,13 @@ FINAL_FILES = astuple(FINAL)
 @dataclass(frozen=True)
 class Layout:
     config: Mapping[str, Any]
+    # The config's expanded grids (study.grids) where the caller has them (the plan), else expanded here.
+    grids: study.Grids | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def tune_jobs(self) -> dict[tuple[str, str], dict[str, list[str]]]:
         """(experiment, method) -> {pack name: grid-point ids}: study.tune_jobs, computed once."""
-        return study.tune_jobs(self.config)
+        return study.tune_jobs(self.config, self.grids)
 
     @property
     def root(self) -> str:
