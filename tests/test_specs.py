@@ -114,3 +114,18 @@ def test_a_robustness_spec_names_each_test_set_in_order_and_reads_its_split():
     assert {name: spec.inputs()[name] for name in names} == {name: plan.layout.data(name, "test") for name in names}
     assert spec.inputs()["final"] == plan.layout.final_record(rob["experiment"], rob["dataset"], "bitfit")
     assert spec.outputs() == {k: plan.layout.robustness_file("bitfit", f"{k}.json") for k in ("ood", "wise")}
+
+
+def test_a_select_spec_goes_as_a_file_whose_digest_follows_the_grid(tmp_path):
+    """select's spec is written by rule spec_file (`as_file`): the file reads back as the plan's spec, and its digest
+    (the rule's param) changes with a grid point, so the file is rewritten and select reruns."""
+    config = tiny_config()
+    plan = Plan.of(config)
+    spec = plan.file_spec("select", "vtab")
+    assert spec == plan.select_spec("vtab") and type(spec).as_file and not specs.TuneSpec.as_file
+    path = tmp_path / "select.json"
+    specs.write(path, spec)
+    assert specs.from_json(path.read_text()) == spec
+    assert spec.inputs() == {"metrics": plan.tune_metrics("vtab")}
+    config["experiments"]["vtab"]["grid"]["lr"] = [*config["experiments"]["vtab"]["grid"]["lr"], 0.123]
+    assert Plan.of(config).file_spec("select", "vtab").digest() != spec.digest()
