@@ -45,6 +45,9 @@ for path in sys.argv[1:]:
         for method in plan.experiments[plan.robustness["experiment"]]["methods"]:
             spec = plan.robustness_spec(method)
             assert specs.from_json(spec.to_json()) == spec
+    if "pretrain" in plan.config:
+        spec = plan.pretrain_spec()
+        assert specs.from_json(spec.to_json()) == spec
     plan.table_inputs()
     plan.report_context()
     counts[path] = n

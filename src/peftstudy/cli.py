@@ -1,9 +1,9 @@
 """`peftstudy <stage> ...`: the entry points the Snakemake rules call.
 
-`peftstudy run SPEC` runs a job given as its spec (plan.specs: the tune, select, final, collect, ensemble and
-robustness jobs so far); the other stages still take flags. Every input a stage needs is an argument (or, for a
-long spec, a file named by one), so any job can be rerun by hand from its log's command line. Heavy imports happen
-inside each stage, so a job pays only for what it uses (docs/scale.md §3).
+`peftstudy run SPEC` runs a job given as its spec (plan.specs: the pretrain, tune, select, final, collect,
+ensemble and robustness jobs so far); the other stages still take flags. Every input a stage needs is an argument
+(or, for a long spec, a file named by one), so any job can be rerun by hand from its log's command line. Heavy
+imports happen inside each stage, so a job pays only for what it uses (docs/scale.md §3).
 """
 
 from __future__ import annotations
@@ -172,20 +172,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
     p.add_argument("--dataset", default="", help="the manifest's dataset name (the config's); default: the task")
     p.set_defaults(func=_stage("peftstudy.data.vtab_tfds:run"))
-
-    p = sub.add_parser("pretrain", help="pretrain a backbone from scratch (the mini study's own weights)")
-    p.add_argument("--arch", required=True)
-    p.add_argument("--train", required=True)
-    p.add_argument("--val", required=True)
-    p.add_argument("--recipe", type=_json, required=True)
-    p.add_argument("--lr", type=float, required=True)
-    p.add_argument("--wd", type=float, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
-    p.add_argument("--metrics", required=True)
-    p.set_defaults(func=_stage("peftstudy.train.pretrain:run"))
 
     p = sub.add_parser("run", help="run a job given as its spec (plan.specs: tune, final, collect, ...)")
     p.add_argument("spec", help="the spec's JSON, or @FILE holding it")

@@ -363,6 +363,23 @@ class Plan:
 
     # Training jobs.
 
+    def pretrain_spec(self) -> specs.PretrainSpec:
+        """The pretrain job (backbone.pretrain true): the study backbone's architecture trained from scratch on
+        pretrain.dataset with pretrain's recipe, lr and wd, the study's seed."""
+        pretrain = self.config["pretrain"]
+        return specs.PretrainSpec(
+            arch=self.config["backbone"]["arch"],
+            recipe=pretrain["recipe"],
+            lr=pretrain["lr"],
+            wd=pretrain["wd"],
+            seed=self.config["seed"],
+            device=self.config["device"],
+            train=self.layout.data(pretrain["dataset"], "train"),
+            val=self.layout.data(pretrain["dataset"], "val"),
+            weights=self.layout.pretrain_file("backbone.safetensors"),
+            metrics=self.layout.pretrain_file("metrics.json"),
+        )
+
     def run_settings(self, experiment: str, dataset: str, method: str) -> specs.RunSettings:
         """What the tune and final jobs of a (experiment, dataset, method) share: recipe, backbone, device, resume
         folder."""

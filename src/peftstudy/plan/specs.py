@@ -310,6 +310,25 @@ class FinalSpec(Spec):
     peft: str = output_file()
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PretrainSpec(Spec):
+    """The mini study's backbone pretrained from scratch on the pretraining set (train.pretrain)."""
+
+    stage: ClassVar[str] = "pretrain"
+    target: ClassVar[str] = "peftstudy.train.pretrain:run"
+
+    arch: str
+    recipe: Mapping[str, Any]
+    lr: float
+    wd: float
+    seed: int
+    device: str
+    train: str = input_file()
+    val: str = input_file()
+    weights: str = output_file()
+    metrics: str = output_file()
+
+
 # Selection.
 
 
