@@ -59,7 +59,7 @@ def job_runs(kind, wildcards):
     return 1
 
 
-# A training job is its spec (plan.specs), one canonical JSON argument: any change of any field reruns the job.
+# A job is its spec (plan.specs), one canonical JSON argument: any change of any field reruns the job.
 RUN_SPEC_SHELL = "peftstudy run {params.spec:q} --threads {threads} > {log} 2>&1"
 
 
