@@ -125,7 +125,7 @@ def test_engine_and_the_authors_loop_fed_the_same_batches_train_the_same_model(t
             x = to_input(train["images"], (0.0,) * 3, (1.0,) * 3, "cpu", recipe)
             result = fit(model, x, torch.from_numpy(train["labels"]), lr=hp["lr"], wd=hp["wd"], recipe=recipe, seed=0)
         else:
-            data = reference.ImageFiles(task / "source", rows, BACKBONE["image_size"])
+            data = reference.ImageFiles(task / "source", rows, CONFIG["backbone"]["image_size"])
             result, _ = reference.fit(
                 model, data, lr=hp["lr"], wd=hp["wd"], recipe=recipe, seed=0, workers=0, device="cpu", engine_order=True
             )

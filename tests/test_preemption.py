@@ -13,13 +13,11 @@ import time
 
 import pytest
 import torch
-import yaml
 from conftest import BIN, REPO, prepare_mini_task, training_spec
 
 from peftstudy import gpus, models
 from peftstudy.train.resume import PREEMPTED_STATUS
 
-BACKBONE = yaml.safe_load((REPO / "config.yaml").read_text())["backbone"]
 # Batches of 4: 100 steps an epoch on the 400 train+val images, so a signal lands well inside one.
 RECIPE = {"epochs": 3, "batch_size": 4, "warmup_epochs": 1, "lr_step": "authors", "drop_path": 0.1}
 
