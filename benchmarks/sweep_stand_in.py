@@ -95,10 +95,6 @@ def final(spec: dict[str, Any]) -> None:
     write(spec["peft"], f"stand-in weights {gp} {seed}")
 
 
-def prepare(args: argparse.Namespace) -> None:
-    write(args.out, "stand-in split cache")
-
-
 def ensemble(spec: dict[str, Any]) -> None:
     common = {"methods": spec["methods"], "seeds": []}
     write_json(
@@ -139,7 +135,11 @@ def report(args: argparse.Namespace) -> None:
     write(args.out_notebook, json.dumps({"cells": []}))
 
 
-SPEC_STAGES = {"tune": tune, "final": final, "ensemble": ensemble, "robustness": robustness}
+def prepare(spec: dict[str, Any]) -> None:
+    write(spec["cache"], "stand-in split cache")
+
+
+SPEC_STAGES = {"prepare": prepare, "tune": tune, "final": final, "ensemble": ensemble, "robustness": robustness}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -165,7 +165,6 @@ def parser() -> argparse.ArgumentParser:
         return p
 
     stage("run", run).add_argument("spec")
-    stage("prepare", prepare).add_argument("--out", required=True)
     stage("tables", tables)
     p = stage("report", report)
     p.add_argument("--out", required=True)

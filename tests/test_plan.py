@@ -40,7 +40,10 @@ for path in sys.argv[1:]:
             assert specs.from_json(spec.to_json()) == spec
         n += len(plan.tune_metrics(experiment))
     for name in plan.datasets:
-        plan.source_dir(name)
+        jobs = [plan.prepare_spec(name, split) for split in ("train", "val", "trainval", "test")]
+        jobs += [plan.generate_spec(name)] if plan.datasets[name]["source"] == "synthetic" else []
+        for job in jobs:
+            assert specs.from_json(job.to_json()) == job, job
     if plan.robustness:
         for method in plan.experiments[plan.robustness["experiment"]]["methods"]:
             spec = plan.robustness_spec(method)

@@ -1,9 +1,9 @@
 """`peftstudy <stage> ...`: the entry points the Snakemake rules call.
 
-`peftstudy run SPEC` runs a job given as its spec (plan.specs: the pretrain, tune, select, final, collect,
-ensemble and robustness jobs so far); the other stages still take flags. Every input a stage needs is an argument
-(or, for a long spec, a file named by one), so any job can be rerun by hand from its log's command line. Heavy
-imports happen inside each stage, so a job pays only for what it uses (docs/scale.md §3).
+`peftstudy run SPEC` runs a job given as its spec (plan.specs: the generate, prepare, pretrain, tune, select,
+final, collect, ensemble and robustness jobs so far); the other stages still take flags. Every input a stage
+needs is an argument (or, for a long spec, a file named by one), so any job can be rerun by hand from its log's
+command line. Heavy imports happen inside each stage, so a job pays only for what it uses (docs/scale.md §3).
 """
 
 from __future__ import annotations
@@ -77,14 +77,6 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="peftstudy", description=__doc__)
     sub = top.add_subparsers(dest="stage", required=True)
 
-    p = sub.add_parser("generate", help="render a synthetic dataset in the processed-VTAB layout")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--spec", type=_json, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", required=True, help="the source folder")
-    p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
-    p.set_defaults(func=_stage("peftstudy.data.synthetic:run"))
-
     p = sub.add_parser("fetch", help="download a file (resumable), checked against its sha256")
     p.add_argument("--url", required=True, help="http(s):// or file:// URL, or a local path")
     p.add_argument("--sha256", required=True, help="the expected sha256, or none (refused unless --allow-unpinned)")
@@ -117,14 +109,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checksum-file", default="", help="the archive's sha256 file, if it came from one")
     p.add_argument("--out", required=True, help="manifest.json")
     p.set_defaults(func=_stage("peftstudy.data.layout:run_index"))
-
-    p = sub.add_parser("prepare", help="decode one split's list into a uint8 tensor cache")
-    p.add_argument("--source", required=True)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--split", required=True, choices=["train", "val", "trainval", "test"])
-    p.add_argument("--image-size", type=int, required=True, help="0: keep the native size")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=_stage("peftstudy.data.layout:run"))
 
     p = sub.add_parser("imagenet", help="check a downloaded ImageNet set, write its lists (layout) and manifest")
     p.add_argument(

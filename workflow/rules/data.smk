@@ -24,11 +24,9 @@ rule generate:
     conda:
         "../../envs/data.yaml"
     params:
-        spec=lambda wc: as_json(PLAN.generate_spec(wc.dataset)),
-        seed=config["seed"],
+        spec=lambda wc: PLAN.generate_spec(wc.dataset).to_json(),
     shell:
-        "peftstudy generate --dataset {wildcards.dataset} --spec {params.spec} --seed {params.seed}"
-        " --out {output.source} --manifest {output.manifest} > {log} 2>&1"
+        "peftstudy run {params.spec:q} > {log} 2>&1"
 
 
 rule fetch:
@@ -199,8 +197,12 @@ rule vtab_tfds:
 rule prepare:
     """Decode one split's list once into a uint8 tensor cache (what training reads)."""
     input:
-        unpack(lambda wc: PLAN.source_inputs(wc.dataset)),
-        manifest=LAYOUT.manifest("{dataset}"),
+        unpack(
+            lambda wc: {
+                **PLAN.source_inputs(wc.dataset),
+                **PLAN.prepare_spec(wc.dataset, wc.split).inputs(),
+            }
+        ),
     output:
         cache=LAYOUT.data("{dataset}", "{split}"),
     log:
@@ -208,11 +210,9 @@ rule prepare:
     conda:
         "../../envs/data.yaml"
     params:
-        source=lambda wc: PLAN.source_dir(wc.dataset),
-        image_size=lambda wc: PLAN.cache_size(wc.dataset),
+        spec=lambda wc: PLAN.prepare_spec(wc.dataset, wc.split).to_json(),
     shell:
-        "peftstudy prepare --source {params.source:q} --manifest {input.manifest} --split {wildcards.split}"
-        " --image-size {params.image_size} --out {output.cache} > {log} 2>&1"
+        "peftstudy run {params.spec:q} > {log} 2>&1"
 
 
 rule zero_shot_head:

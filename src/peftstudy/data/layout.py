@@ -17,6 +17,7 @@ import numpy as np
 
 from peftstudy.data.fetch import archive_record
 from peftstudy.io import atomic_dir, read_json, save_npz, write_json
+from peftstudy.plan.specs import Options, PrepareSpec
 
 # Cache split name -> VTAB-1K list file.
 SPLIT_LISTS = {"train": "train800.txt", "val": "val200.txt", "trainval": "train800val200.txt", "test": "test.txt"}
@@ -163,6 +164,6 @@ def run_index(args) -> None:
     index(args.source, args.dataset, args.classes, about, args.out)
 
 
-def run(args) -> None:
-    """`peftstudy prepare`."""
-    prepare(args.source, args.manifest, args.split, args.out, args.image_size)
+def run(spec: PrepareSpec, options: Options) -> None:
+    """`peftstudy run` of a prepare spec."""
+    prepare(spec.source, spec.manifest, spec.split, spec.cache, spec.image_size)

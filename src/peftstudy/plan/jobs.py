@@ -343,9 +343,26 @@ class Plan:
             return {"source": "archive", "archive": spec["archive"], "url": archive["url"], "folder": spec["folder"]}
         return {"source": "local", "path": spec["path"]}
 
-    def generate_spec(self, dataset: str) -> dict[str, Any]:
-        """What a synthetic dataset is rendered from: its entry without the report's keys, at the input size."""
-        return dict(study.data_spec(self.datasets[dataset]), image_size=self.config["backbone"]["image_size"])
+    def generate_spec(self, dataset: str) -> specs.GenerateSpec:
+        """A generate job: what a synthetic dataset is rendered from (its entry without the report's keys, at the
+        input size) and the study's seed."""
+        return specs.GenerateSpec(
+            dataset=dataset,
+            rendering=dict(study.data_spec(self.datasets[dataset]), image_size=self.config["backbone"]["image_size"]),
+            seed=self.config["seed"],
+            source=self.layout.data_file(dataset, "source"),
+            manifest=self.layout.manifest(dataset),
+        )
+
+    def prepare_spec(self, dataset: str, split: str) -> specs.PrepareSpec:
+        """A prepare job: one split of the dataset's layout folder decoded at the cache's size."""
+        return specs.PrepareSpec(
+            source=self.source_dir(dataset),
+            manifest=self.layout.manifest(dataset),
+            split=split,
+            image_size=self.cache_size(dataset),
+            cache=self.layout.data(dataset, split),
+        )
 
     def cache_size(self, dataset: str) -> int:
         """The prepared cache's image size: the backbone's, or 0 (native) where the dataset asks for it."""

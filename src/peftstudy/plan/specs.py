@@ -236,6 +236,40 @@ def _shown(value: Any) -> str:
     return f"{type(value).__name__} {text[:60]}"
 
 
+# The data stages' specs.
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GenerateSpec(Spec):
+    """A synthetic dataset rendered in the processed-VTAB layout (data.synthetic): its entry without the report's
+    keys, at the input size (`rendering`), and the study's seed."""
+
+    stage: ClassVar[str] = "generate"
+    target: ClassVar[str] = "peftstudy.data.synthetic:run"
+
+    dataset: str
+    rendering: Mapping[str, Any]
+    seed: int
+    source: str = output_file()  # the layout folder
+    manifest: str = output_file()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrepareSpec(Spec):
+    """One split's list decoded into a uint8 tensor cache (data.layout.prepare)."""
+
+    stage: ClassVar[str] = "prepare"
+    target: ClassVar[str] = "peftstudy.data.layout:run"
+
+    # The dataset's layout folder: a setting, not an input file, since it may lie inside an extracted archive
+    # (the rule's inputs name what it comes from: plan.Plan.source_inputs).
+    source: str
+    manifest: str = input_file()
+    split: Literal["train", "val", "trainval", "test"]
+    image_size: int  # 0: keep the native size
+    cache: str = output_file()
+
+
 # The training stages' specs.
 
 
