@@ -8,8 +8,8 @@ against the metrics schema as they read them. Stages the benchmark fakes before 
 indexing) are refused by argparse, so a job that should not run fails loudly. Standard library only: it starts
 in ~20 ms.
 
-The `tables` stage's outputs are not in its arguments (only their folder): the benchmark lists them, from the
-study's dry run, in the file named by $SWEEP_TABLES_OUTPUTS.
+The `tables` stage's outputs are not in its spec (only their folder): the benchmark lists them, from the study's
+dry run, in the file named by $SWEEP_TABLES_OUTPUTS.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def robustness(spec: dict[str, Any]) -> None:
     write_json(spec["wise"], common | {"alphas": spec["alphas"], "points": [], "procedure": "stand-in"})
 
 
-def tables(args: argparse.Namespace) -> None:
+def tables(spec: dict[str, Any]) -> None:
     listing = os.environ.get("SWEEP_TABLES_OUTPUTS")
     if not listing:
         raise SystemExit("tables: $SWEEP_TABLES_OUTPUTS (the list of the tables job's outputs) is not set")
@@ -139,7 +139,14 @@ def prepare(spec: dict[str, Any]) -> None:
     write(spec["cache"], "stand-in split cache")
 
 
-SPEC_STAGES = {"prepare": prepare, "tune": tune, "final": final, "ensemble": ensemble, "robustness": robustness}
+SPEC_STAGES = {
+    "prepare": prepare,
+    "tune": tune,
+    "final": final,
+    "ensemble": ensemble,
+    "robustness": robustness,
+    "tables": tables,
+}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -165,7 +172,6 @@ def parser() -> argparse.ArgumentParser:
         return p
 
     stage("run", run).add_argument("spec")
-    stage("tables", tables)
     p = stage("report", report)
     p.add_argument("--out", required=True)
     p.add_argument("--out-notebook", required=True)

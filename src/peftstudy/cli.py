@@ -1,9 +1,9 @@
 """`peftstudy <stage> ...`: the entry points the Snakemake rules call.
 
 `peftstudy run SPEC` runs a job given as its spec (plan.specs: the generate, prepare, pretrain, tune, select,
-final, collect, ensemble and robustness jobs so far); the other stages still take flags. Every input a stage
-needs is an argument (or, for a long spec, a file named by one), so any job can be rerun by hand from its log's
-command line. Heavy imports happen inside each stage, so a job pays only for what it uses (docs/scale.md §3).
+final, collect, ensemble, robustness and tables jobs so far); the other stages still take flags. Every input a
+stage needs is an argument (or, for a long spec, a file named by one), so any job can be rerun by hand from its
+log's command line. Heavy imports happen inside each stage, so a job pays only for what it uses (docs/scale.md §3).
 """
 
 from __future__ import annotations
@@ -168,25 +168,6 @@ def parser() -> argparse.ArgumentParser:
         "measured; one on the CPU); fewer after an out-of-memory error",
     )
     p.set_defaults(func=_run)
-
-    p = sub.add_parser("tables", help="tidy CSV tables of a study's results")
-    p.add_argument("--study", required=True)
-    p.add_argument("--config-hash", required=True)
-    p.add_argument("--tune", nargs="+", required=True, help="tune.csv of every (experiment, dataset, method)")
-    p.add_argument("--finals", nargs="+", required=True, help="final.json of every (experiment, dataset, method)")
-    p.add_argument("--tune-metrics", nargs="*", default=[], help="metrics.json of every tune job (provenance)")
-    p.add_argument(
-        "--analysis", nargs="*", type=json.loads, default=[], help="JSON: each ensembles.json and agreement.json, named"
-    )
-    p.add_argument("--robustness", nargs="*", default=[], help="ood.json and wise.json files")
-    p.add_argument("--context", required=True, help="JSON: dataset groups, recipes, grids (config.report_context)")
-    p.add_argument("--manifests", nargs="*", default=[], help="manifest.json of every dataset trained or tested on")
-    p.add_argument(
-        "--benchmarks", nargs="*", type=json.loads, default=[], help="JSON: every training job's benchmark.tsv, named"
-    )
-    p.add_argument("--authors", nargs="*", default=[], help="report/data/authors_*.csv: copied beside the tables")
-    p.add_argument("--out-dir", required=True)
-    p.set_defaults(func=_stage("peftstudy.report.tables:run"))
 
     p = sub.add_parser("report", help="figures (papermill) and the HTML page (Jinja)")
     p.add_argument("--tables", required=True)

@@ -1,3 +1,5 @@
+import functools
+
 from peftstudy import io as study_io
 from peftstudy.plan import study
 from peftstudy.plan.jobs import (
@@ -166,9 +168,16 @@ def get_final_benchmarks(wildcards):
     return [job["path"] for job in final_benchmarks()]
 
 
-def get_benchmark_jobs(wildcards):
-    """The tables' --benchmarks: every training job's benchmark with the job it measured, one JSON argument each."""
-    return [as_json(job) for job in [*PLAN.benchmarks(), *final_benchmarks()]]
+@functools.cache
+def tables_context():
+    """The study's facts, and the cost estimate the report sets beside what the run spent (once)."""
+    return PLAN.report_context() | {"cost": estimated_cost(PLAN)}
+
+
+def tables_spec():
+    """The tables job's spec: every training job's benchmark, the selected finals' included (each selection
+    resolved)."""
+    return PLAN.tables_spec(tables_context(), final_benchmarks())
 
 
 def get_final_outputs(wildcards):

@@ -1,8 +1,23 @@
+rule tables_spec:
+    """The tables job's spec (~600 KB on the paper study: more than one argument may hold), written for it to read.
+    Its digest is the param: the file is rewritten, and the tables rerun, exactly when the spec changed.
+    """
+    input:
+        final_benchmarks=get_final_benchmarks,
+    output:
+        LAYOUT.spec_file("tables", "tables"),
+    params:
+        digest=lambda wc: tables_spec().digest(),
+    run:
+        write_spec(output[0], tables_spec())
+
+
 rule tables:
     """Tidy CSV tables of everything the study computed (what the report reads), the authors' numbers beside."""
     input:
         unpack(lambda wc: PLAN.table_inputs()),
         final_benchmarks=get_final_benchmarks,
+        spec=LAYOUT.spec_file("tables", "tables"),
     output:
         tables=[
             report(
@@ -17,22 +32,8 @@ rule tables:
         LAYOUT.tables_file("tables.log"),
     conda:
         "../../envs/report.yaml"
-    params:
-        study=config["study"],
-        config_hash=PLAN.config_hash,
-        # The study's facts, and the cost estimate the report sets beside what the run spent.
-        context=as_json(PLAN.report_context() | {"cost": estimated_cost(PLAN)}),
-        out_dir=lambda wc, output: os.path.dirname(output.tables[0]),
-        # Each file with what it is, as the plan names it: nothing reads that back from a path.
-        analysis=lambda wc: [as_json(output) for output in LAYOUT.analysis_outputs()],
-        benchmarks=get_benchmark_jobs,
     shell:
-        "peftstudy tables --study {params.study} --config-hash {params.config_hash}"
-        " --context {params.context} --tune {input.tune} --tune-metrics {input.tune_metrics}"
-        " --finals {input.finals}"
-        " --analysis {params.analysis} --robustness {input.robustness}"
-        " --manifests {input.manifests} --benchmarks {params.benchmarks}"
-        " --authors {input.authors} --out-dir {params.out_dir} > {log} 2>&1"
+        "peftstudy run @{input.spec} > {log} 2>&1"
 
 
 rule report:

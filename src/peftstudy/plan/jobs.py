@@ -11,7 +11,7 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -125,7 +125,7 @@ class Plan:
             "pack": r"[0-9a-f]{8}|pack\d+-\d+",
             "seed": r"\d+",
             "split": only(SPLITS),
-            "stage": only(name for name, spec in specs.STAGES.items() if spec.as_file),
+            "stage": only(self.file_specs),
         }
 
     def datasets_from(self, *sources: str) -> list[str]:
@@ -303,9 +303,14 @@ class Plan:
             )
         return self._specs[key]
 
+    @property
+    def file_specs(self) -> dict[str, Callable[[str], specs.Spec]]:
+        """The specs handed over as files (`as_file`) that the plan alone makes, by stage: select's, by experiment
+        (rule spec_file). The tables' needs every selection made: common.smk makes it (rule tables_spec)."""
+        return {"select": self.select_spec}
+
     def file_spec(self, stage: str, name: str) -> specs.Spec:
-        """A spec handed over as a file (`as_file`), by its stage and name (select: the experiment)."""
-        return {"select": self.select_spec}[stage](name)
+        return self.file_specs[stage](name)
 
     # Data sources.
 
@@ -544,6 +549,27 @@ class Plan:
             "authors": [f"report/data/authors_{name}.csv" for name in AUTHORS],
             "benchmarks": [job["path"] for job in self.benchmarks()],
         }
+
+    def tables_spec(
+        self, context: Mapping[str, Any], final_benchmarks: Iterable[Mapping[str, str]]
+    ) -> specs.TablesSpec:
+        """The tables job: `context`, the report's (report_context and the cost estimate, plan.cost's); and the
+        selected finals' benchmarks besides every other training job's (known once the selections are made)."""
+        files = self.table_inputs()
+        return specs.TablesSpec(
+            study=self.config["study"],
+            config_hash=self.config_hash,
+            context=context,
+            tune=tuple(files["tune"]),
+            tune_metrics=tuple(files["tune_metrics"]),
+            finals=tuple(files["finals"]),
+            analysis=tuple(self.layout.analysis_outputs()),
+            robustness=tuple(files["robustness"]),
+            manifests=tuple(files["manifests"]),
+            benchmarks=(*self.benchmarks(), *final_benchmarks),
+            authors=tuple(files["authors"]),
+            out_dir=os.path.dirname(self.layout.table(TABLES[0])),
+        )
 
     def benchmarks(self) -> list[dict[str, str]]:
         """The benchmarks of every training job known before selection (the finals' depend on it)."""

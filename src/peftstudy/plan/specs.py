@@ -451,3 +451,39 @@ class RobustnessSpec(Spec):
         """Besides the final record and the backbone's files, each test set's split under its dataset's name."""
         sets = (self.in_distribution, *self.shifted)
         return {**super().inputs(), **{test_set.name: test_set.test for test_set in sets}}
+
+
+# The report's specs.
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TablesSpec(Spec):
+    """Tidy CSV tables of everything the study computed, into `out_dir` (report.tables): every tune summary, tune
+    job file (provenance), final record, analysis file and robustness file, the manifests, every training job's
+    benchmark, the authors' numbers; the study's facts and cost estimate (`context`). Handed over as a file: the
+    paper study's is ~600 KB."""
+
+    stage: ClassVar[str] = "tables"
+    target: ClassVar[str] = "peftstudy.report.tables:run"
+    as_file: ClassVar[bool] = True
+
+    study: str
+    config_hash: str
+    context: Mapping[str, Any]
+    tune: tuple[str, ...] = input_file()
+    tune_metrics: tuple[str, ...] = input_file()
+    finals: tuple[str, ...] = input_file()
+    # Each ensembles.json and agreement.json with what it is ({experiment, dataset, kind, path}): read as given,
+    # never from its path.
+    analysis: tuple[Mapping[str, str], ...]
+    robustness: tuple[str, ...] = input_file()
+    manifests: tuple[str, ...] = input_file()
+    # Every training job's benchmark.tsv with the job it measured ({phase, experiment, dataset, method, job, path}).
+    benchmarks: tuple[Mapping[str, str], ...]
+    authors: tuple[str, ...] = input_file()
+    out_dir: str
+
+    def inputs(self) -> dict[str, Any]:
+        """Besides the files named by field, the analysis files and the benchmarks."""
+        named = {"analysis": [a["path"] for a in self.analysis], "benchmarks": [b["path"] for b in self.benchmarks]}
+        return {**super().inputs(), **{role: paths for role, paths in named.items() if paths}}
