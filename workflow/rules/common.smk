@@ -168,6 +168,13 @@ def get_final_benchmarks(wildcards):
     return [job["path"] for job in final_benchmarks()]
 
 
+def write_spec_file(path, spec, log):
+    """A spec handed over as a file (rules spec_file, tables_spec), and its log line: what it is, its digest."""
+    write_spec(path, spec)
+    with open(log, "w") as handle:
+        handle.write(f"{path}: the {spec.stage} job's spec, sha256 {spec.digest()}\n")
+
+
 @functools.cache
 def tables_context():
     """The study's facts, and the cost estimate the report sets beside what the run spent (once)."""

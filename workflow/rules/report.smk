@@ -5,11 +5,13 @@ rule tables_spec:
     input:
         final_benchmarks=get_final_benchmarks,
     output:
-        LAYOUT.spec_file("tables", "tables"),
+        spec=LAYOUT.spec_file("tables", "tables"),
+    log:
+        LAYOUT.spec_file("tables", "tables") + ".log",
     params:
         digest=lambda wc: tables_spec().digest(),
     run:
-        write_spec(output[0], tables_spec())
+        write_spec_file(output.spec, tables_spec(), log[0])
 
 
 rule tables:

@@ -25,8 +25,10 @@ rule spec_file:
     read (`peftstudy run @FILE`). Its digest is the param: the file is rewritten, and its job reruns, exactly when
     the spec changed."""
     output:
-        LAYOUT.spec_file("{stage}", "{name}"),
+        spec=LAYOUT.spec_file("{stage}", "{name}"),
+    log:
+        LAYOUT.spec_file("{stage}", "{name}") + ".log",
     params:
         digest=lambda wc: PLAN.file_spec(wc.stage, wc.name).digest(),
     run:
-        write_spec(output[0], PLAN.file_spec(wildcards.stage, wildcards.name))
+        write_spec_file(output.spec, PLAN.file_spec(wildcards.stage, wildcards.name), log[0])
