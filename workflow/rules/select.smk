@@ -31,4 +31,6 @@ rule spec_file:
     params:
         digest=lambda wc: PLAN.file_spec(wc.stage, wc.name).digest(),
     run:
-        write_spec_file(output.spec, PLAN.file_spec(wildcards.stage, wildcards.name), log[0])
+        write_spec_file(
+            output.spec, PLAN.file_spec(wildcards.stage, wildcards.name), log[0]
+        )
