@@ -1,12 +1,11 @@
 """A stand-in for the `peftstudy` command, for benchmarks/sweep_overhead.py only (never on the product path).
 
-Placed first on PATH in the benchmark's scratch copy, it answers each `peftstudy <stage>` (or `peftstudy run SPEC`)
-a workflow rule calls in milliseconds: every output the stage's arguments (or spec) name, with content that its
-JSON schema (workflow/schemas/*.schema.yaml) accepts. `select` and `collect` run the real code: they are pure, cheap and
-decide what the DAG does next (the chosen grid point names the finals), and they check the stand-in's metrics
-against the metrics schema as they read them. Stages the benchmark fakes before the run (downloads, extraction,
-indexing) are refused by argparse, so a job that should not run fails loudly. Standard library only: it starts
-in ~20 ms.
+Placed first on PATH in the benchmark's scratch copy, it answers each `peftstudy run SPEC` a workflow rule calls in
+milliseconds: every output the spec names, with content that its JSON schema (workflow/schemas/*.schema.yaml)
+accepts. `select` and `collect` run the real code: they are pure, cheap and decide what the DAG does next (the
+chosen grid point names the finals), and they check the stand-in's metrics against the metrics schema as they read
+them. Stages the benchmark fakes before the run (downloads, extraction, indexing, generation) are refused, so a job
+that should not run fails loudly. Standard library only: it starts in ~20 ms.
 
 The `tables` stage's outputs are not in its spec (only their folder): the benchmark lists them, from the study's
 dry run, in the file named by $SWEEP_TABLES_OUTPUTS.
@@ -18,7 +17,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +129,9 @@ def tables(spec: dict[str, Any]) -> None:
         write(path, "stand-in\n")
 
 
-def report(args: argparse.Namespace) -> None:
-    write(args.out, "<html>stand-in</html>\n")
-    write(args.out_notebook, json.dumps({"cells": []}))
+def report(spec: dict[str, Any]) -> None:
+    write(spec["html"], "<html>stand-in</html>\n")
+    write(spec["executed"], json.dumps({"cells": []}))
 
 
 def prepare(spec: dict[str, Any]) -> None:
@@ -146,6 +145,7 @@ SPEC_STAGES = {
     "ensemble": ensemble,
     "robustness": robustness,
     "tables": tables,
+    "report": report,
 }
 
 
@@ -159,32 +159,22 @@ def run(args: argparse.Namespace) -> None:
 
         real_main(["run", args.spec])
         return
+    if spec["stage"] not in SPEC_STAGES:  # a job that should not run fails loudly
+        raise SystemExit(f"peftstudy (stand-in): no stand-in for a {spec['stage']} job")
     SPEC_STAGES[spec["stage"]](spec)
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="peftstudy (stand-in)")
     sub = top.add_subparsers(dest="stage", required=True)
-
-    def stage(name: str, func: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser:
-        p = sub.add_parser(name)
-        p.set_defaults(func=func)
-        return p
-
-    stage("run", run).add_argument("spec")
-    p = stage("report", report)
-    p.add_argument("--out", required=True)
-    p.add_argument("--out-notebook", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("spec")
+    p.set_defaults(func=run)
     return top
 
 
 def main(argv: Sequence[str]) -> None:
-    if argv and argv[0] in REAL_STAGES:
-        from peftstudy.cli import main as real_main
-
-        real_main(list(argv))
-        return
-    # A stage without a stand-in fails here ("invalid choice"); arguments a stand-in does not need are ignored.
+    # A sub-command other than `run` fails here ("invalid choice"); arguments a stand-in does not need are ignored.
     args, _ = parser().parse_known_args(argv)
     args.func(args)
 

@@ -4,7 +4,6 @@ page built by the pipeline and opened in headless Chromium (console clean, every
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -303,15 +302,15 @@ def test_counts_in_the_report_agree_with_their_nouns():
 
 
 def render_page(tables_dir: Path, out: Path) -> str:
-    args = argparse.Namespace(
+    spec = specs.ReportSpec(
         tables=str(tables_dir),
         notebook=str(REPO / "report/notebooks/figures.ipynb"),
         template=str(REPO / "report/templates/index.html.j2"),
         tolerance=1.0,
-        out=str(out / "index.html"),
-        out_notebook=str(out / "figures.ipynb"),
+        html=str(out / "index.html"),
+        executed=str(out / "figures.ipynb"),
     )
-    render.run(args)
+    render.run(spec, specs.Options())
     return (out / "index.html").read_text()
 
 

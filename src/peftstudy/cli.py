@@ -1,9 +1,9 @@
 """`peftstudy <stage> ...`: the entry points the Snakemake rules call.
 
 `peftstudy run SPEC` runs a job given as its spec (plan.specs: the generate, prepare, pretrain, tune, select,
-final, collect, ensemble, robustness and tables jobs so far); the other stages still take flags. Every input a
-stage needs is an argument (or, for a long spec, a file named by one), so any job can be rerun by hand from its
-log's command line. Heavy imports happen inside each stage, so a job pays only for what it uses (docs/scale.md §3).
+final, collect, ensemble, robustness, tables and report jobs so far); the other stages still take flags. Every
+input a stage needs is an argument (or, for a long spec, a file named by one), so any job can be rerun by hand from
+its log's command line. Heavy imports happen inside each stage, so a job pays only for what it uses (docs/scale.md §3).
 """
 
 from __future__ import annotations
@@ -168,20 +168,6 @@ def parser() -> argparse.ArgumentParser:
         "measured; one on the CPU); fewer after an out-of-memory error",
     )
     p.set_defaults(func=_run)
-
-    p = sub.add_parser("report", help="figures (papermill) and the HTML page (Jinja)")
-    p.add_argument("--tables", required=True)
-    p.add_argument("--notebook", required=True)
-    p.add_argument("--template", required=True)
-    p.add_argument(
-        "--tolerance",
-        type=float,
-        default=DEFAULTS["report_tolerance"],
-        help="points of top-1 above which a diff is marked",
-    )
-    p.add_argument("--out", required=True)
-    p.add_argument("--out-notebook", required=True)
-    p.set_defaults(func=_stage("peftstudy.report.render:run"))
 
     p = sub.add_parser("estimate", help="a study's jobs, runs, images and GPU-hours before it is submitted")
     p.add_argument("--configfile", nargs="+", required=True, help="the study config(s), as given to snakemake")

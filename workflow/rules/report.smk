@@ -41,25 +41,21 @@ rule tables:
 rule report:
     """Figures by a papermill-executed notebook, the page by a Jinja template: one self-contained HTML file."""
     input:
+        unpack(lambda wc: PLAN.report_spec().inputs()),
         tables=rules.tables.output.tables,
         authors=rules.tables.output.authors,
-        notebook="report/notebooks/figures.ipynb",
-        template="report/templates/index.html.j2",
     output:
         html=report(
             LAYOUT.report(),
             caption="../../report/caption.rst",
             category="Report",
         ),
-        notebook=LAYOUT.report_file("figures.ipynb"),
+        executed=LAYOUT.report_file("figures.ipynb"),
     log:
         LAYOUT.report_file("report.log"),
     conda:
         "../../envs/report.yaml"
     params:
-        tables=lambda wc, input: os.path.dirname(input.tables[0]),
-        tolerance=PLAN.report_tolerance(),
+        spec=lambda wc: PLAN.report_spec().to_json(),
     shell:
-        "peftstudy report --tables {params.tables} --notebook {input.notebook}"
-        " --template {input.template} --tolerance {params.tolerance} --out {output.html}"
-        " --out-notebook {output.notebook} > {log} 2>&1"
+        "peftstudy run {params.spec:q} > {log} 2>&1"

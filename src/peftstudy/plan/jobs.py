@@ -578,6 +578,17 @@ class Plan:
     def report_context(self) -> dict[str, Any]:
         return study.report_context(self.config, self.grids)
 
+    def report_spec(self) -> specs.ReportSpec:
+        """The report job: the figures notebook and the page's template over the tables' folder."""
+        return specs.ReportSpec(
+            tables=os.path.dirname(self.layout.table(TABLES[0])),
+            notebook="report/notebooks/figures.ipynb",
+            template="report/templates/index.html.j2",
+            tolerance=self.report_tolerance(),
+            html=self.layout.report(),
+            executed=self.layout.report_file("figures.ipynb"),
+        )
+
     def report_tolerance(self) -> float:
         return self.config.get("report", {}).get("tolerance", DEFAULTS["report_tolerance"])
 

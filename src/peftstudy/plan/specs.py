@@ -487,3 +487,19 @@ class TablesSpec(Spec):
         """Besides the files named by field, the analysis files and the benchmarks."""
         named = {"analysis": [a["path"] for a in self.analysis], "benchmarks": [b["path"] for b in self.benchmarks]}
         return {**super().inputs(), **{role: paths for role, paths in named.items() if paths}}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReportSpec(Spec):
+    """The page: the figures notebook executed on the tables (papermill), the template rendered (report.render)."""
+
+    stage: ClassVar[str] = "report"
+    target: ClassVar[str] = "peftstudy.report.render:run"
+
+    # The tables' folder: a setting (the rule's inputs are the tables job's files).
+    tables: str
+    notebook: str = input_file()  # the figures notebook
+    template: str = input_file()
+    tolerance: float  # points of top-1 above which a difference from the authors' is marked
+    html: str = output_file()
+    executed: str = output_file()  # the notebook as executed
