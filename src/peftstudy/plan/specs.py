@@ -70,8 +70,8 @@ class Spec:
 
     stage: ClassVar[str] = ""
     target: ClassVar[str] = ""
-    # Handed over as a file (rule spec_file, `peftstudy run @FILE`) rather than as one argument: a spec that may
-    # approach the 128 KiB one argument can hold (select's grids and tune files are ~80 KB on the paper study).
+    # Handed over as a file (rules spec_file and tables_spec, `peftstudy run @FILE`) rather than as one argument: a
+    # spec that may approach the 128 KiB one argument can hold (on the paper study select's ~80 KB, tables' ~570 KB).
     as_file: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -107,7 +107,7 @@ class Spec:
         if len(text.encode()) > MAX_ARGUMENT:
             raise SpecError(
                 f"the {self.stage} job's spec is {len(text.encode())} bytes, over the {MAX_ARGUMENT} one command-line "
-                "argument may hold: pass it as a file (`peftstudy run @FILE`)"
+                f"argument may hold: hand it over as a file ({type(self).__name__}.as_file, `peftstudy run @FILE`)"
             )
         return text
 
