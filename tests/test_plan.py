@@ -39,11 +39,16 @@ for path in sys.argv[1:]:
             spec = plan.ensemble_spec(experiment, dataset)
             assert specs.from_json(spec.to_json()) == spec
         n += len(plan.tune_metrics(experiment))
-    for name in plan.datasets:
-        jobs = [plan.prepare_spec(name, split) for split in ("train", "val", "trainval", "test")]
-        jobs += [plan.generate_spec(name)] if plan.datasets[name]["source"] == "synthetic" else []
-        for job in jobs:
-            assert specs.from_json(job.to_json()) == job, job
+    sources = {"synthetic": plan.generate_spec, "archive": plan.index_spec, "local": plan.index_spec}
+    sources |= {"manual": plan.imagenet_spec, "manyshot": plan.manyshot_spec, "tfds": plan.vtab_tfds_spec}
+    jobs = [plan.zero_shot_head_spec(head) for head in plan.zero_shot_heads]
+    for name, entry in plan.datasets.items():
+        jobs += [plan.prepare_spec(name, split) for split in ("train", "val", "trainval", "test")]
+        jobs += [sources[entry["source"]](name)]
+        if entry["source"] == "manyshot":
+            jobs += [plan.manyshot_lists_spec(entry["kind"], entry["subset"])]
+    for job in jobs:
+        assert specs.from_json(job.to_json()) == job, job
     if plan.robustness:
         for method in plan.experiments[plan.robustness["experiment"]]["methods"]:
             spec = plan.robustness_spec(method)

@@ -1,9 +1,10 @@
 """`peftstudy <stage> ...`: the entry points the Snakemake rules call.
 
-`peftstudy run SPEC` runs a job given as its spec (plan.specs: the generate, prepare, pretrain, tune, select,
-final, collect, ensemble, robustness, tables and report jobs so far); the other stages still take flags. Every
-input a stage needs is an argument (or, for a long spec, a file named by one), so any job can be rerun by hand from
-its log's command line. Heavy imports happen inside each stage, so a job pays only for what it uses (docs/scale.md §3).
+`peftstudy run SPEC` runs a job given as its spec (plan.specs): every job of the workflow but the downloads,
+`fetch`, `fetch-backbone` and `extract`, which keep flags so they can be run by hand too (as can `estimate` and
+`doctor`, the user's tools). Every input a stage needs is an argument (or, for a long spec, a file named by one), so
+any job can be rerun by hand from its log's command line. Heavy imports happen inside each stage, so a job pays only
+for what it uses (docs/scale.md §3).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import json
 import os
 import shlex
 import sys
@@ -20,14 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftstudy.plan import specs
-from peftstudy.plan.defaults import DEFAULTS
-
-
-def _json(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text[:80]}") from err
 
 
 @dataclass(frozen=True)
@@ -101,62 +93,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config-key", default="", help="the archive's entry in the config (archives.<name>), for errors")
     p.set_defaults(func=_stage("peftstudy.data.fetch:run_extract"))
 
-    p = sub.add_parser("index", help="the manifest of a dataset folder already in the processed-VTAB layout")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--source", required=True, help="the dataset's folder")
-    p.add_argument("--classes", type=int, required=True)
-    p.add_argument("--about", type=_json, required=True, help="where the folder came from (provenance)")
-    p.add_argument("--checksum-file", default="", help="the archive's sha256 file, if it came from one")
-    p.add_argument("--out", required=True, help="manifest.json")
-    p.set_defaults(func=_stage("peftstudy.data.layout:run_index"))
-
-    p = sub.add_parser("imagenet", help="check a downloaded ImageNet set, write its lists (layout) and manifest")
-    p.add_argument(
-        "--set", required=True, choices=["imagenet", "imagenet_v2", "imagenet_sketch", "imagenet_r", "imagenet_a"]
-    )
-    p.add_argument("--root", required=True, help="the folder the set was downloaded to (from the config)")
-    p.add_argument("--out", required=True, help="the layout folder: lists, and links into --root")
-    p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
-    p.add_argument("--out-checked", default="", help="<set>.checked.json (default: beside the manifest)")
-    p.add_argument("--dataset", default="", help="the dataset's name in the config (default: --set)")
-    p.add_argument("--shots", type=int, default=DEFAULTS["imagenet_shots"], help="imagenet: training images per class")
-    p.add_argument(
-        "--val-per-class", type=int, default=DEFAULTS["imagenet_val_per_class"], help="imagenet: val images per class"
-    )
-    p.add_argument("--seed", type=int, default=DEFAULTS["imagenet_sample_seed"], help="imagenet: the sampling seed")
-    p.set_defaults(func=_stage("peftstudy.data.imagenet:run"))
-
-    p = sub.add_parser("manyshot-lists", help="download the authors' split lists of a many-shot subset (pinned)")
-    p.add_argument("--dataset", required=True, choices=["cifar100", "resisc45"])
-    p.add_argument("--subset", required=True, help="cifar100: 500 1k 5k 10k full; resisc45: 225 450 ... full")
-    p.add_argument("--base-url", default="", help="where the lists are (default: GitHub at the pinned commit)")
-    p.add_argument("--out", required=True, help="the folder of lists, as under the authors' data/annotations/")
-    p.add_argument("--pins", type=_json, default=None, help='{"file": "sha256"}: your own lists in place of theirs')
-    p.set_defaults(func=_stage("peftstudy.data.manyshot:run_lists"))
-
-    p = sub.add_parser("manyshot", help="a many-shot subset and fold in the processed-VTAB layout")
-    p.add_argument("--dataset", required=True, choices=["cifar100", "resisc45"])
-    p.add_argument("--subset", required=True)
-    p.add_argument(
-        "--fold", type=int, default=DEFAULTS["manyshot_fold"], help="0..4 for cifar100 500 and resisc45 225/450, else 0"
-    )
-    p.add_argument("--source", required=True, help="the extracted archive (cifar-100-python/ or NWPU-RESISC45/)")
-    p.add_argument("--lists", required=True, help="the folder manyshot-lists filled")
-    p.add_argument("--name", default="", help="the dataset's name in the manifest (default: dataset-subset[-foldK])")
-    p.add_argument("--checksum-file", default="", help="the archive's sha256 file (provenance)")
-    p.add_argument("--pins", type=_json, default=None, help='{"file": "sha256"}: your own lists in place of theirs')
-    p.add_argument("--out", required=True, help="the source folder")
-    p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
-    p.set_defaults(func=_stage("peftstudy.data.manyshot:run"))
-
-    p = sub.add_parser("vtab-tfds", help="build a VTAB-1K task from TensorFlow Datasets in the processed-VTAB layout")
-    p.add_argument("--task", required=True, help="the processed folder's name (cifar, ..., smallnorb_ele)")
-    p.add_argument("--data-dir", required=True, help="TFDS data_dir: downloads and prepared builders")
-    p.add_argument("--out", required=True, help="the source folder")
-    p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
-    p.add_argument("--dataset", default="", help="the manifest's dataset name (the config's); default: the task")
-    p.set_defaults(func=_stage("peftstudy.data.vtab_tfds:run"))
-
     p = sub.add_parser("run", help="run a job given as its spec (plan.specs: tune, final, collect, ...)")
     p.add_argument("spec", help="the spec's JSON, or @FILE holding it")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -188,14 +124,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="append", default=[], help=argparse.SUPPRESS)  # its compile modes
     p.set_defaults(func=_stage("peftstudy.doctor:run"))
 
-    p = sub.add_parser("zero-shot-head", help="CLIP's zero-shot head from its text tower (docs/protocol.md §A.1), once")
-    p.add_argument("--clip-weights", required=True, help="the full CLIP checkpoint (OpenAI/OpenCLIP state dict)")
-    p.add_argument("--classnames", required=True, help="imagenet (OpenAI's clean names), or a file: one a line")
-    p.add_argument("--clip-model", default=DEFAULTS["clip_model"], help="open_clip config of the checkpoint")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, help="the head's safetensors file (proj, classifier weight and bias)")
-    p.set_defaults(func=_stage("peftstudy.models.clip:run_zero_shot_head"))
     return top
 
 

@@ -7,7 +7,6 @@ from peftstudy.plan.jobs import (
     TABLES,
     Plan,
     archive_checksum,
-    as_json,
     manyshot_lists_dir,
     only,
 )
@@ -27,7 +26,6 @@ study_io.validate_config(config)  # the key path first, not the whole schema
 # Everything the DAG computes comes from the plan (src/peftstudy/plan); the functions below only unpack wildcards.
 PLAN = Plan.of(config)
 LAYOUT = PLAN.layout
-DATASETS = PLAN.datasets
 ARCHIVES = config.get("archives", {})
 # Output patterns: layout methods called with the wildcards for arguments.
 RUN = ("{experiment}", "{dataset}", "{method}")

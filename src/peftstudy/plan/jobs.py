@@ -49,14 +49,6 @@ AUTHORS = ("vtab1k", "vtab1k_selection", "reruns", "manyshot", "clip_ood", "wise
 SPLITS = ("train", "val", "trainval", "test")
 
 
-def as_json(obj: Any) -> str:
-    """A JSON argument for the shell: single-quoted, so JSON never needs escaping."""
-    text = json.dumps(obj, sort_keys=True)
-    if "'" in text:
-        raise ValueError(f"a quote in a config value cannot be passed to the shell: {text}")
-    return f"'{text}'"
-
-
 def only(names: Iterable[str]) -> str:
     """A wildcard constraint matching exactly these names (none: matches nothing)."""
     return "|".join(re.escape(n) for n in names) or "(?!)"
@@ -110,9 +102,6 @@ class Plan:
     @cached_property
     def config_hash(self) -> str:
         return study.config_hash(self.config)
-
-    def default(self, key: str) -> Any:
-        return DEFAULTS[key]
 
     # Wildcard constraints.
 
@@ -215,15 +204,16 @@ class Plan:
             f" --config-key {key} --format {source['format']} --arch {spec['arch']}"
         )
 
-    def zero_shot_head_inputs(self, head: str) -> dict[str, str]:
-        """The full CLIP checkpoint (its text tower) and the code that builds the head from it."""
+    def zero_shot_head_spec(self, head: str) -> specs.ZeroShotHeadSpec:
+        """A zero-shot-head job: the full CLIP checkpoint (its text tower), the class names, the open_clip config."""
         spec = self.all_backbones[self.zero_shot_heads[head]]["zero_shot_head"]
-        return {"clip": study.archive_path(spec["clip_archive"]), "code": "src/peftstudy/models/clip.py"}
-
-    def zero_shot_head_args(self, head: str) -> str:
-        spec = self.all_backbones[self.zero_shot_heads[head]]["zero_shot_head"]
-        clip_model = spec.get("clip_model", DEFAULTS["clip_model"])
-        return f"--classnames {shlex.quote(spec['classnames'])} --clip-model {clip_model}"
+        return specs.ZeroShotHeadSpec(
+            clip=study.archive_path(spec["clip_archive"]),
+            classnames=spec["classnames"],
+            clip_model=spec.get("clip_model", DEFAULTS["clip_model"]),
+            device=self.config["device"],
+            head=head,
+        )
 
     # Methods and grids.
 
@@ -331,14 +321,53 @@ class Plan:
             return {"source": f"resources/data/{spec['archive']}", "checksum": archive_checksum(spec["archive"])}
         return {"source": self.source_dir(dataset)}
 
-    def manyshot_inputs(self, dataset: str) -> dict[str, str]:
+    def index_spec(self, dataset: str) -> specs.IndexSpec:
+        """An index job: the manifest of a folder already in the layout (an archive's or a local one)."""
+        return specs.IndexSpec(
+            dataset=dataset,
+            source=self.source_dir(dataset),
+            classes=self.datasets[dataset]["classes"],
+            about=self.source_record(dataset),
+            checksum=self.source_inputs(dataset).get("checksum"),
+            manifest=self.layout.manifest(dataset),
+        )
+
+    def manyshot_lists_spec(self, kind: str, subset: str) -> specs.ManyshotListsSpec:
+        """A manyshot-lists job: the authors' lists of a subset, from `manyshot_lists.url` (default: theirs)."""
+        lists = self.config.get("manyshot_lists", {})
+        return specs.ManyshotListsSpec(
+            kind=kind,
+            subset=subset,
+            base_url=lists.get("url", ""),
+            pins=lists.get("sha256", {}),
+            lists=manyshot_lists_dir(kind, subset),
+        )
+
+    def manyshot_spec(self, dataset: str) -> specs.ManyshotSpec:
+        """A manyshot job: the subset's (and fold's) lists over the extracted archive's images."""
         spec = self.datasets[dataset]
-        return {
-            "archive": f"resources/data/{spec['archive']}",
-            "checksum": archive_checksum(spec["archive"]),
-            "lists": manyshot_lists_dir(spec["kind"], spec["subset"]),
-            "code": "src/peftstudy/data/manyshot.py",
-        }
+        return specs.ManyshotSpec(
+            kind=spec["kind"],
+            subset=spec["subset"],
+            fold=spec.get("fold", DEFAULTS["manyshot_fold"]),
+            name=dataset,
+            pins=self.config.get("manyshot_lists", {}).get("sha256", {}),
+            archive=f"resources/data/{spec['archive']}",
+            checksum=archive_checksum(spec["archive"]),
+            lists=manyshot_lists_dir(spec["kind"], spec["subset"]),
+            source=self.layout.data_file(dataset, "source"),
+            manifest=self.layout.manifest(dataset),
+        )
+
+    def vtab_tfds_spec(self, dataset: str) -> specs.VtabTfdsSpec:
+        """A vtab-tfds job: the dataset's VTAB task built from TFDS in `tfds_data_dir`."""
+        return specs.VtabTfdsSpec(
+            task=self.datasets[dataset]["vtab_task"],
+            data_dir=self.config.get("tfds_data_dir", DEFAULTS["tfds_data_dir"]),
+            dataset=dataset,
+            source=self.layout.data_file(dataset, "source"),
+            manifest=self.layout.manifest(dataset),
+        )
 
     def source_record(self, dataset: str) -> dict[str, Any]:
         """Where a dataset came from, for its manifest (and so every result's provenance)."""
@@ -373,15 +402,20 @@ class Plan:
         """The prepared cache's image size: the backbone's, or 0 (native) where the dataset asks for it."""
         return 0 if self.datasets[dataset].get("cache") == "native" else self.config["backbone"]["image_size"]
 
-    def imagenet_args(self, dataset: str) -> dict[str, Any]:
+    def imagenet_spec(self, dataset: str) -> specs.ImagenetSpec:
+        """An imagenet job: the set the user downloaded (`path`), checked; ImageNet-1K's few-shot draw."""
         spec = self.datasets[dataset]
-        return {
-            "set": spec["set"],
-            "root": spec["path"],
-            "shots": spec.get("shots", DEFAULTS["imagenet_shots"]),
-            "val_per_class": spec.get("val_per_class", DEFAULTS["imagenet_val_per_class"]),
-            "seed": spec.get("sample_seed", DEFAULTS["imagenet_sample_seed"]),
-        }
+        return specs.ImagenetSpec(
+            imagenet_set=spec["set"],
+            root=spec["path"],
+            dataset=dataset,
+            shots=spec.get("shots", DEFAULTS["imagenet_shots"]),
+            val_per_class=spec.get("val_per_class", DEFAULTS["imagenet_val_per_class"]),
+            seed=spec.get("sample_seed", DEFAULTS["imagenet_sample_seed"]),
+            source=self.layout.data_file(dataset, "source"),
+            manifest=self.layout.manifest(dataset),
+            checked=self.layout.data_file(dataset, "checked.json"),
+        )
 
     # Training jobs.
 

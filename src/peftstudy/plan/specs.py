@@ -270,6 +270,100 @@ class PrepareSpec(Spec):
     cache: str = output_file()
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IndexSpec(Spec):
+    """The manifest of a dataset folder already in the layout, from an archive or a local folder (data.layout)."""
+
+    stage: ClassVar[str] = "index"
+    target: ClassVar[str] = "peftstudy.data.layout:run_index"
+
+    dataset: str
+    source: str  # the layout folder (a setting: it may lie inside an extracted archive)
+    classes: int
+    about: Mapping[str, Any]  # where the folder came from (provenance), plan.Plan.source_record
+    checksum: str | None = input_file(default=None)  # the archive's sha256 file, if it came from one
+    manifest: str = output_file()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImagenetSpec(Spec):
+    """An ImageNet set the user downloaded, checked, its lists and links written in the layout (data.imagenet)."""
+
+    stage: ClassVar[str] = "imagenet"
+    target: ClassVar[str] = "peftstudy.data.imagenet:run"
+
+    imagenet_set: Literal["imagenet", "imagenet_v2", "imagenet_sketch", "imagenet_r", "imagenet_a"]
+    root: str  # the folder the set was downloaded to (from the config)
+    dataset: str
+    shots: int  # imagenet: training images per class
+    val_per_class: int
+    seed: int  # the sampling seed
+    source: str = output_file()
+    manifest: str = output_file()
+    checked: str = output_file()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ManyshotListsSpec(Spec):
+    """The authors' split lists of a many-shot subset, downloaded and sha256-checked (data.manyshot)."""
+
+    stage: ClassVar[str] = "manyshot-lists"
+    target: ClassVar[str] = "peftstudy.data.manyshot:run_lists"
+
+    kind: Literal["cifar100", "resisc45"]
+    subset: str
+    base_url: str  # where the lists are ("": GitHub at the pinned commit)
+    pins: Mapping[str, str]  # {"file": "sha256"}: your own lists in place of theirs
+    lists: str = output_file()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ManyshotSpec(Spec):
+    """A many-shot subset (and fold) in the layout: the authors' lists over the extracted archive's images."""
+
+    stage: ClassVar[str] = "manyshot"
+    target: ClassVar[str] = "peftstudy.data.manyshot:run"
+
+    kind: Literal["cifar100", "resisc45"]
+    subset: str
+    fold: int
+    name: str  # the dataset's name in the manifest
+    pins: Mapping[str, str]
+    archive: str = input_file()  # the extracted archive (cifar-100-python/ or NWPU-RESISC45/ inside)
+    checksum: str = input_file()  # the archive's sha256 file (provenance)
+    lists: str = input_file()
+    source: str = output_file()
+    manifest: str = output_file()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VtabTfdsSpec(Spec):
+    """A VTAB-1K task built from TensorFlow Datasets in the layout (data.vtab_tfds)."""
+
+    stage: ClassVar[str] = "vtab-tfds"
+    target: ClassVar[str] = "peftstudy.data.vtab_tfds:run"
+
+    task: str  # the processed folder's name (cifar, ..., smallnorb_ele)
+    data_dir: str  # TFDS data_dir: downloads and prepared builders
+    dataset: str  # the manifest's dataset name
+    source: str = output_file()
+    manifest: str = output_file()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ZeroShotHeadSpec(Spec):
+    """CLIP's zero-shot head built once from the full checkpoint's text tower (models.clip)."""
+
+    stage: ClassVar[str] = "zero-shot-head"
+    target: ClassVar[str] = "peftstudy.models.clip:run_zero_shot_head"
+
+    clip: str = input_file()  # the full CLIP checkpoint
+    classnames: str  # imagenet (OpenAI's clean names), or a file: one a line
+    clip_model: str  # open_clip config of the checkpoint
+    device: str
+    head: str = output_file()
+
+
 # The training stages' specs.
 
 
