@@ -1,4 +1,5 @@
-"""What each job of a study is given: its inputs, its arguments and its resources, as pure functions of the config.
+"""What each job of a study is given: its spec (plan.specs: settings, input and output files), its inputs and its
+resources, as pure functions of the config.
 
 common.smk builds one :class:`Plan` and its input functions are one-liners over it, so what the DAG computes is
 testable without Snakemake (and without torch: the method registry's settings modules import none).
