@@ -115,20 +115,21 @@ def stage_modules() -> dict[str, str]:
 
 def rule_envs_and_stages() -> list[tuple[str, Path, str]]:
     """(rule file, env file, stage) of every rule that names a conda env and runs a peftstudy stage. A rule that
-    runs `peftstudy run` (a job given as its spec) runs the spec stage of its own name."""
+    runs `peftstudy run` (a job given as its spec) runs the spec stage of its own name (`_` for `-`)."""
     rules = REPO / "workflow/rules"
     # Shell commands shared by several rules live in common.smk as NAME_SHELL constants.
     shared = dict(re.findall(r'(\w+_SHELL) = \(?\s*"peftstudy ([\w-]+)', (rules / "common.smk").read_text()))
     found = []
     for smk in sorted(rules.glob("*.smk")):
-        for block in re.split(r"\n(?=\s*(?:rule|checkpoint)\b)", smk.read_text()):
+        # A rule starts a line (`rule NAME:`); a docstring line may begin with the word "checkpoint".
+        for block in re.split(r"\n(?=(?:rule|checkpoint) \w+:)", smk.read_text()):
             env = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
             stage = re.search(r'"peftstudy ([\w-]+)', block)
             constant = re.search(r"shell:\s*\n\s*(\w+_SHELL)", block)
             stage = stage[1] if stage else shared.get(constant[1]) if constant else None
-            rule = re.match(r"\s*(?:rule|checkpoint)\s+(\w+)", block)
+            rule = re.match(r"(?:rule|checkpoint) (\w+):", block)
             if stage == "run" and rule:
-                stage = rule[1]
+                stage = rule[1].replace("_", "-")  # rule vtab_tfds runs stage vtab-tfds
             if env and stage:
                 found.append((smk.name, (smk.parent / env[1]).resolve(), stage))
     return found

@@ -12,8 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftstudy.io import read_json, sha256_file, validate, write_json
-from peftstudy.plan.layout import FINAL_FILES
-from peftstudy.plan.specs import CollectSpec, Options
+from peftstudy.plan.specs import FINAL_FILES, CollectSpec, Options
 from peftstudy.select import ALL_DIVERGED
 
 

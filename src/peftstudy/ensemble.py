@@ -15,8 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from peftstudy.io import load_npz, read_json, write_json
-from peftstudy.plan.layout import FINAL
-from peftstudy.plan.specs import EnsembleSpec, Options
+from peftstudy.plan.specs import FINAL, EnsembleSpec, Options
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from peftstudy import methods
 from peftstudy.io import load_npz, read_json, write_json
 from peftstudy.models import pick_device
 from peftstudy.plan import specs
-from peftstudy.plan.layout import FINAL
+from peftstudy.plan.specs import FINAL
 from peftstudy.tables import subset_classes
 from peftstudy.train.engine import features, to_input
 from peftstudy.train.runs import load_trained

@@ -11,8 +11,7 @@ from peftstudy.plan.jobs import (
     only,
 )
 from peftstudy.plan.cost import report_context as estimated_cost
-from peftstudy.plan.layout import FINAL
-from peftstudy.plan.specs import write as write_spec
+from peftstudy.plan.specs import FINAL, write as write_spec
 from peftstudy.plan.tasks import MANYSHOT_SUBSETS
 from peftstudy.select import chosen, chosen_gp
 

@@ -20,7 +20,8 @@ from typing import Any
 from peftstudy import methods
 from peftstudy.plan import depends, specs, study
 from peftstudy.plan.defaults import DEFAULTS
-from peftstudy.plan.layout import FINAL, Layout
+from peftstudy.plan.layout import Layout
+from peftstudy.plan.specs import FINAL
 
 # A job's resources when neither `resources.<kind>` nor the experiment's own set them.
 JOB_DEFAULTS = {"mem_mb": 4000, "runtime": 60, "gpu": 0}

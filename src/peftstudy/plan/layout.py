@@ -10,25 +10,12 @@ per point, but one rule's outputs cannot vary in number with a wildcard).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from peftstudy.plan import study
-
-
-@dataclass(frozen=True)
-class FinalFiles:
-    """The files a final run writes in its folder, by role (plan.specs.FinalSpec's outputs); the stages that read
-    a final run's folder from its record (collect, ensemble, robustness, tables) name them from here."""
-
-    metrics: str = "metrics.json"
-    logits: str = "logits.npz"
-    peft: str = "peft.safetensors"
-
-
-FINAL = FinalFiles()
-FINAL_FILES = astuple(FINAL)
+from peftstudy.plan.specs import FINAL_FILES
 
 
 @dataclass(frozen=True)

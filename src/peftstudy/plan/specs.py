@@ -420,6 +420,20 @@ class TuneSpec(Spec):
     metrics: str = output_file()
 
 
+@dataclasses.dataclass(frozen=True)
+class FinalFiles:
+    """The files a final run writes in its folder, by role (FinalSpec's outputs); the stages that read a final
+    run's folder from its record (collect, ensemble, robustness, tables) name them from here."""
+
+    metrics: str = "metrics.json"
+    logits: str = "logits.npz"
+    peft: str = "peft.safetensors"
+
+
+FINAL = FinalFiles()
+FINAL_FILES = dataclasses.astuple(FINAL)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FinalSpec(Spec):
     """One seed of the selected grid point: trained on train+val, test scored once at the end."""

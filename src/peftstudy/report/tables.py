@@ -12,8 +12,7 @@ from typing import Any
 import pandas as pd
 
 from peftstudy.io import atomic_path, read_json
-from peftstudy.plan.layout import FINAL
-from peftstudy.plan.specs import Options, TablesSpec
+from peftstudy.plan.specs import FINAL, Options, TablesSpec
 from peftstudy.plan.tasks import vtab_groups
 from peftstudy.select import ALL_DIVERGED, SUMMARY_COLUMNS
 
