@@ -275,7 +275,9 @@ def test_a_grid_that_all_diverged_is_recorded_as_such_and_the_tables_show_it(cou
     assert all("train loss" in r["reason"] for r in record["runs"])
     # collect, with no final runs (none was scheduled), writes the record the analysis and tables read.
     final = run / "final.json"
-    collect = specs.CollectSpec(experiment="vtab", dataset="count", method="linear", choice=record, record=str(final))
+    collect = specs.CollectSpec(
+        experiment="vtab", dataset="count", method="linear", choice=record, metrics=(), record=str(final)
+    )
     cli.main(["run", collect.to_json()])
     assert read_json(final, schema="final")["status"] == "all-diverged"
     # The dataset's analysis, its only method diverged: empty, valid files (not an error that stops the report).
