@@ -18,6 +18,8 @@ include: "workflow/rules/common.smk"
 
 # Bookkeeping that takes seconds runs where Snakemake runs (on a cluster, the login node), not as jobs.
 localrules:
+    spec_file,
+    tables_spec,
     select,
     collect,
     ensemble,

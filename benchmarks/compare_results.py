@@ -5,8 +5,9 @@ the selections, records, analyses and tables. What legitimately differs between 
 or of two versions of the code, is left out:
 
 - provenance (the code's hash changes with any edit; the host, the packages) and each run's `wall_seconds`;
-- logs and Snakemake's benchmark.tsv files (timings), epoch checkpoints under resume/, and the report's
-  HTML page and executed notebook (they print timings and the run's date);
+- logs and Snakemake's benchmark.tsv files (timings), epoch checkpoints under resume/, the report's
+  HTML page and executed notebook (they print timings and the run's date), and specs/ (the job specs handed over
+  as files: the jobs' inputs, not results);
 - in a final record, the sha256 of a run's metrics.json (which holds provenance and wall time): the file itself
   is compared, value by value;
 - in the tables, the columns of time and memory spent (and the code hash).
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 # Parts of a path (any folder or file name) that are never compared.
-SKIPPED_NAMES = {"log.txt", "benchmark.tsv", "resume", "index.html", "figures.ipynb", ".snakemake"}
+SKIPPED_NAMES = {"log.txt", "benchmark.tsv", "resume", "index.html", "figures.ipynb", ".snakemake", "specs"}
 SKIPPED_SUFFIXES = (".log",)
 # JSON keys that record when, where and with which code a result was made, not what it is.
 VOLATILE_KEYS = {"provenance", "wall_seconds"}

@@ -15,6 +15,7 @@ images, minutes in fp32 on an H100. `--dry-run` prints the commands instead (a C
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import subprocess
 import sys
@@ -44,20 +45,21 @@ def fp32_file(plan: Plan, dataset: str, method: str, gp: str, seed: str, name: s
 
 
 def fp32_command(fast: Plan, exact: Plan, dataset: str, method: str, gp: str, seed: str, threads: int) -> list[str]:
-    """`peftstudy final` of a selected point with the authors' numerics (the exact plan's recipe), on the fast
-    study's data and backbone."""
-    inputs = fast.final_inputs(EXPERIMENT, dataset, method)
+    """`peftstudy run` of a selected final with the authors' numerics (the exact plan's spec), on the fast study's
+    data, its outputs beside the study's results."""
+    data = fast.final_spec(EXPERIMENT, dataset, method, gp, seed)
     outs = {
-        name: fp32_file(fast, dataset, method, gp, seed, name)
-        for name in ("metrics.json", "logits.npz", "peft.safetensors")
+        role: fp32_file(fast, dataset, method, gp, seed, name)
+        for role, name in (("metrics", "metrics.json"), ("logits", "logits.npz"), ("peft", "peft.safetensors"))
     }
-    return [
-        *("peftstudy", "final", "--experiment", EXPERIMENT, "--dataset", dataset, "--method", method, "--gp", gp),
-        *shlex.split(exact.final_args(EXPERIMENT, dataset, method, gp, seed)),
-        *("--train", inputs["train"], "--test", inputs["test"], "--manifest", inputs["manifest"]),
-        *("--threads", str(threads), "--out-metrics", outs["metrics.json"], "--out-logits", outs["logits.npz"]),
-        *("--out-weights", outs["peft.safetensors"]),
-    ]
+    spec = dataclasses.replace(
+        exact.final_spec(EXPERIMENT, dataset, method, gp, seed),
+        train=data.train,
+        test=data.test,
+        manifest=data.manifest,
+        **outs,
+    )
+    return ["peftstudy", "run", spec.to_json(), "--threads", str(threads)]
 
 
 def compare(rows: Sequence[dict], reruns: pd.DataFrame) -> pd.DataFrame:

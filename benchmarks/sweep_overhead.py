@@ -63,8 +63,21 @@ SIZE = re.compile(r"^(all|[1-9]\d*)x(all|[1-9]\d*)$")
 # Smallest singular value of the design (each column scaled to a largest entry of 1) over its largest below
 # which the terms count as inseparable: the residuals could then move between them at no cost.
 SEPARABLE = 1e-2
-# Rules whose jobs run for real (the stand-in answers their `peftstudy <stage>`); every other job is faked.
-RUN_RULES = ("prepare", "tune", "select", "final", "collect", "ensemble", "robustness", "tables", "report", "all")
+# Rules whose jobs run for real (the stand-in answers their `peftstudy <stage>`; spec_file writes a spec in
+# Snakemake's own process); every other job is faked.
+RUN_RULES = (
+    "prepare",
+    "tune",
+    "spec",
+    "select",
+    "final",
+    "collect",
+    "ensemble",
+    "robustness",
+    "tables",
+    "report",
+    "all",
+)
 DONE = re.compile(r"(\d+) of (\d+) steps \(100%\) done")
 NOTHING = "Nothing to be done"
 TICKS = os.sysconf("SC_CLK_TCK")

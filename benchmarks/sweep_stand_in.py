@@ -1,15 +1,14 @@
 """A stand-in for the `peftstudy` command, for benchmarks/sweep_overhead.py only (never on the product path).
 
-Placed first on PATH in the benchmark's scratch copy, it answers each `peftstudy <stage>` a workflow rule calls in
-milliseconds: every output the stage's arguments name, with content that its JSON schema
-(workflow/schemas/*.schema.yaml) accepts. `select` and `collect` run the real code: they are pure, cheap and
-decide what the DAG does next (the chosen grid point names the finals), and they check the stand-in's metrics
-against the metrics schema as they read them. Stages the benchmark fakes before the run (downloads, extraction,
-indexing) are refused by argparse, so a job that should not run fails loudly. Standard library only: it starts
-in ~20 ms.
+Placed first on PATH in the benchmark's scratch copy, it answers each `peftstudy run SPEC` a workflow rule calls in
+milliseconds: every output the spec names, with content that its JSON schema (workflow/schemas/*.schema.yaml)
+accepts. `select` and `collect` run the real code: they are pure, cheap and decide what the DAG does next (the
+chosen grid point names the finals), and they check the stand-in's metrics against the metrics schema as they read
+them. Stages the benchmark fakes before the run (downloads, extraction, indexing, generation) are refused, so a job
+that should not run fails loudly. Standard library only: it starts in ~20 ms.
 
-The `tables` stage's outputs are not in its arguments (only their folder): the benchmark lists them, from the
-study's dry run, in the file named by $SWEEP_TABLES_OUTPUTS.
+The `tables` stage's outputs are not in its spec (only their folder): the benchmark lists them, from the study's
+dry run, in the file named by $SWEEP_TABLES_OUTPUTS.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,20 +52,20 @@ def score(gp: str) -> float:
     return int(gp[:4], 16) % 1000 / 10
 
 
-def metrics(args: argparse.Namespace, phase: str, gp: str, hp: dict, seed: int) -> dict[str, Any]:
-    """A metrics.json the metrics schema accepts."""
+def metrics(run: dict[str, Any], phase: str, gp: str, hp: dict, seed: int) -> dict[str, Any]:
+    """A metrics.json the metrics schema accepts, of a run of a training spec's `run` settings."""
     top1 = score(gp)
     measured = {"val_top1": top1, "val_best_top1": top1} if phase == "tune" else {"test_top1": top1}
     return {
         "status": "ok",
         "phase": phase,
-        "experiment": args.experiment,
-        "dataset": args.dataset,
-        "method": args.method,
+        "experiment": run["experiment"],
+        "dataset": run["dataset"],
+        "method": run["method"],
         "gp": gp,
         "hp": hp,
         "method_config": {},
-        "recipe": json.loads(args.recipe),
+        "recipe": run["recipe"],
         "seed": seed,
         "metrics": {"train_loss": 0.0, "train_top1": top1, **measured},
         "trainable_params": 0,
@@ -82,31 +81,26 @@ def metrics(args: argparse.Namespace, phase: str, gp: str, hp: dict, seed: int) 
     }
 
 
-def tune(args: argparse.Namespace) -> None:
-    points = json.loads(args.points)
+def tune(spec: dict[str, Any]) -> None:
     # One file per tune job, holding each of its grid points' results (workflow/schemas/tune.schema.yaml).
-    write_json(args.out, {"points": [metrics(args, "tune", p["gp"], p["hp"], args.seed) for p in points]})
+    points = [metrics(spec["run"], "tune", p["gp"], p["hp"], spec["seed"]) for p in spec["points"]]
+    write_json(spec["metrics"], {"points": points})
 
 
-def final(args: argparse.Namespace) -> None:
-    runs = zip(args.seed, args.out_metrics, args.out_logits, args.out_weights, strict=True)
-    for seed, out_metrics, out_logits, out_weights in runs:
-        write_json(out_metrics, metrics(args, "final", args.gp, json.loads(args.hp), int(seed)))
-        write(out_logits, f"stand-in logits {args.gp} {seed}")
-        write(out_weights, f"stand-in weights {args.gp} {seed}")
+def final(spec: dict[str, Any]) -> None:
+    gp, seed = spec["point"]["gp"], spec["seed"]
+    write_json(spec["metrics"], metrics(spec["run"], "final", gp, spec["point"]["hp"], seed))
+    write(spec["logits"], f"stand-in logits {gp} {seed}")
+    write(spec["peft"], f"stand-in weights {gp} {seed}")
 
 
-def prepare(args: argparse.Namespace) -> None:
-    write(args.out, "stand-in split cache")
-
-
-def ensemble(args: argparse.Namespace) -> None:
-    common = {"methods": args.methods, "seeds": []}
+def ensemble(spec: dict[str, Any]) -> None:
+    common = {"methods": spec["methods"], "seeds": []}
     write_json(
-        args.out_ensembles,
+        spec["ensembles"],
         common
         | {
-            "ensemble_methods": args.methods,
+            "ensemble_methods": spec["methods"],
             "n_test": 0,
             "combination": "stand-in",
             "members": {},
@@ -114,22 +108,20 @@ def ensemble(args: argparse.Namespace) -> None:
             "seed_ensembles": {},
         },
     )
-    write_json(
-        args.out_agreement, common | {"confident_k": 1, "confidence": [], "pairs": [], "triples": [], "venn": []}
-    )
+    write_json(spec["agreement"], common | {"confident_k": 1, "confidence": [], "pairs": [], "triples": [], "venn": []})
 
 
-def robustness(args: argparse.Namespace) -> None:
-    sets = [item.split("=", 1)[0] for item in args.eval]
-    common = {"method": args.method, "id_set": sets[0], "ood_sets": sets[1:]}
+def robustness(spec: dict[str, Any]) -> None:
+    shifted = [test_set["name"] for test_set in spec["shifted"]]
+    common = {"method": spec["method"], "id_set": spec["in_distribution"]["name"], "ood_sets": shifted}
     write_json(
-        args.out_ood,
+        spec["ood"],
         common | {"seeds": [], "id": 0.0, "ood": {}, "ood_mean": 0.0, "class_subsets": [], "per_seed": []},
     )
-    write_json(args.out_wise, common | {"alphas": json.loads(args.alphas), "points": [], "procedure": "stand-in"})
+    write_json(spec["wise"], common | {"alphas": spec["alphas"], "points": [], "procedure": "stand-in"})
 
 
-def tables(args: argparse.Namespace) -> None:
+def tables(spec: dict[str, Any]) -> None:
     listing = os.environ.get("SWEEP_TABLES_OUTPUTS")
     if not listing:
         raise SystemExit("tables: $SWEEP_TABLES_OUTPUTS (the list of the tables job's outputs) is not set")
@@ -137,62 +129,52 @@ def tables(args: argparse.Namespace) -> None:
         write(path, "stand-in\n")
 
 
-def report(args: argparse.Namespace) -> None:
-    write(args.out, "<html>stand-in</html>\n")
-    write(args.out_notebook, json.dumps({"cells": []}))
+def report(spec: dict[str, Any]) -> None:
+    write(spec["html"], "<html>stand-in</html>\n")
+    write(spec["executed"], json.dumps({"cells": []}))
 
 
-def run_args(p: argparse.ArgumentParser) -> None:
-    for name in ("experiment", "dataset", "method", "recipe"):
-        p.add_argument(f"--{name}", required=True)
+def prepare(spec: dict[str, Any]) -> None:
+    write(spec["cache"], "stand-in split cache")
+
+
+SPEC_STAGES = {
+    "prepare": prepare,
+    "tune": tune,
+    "final": final,
+    "ensemble": ensemble,
+    "robustness": robustness,
+    "tables": tables,
+    "report": report,
+}
+
+
+def run(args: argparse.Namespace) -> None:
+    """`peftstudy run SPEC`: the spec's JSON (plan.specs), read as plain JSON (no peftstudy import); the real
+    stages' specs go to the real command."""
+    text = Path(args.spec[1:]).read_text() if args.spec.startswith("@") else args.spec
+    spec = json.loads(text)
+    if spec["stage"] in REAL_STAGES:
+        from peftstudy.cli import main as real_main
+
+        real_main(["run", args.spec])
+        return
+    if spec["stage"] not in SPEC_STAGES:  # a job that should not run fails loudly
+        raise SystemExit(f"peftstudy (stand-in): no stand-in for a {spec['stage']} job")
+    SPEC_STAGES[spec["stage"]](spec)
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="peftstudy (stand-in)")
     sub = top.add_subparsers(dest="stage", required=True)
-
-    def stage(name: str, func: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser:
-        p = sub.add_parser(name)
-        p.set_defaults(func=func)
-        return p
-
-    p = stage("tune", tune)
-    run_args(p)
-    p.add_argument("--points", required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p = stage("final", final)
-    run_args(p)
-    p.add_argument("--gp", required=True)
-    p.add_argument("--hp", required=True)
-    p.add_argument("--seed", nargs="+", required=True)
-    for name in ("out-metrics", "out-logits", "out-weights"):
-        p.add_argument(f"--{name}", nargs="+", required=True)
-    stage("prepare", prepare).add_argument("--out", required=True)
-    p = stage("ensemble", ensemble)
-    p.add_argument("--methods", nargs="+", required=True)
-    p.add_argument("--out-ensembles", required=True)
-    p.add_argument("--out-agreement", required=True)
-    p = stage("robustness", robustness)
-    p.add_argument("--method", required=True)
-    p.add_argument("--eval", nargs="+", required=True)
-    p.add_argument("--alphas", required=True)
-    p.add_argument("--out-ood", required=True)
-    p.add_argument("--out-wise", required=True)
-    stage("tables", tables)
-    p = stage("report", report)
-    p.add_argument("--out", required=True)
-    p.add_argument("--out-notebook", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("spec")
+    p.set_defaults(func=run)
     return top
 
 
 def main(argv: Sequence[str]) -> None:
-    if argv and argv[0] in REAL_STAGES:
-        from peftstudy.cli import main as real_main
-
-        real_main(list(argv))
-        return
-    # A stage without a stand-in fails here ("invalid choice"); arguments a stand-in does not need are ignored.
+    # A sub-command other than `run` fails here ("invalid choice"); arguments a stand-in does not need are ignored.
     args, _ = parser().parse_known_args(argv)
     args.func(args)
 

@@ -56,6 +56,7 @@ import torch
 from peftstudy.data.layout import decode
 from peftstudy.models import pick_device
 from peftstudy.plan.cost import THROUGHPUT_COLUMNS
+from peftstudy.plan.specs import Backbone
 from peftstudy.train import reference
 from peftstudy.train.engine import (
     COMPILE_MODES,
@@ -132,7 +133,7 @@ class Bench:
         self.peak = peak_flops(device)
 
     def model(self, recipe: Recipe, seed: int = 0) -> torch.nn.Module:
-        backbone = {"arch": self.args.arch, "weights": None, "sha256": None, "keep_head": False}
+        backbone = Backbone(arch=self.args.arch, weights=None, sha256=None, keep_head=False)
         seed_everything(seed)
         model, *_ = build(self.method, {"lr": 1e-3, "wd": 1e-4}, backbone, self.args.classes, recipe, self.device)
         return model

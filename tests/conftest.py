@@ -112,6 +112,42 @@ def prepare_mini_task(out: Path, name: str, splits: tuple[str, ...]) -> Path:
     return out
 
 
+def mini_backbone(**changes: Any) -> dict[str, Any]:
+    """The mini study's backbone as a training job's spec holds it (plan.specs.Backbone, as JSON)."""
+    backbone = yaml.safe_load((REPO / "config.yaml").read_text())["backbone"]
+    spec = {"arch": backbone["arch"], "weights": str(REPO / backbone["weights"]), "sha256": backbone["sha256"]}
+    return dict(spec, keep_head=False, **changes)
+
+
+def training_spec(
+    stage: str,
+    task: Path,
+    out: Path,
+    method: str,
+    points: list[dict[str, Any]],
+    recipe: dict[str, Any],
+    seed: int = 0,
+    splits: tuple[str, str] = ("train", "val"),
+    **run: Any,
+) -> Any:
+    """A tune (or final: one point) job's plan.specs spec of the mini study's `count` task prepared in `task` (the
+    splits it trains on and scores), its outputs in `out`; `run` replaces the plan.specs.RunSettings fields
+    (backbone: a dict, device, resume_dir)."""
+    from peftstudy.plan import specs
+
+    settings = dict(experiment="vtab", dataset="count", method=method, recipe=recipe, device="cpu", resume_dir="")
+    settings |= {"backbone": mini_backbone(), **run}
+    train, held_out = (str(task / f"{split}.npz") for split in splits)
+    data = {"train": train, "manifest": str(task / "manifest.json")}
+    if stage == "tune":
+        spec = dict(points=points, val=held_out, metrics=str(out / "metrics.json"))
+    else:
+        [point] = points
+        outputs = {"metrics": "metrics.json", "logits": "logits.npz", "peft": "peft.safetensors"}
+        spec = dict(point=point, test=held_out, **{k: str(out / v) for k, v in outputs.items()})
+    return specs.load(specs.STAGES[stage], dict(spec, run=settings, seed=seed, **data), stage)
+
+
 def tune_point(gp: str, val_top1: float, val_best_top1: float | None = None, **fields) -> dict:
     """A tune run's metrics.json, as the engine writes it, with the scores given (`fields` replace its own: hp,
     dataset, method, ...)."""

@@ -12,7 +12,8 @@ from conftest import REPO
 
 from peftstudy import cli, ensemble, methods
 from peftstudy.io import read_json, save_npz, write_json
-from peftstudy.plan import study
+from peftstudy.plan import specs, study
+from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.report.tables import ANALYSIS_COLUMNS, analysis_tables
 from peftstudy.robustness import check_mergeable, class_subset, procedure, top1, wise
 from peftstudy.select import choose
@@ -381,9 +382,10 @@ def test_the_mini_studys_analysis_files_are_valid_and_take_every_path(tmp_path):
         dataset = exp["datasets"][0]
         analysis = tmp_path / experiment / dataset / "analysis"
         chosen = DEFAULT["analysis"]["methods"].get(experiment, exp["methods"])
-        argv = ["ensemble", "--finals", *fake_finals(tmp_path, experiment, dataset), "--methods", *chosen]
         out = {kind: str(analysis / f"{kind}.json") for kind in ("ensembles", "agreement")}
-        cli.main([*argv, "--out-ensembles", out["ensembles"], "--out-agreement", out["agreement"]])
+        finals = tuple(fake_finals(tmp_path, experiment, dataset))
+        spec = specs.EnsembleSpec(finals=finals, methods=tuple(chosen), confident_k=DEFAULTS["confident_k"], **out)
+        cli.main(["run", spec.to_json()])
         paths += [{"experiment": experiment, "dataset": dataset, "kind": k, "path": p} for k, p in out.items()]
         ens = read_json(analysis / "ensembles.json", schema="ensembles")
         agree = read_json(analysis / "agreement.json", schema="agreement")

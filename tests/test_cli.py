@@ -14,16 +14,19 @@ REPO = Path(__file__).resolve().parents[1]
 TORCH_STAGES = {"fetch-backbone", "pretrain", "tune", "final", "robustness", "zero-shot-head"}
 
 # Imports every listed stage's module as the CLI does, after parsing a stage's --help (the CLI's own start),
-# and prints which heavy packages ended up loaded.
+# and prints which heavy packages ended up loaded. The stages `peftstudy run` dispatches to are named by their
+# specs (plan.specs.STAGES), the others by their sub-command.
 IMPORT_STAGES = """
 import contextlib, importlib, io, json, sys
 from peftstudy import cli
+from peftstudy.plan import specs
 
 parser = cli.parser()
 stages = {name: sub.get_default("func") for action in parser._subparsers._group_actions
-          for name, sub in action.choices.items()}
+          for name, sub in action.choices.items() if name != "run"}
+stages |= {name: cli._stage(spec.target) for name, spec in specs.STAGES.items()}
 with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):
-    cli.main(["select", "--help"])
+    cli.main(["run", "--help"])
 wanted = json.loads(sys.argv[1])
 for name in wanted or stages:
     importlib.import_module(stages[name].module)
@@ -81,3 +84,29 @@ def test_a_stage_imports_with_the_gc_paused_and_freezes_what_it_imported():
 
 def _record(args) -> None:
     args.record()
+
+
+def test_run_hands_the_stage_its_spec_checked_read_from_the_argument_or_a_file(tmp_path, monkeypatch):
+    """`peftstudy run SPEC` and `peftstudy run @FILE`: the stage named by the spec's `stage` gets the spec as its
+    dataclass and the options; a spec that does not fit is refused before any stage is imported."""
+    import pytest
+
+    from peftstudy import cli
+    from peftstudy.plan import specs
+
+    called = []
+    monkeypatch.setattr(cli, "_stage", lambda target: lambda *args: called.append((target, *args)))
+    point = {"gp": "0000000a", "hp": {"lr": 0.1}}
+    backbone = {"arch": "vit", "weights": "w", "sha256": None, "keep_head": False}
+    run = dict(experiment="e", dataset="d", method="lora", recipe={}, backbone=backbone, device="cpu")
+    data = dict(stage="tune", run=run, points=[point], seed=0, train="t", val="v", manifest="m", metrics="o")
+    (tmp_path / "spec.json").write_text(json.dumps(data))
+    cli.main(["run", json.dumps(data), "--threads", "3"])
+    cli.main(["run", f"@{tmp_path / 'spec.json'}"])
+    (target, spec, options), (_, again, defaults) = called
+    assert target == "peftstudy.train.runs:tune" and isinstance(spec, specs.TuneSpec) and again == spec
+    assert spec.points == (specs.GridPoint(**point),) and spec.run.backbone.weights == "w"
+    assert options == specs.Options(threads=3, concurrent=0) and defaults == specs.Options()
+    with pytest.raises(specs.SpecError, match=r"tune\.points\[0\]\.hp: expected an object, got list"):
+        cli.main(["run", json.dumps(dict(data, points=[{"gp": "0000000a", "hp": [1]}]))])
+    assert len(called) == 2

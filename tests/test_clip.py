@@ -28,6 +28,7 @@ from peftstudy import methods
 from peftstudy.cli import main
 from peftstudy.models import convert, save_safetensors
 from peftstudy.models.clip import class_names, create_clip, zero_shot_head
+from peftstudy.plan import specs
 from peftstudy.train.runs import count
 
 TINY = "peftstudy_clip_tiny"  # the timm name of the tiny visual tower
@@ -115,8 +116,10 @@ def test_zero_shot_logits_are_100_times_the_cosine_to_the_mean_text_embedding(ti
 def test_the_stage_writes_the_head_with_progress_and_it_loads_back(tiny, capsys):
     out = tiny.root / "stage" / "head.safetensors"
     classes = str(tiny.root / "classes.txt")
-    args = ["--clip-weights", str(tiny.checkpoint), "--classnames", classes, "--clip-model", TINY_CLIP]
-    main(["zero-shot-head", *args, "--device", "cpu", "--out", str(out)])
+    spec = specs.ZeroShotHeadSpec(
+        clip=str(tiny.checkpoint), classnames=classes, clip_model=TINY_CLIP, device="cpu", head=str(out)
+    )
+    main(["run", spec.to_json()])
     assert f"{len(CLASSES)}/{len(CLASSES)} classes ({80 * len(CLASSES)} prompts) encoded" in capsys.readouterr().out
     saved = load_file(out)
     assert sorted(saved) == ["fc.bias", "fc.weight", "proj.weight"]

@@ -7,7 +7,6 @@ epoch checkpoint is not resumed after a data, code, device or precision change."
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -18,17 +17,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import BIN, REPO, Workflow, dependencies, prepare_mini_task
+from conftest import BIN, REPO, Workflow, dependencies, prepare_mini_task, training_spec
 from safetensors.torch import load_file, save_file
 
 from peftstudy import methods
 from peftstudy.io import load_npz, save_npz
-from peftstudy.plan import depends
+from peftstudy.plan import depends, specs
 from peftstudy.train import resume, runs
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 RECIPE = {"epochs": 1, "batch_size": 16, "warmup_epochs": 0}
 POINT = {"gp": "0000000a", "hp": {"lr": 0.005, "wd": 0.0001}}
+GRID_POINT = specs.GridPoint(**POINT)
 
 
 @pytest.fixture(autouse=True)
@@ -55,14 +55,14 @@ def backbone(weights: Path, sha256: str | None) -> dict:
     return spec
 
 
+def tune_spec(task: Path, out: Path, resume_dir: Path, backbone: dict, method: str = "lora") -> specs.TuneSpec:
+    return training_spec(
+        "tune", task, out, method, [POINT], RECIPE, backbone=backbone, device="auto", resume_dir=str(resume_dir)
+    )
+
+
 def tune_command(task: Path, out: Path, resume_dir: Path, spec: dict, method: str = "lora") -> list[str]:
-    return [
-        str(BIN / "peftstudy"), "tune", "--experiment", "vtab", "--dataset", "count", "--method", method,
-        "--recipe", json.dumps(RECIPE), "--backbone", json.dumps(spec), "--seed", "0",
-        "--manifest", str(task / "manifest.json"), "--device", "auto", "--resume-dir", str(resume_dir),
-        "--points", json.dumps([POINT]), "--train", str(task / "train.npz"), "--val", str(task / "val.npz"),
-        "--out", str(out / "metrics.json"),
-    ]  # fmt: skip
+    return [str(BIN / "peftstudy"), "run", tune_spec(task, out, resume_dir, spec, method).to_json()]
 
 
 def tune(cmd: list[str], ok: bool = True) -> subprocess.CompletedProcess:
@@ -261,25 +261,17 @@ def test_a_truncated_or_tampered_tune_entry_is_set_aside_named_and_the_point_ret
     assert written_point(tmp_path)["metrics"]["val_top1"] != 100.0
 
 
-def job_args(task: Path, weights: Path, **changes) -> argparse.Namespace:
-    args = dict(
-        method="lora",
-        recipe=RECIPE,
-        backbone=backbone(weights, None),
-        train=str(task / "train.npz"),
-        val=str(task / "val.npz"),
-        manifest=str(task / "manifest.json"),
-        device="auto",
-        threads=1,
-    )
-    return argparse.Namespace(**dict(args, **changes))
+def job(task: Path, weights: Path, recipe: dict = RECIPE, **changes: str) -> runs.JobDependencies:
+    """The dependencies of a tune job of POINT; `changes` replace the spec's fields (its files)."""
+    spec = training_spec("tune", task, task, "lora", [POINT], recipe, backbone=backbone(weights, None), device="auto")
+    return runs.JobDependencies(dataclasses.replace(spec, **changes), specs.Options())
 
 
 def test_a_truncated_epoch_checkpoint_is_set_aside_named_and_the_run_starts_afresh(task, tmp_path, weights):
     resume_dir = tmp_path / "resume"
     checkpoint = resume_dir / f"tune-{POINT['gp']}-seed0.pt"
-    job = runs.JobDependencies(job_args(task, weights), "tune", str(task / "val.npz"))
-    resume.Checkpoint(checkpoint, job.of(POINT["gp"], POINT["hp"], 0)).save({"params": torch.zeros(1000)})
+    dependencies = job(task, weights)
+    resume.Checkpoint(checkpoint, dependencies.of(GRID_POINT, 0)).save({"params": torch.zeros(1000)})
     whole = checkpoint.read_bytes()
     checkpoint.write_bytes(whole[: len(whole) - 100])
     done = tune(tune_command(task, tmp_path, resume_dir, backbone(weights, None)))
@@ -289,28 +281,26 @@ def test_a_truncated_epoch_checkpoint_is_set_aside_named_and_the_run_starts_afre
     assert (resume_dir / "tune-0000000a-seed0.pt.corrupt").exists() and not checkpoint.exists()
     # Not one of ours at all (a foreign file, or one of an older peftstudy): the same.
     checkpoint.write_bytes(b"PK\x03\x04 not a checkpoint")
-    assert resume.Checkpoint(checkpoint, job.of(POINT["gp"], POINT["hp"], 0)).load() is None
+    assert resume.Checkpoint(checkpoint, dependencies.of(GRID_POINT, 0)).load() is None
     assert not checkpoint.exists()
 
 
 def test_an_epoch_checkpoint_is_not_resumed_after_a_data_code_device_or_precision_change(
     task, tmp_path, weights, monkeypatch, capsys
 ):
-    job = runs.JobDependencies(job_args(task, weights), "tune", str(task / "val.npz"))
-    saved = job.of(POINT["gp"], POINT["hp"], 0)
+    saved = job(task, weights).of(GRID_POINT, 0)
     assert (saved.device, saved.precision) == ("cpu", "fp32")  # resolved: `auto` is not what ran
     checkpoint = resume.Checkpoint(tmp_path / "tune-0000000a-seed0.pt", saved)
     checkpoint.save({"params": torch.ones(3)})
     assert torch.equal(checkpoint.load()["params"], torch.ones(3))
 
-    val = str(task / "val.npz")
     changed_train = tmp_path / "train.npz"
     data = load_npz(task / "train.npz")
     save_npz(changed_train, **dict(data, labels=data["labels"][::-1].copy()))
-    relabelled = runs.JobDependencies(job_args(task, weights, train=str(changed_train)), "tune", val)
-    bf16 = runs.JobDependencies(job_args(task, weights, recipe=dict(RECIPE, precision="bf16")), "tune", val)
+    relabelled = job(task, weights, train=str(changed_train))
+    bf16 = job(task, weights, recipe=dict(RECIPE, precision="bf16"))
     monkeypatch.setattr(depends, "code_digest", lambda method: "e" * 16)  # what an edit of engine.py gives
-    edited = runs.JobDependencies(job_args(task, weights), "tune", val)
+    edited = job(task, weights)
     monkeypatch.undo()
     changed = {
         "data differ (train:": relabelled,
@@ -318,7 +308,7 @@ def test_an_epoch_checkpoint_is_not_resumed_after_a_data_code_device_or_precisio
         "settings differ (recipe); precision differs (fp32 -> bf16)": bf16,
     }
     for phrase, other in changed.items():
-        record = other.of(POINT["gp"], POINT["hp"], 0)
+        record = other.of(GRID_POINT, 0)
         assert record.key != saved.key
         assert resume.Checkpoint(checkpoint.path, record).load() is None
         assert f"{checkpoint.path}: not resumed: {phrase}" in capsys.readouterr().err

@@ -3,27 +3,20 @@ authors' reference loop reaching the same accuracy (issue 7)."""
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, prepare_mini_task
+from conftest import REPO, mini_backbone, prepare_mini_task, training_spec
 
 from peftstudy.data import layout
 from peftstudy.io import load_npz, read_json
+from peftstudy.plan import specs
 from peftstudy.train import engine, reference, runs
 from peftstudy.train.engine import Recipe, Run, fit, predict, scores, seed_everything, to_input, train_together
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
-BACKBONE = CONFIG["backbone"]
-BACKBONE_ARG = {
-    "arch": BACKBONE["arch"],
-    "weights": str(REPO / BACKBONE["weights"]),
-    "sha256": BACKBONE["sha256"],
-    "keep_head": False,
-}
+BACKBONE = specs.load(specs.Backbone, mini_backbone())
 RECIPE = {"epochs": 3, "batch_size": 32, "warmup_epochs": 1, "lr_step": "authors", "drop_path": 0.1}
 DEVICES = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 # Run-to-run fields: everything else in metrics.json must match.
@@ -37,28 +30,13 @@ def task(tmp_path_factory):
     return prepare_mini_task(tmp_path_factory.mktemp("count"), "count", ("train", "val"))
 
 
-def tune(task, tmp_path, method, hps, recipe=RECIPE, concurrent=1, device="cpu", resume_dir="", backbone=BACKBONE_ARG):
+def tune(task, tmp_path, method, hps, recipe=RECIPE, concurrent=1, device="cpu", resume_dir="", backbone=None):
     points = [{"gp": f"{i:08x}", "hp": hp} for i, hp in enumerate(hps)]
-    out = str(tmp_path / f"{method}-{'-'.join(p['gp'] for p in points)}.json")
-    args = argparse.Namespace(
-        experiment="vtab",
-        dataset="count",
-        method=method,
-        points=points,
-        recipe=recipe,
-        backbone=backbone,
-        seed=0,
-        train=str(task / "train.npz"),
-        val=str(task / "val.npz"),
-        manifest=str(task / "manifest.json"),
-        threads=1,
-        device=device,
-        resume_dir=resume_dir,
-        concurrent=concurrent,
-        out=out,
-    )
-    runs.tune(args)
-    return [{k: v for k, v in m.items() if k not in VOLATILE} for m in read_json(out, schema="tune")["points"]]
+    out = tmp_path / f"{method}-{'-'.join(p['gp'] for p in points)}"
+    run = dict(device=device, resume_dir=resume_dir, **({"backbone": backbone} if backbone else {}))
+    spec = training_spec("tune", task, out, method, points, recipe, **run)
+    runs.tune(spec, specs.Options(threads=1, concurrent=concurrent))
+    return [{k: v for k, v in m.items() if k not in VOLATILE} for m in read_json(spec.metrics, schema="tune")["points"]]
 
 
 def test_grid_points_sharing_a_process_give_what_each_gives_alone(task, tmp_path):
@@ -88,7 +66,7 @@ def _trained(task, method, device="cpu", seed=0, **recipe):
     recipe = Recipe(**dict(RECIPE, **recipe))
     train, val = load_npz(task / "train.npz"), load_npz(task / "val.npz")
     seed_everything(seed)
-    model, _, hp, _ = runs.build(method, {"lr": 0.005, "wd": 0.0001}, BACKBONE_ARG, 6, recipe, torch.device(device))
+    model, _, hp, _ = runs.build(method, {"lr": 0.005, "wd": 0.0001}, BACKBONE, 6, recipe, torch.device(device))
     cfg = model.pretrained_cfg
     x = to_input(train["images"], cfg["mean"], cfg["std"], device)
     y = torch.from_numpy(train["labels"]).to(device)
@@ -142,12 +120,12 @@ def test_engine_and_the_authors_loop_fed_the_same_batches_train_the_same_model(t
     trained = {}
     for loop in ("engine", "reference"):
         seed_everything(0)
-        model, names, hp, _ = runs.build("lora", {"lr": 0.005, "wd": 0.0001, "r": 4}, BACKBONE_ARG, 6, recipe, "cpu")
+        model, names, hp, _ = runs.build("lora", {"lr": 0.005, "wd": 0.0001, "r": 4}, BACKBONE, 6, recipe, "cpu")
         if loop == "engine":
             x = to_input(train["images"], (0.0,) * 3, (1.0,) * 3, "cpu", recipe)
             result = fit(model, x, torch.from_numpy(train["labels"]), lr=hp["lr"], wd=hp["wd"], recipe=recipe, seed=0)
         else:
-            data = reference.ImageFiles(task / "source", rows, BACKBONE["image_size"])
+            data = reference.ImageFiles(task / "source", rows, CONFIG["backbone"]["image_size"])
             result, _ = reference.fit(
                 model, data, lr=hp["lr"], wd=hp["wd"], recipe=recipe, seed=0, workers=0, device="cpu", engine_order=True
             )
@@ -278,35 +256,21 @@ def test_runs_trained_together_give_what_each_gives_alone(task, tmp_path, device
     assert len({t["metrics"]["val_loss"] for t in together}) == 3  # three different runs, not one thrice
 
 
-def test_seeds_trained_together_end_with_the_weights_each_ends_with_alone(task, tmp_path):
-    """A final job's seeds, together and one by one: the same weights and test logits, byte for byte."""
-    bundle = {}
-    for label, concurrent in (("together", 2), ("alone", 1)):
-        out = tmp_path / label
-        args = argparse.Namespace(
-            experiment="vtab",
-            dataset="count",
-            method="bitfit",
-            gp="00000000",
-            hp={"lr": 0.005, "wd": 0.0001},
-            recipe=RECIPE,
-            backbone=BACKBONE_ARG,
-            seed=[0, 1],
-            train=str(task / "train.npz"),
-            test=str(task / "val.npz"),
-            manifest=str(task / "manifest.json"),
-            threads=1,
-            device="cpu",
-            resume_dir="",
-            concurrent=concurrent,
-            out_metrics=[str(out / f"metrics{s}.json") for s in (0, 1)],
-            out_logits=[str(out / f"logits{s}.npz") for s in (0, 1)],
-            out_weights=[str(out / f"weights{s}.safetensors") for s in (0, 1)],
-        )
-        runs.final(args)
-        bundle[label] = {f.name: f.read_bytes() for f in out.iterdir() if not f.name.startswith("metrics")}
-    assert bundle["together"] == bundle["alone"] and len(bundle["alone"]) == 4
-    assert bundle["alone"]["weights0.safetensors"] != bundle["alone"]["weights1.safetensors"]
+def test_a_final_job_writes_its_seed_s_metrics_test_logits_and_trained_tensors(task, tmp_path):
+    """A final spec's one seed: its outputs are where the spec says, the trained tensors named by method and grid
+    point, and its test logits those its metrics score."""
+    from safetensors import safe_open
+
+    point = {"gp": "0000000a", "hp": {"lr": 0.005, "wd": 0.0001}}
+    spec = training_spec("final", task, tmp_path, "bitfit", [point], RECIPE, seed=1)
+    runs.final(spec, specs.Options())
+    metrics = read_json(spec.metrics, schema="metrics")
+    assert (metrics["phase"], metrics["gp"], metrics["hp"], metrics["seed"]) == ("final", "0000000a", point["hp"], 1)
+    logits = load_npz(spec.logits)
+    top1 = 100 * float((logits["logits"].argmax(1) == logits["labels"]).mean())
+    assert metrics["metrics"]["test_top1"] == pytest.approx(top1)
+    with safe_open(spec.peft, "np") as weights:
+        assert weights.metadata() == {"method": "bitfit", "gp": "0000000a"} and len(weights.keys()) > 0
 
 
 def test_runs_interleaved_draw_what_they_draw_alone():
@@ -381,42 +345,6 @@ def test_out_of_memory_trains_fewer_at_once_from_the_last_epoch_to_the_same_resu
         f"finished; 3 at a time from now on: the other 4 train again from their last epoch checkpoints in {tmp_path}"
     ) in log.out
     assert log.err.count("after epoch 1\n") == 4  # each resumed, none started over
-
-
-def test_out_of_memory_in_a_final_job_keeps_its_logits_and_weights(task, tmp_path, monkeypatch):
-    """A final job's three seeds run out of memory together late in training: its logits and PEFT weights are
-    the bytes of the job that did not."""
-    files = {}
-    for label in ("whole", "fallen"):
-        if label == "fallen":
-            injected = run_out_of_memory(monkeypatch, at_step=3 * (2 * 320 // RECIPE["batch_size"] + 1), above=2)
-        out = tmp_path / label
-        args = argparse.Namespace(
-            experiment="vtab",
-            dataset="count",
-            method="bitfit",
-            gp="00000000",
-            hp={"lr": 0.005, "wd": 0.0001},
-            recipe=RECIPE,
-            backbone=BACKBONE_ARG,
-            seed=[0, 1, 2],
-            train=str(task / "train.npz"),
-            test=str(task / "val.npz"),
-            manifest=str(task / "manifest.json"),
-            threads=1,
-            device="cpu",
-            resume_dir=str(out / "resume"),
-            concurrent=3,
-            out_metrics=[str(out / f"metrics{s}.json") for s in (0, 1, 2)],
-            out_logits=[str(out / f"logits{s}.npz") for s in (0, 1, 2)],
-            out_weights=[str(out / f"weights{s}.safetensors") for s in (0, 1, 2)],
-        )
-        runs.final(args)
-        files[label] = {f.name: f.read_bytes() for f in out.iterdir() if f.suffix in (".npz", ".safetensors")}
-        metrics = [read_json(m) for m in args.out_metrics]
-        files[label]["metrics"] = [{k: v for k, v in m.items() if k not in VOLATILE} for m in metrics]
-    assert injected["raised"] == 1
-    assert files["fallen"] == files["whole"] and len(files["whole"]) == 7
 
 
 def test_out_of_memory_building_the_runs_sets_up_fewer(task, tmp_path, monkeypatch, capsys):

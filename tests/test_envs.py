@@ -106,23 +106,34 @@ def third_party_imports(module: str) -> set[str]:
 
 
 def stage_modules() -> dict[str, str]:
-    """`peftstudy <stage>` -> the module it runs, read from cli.py."""
+    """`peftstudy <stage>` -> the module it runs, read from cli.py; and each spec's stage (`peftstudy run`) -> its
+    target's module (plan.specs)."""
+    from peftstudy.plan import specs
+
     text = (SRC / "peftstudy/cli.py").read_text()
-    return dict(re.findall(r'add_parser\(\s*"([\w-]+)".*?_stage\("([\w.]+):', text, flags=re.S))
+    # A sub-command's own _stage, never the next one's (`run` has none: it dispatches on the spec).
+    parsers = r'add_parser\(\s*"([\w-]+)"(?:(?!add_parser).)*?_stage\("([\w.]+):'
+    flags = dict(re.findall(parsers, text, flags=re.S))
+    return flags | {name: spec.target.partition(":")[0] for name, spec in specs.STAGES.items()}
 
 
 def rule_envs_and_stages() -> list[tuple[str, Path, str]]:
-    """(rule file, env file, stage) of every rule that names a conda env and runs a peftstudy stage."""
+    """(rule file, env file, stage) of every rule that names a conda env and runs a peftstudy stage. A rule that
+    runs `peftstudy run` (a job given as its spec) runs the spec stage of its own name (`_` for `-`)."""
     rules = REPO / "workflow/rules"
     # Shell commands shared by several rules live in common.smk as NAME_SHELL constants.
-    shared = dict(re.findall(r'(\w+_SHELL) = \(\s*"peftstudy ([\w-]+)', (rules / "common.smk").read_text()))
+    shared = dict(re.findall(r'(\w+_SHELL) = \(?\s*"peftstudy ([\w-]+)', (rules / "common.smk").read_text()))
     found = []
     for smk in sorted(rules.glob("*.smk")):
-        for block in re.split(r"\n(?=\s*(?:rule|checkpoint)\b)", smk.read_text()):
+        # A rule starts a line (`rule NAME:`); a docstring line may begin with the word "checkpoint".
+        for block in re.split(r"\n(?=(?:rule|checkpoint) \w+:)", smk.read_text()):
             env = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
             stage = re.search(r'"peftstudy ([\w-]+)', block)
             constant = re.search(r"shell:\s*\n\s*(\w+_SHELL)", block)
             stage = stage[1] if stage else shared.get(constant[1]) if constant else None
+            rule = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            if stage == "run" and rule:
+                stage = rule[1].replace("_", "-")  # rule vtab_tfds runs stage vtab-tfds
             if env and stage:
                 found.append((smk.name, (smk.parent / env[1]).resolve(), stage))
     return found

@@ -20,6 +20,7 @@ from conftest import dependencies, jobs, tiny_config
 from peftstudy.data import fetch, layout, synthetic
 from peftstudy.data.fetch import FetchError, download, extract
 from peftstudy.io import read_json, validate
+from peftstudy.plan import specs
 
 
 class Server:
@@ -355,9 +356,16 @@ def test_unpinned_data_and_weights_are_refused_unless_allowed_and_then_in_every_
     main([*fetch_archive, "--allow-unpinned"])
     main([*fetch_weights, "--allow-unpinned"])
     main(["extract", "--archive", f"{res}/vtab_1k", "--out", f"{res}/data"])
-    about = '{"source": "archive", "archive": "vtab_1k", "url": "u", "folder": "vtab-1k/count"}'
-    index = ["index", "--dataset", "count", "--source", f"{res}/data/vtab-1k/count", "--classes", "6"]
-    main([*index, "--about", about, "--checksum-file", f"{res}/v.sha256", "--out", f"{res}/manifest.json"])
+    about = {"source": "archive", "archive": "vtab_1k", "url": "u", "folder": "vtab-1k/count"}
+    index = specs.IndexSpec(
+        dataset="count",
+        source=f"{res}/data/vtab-1k/count",
+        classes=6,
+        about=about,
+        checksum=f"{res}/v.sha256",
+        manifest=f"{res}/manifest.json",
+    ).to_json()
+    main(["run", index])
     assert read_json(res / "manifest.json", schema="manifest")["spec"]["unpinned"] is True
     record = provenance.record(
         dependencies=dependencies(),
@@ -372,7 +380,7 @@ def test_unpinned_data_and_weights_are_refused_unless_allowed_and_then_in_every_
 
     # Pinned, the same files leave nothing in the provenance.
     main([*fetch_archive[:4], sha(archive), *fetch_archive[5:]])
-    main([*index, "--about", about, "--checksum-file", f"{res}/v.sha256", "--out", f"{res}/manifest.json"])
+    main(["run", index])
     main([*fetch_weights[:4], sha(weights.getvalue()), *fetch_weights[5:]])
     record = provenance.record(
         dependencies=dependencies(),

@@ -17,6 +17,8 @@ from peftstudy import cli
 from peftstudy.data import imagenet as inet
 from peftstudy.data.layout import prepare, read_list
 from peftstudy.io import load_npz, read_json
+from peftstudy.plan import specs
+from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.tables import CLASSNAMES, IMAGENET_A_WNIDS, IMAGENET_R_WNIDS, WNIDS
 
 TINY = (WNIDS[0], WNIDS[1], WNIDS[999])  # labels 0, 1, 999
@@ -244,8 +246,18 @@ def test_cli_stage_on_imagenet_a(tmp_path):
     root = tmp_path / "imagenet-a"
     imagenet_a_tree(root)
     out, manifest = tmp_path / "data" / "source", tmp_path / "data" / "manifest.json"
-    argv = ["imagenet", "--set", "imagenet_a", "--root", str(root), "--out", str(out), "--manifest", str(manifest)]
-    cli.main(argv)
+    spec = specs.ImagenetSpec(
+        imagenet_set="imagenet_a",
+        root=str(root),
+        dataset="imagenet_a",
+        shots=DEFAULTS["imagenet_shots"],
+        val_per_class=DEFAULTS["imagenet_val_per_class"],
+        seed=DEFAULTS["imagenet_sample_seed"],
+        source=str(out),
+        manifest=str(manifest),
+        checked=str(tmp_path / "data" / "imagenet_a.checked.json"),
+    )
+    cli.main(["run", spec.to_json()])
     meta = read_json(manifest, schema="manifest")
     assert meta["sizes"] == {"train800.txt": 0, "val200.txt": 0, "train800val200.txt": 0, "test.txt": 7500}
     assert meta["dataset"] == "imagenet_a" and meta["classes"] == 1000
@@ -263,7 +275,7 @@ def test_cli_stage_on_imagenet_a(tmp_path):
     next((root / IMAGENET_A_WNIDS[7]).iterdir()).unlink()
     before = (out / "test.txt").read_bytes()
     with pytest.raises(inet.GateError, match="7,499 images"):
-        cli.main([*argv, "--out-checked", str(tmp_path / "elsewhere.json")])
+        cli.main(["run", dataclasses.replace(spec, checked=str(tmp_path / "elsewhere.json")).to_json()])
     assert (out / "test.txt").read_bytes() == before and not (tmp_path / "elsewhere.json").exists()
 
 

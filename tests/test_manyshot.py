@@ -24,6 +24,7 @@ from peftstudy.data import manyshot
 from peftstudy.data.fetch import FetchError, download, extract
 from peftstudy.data.layout import decode, read_list
 from peftstudy.io import read_json
+from peftstudy.plan import specs
 from peftstudy.plan.tasks import MANYSHOT_SUBSETS
 
 RNG = np.random.default_rng(0)
@@ -192,15 +193,24 @@ def test_cifar100_folds_and_subsets_in_the_layout(cifar, tmp_path):
 def test_the_cli_fetches_the_lists_and_builds_a_subset(cifar, tmp_path, monkeypatch):
     monkeypatch.setattr(manyshot, "LISTS", cifar["pins"])
     lists = tmp_path / "cli-lists"
-    cli.main(
-        ["manyshot-lists", "--dataset", "cifar100", "--subset", "500", "--base-url", cifar["url"], "--out", str(lists)]
-    )
+    fetch = specs.ManyshotListsSpec(kind="cifar100", subset="500", base_url=cifar["url"], pins={}, lists=str(lists))
+    cli.main(["run", fetch.to_json()])
     assert sorted(str(p.relative_to(lists)) for p in lists.rglob("*.npy")) == manyshot.subset_files("cifar100", "500")
     checksum = tmp_path / "cifar.tar.gz.sha256"
     checksum.write_text(f"{cifar['archive_sha']}  cifar.tar.gz\n")
-    args = ["--source", str(cifar["source"]), "--lists", str(lists), "--checksum-file", str(checksum)]
-    out = ["--out", str(tmp_path / "s"), "--manifest", str(tmp_path / "m.json"), "--name", "cifar100_500"]
-    cli.main(["manyshot", "--dataset", "cifar100", "--subset", "500", "--fold", "4", *args, *out])
+    build = specs.ManyshotSpec(
+        kind="cifar100",
+        subset="500",
+        fold=4,
+        name="cifar100_500",
+        pins={},
+        archive=str(cifar["source"]),
+        checksum=str(checksum),
+        lists=str(lists),
+        source=str(tmp_path / "s"),
+        manifest=str(tmp_path / "m.json"),
+    )
+    cli.main(["run", build.to_json()])
     meta = read_json(tmp_path / "m.json", schema="manifest")
     assert meta["dataset"] == "cifar100_500" and meta["spec"]["sha256"] == cifar["archive_sha"]
     assert read_list(tmp_path / "s/val200.txt") == rows(cifar["folds"][4, 8:], cifar["train"][1], "train")

@@ -141,7 +141,7 @@ def test_adding_a_grid_point_reruns_only_its_tune_select_and_dependants(tiny):
     # Only LoRA's records, where its choice changed: the other entries of the same selected.json are as they were.
     collects = {(wc["dataset"], wc["method"]) for rule, wc in executed if rule == "collect"}
     assert collects == {(d, "lora") for d in changed}
-    allowed = {"tune", "select", "final", "collect", "ensemble", "tables", "report"}
+    allowed = {"tune", "spec_file", "select", "final", "collect", "ensemble", "tables_spec", "tables", "report"}
     assert set(counts(executed)) <= allowed
     assert not [wc for rule, wc in executed if rule in ("tune", "final") and wc.get("method") != "lora"]
 

@@ -14,7 +14,7 @@ from conftest import REPO, Workflow
 PLAN_EVERYTHING = """
 import json, sys
 import yaml
-from peftstudy.plan import study
+from peftstudy.plan import specs, study
 from peftstudy.plan.jobs import Plan
 
 counts = {}
@@ -24,21 +24,41 @@ for path in sys.argv[1:]:
     layout = plan.layout
     n = 0
     for experiment, dataset, method in layout.runs():
-        plan.tune_inputs(experiment, dataset, method)
-        plan.final_inputs(experiment, dataset, method)
         plan.code_digest(method)
-        plan.backbone_arg(experiment)
-        for pack in layout.tune_jobs[experiment, method]:
-            plan.pack_points(experiment, method, pack)
+        # Every job's spec reads back as itself: what the stage gets is what the plan made.
+        jobs = [plan.tune_spec(experiment, dataset, method, pack) for pack in layout.tune_jobs[experiment, method]]
+        gp = next(iter(plan.grids[experiment, method]))
+        seeds = plan.experiments[experiment]["seeds"]
+        jobs += [plan.final_spec(experiment, dataset, method, gp, str(seed)) for seed in seeds]
+        for job in jobs:
+            assert specs.from_json(job.to_json()) == job, job
     for experiment in plan.experiments:
-        plan.select_args(experiment)
+        spec = plan.select_spec(experiment)
+        assert specs.from_json(spec.canonical()) == spec
+        for dataset in plan.experiments[experiment]["datasets"]:
+            spec = plan.ensemble_spec(experiment, dataset)
+            assert specs.from_json(spec.to_json()) == spec
         n += len(plan.tune_metrics(experiment))
-    for name in plan.datasets:
-        plan.source_dir(name)
+    sources = {"synthetic": plan.generate_spec, "archive": plan.index_spec, "local": plan.index_spec}
+    sources |= {"manual": plan.imagenet_spec, "manyshot": plan.manyshot_spec, "tfds": plan.vtab_tfds_spec}
+    jobs = [plan.zero_shot_head_spec(head) for head in plan.zero_shot_heads]
+    for name, entry in plan.datasets.items():
+        jobs += [plan.prepare_spec(name, split) for split in ("train", "val", "trainval", "test")]
+        jobs += [sources[entry["source"]](name)]
+        if entry["source"] == "manyshot":
+            jobs += [plan.manyshot_lists_spec(entry["kind"], entry["subset"])]
+    for job in jobs:
+        assert specs.from_json(job.to_json()) == job, job
     if plan.robustness:
         for method in plan.experiments[plan.robustness["experiment"]]["methods"]:
-            plan.robustness_inputs(method)
-    plan.table_inputs()
+            spec = plan.robustness_spec(method)
+            assert specs.from_json(spec.to_json()) == spec
+    if "pretrain" in plan.config:
+        spec = plan.pretrain_spec()
+        assert specs.from_json(spec.to_json()) == spec
+    # The tables' spec (a file: the paper's is ~600 KB), here without the finals' benchmarks (selections to come).
+    spec = plan.tables_spec(plan.report_context(), [])
+    assert specs.from_json(spec.canonical()) == spec
     plan.report_context()
     counts[path] = n
 heavy = sorted(m for m in ("torch", "numpy", "pandas", "timm", "snakemake") if m in sys.modules)
@@ -138,7 +158,7 @@ def test_a_tune_job_is_a_grid_point_or_a_named_pack_and_its_file_comes_from_the_
     ((pack, gps),) = jobs["robustness", "bitfit"].items()
     assert pack == "pack1-0" and gps == list(plan.grids["robustness", "bitfit"])
     assert f"results/tiny/robustness/shapes/bitfit/tune/{pack}/metrics.json" in plan.tune_metrics("robustness")
-    assert [p["gp"] for p in plan.pack_points("robustness", "bitfit", pack)] == gps
+    assert [p.gp for p in plan.pack_points("robustness", "bitfit", pack)] == gps
     with pytest.raises(ValueError, match="not a grid point or pack of bitfit"):
         plan.pack_points("robustness", "bitfit", "pack2-1")
 

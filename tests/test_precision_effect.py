@@ -4,9 +4,7 @@ prints it beside the authors' rerun spread (run on a GPU; here its dry run and i
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
 import shlex
 import shutil
 
@@ -15,6 +13,7 @@ import pytest
 from conftest import REPO
 
 from peftstudy.io import write_json
+from peftstudy.plan import specs
 from peftstudy.plan.cost import load_config
 from peftstudy.plan.jobs import Plan
 from peftstudy.report import render
@@ -64,11 +63,13 @@ def test_the_precision_effect_dry_run_plans_the_fast_finals_and_their_fp32_retra
         ["snakemake", "--configfile", FAST, "--cores", "all", "--", fast.layout.final_record("vtab", "dtd", "lora")]
     )
     command = shlex.split(lines[1])
-    assert command[:2] == ["peftstudy", "final"] and command[command.index("--gp") + 1] == gp
-    recipe = json.loads(command[command.index("--recipe") + 1])
+    assert command[:2] == ["peftstudy", "run"]
+    final = specs.from_json(command[2])
+    assert isinstance(final, specs.FinalSpec) and final.point.gp == gp
+    recipe = final.run.recipe
     assert (recipe["precision"], recipe["compile"], recipe["fused_adamw"]) == ("fp32", "off", False)
-    assert command[command.index("--train") + 1] == fast.layout.data("dtd", "trainval")  # the fast study's data
-    assert command[command.index("--out-metrics") + 1].startswith("results/vtab1k/precision_effect/dtd/lora/")
+    assert final.train == fast.layout.data("dtd", "trainval")  # the fast study's data
+    assert final.metrics.startswith("results/vtab1k/precision_effect/dtd/lora/")
 
 
 def test_the_comparison_prints_each_difference_beside_the_authors_rerun_spread():
@@ -116,16 +117,15 @@ def test_the_page_names_the_departures_and_the_switch_back(tmp_path, precision):
     numerics = {"precision": precision, "compile": "reduce-overhead" if fast else "off", "fused_adamw": fast}
     pd.DataFrame([{**final, "code_version": "v", **numerics}]).to_csv(tables_dir / "final.csv", index=False)
     out = tmp_path / "report"
-    render.run(
-        argparse.Namespace(
-            tables=str(tables_dir),
-            notebook=str(REPO / "report/notebooks/figures.ipynb"),
-            template=str(REPO / "report/templates/index.html.j2"),
-            tolerance=1.0,
-            out=str(out / "index.html"),
-            out_notebook=str(out / "figures.ipynb"),
-        )
+    spec = specs.ReportSpec(
+        tables=str(tables_dir),
+        notebook=str(REPO / "report/notebooks/figures.ipynb"),
+        template=str(REPO / "report/templates/index.html.j2"),
+        tolerance=1.0,
+        html=str(out / "index.html"),
+        executed=str(out / "figures.ipynb"),
     )
+    render.run(spec, specs.Options())
     page = (out / "index.html").read_text()
     departures = "bf16 autocast in 1 of 1 final runs; fused AdamW in 1 of 1 final runs; torch.compile in 1 of 1"
     assert (departures in page) == fast and ("<code>studies/vtab1k-fp32.yaml</code>" in page) == fast

@@ -13,13 +13,11 @@ import time
 
 import pytest
 import torch
-import yaml
-from conftest import BIN, REPO, prepare_mini_task
+from conftest import BIN, REPO, prepare_mini_task, training_spec
 
 from peftstudy import gpus, models
 from peftstudy.train.resume import PREEMPTED_STATUS
 
-BACKBONE = yaml.safe_load((REPO / "config.yaml").read_text())["backbone"]
 # Batches of 4: 100 steps an epoch on the 400 train+val images, so a signal lands well inside one.
 RECIPE = {"epochs": 3, "batch_size": 4, "warmup_epochs": 1, "lr_step": "authors", "drop_path": 0.1}
 
@@ -30,16 +28,10 @@ def task(tmp_path_factory):
 
 
 def final_command(task, out, resume_dir):
-    backbone = {"arch": BACKBONE["arch"], "weights": str(REPO / BACKBONE["weights"]), "sha256": BACKBONE["sha256"]}
-    return [
-        str(BIN / "peftstudy"), "final", "--experiment", "vtab", "--dataset", "count", "--method", "lora",
-        "--gp", "00000000", "--hp", json.dumps({"lr": 0.005, "wd": 0.0001, "r": 4}),
-        "--recipe", json.dumps(RECIPE), "--backbone", json.dumps(backbone), "--seed", "0",
-        "--train", str(task / "trainval.npz"), "--test", str(task / "test.npz"),
-        "--manifest", str(task / "manifest.json"), "--device", "cpu", "--resume-dir", str(resume_dir),
-        "--out-metrics", str(out / "metrics.json"), "--out-logits", str(out / "logits.npz"),
-        "--out-weights", str(out / "peft.safetensors"),
-    ]  # fmt: skip
+    point = {"gp": "00000000", "hp": {"lr": 0.005, "wd": 0.0001, "r": 4}}
+    splits = ("trainval", "test")
+    spec = training_spec("final", task, out, "lora", [point], RECIPE, splits=splits, resume_dir=str(resume_dir))
+    return [str(BIN / "peftstudy"), "run", spec.to_json()]
 
 
 def env():

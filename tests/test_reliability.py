@@ -3,12 +3,10 @@ diverged, grid values that fail inside torch, a full disk mid-write, a misspelt 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import errno
 import io
-import json
 import os
 import re
 from pathlib import Path
@@ -17,12 +15,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, dependencies, prepare_mini_task, tiny_config
+from conftest import REPO, dependencies, mini_backbone, prepare_mini_task, tiny_config, training_spec
 
 from peftstudy import cli, methods, select
 from peftstudy import io as study_io
 from peftstudy.io import read_json, write_json
-from peftstudy.plan import study
+from peftstudy.plan import specs, study
 from peftstudy.report import render, tables
 from peftstudy.select import choose
 from peftstudy.train import resume, runs
@@ -60,32 +58,10 @@ def count_task(tmp_path_factory):
 
 def _tune_linear(task: Path, out: Path, lrs: list[float], divergence: str) -> list[dict]:
     points = [{"gp": f"{i:08x}", "hp": {"lr": lr, "wd": 0.0}} for i, lr in enumerate(lrs)]
-    job_file = str(out / f"{divergence}.json")
-    backbone = CONFIG["backbone"]
-    runs.tune(
-        argparse.Namespace(
-            experiment="vtab",
-            dataset="count",
-            method="linear",
-            points=points,
-            recipe={"epochs": 3, "batch_size": 32, "divergence": divergence},
-            backbone={
-                "arch": backbone["arch"],
-                "weights": str(REPO / backbone["weights"]),
-                "sha256": backbone["sha256"],
-            },
-            seed=0,
-            train=str(task / "train.npz"),
-            val=str(task / "val.npz"),
-            manifest=str(task / "manifest.json"),
-            device="cpu",
-            resume_dir="",
-            out=job_file,
-            threads=1,
-            concurrent=1,
-        )
-    )
-    return read_json(job_file, schema="tune")["points"]
+    recipe = {"epochs": 3, "batch_size": 32, "divergence": divergence}
+    spec = training_spec("tune", task, out / divergence, "linear", points, recipe)
+    runs.tune(spec, specs.Options(threads=1, concurrent=1))
+    return read_json(spec.metrics, schema="tune")["points"]
 
 
 def test_an_exploded_tune_run_is_recorded_diverged_with_its_rule_and_reason_and_never_selected(count_task, tmp_path):
@@ -172,25 +148,15 @@ def test_a_batch_larger_than_a_synthetic_training_split_fails_at_parse_time():
 
 def test_a_batch_larger_than_the_training_split_fails_before_any_model_is_built(count_task, tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "build", lambda *a, **k: pytest.fail("the model was built"))
-    args = argparse.Namespace(
-        experiment="vtab",
-        dataset="count",
-        recipe={"epochs": 1, "batch_size": 4096},
-        train=str(count_task / "train.npz"),
-        manifest=str(count_task / "manifest.json"),
-        method="linear",
-        backbone={"arch": "peftstudy_vit_mini"},
-        device="cpu",
-        threads=1,
-        concurrent=1,
-    )
+    point = {"gp": "00000000", "hp": {"lr": 0.001, "wd": 0.0}}
+    spec = training_spec("tune", count_task, tmp_path, "linear", [point], {"epochs": 1, "batch_size": 4096})
+    options = specs.Options(threads=1, concurrent=1)
     with pytest.raises(
         ValueError,
         match=r"train.npz: 320 training images of count are fewer than one batch: lower "
         r"experiments.vtab.recipe.batch_size \(4096\)",
     ):
-        val = str(count_task / "val.npz")
-        runs.Session(args, val, 1, runs.JobDependencies(args, "tune", val))
+        runs.Session(spec, options, 1, runs.JobDependencies(spec, options))
 
 
 # A full disk
@@ -281,17 +247,17 @@ def test_the_workflow_reports_a_misspelt_key_in_a_few_lines(workflow):
 def _select(metrics: list[dict], out: Path) -> Path:
     paths = [out / "tune-pack.json"]  # one tune job's file holding every point
     write_json(paths[0], {"points": metrics}, schema="tune")
-    args = argparse.Namespace(
-        metrics=[str(p) for p in paths],
-        grids={"linear": [{"gp": m["gp"], "hp": m["hp"]} for m in metrics]},
-        datasets={"count": ["count"]},
+    spec = specs.SelectSpec(
+        metrics=tuple(str(p) for p in paths),
+        grids={"linear": tuple(specs.GridPoint(gp=m["gp"], hp=m["hp"]) for m in metrics)},
+        datasets={"count": ("count",)},
         runs_per_job=len(metrics),
         tie_break="last",
         metric="val_top1",
-        out=str(out / "selected.json"),
-        out_summary=str(out / "tune.csv"),
+        selected=str(out / "selected.json"),
+        summary=str(out / "tune.csv"),
     )
-    select.run(args)
+    select.run(spec, specs.Options())
     return out / "selected.json"
 
 
@@ -309,21 +275,17 @@ def test_a_grid_that_all_diverged_is_recorded_as_such_and_the_tables_show_it(cou
     assert all("train loss" in r["reason"] for r in record["runs"])
     # collect, with no final runs (none was scheduled), writes the record the analysis and tables read.
     final = run / "final.json"
-    cli.main(
-        [
-            *("collect", "--choice", json.dumps(record), "--out", str(final)),
-            *("--experiment", "vtab", "--dataset", "count", "--method", "linear"),
-        ]
+    collect = specs.CollectSpec(
+        experiment="vtab", dataset="count", method="linear", choice=record, metrics=(), record=str(final)
     )
+    cli.main(["run", collect.to_json()])
     assert read_json(final, schema="final")["status"] == "all-diverged"
     # The dataset's analysis, its only method diverged: empty, valid files (not an error that stops the report).
     analysis = {kind: tmp_path / f"{kind}.json" for kind in ("ensembles", "agreement")}
-    cli.main(
-        [
-            *("ensemble", "--finals", str(final), "--methods", "linear"),
-            *("--out-ensembles", str(analysis["ensembles"]), "--out-agreement", str(analysis["agreement"])),
-        ]
+    ensemble = specs.EnsembleSpec(
+        finals=(str(final),), methods=("linear",), confident_k=0.1, **{k: str(v) for k, v in analysis.items()}
     )
+    cli.main(["run", ensemble.to_json()])
     assert read_json(analysis["ensembles"], schema="ensembles")["ensembles"] == []
     assert read_json(analysis["agreement"], schema="agreement")["pairs"] == []
     tune = tables.tune_table([str(experiment / "tune.csv")])
@@ -348,13 +310,18 @@ def test_robustness_of_an_all_diverged_method_is_recorded_without_scores(tmp_pat
     record = {"experiment": "robustness", "dataset": "shapes", "method": "bitfit", "status": "all-diverged"}
     write_json(final, record | {"tune_runs": [], "runs": []}, schema="final")
     out = {kind: str(tmp_path / f"{kind}.json") for kind in ("ood", "wise")}
-    cli.main(
-        [
-            *("robustness", "--method", "bitfit", "--backbone", json.dumps(CONFIG["backbone"]), "--final", str(final)),
-            *("--eval", "shapes=unused.npz", "shapes_sketch=unused.npz", "--alphas", "[0.0, 1.0]", "--device", "cpu"),
-            *("--out-ood", out["ood"], "--out-wise", out["wise"]),
-        ]
+    spec = specs.RobustnessSpec(
+        method="bitfit",
+        backbone=specs.load(specs.Backbone, mini_backbone()),
+        final=str(final),
+        in_distribution=specs.EvalSet(name="shapes", test="unused.npz"),
+        shifted=(specs.EvalSet(name="shapes_sketch", test="unused.npz"),),
+        alphas=(0.0, 1.0),
+        class_subsets={},
+        device="cpu",
+        **out,
     )
+    cli.main(["run", spec.to_json()])
     assert read_json(out["ood"], schema="ood")["status"] == "all-diverged"
     assert read_json(out["wise"], schema="wise")["points"] == []
     ood, wise = tables.robustness_tables(list(out.values()))

@@ -4,7 +4,6 @@ page built by the pipeline and opened in headless Chromium (console clean, every
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -17,7 +16,7 @@ from conftest import REPO, copy_repo, dependencies, tiny_config, tune_point
 
 from peftstudy import cli
 from peftstudy.io import read_json, write_json
-from peftstudy.plan import study
+from peftstudy.plan import specs, study
 from peftstudy.report import render, tables
 from peftstudy.select import METRIC_WORDS
 
@@ -206,10 +205,17 @@ def test_collect_refuses_finals_of_two_grid_points(tmp_path: Path):
         paths.append(tmp_path / gp / "seed0" / "metrics.json")
         paths[-1].parent.mkdir(parents=True)
         write_json(paths[-1], dict(tune_point(gp, 70.0, 70.0), phase="final"), schema="metrics")
-    choice = json.dumps({"gp": "aaaaaaaa", "hp": {}, "metric": "val_top1", "score": 70.0, "rule": "r"})
-    argv = ["collect", "--choice", choice, "--metrics", *map(str, paths), "--out", str(tmp_path / "final.json")]
+    choice = {"gp": "aaaaaaaa", "hp": {}, "metric": "val_top1", "score": 70.0, "rule": "r"}
+    spec = specs.CollectSpec(
+        experiment="vtab",
+        dataset="shapes",
+        method="lora",
+        choice=choice,
+        metrics=tuple(map(str, paths)),
+        record=str(tmp_path / "final.json"),
+    )
     with pytest.raises(ValueError, match="seeds of one grid point, not of 2"):
-        cli.main([*argv, "--experiment", "vtab", "--dataset", "shapes", "--method", "lora"])
+        cli.main(["run", spec.to_json()])
     assert not (tmp_path / "final.json").exists()
 
 
@@ -222,10 +228,17 @@ def test_selected_json_and_the_report_name_the_selection_metric(tmp_path: Path):
         paths[-1].parent.mkdir()
         write_json(paths[-1], {"points": [tune_point(gp, last, best)]}, schema="tune")
     out = tmp_path / "selected.json"
-    grids = json.dumps({"lora": [{"gp": "aaaaaaaa", "hp": {"lr": 0.1}}, {"gp": "bbbbbbbb", "hp": {"lr": 0.1}}]})
-    args = ["--metric", "val_best_top1", "--metrics", *map(str, paths), "--out", str(out)]
-    datasets = json.dumps({"shapes": ["shapes"]})
-    cli.main(["select", "--grids", grids, "--datasets", datasets, *args, "--out-summary", str(tmp_path / "tune.csv")])
+    spec = specs.SelectSpec(
+        grids={"lora": tuple(specs.GridPoint(gp=gp, hp={"lr": 0.1}) for gp in ("aaaaaaaa", "bbbbbbbb"))},
+        datasets={"shapes": ("shapes",)},
+        runs_per_job=1,
+        tie_break="last",
+        metric="val_best_top1",
+        metrics=tuple(map(str, paths)),
+        selected=str(out),
+        summary=str(tmp_path / "tune.csv"),
+    )
+    cli.main(["run", spec.to_json()])
     selected = read_json(out, schema="selected")["datasets"]["shapes"]["lora"]
     assert (selected["gp"], selected["metric"], selected["score"]) == ("bbbbbbbb", "val_best_top1", 80.0)
     assert "val_top1" not in selected and METRIC_WORDS["val_best_top1"] in selected["rule"]
@@ -289,15 +302,15 @@ def test_counts_in_the_report_agree_with_their_nouns():
 
 
 def render_page(tables_dir: Path, out: Path) -> str:
-    args = argparse.Namespace(
+    spec = specs.ReportSpec(
         tables=str(tables_dir),
         notebook=str(REPO / "report/notebooks/figures.ipynb"),
         template=str(REPO / "report/templates/index.html.j2"),
         tolerance=1.0,
-        out=str(out / "index.html"),
-        out_notebook=str(out / "figures.ipynb"),
+        html=str(out / "index.html"),
+        executed=str(out / "figures.ipynb"),
     )
-    render.run(args)
+    render.run(spec, specs.Options())
     return (out / "index.html").read_text()
 
 

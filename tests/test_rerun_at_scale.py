@@ -100,7 +100,7 @@ def test_a_grid_point_added_reruns_only_the_packs_holding_it_and_what_its_choice
     assert {m for _, m in changed} <= {"lora_p_adapter"}
     assert {(wc["dataset"], wc["method"]) for rule, wc in executed if rule == "final"} == changed
     assert {(wc["dataset"], wc["method"]) for rule, wc in executed if rule == "collect"} == changed
-    allowed = {"tune", "select", "final", "collect", "ensemble", "tables", "report", "all"}
+    allowed = {"tune", "spec_file", "select", "final", "collect", "ensemble", "tables_spec", "tables", "report", "all"}
     assert {rule for rule, _ in executed} <= allowed
 
 

@@ -14,14 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import BIN, REPO, prepare_mini_task
+from conftest import BIN, REPO, prepare_mini_task, training_spec
 
 from peftstudy.train import resume
 from peftstudy.train.resume import PREEMPTED_STATUS
 
-CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
-BACKBONE = CONFIG["backbone"]
 RECIPE = {"epochs": 12, "batch_size": 32, "warmup_epochs": 1, "lr_step": "authors", "drop_path": 0.1}
 HP = {"lr": 0.005, "wd": 0.0001, "r": 4}
 # Val every epoch, early stopping, the best epoch's weights kept. With HP_TUNE the run's best val epoch comes
@@ -36,26 +33,13 @@ def task(tmp_path_factory):
     return prepare_mini_task(tmp_path_factory.mktemp("count"), "count", ("train", "val", "trainval", "test"))
 
 
-def command(phase, task, out, resume_dir, recipe=RECIPE, hp=HP):
-    """The `peftstudy tune` or `final` command of one LoRA grid point (id 00000000) with seed 0, on the CPU."""
-    backbone = dict(BACKBONE, weights=str(REPO / BACKBONE["weights"]), keep_head=False)
-    del backbone["image_size"], backbone["pretrain"]
-    common = [
-        "--experiment", "vtab", "--dataset", "count", "--method", "lora", "--recipe", json.dumps(recipe),
-        "--backbone", json.dumps(backbone), "--seed", "0", "--manifest", str(task / "manifest.json"),
-        "--device", "cpu", "--resume-dir", str(resume_dir),
-    ]  # fmt: skip
-    if phase == "tune":
-        return [
-            str(BIN / "peftstudy"), "tune", *common, "--points", json.dumps([{"gp": "00000000", "hp": hp}]),
-            "--train", str(task / "train.npz"), "--val", str(task / "val.npz"), "--out", str(out / "metrics.json"),
-        ]  # fmt: skip
-    return [
-        str(BIN / "peftstudy"), "final", *common, "--gp", "00000000", "--hp", json.dumps(hp),
-        "--train", str(task / "trainval.npz"), "--test", str(task / "test.npz"),
-        "--out-metrics", str(out / "metrics.json"), "--out-logits", str(out / "logits.npz"),
-        "--out-weights", str(out / "peft.safetensors"),
-    ]  # fmt: skip
+def command(phase, task, out, resume_dir, recipe=RECIPE, hp=HP, points=None):
+    """The `peftstudy run` command of a tune or final job of one LoRA grid point (id 00000000; a tune job:
+    `points` in its place) with seed 0, on the CPU."""
+    points = points or [{"gp": "00000000", "hp": hp}]
+    splits = ("train", "val") if phase == "tune" else ("trainval", "test")
+    spec = training_spec(phase, task, out, "lora", points, recipe, splits=splits, resume_dir=str(resume_dir))
+    return [str(BIN / "peftstudy"), "run", spec.to_json()]
 
 
 def env():
@@ -192,9 +176,7 @@ def test_a_tune_job_whose_pack_changed_trains_only_its_new_points(task, tmp_path
     points = {gp: dict(HP, lr=lr) for gp, lr in (("0000000a", 0.001), ("0000000b", 0.005), ("0000000c", 0.01))}
 
     def tune(gps, out, resume, job_recipe=recipe):
-        cmd = command("tune", task, out, resume, recipe=job_recipe)
-        cmd[cmd.index("--points") + 1] = json.dumps([{"gp": gp, "hp": points[gp]} for gp in gps])
-        done = run(cmd)
+        done = run(command("tune", task, out, resume, job_recipe, points=[{"gp": gp, "hp": points[gp]} for gp in gps]))
         return done.stdout, {p["gp"]: p for p in json.loads((out / "metrics.json").read_text())["points"]}
 
     resume = tmp_path / "resume"

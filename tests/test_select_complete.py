@@ -4,8 +4,8 @@ selected. Fake tune results at the plan's own paths, with the plan's own select 
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import shlex
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ from conftest import tiny_config, tune_point
 
 from peftstudy import cli, select
 from peftstudy.io import read_json, write_json
-from peftstudy.plan import study
+from peftstudy.plan import specs, study
 from peftstudy.plan.jobs import Plan
 
 EXPERIMENT = "robustness"  # the tiny study's packed experiment: its tune jobs hold two grid points each
@@ -47,9 +47,10 @@ def write_tune_results(plan: Plan) -> dict[str, list[dict]]:
 
 
 def run_select(plan: Plan) -> dict:
-    """The select job as the rule runs it: the plan's arguments, its tune files in the plan's order."""
-    args = [*shlex.split(plan.select_args(EXPERIMENT)), "--metrics", *plan.tune_metrics(EXPERIMENT)]
-    cli.main(["select", *args, "--out", "selected.json", "--out-summary", "tune.csv"])
+    """The select job as the rules run it: the plan's spec (its tune files in the plan's order) in a file."""
+    spec = dataclasses.replace(plan.select_spec(EXPERIMENT), selected="selected.json", summary="tune.csv")
+    specs.write("select.spec.json", spec)
+    cli.main(["run", "@select.spec.json"])
     return read_json("selected.json", schema="selected")["datasets"]
 
 
@@ -115,10 +116,10 @@ def test_a_selection_made_before_the_grid_changed_asks_to_select_again(plan):
     Path(plan.layout.selected(EXPERIMENT)).parent.mkdir(parents=True)
     write_json(plan.layout.selected(EXPERIMENT), {"datasets": {"shapes": {"bitfit": entry}}}, schema="selected")
     with pytest.raises(ValueError) as raised:
-        plan.final_args(EXPERIMENT, "shapes", "bitfit", old_gp, "0")
+        plan.final_spec(EXPERIMENT, "shapes", "bitfit", old_gp, "0")
     message = str(raised.value)
     assert message.startswith(f"{plan.layout.selected(EXPERIMENT)} chose grid point {old_gp} for bitfit on shapes")
     assert "add --forcerun select (or run without --rerun-triggers mtime)" in message
     # A final asked for by path, of a point no selection chose: the point itself is the mistake.
     with pytest.raises(ValueError, match=r"grid point 0123abcd is not in the grid of bitfit .*points of the current"):
-        plan.final_args(EXPERIMENT, "shapes", "bitfit", "0123abcd", "0")
+        plan.final_spec(EXPERIMENT, "shapes", "bitfit", "0123abcd", "0")

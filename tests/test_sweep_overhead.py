@@ -113,21 +113,33 @@ def test_the_fit_recovers_separable_terms() -> None:
 
 
 def test_the_stand_in_writes_what_the_schemas_accept(tmp_path) -> None:
-    run = {"--experiment": "vtab", "--dataset": "count", "--method": "lora", "--recipe": "{}"}
-    stages = {
-        "tune": {**run, "--points": '[{"gp": "0123abcd", "hp": {"lr": 0.1}}]', "--seed": "0", "--out": "tune.json"},
-        "final": {
-            **run,
-            **{"--gp": "0123abcd", "--hp": '{"lr": 0.1}', "--seed": "0", "--out-metrics": "final.json"},
-            **{"--out-logits": "logits.npz", "--out-weights": "peft.safetensors"},
-        },
-        "ensemble": {"--methods": "lora", "--out-ensembles": "ensembles.json", "--out-agreement": "agreement.json"},
-        "robustness": {"--method": "lora", "--eval": "id=a.npz", "--alphas": "[0.0, 1.0]", "--out-ood": "ood.json"}
-        | {"--out-wise": "wise.json"},
-    }
-    for stage, args in stages.items():
-        argv = [str(REPO / "benchmarks/sweep_stand_in.py"), stage, *(x for pair in args.items() for x in pair)]
-        subprocess.run([sys.executable, *argv], cwd=tmp_path, check=True)
+    from peftstudy.plan import specs
+
+    backbone = specs.Backbone(arch="vit", weights="w", sha256=None, keep_head=False)
+    run = specs.RunSettings(experiment="vtab", dataset="count", method="lora", recipe={}, backbone=backbone, device="")
+    point, data = specs.GridPoint(gp="0123abcd", hp={"lr": 0.1}), dict(train="t", manifest="m")
+    tune = specs.TuneSpec(run=run, points=(point,), seed=0, val="v", metrics="tune.json", **data)
+    final = specs.FinalSpec(
+        run=run, point=point, seed=0, test="t", metrics="final.json", logits="l.npz", peft="p.safetensors", **data
+    )
+    ensemble = specs.EnsembleSpec(
+        finals=("f.json",), methods=("lora",), confident_k=0.1, ensembles="ensembles.json", agreement="agreement.json"
+    )
+    robustness = specs.RobustnessSpec(
+        method="lora",
+        backbone=backbone,
+        final="f.json",
+        in_distribution=specs.EvalSet(name="id", test="a.npz"),
+        shifted=(),
+        alphas=(0.0, 1.0),
+        class_subsets={},
+        device="cpu",
+        ood="ood.json",
+        wise="wise.json",
+    )
+    stages = [["run", spec.to_json()] for spec in (tune, final, ensemble, robustness)]
+    for argv in stages:
+        subprocess.run([sys.executable, str(REPO / "benchmarks/sweep_stand_in.py"), *argv], cwd=tmp_path, check=True)
     schemas = {"tune": "tune", "final": "metrics", "ensembles": "ensembles", "agreement": "agreement"}
     for name, schema in (schemas | {"ood": "ood", "wise": "wise"}).items():
         validate(json.loads((tmp_path / f"{name}.json").read_text()), schema)

@@ -16,6 +16,7 @@ from PIL import Image
 from peftstudy import cli
 from peftstudy.data import layout, vtab_tasks, vtab_tfds
 from peftstudy.io import read_json
+from peftstudy.plan import specs
 
 # TFDS split sizes of each task's builder (the versions the processed archive used).
 CIFAR100 = {"train": 50000, "test": 10000}
@@ -257,8 +258,10 @@ def fake_tfds(monkeypatch):
 
 def run_stage(tmp_path: Path, task: str, dataset: str = "") -> tuple[Path, Path]:
     out, manifest = tmp_path / "vtab" / task, tmp_path / "vtab" / f"{task}.json"
-    argv = ["vtab-tfds", "--task", task, "--data-dir", str(tmp_path / "tfds"), "--out", str(out)]
-    cli.main([*argv, "--manifest", str(manifest), *(["--dataset", dataset] if dataset else [])])
+    spec = specs.VtabTfdsSpec(
+        task=task, data_dir=str(tmp_path / "tfds"), dataset=dataset or task, source=str(out), manifest=str(manifest)
+    )
+    cli.main(["run", spec.to_json()])
     return out, manifest
 
 

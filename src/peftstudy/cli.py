@@ -1,7 +1,10 @@
 """`peftstudy <stage> ...`: the entry points the Snakemake rules call.
 
-Every input a stage needs is an argument, so any job can be rerun by hand from its log's command line.
-Heavy imports happen inside each stage, so a job pays only for what it uses (docs/scale.md §3).
+`peftstudy run SPEC` runs a job given as its spec (plan.specs): every job of the workflow but the downloads,
+`fetch`, `fetch-backbone` and `extract`, which keep flags so they can be run by hand too (as can `estimate` and
+`doctor`, the user's tools). Every input a stage needs is an argument (or, for a long spec, a file named by one), so
+any job can be rerun by hand from its log's command line. Heavy imports happen inside each stage, so a job pays only
+for what it uses (docs/scale.md §3).
 """
 
 from __future__ import annotations
@@ -9,21 +12,14 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import json
 import os
 import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from peftstudy.plan.defaults import DEFAULTS
-
-
-def _json(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text[:80]}") from err
+from peftstudy.plan import specs
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,7 @@ class _stage:  # lower case: read as a call, `set_defaults(func=_stage("module:f
     def module(self) -> str:
         return self.target.partition(":")[0]
 
-    def __call__(self, args: argparse.Namespace) -> None:
+    def __call__(self, *args: Any) -> None:
         # Python's cyclic GC walks every object the imports create, again and again while they pile up (torch and
         # timm: ~2,700 modules) and then in each full collection while the stage runs. Those objects live as long
         # as the process, so the GC pauses for the import and they are frozen out of it after: ~0.8 of a mini
@@ -49,28 +45,18 @@ class _stage:  # lower case: read as a call, `set_defaults(func=_stage("module:f
         finally:
             gc.enable()
         gc.freeze()
-        getattr(module, self.target.partition(":")[2])(args)
+        getattr(module, self.target.partition(":")[2])(*args)
 
 
-def _run_args(p: argparse.ArgumentParser) -> None:
-    """Arguments shared by tune and final runs."""
-    p.add_argument("--experiment", required=True)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--method", required=True)
-    p.add_argument("--recipe", type=_json, required=True)
-    p.add_argument("--backbone", type=_json, required=True, help="arch, weights, sha256, keep_head")
-    p.add_argument("--train", required=True, help="prepared cache of the training split")
-    p.add_argument("--manifest", required=True, help="the dataset's manifest.json (provenance)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--resume-dir", default="", help="checkpoint each epoch here and resume from it (preemption)")
-    p.add_argument(
-        "--concurrent",
-        type=int,
-        default=0,
-        help="runs trained at once, interleaved step by step (0: on a GPU as many of the job's as fit in its memory, "
-        "measured; one on the CPU); fewer after an out-of-memory error",
-    )
+def _run(args: argparse.Namespace) -> None:
+    """`peftstudy run`: the spec read (from the argument, or from the file after `@`), checked against its stage's
+    dataclass, and handed to the stage with the options."""
+    text = args.spec
+    if text.startswith("@"):
+        with open(text[1:]) as handle:
+            text = handle.read()
+    spec = specs.from_json(text)
+    _stage(spec.target)(spec, specs.Options(threads=args.threads, concurrent=args.concurrent))
 
 
 def _pin_args(p: argparse.ArgumentParser) -> None:
@@ -82,14 +68,6 @@ def _pin_args(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="peftstudy", description=__doc__)
     sub = top.add_subparsers(dest="stage", required=True)
-
-    p = sub.add_parser("generate", help="render a synthetic dataset in the processed-VTAB layout")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--spec", type=_json, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--out", required=True, help="the source folder")
-    p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
-    p.set_defaults(func=_stage("peftstudy.data.synthetic:run"))
 
     p = sub.add_parser("fetch", help="download a file (resumable), checked against its sha256")
     p.add_argument("--url", required=True, help="http(s):// or file:// URL, or a local path")
@@ -115,194 +93,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config-key", default="", help="the archive's entry in the config (archives.<name>), for errors")
     p.set_defaults(func=_stage("peftstudy.data.fetch:run_extract"))
 
-    p = sub.add_parser("index", help="the manifest of a dataset folder already in the processed-VTAB layout")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--source", required=True, help="the dataset's folder")
-    p.add_argument("--classes", type=int, required=True)
-    p.add_argument("--about", type=_json, required=True, help="where the folder came from (provenance)")
-    p.add_argument("--checksum-file", default="", help="the archive's sha256 file, if it came from one")
-    p.add_argument("--out", required=True, help="manifest.json")
-    p.set_defaults(func=_stage("peftstudy.data.layout:run_index"))
-
-    p = sub.add_parser("prepare", help="decode one split's list into a uint8 tensor cache")
-    p.add_argument("--source", required=True)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--split", required=True, choices=["train", "val", "trainval", "test"])
-    p.add_argument("--image-size", type=int, required=True, help="0: keep the native size")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=_stage("peftstudy.data.layout:run"))
-
-    p = sub.add_parser("imagenet", help="check a downloaded ImageNet set, write its lists (layout) and manifest")
+    p = sub.add_parser("run", help="run a job given as its spec (plan.specs: tune, final, collect, ...)")
+    p.add_argument("spec", help="the spec's JSON, or @FILE holding it")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument(
-        "--set", required=True, choices=["imagenet", "imagenet_v2", "imagenet_sketch", "imagenet_r", "imagenet_a"]
+        "--concurrent",
+        type=int,
+        default=0,
+        help="runs trained at once, interleaved step by step (0: on a GPU as many of the job's as fit in its memory, "
+        "measured; one on the CPU); fewer after an out-of-memory error",
     )
-    p.add_argument("--root", required=True, help="the folder the set was downloaded to (from the config)")
-    p.add_argument("--out", required=True, help="the layout folder: lists, and links into --root")
-    p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
-    p.add_argument("--out-checked", default="", help="<set>.checked.json (default: beside the manifest)")
-    p.add_argument("--dataset", default="", help="the dataset's name in the config (default: --set)")
-    p.add_argument("--shots", type=int, default=DEFAULTS["imagenet_shots"], help="imagenet: training images per class")
-    p.add_argument(
-        "--val-per-class", type=int, default=DEFAULTS["imagenet_val_per_class"], help="imagenet: val images per class"
-    )
-    p.add_argument("--seed", type=int, default=DEFAULTS["imagenet_sample_seed"], help="imagenet: the sampling seed")
-    p.set_defaults(func=_stage("peftstudy.data.imagenet:run"))
-
-    p = sub.add_parser("manyshot-lists", help="download the authors' split lists of a many-shot subset (pinned)")
-    p.add_argument("--dataset", required=True, choices=["cifar100", "resisc45"])
-    p.add_argument("--subset", required=True, help="cifar100: 500 1k 5k 10k full; resisc45: 225 450 ... full")
-    p.add_argument("--base-url", default="", help="where the lists are (default: GitHub at the pinned commit)")
-    p.add_argument("--out", required=True, help="the folder of lists, as under the authors' data/annotations/")
-    p.add_argument("--pins", type=_json, default=None, help='{"file": "sha256"}: your own lists in place of theirs')
-    p.set_defaults(func=_stage("peftstudy.data.manyshot:run_lists"))
-
-    p = sub.add_parser("manyshot", help="a many-shot subset and fold in the processed-VTAB layout")
-    p.add_argument("--dataset", required=True, choices=["cifar100", "resisc45"])
-    p.add_argument("--subset", required=True)
-    p.add_argument(
-        "--fold", type=int, default=DEFAULTS["manyshot_fold"], help="0..4 for cifar100 500 and resisc45 225/450, else 0"
-    )
-    p.add_argument("--source", required=True, help="the extracted archive (cifar-100-python/ or NWPU-RESISC45/)")
-    p.add_argument("--lists", required=True, help="the folder manyshot-lists filled")
-    p.add_argument("--name", default="", help="the dataset's name in the manifest (default: dataset-subset[-foldK])")
-    p.add_argument("--checksum-file", default="", help="the archive's sha256 file (provenance)")
-    p.add_argument("--pins", type=_json, default=None, help='{"file": "sha256"}: your own lists in place of theirs')
-    p.add_argument("--out", required=True, help="the source folder")
-    p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
-    p.set_defaults(func=_stage("peftstudy.data.manyshot:run"))
-
-    p = sub.add_parser("vtab-tfds", help="build a VTAB-1K task from TensorFlow Datasets in the processed-VTAB layout")
-    p.add_argument("--task", required=True, help="the processed folder's name (cifar, ..., smallnorb_ele)")
-    p.add_argument("--data-dir", required=True, help="TFDS data_dir: downloads and prepared builders")
-    p.add_argument("--out", required=True, help="the source folder")
-    p.add_argument("--manifest", required=True, help="manifest.json, written beside the folder")
-    p.add_argument("--dataset", default="", help="the manifest's dataset name (the config's); default: the task")
-    p.set_defaults(func=_stage("peftstudy.data.vtab_tfds:run"))
-
-    p = sub.add_parser("pretrain", help="pretrain a backbone from scratch (the mini study's own weights)")
-    p.add_argument("--arch", required=True)
-    p.add_argument("--train", required=True)
-    p.add_argument("--val", required=True)
-    p.add_argument("--recipe", type=_json, required=True)
-    p.add_argument("--lr", type=float, required=True)
-    p.add_argument("--wd", type=float, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
-    p.add_argument("--metrics", required=True)
-    p.set_defaults(func=_stage("peftstudy.train.pretrain:run"))
-
-    p = sub.add_parser("tune", help="train grid points on train, score each on val")
-    _run_args(p)
-    p.add_argument(
-        "--points", type=_json, required=True, help='grid points in order: [{"gp": "<id>", "hp": {"lr": 0.001}}, ...]'
-    )
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--val", required=True)
-    p.add_argument("--out", required=True, help="the job's metrics.json: each grid point's results, in order")
-    p.set_defaults(func=_stage("peftstudy.train.runs:tune"))
-
-    p = sub.add_parser("final", help="train the selected grid point on train+val, test once at the end")
-    _run_args(p)
-    p.add_argument("--hp", type=_json, required=True, help='the grid point, e.g. \'{"lr": 0.001, "r": 8}\'')
-    p.add_argument("--gp", required=True, help="the grid point's id")
-    p.add_argument("--seed", type=int, nargs="+", required=True, help="one run per seed")
-    p.add_argument("--test", required=True)
-    p.add_argument("--out-metrics", nargs="+", required=True, help="one per seed")
-    p.add_argument("--out-logits", nargs="+", required=True, help="one per seed")
-    p.add_argument("--out-weights", nargs="+", required=True, help="one per seed")
-    p.set_defaults(func=_stage("peftstudy.train.runs:final"))
-
-    p = sub.add_parser("select", help="choose each (dataset, method)'s grid point from tune results (val only)")
-    p.add_argument(
-        "--grids", type=_json, required=True, help='{"<method>": [{"gp": "<id>", "hp": {...}}, ...] in grid order, ...}'
-    )
-    p.add_argument(
-        "--datasets", type=_json, required=True, help='{"<dataset>": [it and its tuning folds], ...}: one choice each'
-    )
-    p.add_argument(
-        "--metrics",
-        nargs="+",
-        required=True,
-        help="every tune job's metrics.json, in the plan's order (Plan.tune_metrics)",
-    )
-    p.add_argument("--runs-per-job", type=int, default=1, help="grid points per tune job (study.packs)")
-    p.add_argument("--tie-break", choices=["last", "first"], default="last")
-    p.add_argument("--metric", choices=["val_top1", "val_best_top1"], default=DEFAULTS["selection_metric"])
-    p.add_argument("--out", required=True, help="selected.json: each method's choice")
-    p.add_argument("--out-summary", required=True, help="tune.csv: every method's grid points and val scores")
-    p.set_defaults(func=_stage("peftstudy.select:run"))
-
-    p = sub.add_parser("collect", help="record the selected finals of one (experiment, dataset, method)")
-    p.add_argument("--choice", type=_json, required=True, help="the method's entry of its dataset's selected.json")
-    p.add_argument("--metrics", nargs="*", default=[], help="each seed's final metrics.json (none: all diverged)")
-    p.add_argument("--experiment", required=True)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--method", required=True)
-    p.add_argument("--out", required=True, help="final.json")
-    p.set_defaults(func=_stage("peftstudy.collect:run"))
-
-    p = sub.add_parser("ensemble", help="confidence, overlaps and ensembles of the methods' final test logits")
-    p.add_argument("--finals", nargs="+", required=True, help="final.json of each method on the dataset")
-    p.add_argument(
-        "--confident-k",
-        type=float,
-        default=DEFAULTS["confident_k"],
-        help="K most confident: a count, or a fraction if < 1",
-    )
-    p.add_argument("--methods", nargs="+", help="the methods whose pairs and triples are ensembled (default: all)")
-    p.add_argument("--out-ensembles", required=True)
-    p.add_argument("--out-agreement", required=True)
-    p.set_defaults(func=_stage("peftstudy.ensemble:run"))
-
-    p = sub.add_parser("robustness", help="ID/OOD accuracy and WiSE curves of one method's finals")
-    p.add_argument("--method", required=True)
-    p.add_argument("--backbone", type=_json, required=True)
-    p.add_argument("--final", required=True, help="final.json of the method on the in-distribution dataset")
-    p.add_argument("--eval", nargs="+", required=True, help="NAME=path/to/test.npz; the first is in-distribution")
-    p.add_argument("--alphas", type=_json, required=True)
-    p.add_argument(
-        "--class-subsets", type=_json, default=None, help='{"NAME": [class, ...]}: sets covering part of the classes'
-    )
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out-ood", required=True)
-    p.add_argument("--out-wise", required=True)
-    p.set_defaults(func=_stage("peftstudy.robustness:run"))
-
-    p = sub.add_parser("tables", help="tidy CSV tables of a study's results")
-    p.add_argument("--study", required=True)
-    p.add_argument("--config-hash", required=True)
-    p.add_argument("--tune", nargs="+", required=True, help="tune.csv of every (experiment, dataset, method)")
-    p.add_argument("--finals", nargs="+", required=True, help="final.json of every (experiment, dataset, method)")
-    p.add_argument("--tune-metrics", nargs="*", default=[], help="metrics.json of every tune job (provenance)")
-    p.add_argument(
-        "--analysis", nargs="*", type=json.loads, default=[], help="JSON: each ensembles.json and agreement.json, named"
-    )
-    p.add_argument("--robustness", nargs="*", default=[], help="ood.json and wise.json files")
-    p.add_argument("--context", required=True, help="JSON: dataset groups, recipes, grids (config.report_context)")
-    p.add_argument("--manifests", nargs="*", default=[], help="manifest.json of every dataset trained or tested on")
-    p.add_argument(
-        "--benchmarks", nargs="*", type=json.loads, default=[], help="JSON: every training job's benchmark.tsv, named"
-    )
-    p.add_argument("--authors", nargs="*", default=[], help="report/data/authors_*.csv: copied beside the tables")
-    p.add_argument("--out-dir", required=True)
-    p.set_defaults(func=_stage("peftstudy.report.tables:run"))
-
-    p = sub.add_parser("report", help="figures (papermill) and the HTML page (Jinja)")
-    p.add_argument("--tables", required=True)
-    p.add_argument("--notebook", required=True)
-    p.add_argument("--template", required=True)
-    p.add_argument(
-        "--tolerance",
-        type=float,
-        default=DEFAULTS["report_tolerance"],
-        help="points of top-1 above which a diff is marked",
-    )
-    p.add_argument("--out", required=True)
-    p.add_argument("--out-notebook", required=True)
-    p.set_defaults(func=_stage("peftstudy.report.render:run"))
+    p.set_defaults(func=_run)
 
     p = sub.add_parser("estimate", help="a study's jobs, runs, images and GPU-hours before it is submitted")
     p.add_argument("--configfile", nargs="+", required=True, help="the study config(s), as given to snakemake")
@@ -323,14 +124,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="append", default=[], help=argparse.SUPPRESS)  # its compile modes
     p.set_defaults(func=_stage("peftstudy.doctor:run"))
 
-    p = sub.add_parser("zero-shot-head", help="CLIP's zero-shot head from its text tower (docs/protocol.md §A.1), once")
-    p.add_argument("--clip-weights", required=True, help="the full CLIP checkpoint (OpenAI/OpenCLIP state dict)")
-    p.add_argument("--classnames", required=True, help="imagenet (OpenAI's clean names), or a file: one a line")
-    p.add_argument("--clip-model", default=DEFAULTS["clip_model"], help="open_clip config of the checkpoint")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, help="the head's safetensors file (proj, classifier weight and bias)")
-    p.set_defaults(func=_stage("peftstudy.models.clip:run_zero_shot_head"))
     return top
 
 

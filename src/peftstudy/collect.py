@@ -9,27 +9,25 @@ the tables to show it.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from peftstudy.io import read_json, sha256_file, validate, write_json
+from peftstudy.plan.specs import FINAL_FILES, CollectSpec, Options
 from peftstudy.select import ALL_DIVERGED
 
-FILES = ("metrics.json", "logits.npz", "peft.safetensors")
 
-
-def run(args: argparse.Namespace) -> None:
+def run(spec: CollectSpec, options: Options) -> None:
     # The (dataset, method)'s own entry of the experiment's selected.json: passed as a value, not the file, so that
     # a change of another choice there reruns no collect of this one.
-    selected = args.choice
-    validate({"datasets": {args.dataset: {args.method: selected}}}, "selected")
+    selected = dict(spec.choice)
+    validate({"datasets": {spec.dataset: {spec.method: selected}}}, "selected")
     if selected.get("status") == ALL_DIVERGED:
-        if args.metrics:
-            raise ValueError(f"{args.method} on {args.dataset}: every grid point diverged, yet final runs were given")
-        record = {"experiment": args.experiment, "dataset": args.dataset, "method": args.method}
-        write_json(args.out, record | {"status": ALL_DIVERGED, "tune_runs": selected["runs"], "runs": []}, "final")
+        if spec.metrics:
+            raise ValueError(f"{spec.method} on {spec.dataset}: every grid point diverged, yet final runs were given")
+        record = {"experiment": spec.experiment, "dataset": spec.dataset, "method": spec.method}
+        write_json(spec.record, record | {"status": ALL_DIVERGED, "tune_runs": selected["runs"], "runs": []}, "final")
         return
-    finals = {Path(path): read_json(path, schema="metrics") for path in args.metrics}
+    finals = {Path(path): read_json(path, schema="metrics") for path in spec.metrics}
     for path, metrics in finals.items():
         if metrics["phase"] != "final":
             raise ValueError(f"{path}: not a final run")
@@ -42,13 +40,13 @@ def run(args: argparse.Namespace) -> None:
             "dir": str(path.parent),
             "status": metrics["status"],
             "test_top1": metrics["metrics"].get("test_top1"),
-            "sha256": {name: sha256_file(path.parent / name) for name in FILES},
+            "sha256": {name: sha256_file(path.parent / name) for name in FINAL_FILES},
         }
         for path, metrics in finals.items()
     ]
     first = next(iter(finals.values()))
     write_json(
-        args.out,
+        spec.record,
         {key: first[key] for key in ("experiment", "dataset", "method", "gp", "hp", "trainable_params")}
         | {"runs": sorted(runs, key=lambda r: r["seed"])},
         schema="final",

@@ -8,7 +8,6 @@ figure is then averaged over the seeds all methods share. A method's own seeds, 
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -16,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from peftstudy.io import load_npz, read_json, write_json
+from peftstudy.plan.specs import FINAL, EnsembleSpec, Options
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -216,24 +216,24 @@ def analyse(
     return ensembles_out, agreement_out
 
 
-def run(args: argparse.Namespace) -> None:
+def run(spec: EnsembleSpec, options: Options) -> None:
     logits: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     labels = None
     all_diverged = []
-    for final in args.finals:
+    for final in spec.finals:
         record = read_json(final, schema="final")
         if record.get("status") == "all-diverged":  # no final to compare: left out, the tables say why
             all_diverged.append(record["method"])
             print(f"{record['method']}: every grid point diverged, left out of the analysis", flush=True)
         for run_ in record["runs"]:
-            path = f"{run_['dir']}/logits.npz"
+            path = f"{run_['dir']}/{FINAL.logits}"
             data = load_npz(path)
             if labels is not None and not np.array_equal(labels, data["labels"]):
                 raise ValueError(f"{path}: its test labels differ from the other methods'; were they one test set?")
             labels = data["labels"]
             logits[record["method"]][run_["seed"]] = data["logits"]
-    chosen = [m for m in args.methods if m not in all_diverged] if args.methods is not None else None
+    chosen = [m for m in spec.methods if m not in all_diverged]
     no_test = np.zeros(0, dtype=np.int64)  # every method diverged: no final, so no test set was read
-    ensembles, pairs = analyse(logits, labels if labels is not None else no_test, args.confident_k, chosen)
-    write_json(args.out_ensembles, ensembles, schema="ensembles")
-    write_json(args.out_agreement, pairs, schema="agreement")
+    ensembles, pairs = analyse(logits, labels if labels is not None else no_test, spec.confident_k, chosen)
+    write_json(spec.ensembles, ensembles, schema="ensembles")
+    write_json(spec.agreement, pairs, schema="agreement")

@@ -14,7 +14,6 @@ on the logits of those classes only, as the authors' masks do (docs/protocol.md 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from collections.abc import Collection, Mapping, Sequence
 
@@ -25,6 +24,8 @@ from torch import nn
 from peftstudy import methods
 from peftstudy.io import load_npz, read_json, write_json
 from peftstudy.models import pick_device
+from peftstudy.plan import specs
+from peftstudy.plan.specs import FINAL
 from peftstudy.tables import subset_classes
 from peftstudy.train.engine import features, to_input
 from peftstudy.train.runs import load_trained
@@ -191,31 +192,31 @@ def _summarise(rows: list[dict], id_name: str, ood_names: list[str]) -> dict:
     return {"id": out[id_name], "ood": ood, "ood_mean": float(np.mean(list(ood.values())))}
 
 
-def run(args: argparse.Namespace) -> None:
+def run(spec: specs.RobustnessSpec, options: specs.Options) -> None:
     from peftstudy.models import create_backbone
 
-    device = pick_device(args.device, args.threads)
-    named = [item.split("=", 1) for item in args.eval]
-    id_name, ood_names = named[0][0], [n for n, _ in named[1:]]
-    record = read_json(args.final, schema="final")
+    device = pick_device(spec.device, options.threads)
+    id_name, ood_names = spec.in_distribution.name, [test_set.name for test_set in spec.shifted]
+    record = read_json(spec.final, schema="final")
     if record.get("status") == "all-diverged":  # nothing to evaluate: recorded so, for the tables to say why
-        common = {"method": args.method, "id_set": id_name, "ood_sets": ood_names, "status": "all-diverged"}
-        subsets = sorted(args.class_subsets or {})
-        write_json(args.out_ood, {**common, "seeds": [], "class_subsets": subsets, "per_seed": []}, schema="ood")
+        common = {"method": spec.method, "id_set": id_name, "ood_sets": ood_names, "status": "all-diverged"}
+        subsets = sorted(spec.class_subsets)
+        write_json(spec.ood, {**common, "seeds": [], "class_subsets": subsets, "per_seed": []}, schema="ood")
         reason = "every grid point diverged: no final to interpolate"
-        write_json(args.out_wise, {**common, "alphas": list(args.alphas), "points": [], "procedure": reason}, "wise")
+        write_json(spec.wise, {**common, "alphas": list(spec.alphas), "points": [], "procedure": reason}, "wise")
         return
-    raw = {name: load_npz(path) for name, path in named}
-    subsets = {name: _classes(spec) for name, spec in (args.class_subsets or {}).items()}
+    raw = {test_set.name: load_npz(test_set.test) for test_set in (spec.in_distribution, *spec.shifted)}
+    subsets = {name: _classes(subset) for name, subset in spec.class_subsets.items()}
     classes = int(raw[id_name]["num_classes"])
     per_seed_ood, curves = [], []
     not_mergeable = ""
-    backbone_names = {n for n, _ in create_backbone(args.backbone["arch"], classes, device="meta").named_parameters()}
+    backbone = spec.backbone
+    backbone_names = {n for n, _ in create_backbone(backbone.arch, classes, device="meta").named_parameters()}
     evaluations = None
     for final_dir in (r["dir"] for r in record["runs"]):
-        meta = read_json(f"{final_dir}/metrics.json", schema="metrics")
+        meta = read_json(f"{final_dir}/{FINAL.metrics}", schema="metrics")
         model, zero_shot, fine_tuned = load_trained(
-            args.method, meta["hp"], args.backbone, f"{final_dir}/peft.safetensors", classes, device
+            spec.method, meta["hp"], backbone, f"{final_dir}/{FINAL.peft}", classes, device
         )
         evaluations = evaluations or Evaluations(_test_sets(raw, subsets, model, device), 256)
         head = set(methods.head_names(model))
@@ -223,32 +224,32 @@ def run(args: argparse.Namespace) -> None:
         added = set(fine_tuned) - backbone_names - head
         per_seed_ood.append({"seed": meta["seed"], **evaluations(model)})
         try:
-            check_mergeable(model, added, args.method)
+            check_mergeable(model, added, spec.method)
         except ValueError as err:  # VPT: OOD accuracy still counts; its WiSE curve says why it has none
             not_mergeable = str(err)
             print(not_mergeable, flush=True)
             continue
         # The head-only variant first: its points share the backbone of the fine-tuned model just evaluated.
         for variant, only in (("head_only", head), ("wise", None)):
-            for alpha in args.alphas:
+            for alpha in spec.alphas:
                 acc = evaluations(wise(model, zero_shot, fine_tuned, added, alpha, only))
                 curves.append({"seed": meta["seed"], "variant": variant, "alpha": alpha, **acc})
-                print(f"{args.method} seed {meta['seed']} {variant} alpha {alpha:.2f}: {acc}", flush=True)
-    common = {"method": args.method, "id_set": id_name, "ood_sets": ood_names}
+                print(f"{spec.method} seed {meta['seed']} {variant} alpha {alpha:.2f}: {acc}", flush=True)
+    common = {"method": spec.method, "id_set": id_name, "ood_sets": ood_names}
     names = (id_name, ood_names)
     ood = {**common, "seeds": [r["seed"] for r in per_seed_ood], **_summarise(per_seed_ood, *names)}
-    write_json(args.out_ood, {**ood, "class_subsets": sorted(subsets), "per_seed": per_seed_ood}, schema="ood")
+    write_json(spec.ood, {**ood, "class_subsets": sorted(subsets), "per_seed": per_seed_ood}, schema="ood")
     points = [
         {"variant": v, "alpha": a, **_summarise([c for c in curves if c["variant"] == v and c["alpha"] == a], *names)}
         for v in ("wise", "head_only")
-        for a in args.alphas
+        for a in spec.alphas
         if not not_mergeable
     ]
     write_json(
-        args.out_wise,
+        spec.wise,
         {
             **common,
-            "alphas": list(args.alphas),
+            "alphas": list(spec.alphas),
             "points": points,
             "procedure": not_mergeable or procedure(fine_tuned, added, head),
         },

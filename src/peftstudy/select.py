@@ -17,7 +17,6 @@ points it lacks and those it holds beyond its job, and how to remake it.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import json
@@ -28,6 +27,7 @@ from typing import Any
 
 from peftstudy.io import atomic_path, read_json, write_json
 from peftstudy.plan import study
+from peftstudy.plan.specs import Options, SelectSpec
 
 SUMMARY_COLUMNS = (
     "experiment",
@@ -177,7 +177,7 @@ def tune_results(
     jobs = study.selection_jobs(tuning_sets, packs)
     if len(paths) != len(jobs):
         raise ValueError(
-            f"{len(paths)} tune files for the {len(jobs)} tune jobs of --grids, --datasets and --runs-per-job: "
+            f"{len(paths)} tune files for the {len(jobs)} tune jobs of the spec's grids, datasets and runs_per_job: "
             "give every tune job's file, in the plan's order"
         )
     results: list[dict[str, Any]] = []
@@ -219,26 +219,27 @@ def _extra(result: dict[str, Any], tuning_set: str, method: str) -> str:
     return _point(result["gp"], result["hp"]) + why
 
 
-def run(args: argparse.Namespace) -> None:
-    grids = {method: {p["gp"]: p["hp"] for p in points} for method, points in args.grids.items()}
-    results = tune_results(args.metrics, grids, args.datasets, args.runs_per_job)
+def run(spec: SelectSpec, options: Options) -> None:
+    grids = {method: {p.gp: dict(p.hp) for p in points} for method, points in spec.grids.items()}
+    datasets = {dataset: list(tuning_sets) for dataset, tuning_sets in spec.datasets.items()}
+    results = tune_results(spec.metrics, grids, datasets, spec.runs_per_job)
     if any(r["phase"] != "tune" for r in results):
         raise ValueError("select reads tune results only")
-    tuned_for = {tuning_set: d for d, tuning_sets in args.datasets.items() for tuning_set in tuning_sets}
-    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {(d, m): [] for d in args.datasets for m in args.grids}
+    tuned_for = {tuning_set: d for d, tuning_sets in datasets.items() for tuning_set in tuning_sets}
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {(d, m): [] for d in datasets for m in grids}
     for r in results:
         grouped[tuned_for[r["dataset"]], r["method"]].append(r)
-    choices: dict[str, dict[str, Any]] = {d: {} for d in args.datasets}
+    choices: dict[str, dict[str, Any]] = {d: {} for d in datasets}
     for (dataset, method), rs in grouped.items():
-        record = choices[dataset][method] = choice(rs, list(grids[method]), args.tie_break, args.metric)
+        record = choices[dataset][method] = choice(rs, list(grids[method]), spec.tie_break, spec.metric)
         if record.get("status") == ALL_DIVERGED:
             print(f"{dataset}/{method}: every grid point diverged or has no val score: recorded", flush=True)
         else:
             print(f"{dataset}/{method}: selected {record['gp']} {record['hp']} ({record['score']:.2f})", flush=True)
-    write_json(args.out, {"datasets": choices}, schema="selected")
-    order = {d: i for i, d in enumerate(args.datasets)}
+    write_json(spec.selected, {"datasets": choices}, schema="selected")
+    order = {d: i for i, d in enumerate(datasets)}
     position = {(m, gp): (i, j) for i, (m, grid) in enumerate(grids.items()) for j, gp in enumerate(grid)}
-    with atomic_path(args.out_summary) as tmp, open(tmp, "w", newline="") as handle:
+    with atomic_path(spec.summary) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(SUMMARY_COLUMNS)
         ranked = sorted(results, key=lambda r: (order[tuned_for[r["dataset"]]], position[r["method"], r["gp"]]))

@@ -1,4 +1,4 @@
-import json
+import functools
 
 from peftstudy import io as study_io
 from peftstudy.plan import study
@@ -7,11 +7,11 @@ from peftstudy.plan.jobs import (
     TABLES,
     Plan,
     archive_checksum,
-    as_json,
     manyshot_lists_dir,
     only,
 )
 from peftstudy.plan.cost import report_context as estimated_cost
+from peftstudy.plan.specs import FINAL, write as write_spec
 from peftstudy.plan.tasks import MANYSHOT_SUBSETS
 from peftstudy.select import chosen, chosen_gp
 
@@ -25,8 +25,6 @@ study_io.validate_config(config)  # the key path first, not the whole schema
 # Everything the DAG computes comes from the plan (src/peftstudy/plan); the functions below only unpack wildcards.
 PLAN = Plan.of(config)
 LAYOUT = PLAN.layout
-EXPERIMENTS = PLAN.experiments
-DATASETS = PLAN.datasets
 ARCHIVES = config.get("archives", {})
 # Output patterns: layout methods called with the wildcards for arguments.
 RUN = ("{experiment}", "{dataset}", "{method}")
@@ -60,41 +58,40 @@ def job_runs(kind, wildcards):
     return 1
 
 
-TUNE_SHELL = (
-    "peftstudy tune --experiment {wildcards.experiment} --dataset {wildcards.dataset}"
-    " --method {wildcards.method} {params.args} --train {input.train} --val {input.val}"
-    " --manifest {input.manifest} --threads {threads} --out {output.metrics} > {log} 2>&1"
-)
-FINAL_SHELL = (
-    "peftstudy final --experiment {wildcards.experiment} --dataset {wildcards.dataset}"
-    " --method {wildcards.method} --gp {wildcards.gp} {params.args} --train {input.train} --test {input.test}"
-    " --manifest {input.manifest} --threads {threads} --out-metrics {output.metrics} --out-logits {output.logits}"
-    " --out-weights {output.peft} > {log} 2>&1"
-)
+# A job is its spec (plan.specs), one canonical JSON argument: any change of any field reruns the job.
+RUN_SPEC_SHELL = "peftstudy run {params.spec:q} --threads {threads} > {log} 2>&1"
 
 
 def run_of(wildcards):
     return wildcards.experiment, wildcards.dataset, wildcards.method
 
 
-def get_tune_args(wildcards):
-    return PLAN.tune_args(*run_of(wildcards), wildcards.pack)
+def tune_spec(wildcards):
+    return PLAN.tune_spec(*run_of(wildcards), wildcards.pack)
 
 
-def get_final_args(wildcards):
-    return PLAN.final_args(*run_of(wildcards), wildcards.gp, wildcards.seed)
+def final_spec(wildcards):
+    return PLAN.final_spec(*run_of(wildcards), wildcards.gp, wildcards.seed)
+
+
+def get_tune_inputs(wildcards):
+    return tune_spec(wildcards).inputs()
+
+
+def get_tune_spec(wildcards):
+    return tune_spec(wildcards).to_json()
+
+
+def get_final_inputs(wildcards):
+    return final_spec(wildcards).inputs()
+
+
+def get_final_spec(wildcards):
+    return final_spec(wildcards).to_json()
 
 
 def get_code(wildcards):
     return PLAN.code_digest(wildcards.method)
-
-
-def get_tune_inputs(wildcards):
-    return PLAN.tune_inputs(*run_of(wildcards))
-
-
-def get_final_inputs(wildcards):
-    return PLAN.final_inputs(*run_of(wildcards))
 
 
 def get_tune_metrics(wildcards):
@@ -130,11 +127,12 @@ def get_robustness_selection_made(wildcards):
     return selection_made(PLAN.robustness["experiment"])
 
 
-def get_choice(wildcards):
-    """A collect job's own (dataset, method) choice, as a parameter: it reruns when that entry changes, not when
+def get_collect_spec(wildcards):
+    """A collect job's own (dataset, method) choice is in its spec: it reruns when that entry changes, not when
     the file does."""
     entry = chosen(selection(wildcards.experiment), wildcards.dataset, wildcards.method)
-    return as_json(entry)
+    finals = selected_finals(*run_of(wildcards))
+    return PLAN.collect_spec(*run_of(wildcards), entry, finals).to_json()
 
 
 def selected_finals(experiment, dataset, method):
@@ -167,9 +165,23 @@ def get_final_benchmarks(wildcards):
     return [job["path"] for job in final_benchmarks()]
 
 
-def get_benchmark_jobs(wildcards):
-    """The tables' --benchmarks: every training job's benchmark with the job it measured, one JSON argument each."""
-    return [as_json(job) for job in [*PLAN.benchmarks(), *final_benchmarks()]]
+def write_spec_file(path, spec, log):
+    """A spec handed over as a file (rules spec_file, tables_spec), and its log line: what it is, its digest."""
+    write_spec(path, spec)
+    with open(log, "w") as handle:
+        handle.write(f"{path}: the {spec.stage} job's spec, sha256 {spec.digest()}\n")
+
+
+@functools.cache
+def tables_context():
+    """The study's facts, and the cost estimate the report sets beside what the run spent (once)."""
+    return PLAN.report_context() | {"cost": estimated_cost(PLAN)}
+
+
+def tables_spec():
+    """The tables job's spec: every training job's benchmark, the selected finals' included (each selection
+    resolved)."""
+    return PLAN.tables_spec(tables_context(), final_benchmarks())
 
 
 def get_final_outputs(wildcards):

@@ -24,11 +24,9 @@ rule generate:
     conda:
         "../../envs/data.yaml"
     params:
-        spec=lambda wc: as_json(PLAN.generate_spec(wc.dataset)),
-        seed=config["seed"],
+        spec=lambda wc: PLAN.generate_spec(wc.dataset).to_json(),
     shell:
-        "peftstudy generate --dataset {wildcards.dataset} --spec {params.spec} --seed {params.seed}"
-        " --out {output.source} --manifest {output.manifest} > {log} 2>&1"
+        "peftstudy run {params.spec:q} > {log} 2>&1"
 
 
 rule fetch:
@@ -86,13 +84,9 @@ rule index:
     conda:
         "../../envs/data.yaml"
     params:
-        source=lambda wc: PLAN.source_dir(wc.dataset),
-        about=lambda wc: as_json(PLAN.source_record(wc.dataset)),
-        classes=lambda wc: DATASETS[wc.dataset]["classes"],
-        checksum=lambda wc, input: input.get("checksum", ""),
+        spec=lambda wc: PLAN.index_spec(wc.dataset).to_json(),
     shell:
-        "peftstudy index --dataset {wildcards.dataset} --source {params.source:q} --classes {params.classes}"
-        " --about {params.about} --checksum-file '{params.checksum}' --out {output.manifest} > {log} 2>&1"
+        "peftstudy run {params.spec:q} > {log} 2>&1"
 
 
 rule imagenet:
@@ -113,15 +107,9 @@ rule imagenet:
     conda:
         "../../envs/data.yaml"
     params:
-        set=lambda wc: PLAN.imagenet_args(wc.dataset)["set"],
-        root=lambda wc: PLAN.imagenet_args(wc.dataset)["root"],
-        shots=lambda wc: PLAN.imagenet_args(wc.dataset)["shots"],
-        val_per_class=lambda wc: PLAN.imagenet_args(wc.dataset)["val_per_class"],
-        seed=lambda wc: PLAN.imagenet_args(wc.dataset)["seed"],
+        spec=lambda wc: PLAN.imagenet_spec(wc.dataset).to_json(),
     shell:
-        "peftstudy imagenet --set {params.set} --root {params.root:q} --dataset {wildcards.dataset}"
-        " --shots {params.shots} --val-per-class {params.val_per_class} --seed {params.seed}"
-        " --out {output.source} --manifest {output.manifest} --out-checked {output.checked} > {log} 2>&1"
+        "peftstudy run {params.spec:q} > {log} 2>&1"
 
 
 rule manyshot_lists:
@@ -136,17 +124,16 @@ rule manyshot_lists:
     conda:
         "../../envs/data.yaml"
     params:
-        base_url=config.get("manyshot_lists", {}).get("url", ""),
-        pins=as_json(config.get("manyshot_lists", {}).get("sha256", {})),
+        spec=lambda wc: PLAN.manyshot_lists_spec(wc.kind, wc.subset).to_json(),
     shell:
-        "peftstudy manyshot-lists --dataset {wildcards.kind} --subset {wildcards.subset}"
-        " --base-url '{params.base_url}' --pins {params.pins} --out {output.lists} > {log} 2>&1"
+        "peftstudy run {params.spec:q} > {log} 2>&1"
 
 
 rule manyshot:
     """A many-shot subset (and fold) in the layout: the authors' lists over CIFAR-100's or RESISC45's images."""
     input:
-        unpack(lambda wc: PLAN.manyshot_inputs(wc.dataset)),
+        unpack(lambda wc: PLAN.manyshot_spec(wc.dataset).inputs()),
+        code="src/peftstudy/data/manyshot.py",
     output:
         source=directory(LAYOUT.data_file("{dataset}", "source")),
         manifest=LAYOUT.manifest("{dataset}"),
@@ -160,15 +147,9 @@ rule manyshot:
         mem_mb=8000,
         runtime=60,
     params:
-        kind=lambda wc: DATASETS[wc.dataset]["kind"],
-        subset=lambda wc: DATASETS[wc.dataset]["subset"],
-        fold=lambda wc: DATASETS[wc.dataset].get("fold", PLAN.default("manyshot_fold")),
-        pins=as_json(config.get("manyshot_lists", {}).get("sha256", {})),
+        spec=lambda wc: PLAN.manyshot_spec(wc.dataset).to_json(),
     shell:
-        "peftstudy manyshot --dataset {params.kind} --subset {params.subset} --fold {params.fold}"
-        " --source {input.archive} --lists {input.lists} --name {wildcards.dataset}"
-        " --checksum-file {input.checksum} --pins {params.pins}"
-        " --out {output.source} --manifest {output.manifest} > {log} 2>&1"
+        "peftstudy run {params.spec:q} > {log} 2>&1"
 
 
 rule vtab_tfds:
@@ -189,18 +170,20 @@ rule vtab_tfds:
     resources:
         tfds_builder=1,
     params:
-        task=lambda wc: DATASETS[wc.dataset]["vtab_task"],
-        data_dir=config.get("tfds_data_dir", PLAN.default("tfds_data_dir")),
+        spec=lambda wc: PLAN.vtab_tfds_spec(wc.dataset).to_json(),
     shell:
-        "peftstudy vtab-tfds --task {params.task} --data-dir {params.data_dir:q} --dataset {wildcards.dataset}"
-        " --out {output.source} --manifest {output.manifest} > {log} 2>&1"
+        "peftstudy run {params.spec:q} > {log} 2>&1"
 
 
 rule prepare:
     """Decode one split's list once into a uint8 tensor cache (what training reads)."""
     input:
-        unpack(lambda wc: PLAN.source_inputs(wc.dataset)),
-        manifest=LAYOUT.manifest("{dataset}"),
+        unpack(
+            lambda wc: {
+                **PLAN.source_inputs(wc.dataset),
+                **PLAN.prepare_spec(wc.dataset, wc.split).inputs(),
+            }
+        ),
     output:
         cache=LAYOUT.data("{dataset}", "{split}"),
     log:
@@ -208,18 +191,17 @@ rule prepare:
     conda:
         "../../envs/data.yaml"
     params:
-        source=lambda wc: PLAN.source_dir(wc.dataset),
-        image_size=lambda wc: PLAN.cache_size(wc.dataset),
+        spec=lambda wc: PLAN.prepare_spec(wc.dataset, wc.split).to_json(),
     shell:
-        "peftstudy prepare --source {params.source:q} --manifest {input.manifest} --split {wildcards.split}"
-        " --image-size {params.image_size} --out {output.cache} > {log} 2>&1"
+        "peftstudy run {params.spec:q} > {log} 2>&1"
 
 
 rule zero_shot_head:
     """CLIP's zero-shot head (proj + 80-template text classifier, docs/protocol.md §A.1), built once from the full
     checkpoint's text tower; then only the file is read."""
     input:
-        unpack(lambda wc: PLAN.zero_shot_head_inputs(wc.head)),
+        unpack(lambda wc: PLAN.zero_shot_head_spec(wc.head).inputs()),
+        code="src/peftstudy/models/clip.py",
     output:
         head="{head}",
     log:
@@ -232,11 +214,9 @@ rule zero_shot_head:
     resources:
         **job_resources("robustness"),
     params:
-        args=lambda wc: PLAN.zero_shot_head_args(wc.head),
-        device=config["device"],
+        spec=lambda wc: PLAN.zero_shot_head_spec(wc.head).to_json(),
     shell:
-        "peftstudy zero-shot-head --clip-weights {input.clip} {params.args} --threads {threads}"
-        " --device {params.device} --out {output.head} > {log} 2>&1"
+        RUN_SPEC_SHELL
 
 
 rule fetch_backbone:

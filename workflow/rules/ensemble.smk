@@ -3,7 +3,7 @@ rule ensemble:
     their finals (three combination rules) with the same-method seed ensembles as control.
     """
     input:
-        finals=lambda wc: PLAN.ensemble_inputs(wc.experiment, wc.dataset),
+        unpack(lambda wc: PLAN.ensemble_spec(wc.experiment, wc.dataset).inputs()),
         selection=get_selection_made,
     output:
         ensembles=report(
@@ -23,10 +23,6 @@ rule ensemble:
     conda:
         "../../envs/train.yaml"
     params:
-        confident_k=PLAN.confident_k(),
-        methods=lambda wc: " ".join(PLAN.analysis_methods(wc.experiment)),
+        spec=lambda wc: PLAN.ensemble_spec(wc.experiment, wc.dataset).to_json(),
     shell:
-        "peftstudy ensemble --finals {input.finals} --confident-k {params.confident_k}"
-        " --methods {params.methods}"
-        " --out-ensembles {output.ensembles}"
-        " --out-agreement {output.agreement} > {log} 2>&1"
+        "peftstudy run {params.spec:q} > {log} 2>&1"

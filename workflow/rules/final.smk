@@ -6,9 +6,9 @@ rule final:
     input:
         unpack(get_final_inputs),
     output:
-        metrics=LAYOUT.final_file(*RUN, "{gp}", "{seed}", "metrics.json"),
-        logits=LAYOUT.final_file(*RUN, "{gp}", "{seed}", "logits.npz"),
-        peft=LAYOUT.final_file(*RUN, "{gp}", "{seed}", "peft.safetensors"),
+        metrics=LAYOUT.final_file(*RUN, "{gp}", "{seed}", FINAL.metrics),
+        logits=LAYOUT.final_file(*RUN, "{gp}", "{seed}", FINAL.logits),
+        peft=LAYOUT.final_file(*RUN, "{gp}", "{seed}", FINAL.peft),
     log:
         LAYOUT.final_file(*RUN, "{gp}", "{seed}", "log.txt"),
     benchmark:
@@ -19,10 +19,10 @@ rule final:
     resources:
         **job_resources("final"),
     params:
-        args=get_final_args,
+        spec=get_final_spec,
         code=get_code,
     shell:
-        FINAL_SHELL
+        RUN_SPEC_SHELL
 
 
 rule collect:
@@ -41,9 +41,6 @@ rule collect:
     conda:
         "../../envs/train.yaml"
     params:
-        choice=get_choice,
-        metrics=lambda wc, input: [p for p in input if p.endswith("metrics.json")],
+        spec=get_collect_spec,
     shell:
-        "peftstudy collect --choice {params.choice} --metrics {params.metrics} --out {output.record}"
-        " --experiment {wildcards.experiment} --dataset {wildcards.dataset} --method {wildcards.method}"
-        " > {log} 2>&1"
+        "peftstudy run {params.spec:q} > {log} 2>&1"

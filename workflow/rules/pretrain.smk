@@ -1,8 +1,7 @@
 rule pretrain:
     """Pretrain the backbone from scratch; runs only when backbone.pretrain is true."""
     input:
-        train=lambda wc: LAYOUT.data(config["pretrain"]["dataset"], "train"),
-        val=lambda wc: LAYOUT.data(config["pretrain"]["dataset"], "val"),
+        unpack(lambda wc: PLAN.pretrain_spec().inputs()),
     output:
         weights=LAYOUT.pretrain_file("backbone.safetensors"),
         metrics=LAYOUT.pretrain_file("metrics.json"),
@@ -16,14 +15,6 @@ rule pretrain:
     resources:
         **job_resources("pretrain"),
     params:
-        arch=config["backbone"]["arch"],
-        recipe=lambda wc: as_json(config["pretrain"]["recipe"]),
-        lr=lambda wc: config["pretrain"]["lr"],
-        wd=lambda wc: config["pretrain"]["wd"],
-        seed=config["seed"],
-        device=config["device"],
+        spec=lambda wc: PLAN.pretrain_spec().to_json(),
     shell:
-        "peftstudy pretrain --arch {params.arch} --train {input.train} --val {input.val}"
-        " --recipe {params.recipe} --lr {params.lr} --wd {params.wd} --seed {params.seed}"
-        " --threads {threads} --device {params.device}"
-        " --out {output.weights} --metrics {output.metrics} > {log} 2>&1"
+        RUN_SPEC_SHELL

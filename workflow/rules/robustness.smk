@@ -1,7 +1,8 @@
 rule robustness:
     """One method's finals on the in-distribution and shifted test sets, and its WiSE curve."""
     input:
-        unpack(lambda wc: PLAN.robustness_inputs(wc.method)),
+        unpack(lambda wc: PLAN.robustness_spec(wc.method).inputs()),
+        code=lambda wc: PLAN.method_sources(wc.method),
         selection=get_robustness_selection_made,
     output:
         ood=report(
@@ -24,14 +25,6 @@ rule robustness:
     resources:
         **job_resources("robustness", PLAN.robustness_experiment()),
     params:
-        backbone=lambda wc: PLAN.backbone_arg(PLAN.robustness_experiment()),
-        sets=lambda wc: PLAN.robustness_eval(),
-        alphas=lambda wc: as_json(PLAN.robustness["alphas"]),
-        class_subsets=lambda wc: as_json(PLAN.class_subsets()),
-        device=config["device"],
+        spec=lambda wc: PLAN.robustness_spec(wc.method).to_json(),
     shell:
-        "peftstudy robustness --method {wildcards.method} --backbone {params.backbone}"
-        " --final {input.final} --eval {params.sets} --alphas {params.alphas} --threads {threads}"
-        " --class-subsets {params.class_subsets}"
-        " --device {params.device}"
-        " --out-ood {output.ood} --out-wise {output.wise} > {log} 2>&1"
+        RUN_SPEC_SHELL

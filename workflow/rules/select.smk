@@ -7,7 +7,8 @@
 checkpoint select:
     """Choose each (dataset, method)'s grid point on val; the finals of the chosen points follow."""
     input:
-        metrics=get_tune_metrics,
+        unpack(lambda wc: PLAN.select_spec(wc.experiment).inputs()),
+        spec=LAYOUT.spec_file("select", "{experiment}"),
     output:
         selected=LAYOUT.selected("{experiment}"),
         summary=LAYOUT.selection_file("{experiment}", "tune.csv"),
@@ -15,8 +16,21 @@ checkpoint select:
         LAYOUT.selection_file("{experiment}", "select.log"),
     conda:
         "../../envs/train.yaml"
-    params:
-        args=lambda wc: PLAN.select_args(wc.experiment),
     shell:
-        "peftstudy select {params.args} --metrics {input.metrics}"
-        " --out {output.selected} --out-summary {output.summary} > {log} 2>&1"
+        "peftstudy run @{input.spec} > {log} 2>&1"
+
+
+rule spec_file:
+    """A spec that may be too long for one command-line argument (plan.specs.Spec.as_file), written for its job to
+    read (`peftstudy run @FILE`). Its digest is the param: the file is rewritten, and its job reruns, exactly when
+    the spec changed."""
+    output:
+        spec=LAYOUT.spec_file("{stage}", "{name}"),
+    log:
+        LAYOUT.spec_file("{stage}", "{name}") + ".log",
+    params:
+        digest=lambda wc: PLAN.file_spec(wc.stage, wc.name).digest(),
+    run:
+        write_spec_file(
+            output.spec, PLAN.file_spec(wildcards.stage, wildcards.name), log[0]
+        )

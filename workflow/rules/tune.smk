@@ -1,4 +1,4 @@
-# Tune jobs: train on train, score on val. `{pack}` is one grid point's id, or pack-<id> for the several points
+# Tune jobs: train on train, score on val. `{pack}` is one grid point's id, or pack<n>-<i> for the several points
 # of one (method, dataset) that an experiment with runs_per_job.tune > 1 trains in one process; either way the
 # job writes one metrics.json holding each of its points' results (the plan says which points a pack holds).
 
@@ -19,7 +19,7 @@ rule tune:
     resources:
         **job_resources("tune"),
     params:
-        args=get_tune_args,
+        spec=get_tune_spec,
         code=get_code,
     shell:
-        TUNE_SHELL
+        RUN_SPEC_SHELL

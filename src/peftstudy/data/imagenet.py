@@ -36,6 +36,7 @@ import numpy as np
 
 from peftstudy.data.layout import SPLIT_LISTS, sha256_bytes
 from peftstudy.io import atomic_dir, write_json
+from peftstudy.plan.specs import ImagenetSpec, Options
 
 # CLASSNAMES re-exported: the class order and CLIP's zero-shot names are both found here.
 from peftstudy.tables import CLASSNAMES as CLASSNAMES
@@ -471,17 +472,16 @@ def build(
     return manifest
 
 
-def run(args) -> None:
-    """`peftstudy imagenet`."""
-    checked = args.out_checked or str(Path(args.manifest).with_name(f"{args.set}.checked.json"))
+def run(spec: ImagenetSpec, options: Options) -> None:
+    """`peftstudy run` of an imagenet spec."""
     build(
-        args.set,
-        args.root,
-        args.out,
-        args.manifest,
-        checked,
-        shots=args.shots,
-        val_per_class=args.val_per_class,
-        seed=args.seed,
-        dataset=args.dataset or None,
+        spec.imagenet_set,
+        spec.root,
+        spec.source,
+        spec.manifest,
+        spec.checked,
+        shots=spec.shots,
+        val_per_class=spec.val_per_class,
+        seed=spec.seed,
+        dataset=spec.dataset,
     )

@@ -17,6 +17,7 @@ import numpy as np
 
 from peftstudy.data.fetch import archive_record
 from peftstudy.io import atomic_dir, read_json, save_npz, write_json
+from peftstudy.plan.specs import IndexSpec, Options, PrepareSpec
 
 # Cache split name -> VTAB-1K list file.
 SPLIT_LISTS = {"train": "train800.txt", "val": "val200.txt", "trainval": "train800val200.txt", "test": "test.txt"}
@@ -155,14 +156,14 @@ def index(source_dir: str | Path, dataset: str, classes: int, about: dict, out: 
     write_json(out, dict(manifest, lists=lists, sizes=sizes), schema="manifest")
 
 
-def run_index(args) -> None:
-    """`peftstudy index`."""
-    about = dict(args.about)
-    if args.checksum_file:
-        about.update(archive_record(args.checksum_file))
-    index(args.source, args.dataset, args.classes, about, args.out)
+def run_index(spec: IndexSpec, options: Options) -> None:
+    """`peftstudy run` of an index spec."""
+    about = dict(spec.about)
+    if spec.checksum:
+        about.update(archive_record(spec.checksum))
+    index(spec.source, spec.dataset, spec.classes, about, spec.manifest)
 
 
-def run(args) -> None:
-    """`peftstudy prepare`."""
-    prepare(args.source, args.manifest, args.split, args.out, args.image_size)
+def run(spec: PrepareSpec, options: Options) -> None:
+    """`peftstudy run` of a prepare spec."""
+    prepare(spec.source, spec.manifest, spec.split, spec.cache, spec.image_size)

@@ -35,6 +35,7 @@ from numpy._core.multiarray import _reconstruct  # what pickled arrays are rebui
 from peftstudy.data.fetch import archive_record, download, progress
 from peftstudy.data.layout import SPLIT_LISTS, index, read_list, sha256_bytes, write_lists
 from peftstudy.io import atomic_dir
+from peftstudy.plan.specs import ManyshotListsSpec, ManyshotSpec, Options
 from peftstudy.plan.tasks import MANYSHOT_CLASSES as CLASSES
 from peftstudy.plan.tasks import MANYSHOT_FOLDED as FOLDED
 from peftstudy.plan.tasks import MANYSHOT_FOLDS as FOLDS
@@ -92,7 +93,7 @@ def read_pinned(lists_dir: Path, key: str, pins: Mapping[str, str]) -> bytes:
     """One of the authors' files, refused unless its sha256 is the pinned one."""
     path = lists_dir / key
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; fetch the lists first (peftstudy manyshot-lists --out {lists_dir})")
+        raise FileNotFoundError(f"{path}: missing; fetch the lists first (snakemake {lists_dir}: rule manyshot_lists)")
     data = path.read_bytes()
     actual = sha256_bytes(data)
     if actual != pins[key]:
@@ -299,23 +300,22 @@ def pins_with(overrides: Mapping[str, str] | None) -> dict[str, str]:
     return {**LISTS, **(overrides or {})}
 
 
-def run(args) -> None:
-    """`peftstudy manyshot`."""
-    archive = archive_record(args.checksum_file) if args.checksum_file else None
+def run(spec: ManyshotSpec, options: Options) -> None:
+    """`peftstudy run` of a manyshot spec."""
     build(
-        args.dataset,
-        args.subset,
-        args.fold,
-        args.source,
-        args.lists,
-        args.out,
-        args.manifest,
-        args.name,
-        archive,
-        pins=pins_with(args.pins),
+        spec.kind,
+        spec.subset,
+        spec.fold,
+        spec.archive,
+        spec.lists,
+        spec.source,
+        spec.manifest,
+        spec.name,
+        archive_record(spec.checksum),
+        pins=pins_with(spec.pins),
     )
 
 
-def run_lists(args) -> None:
-    """`peftstudy manyshot-lists`."""
-    fetch_lists(args.dataset, args.subset, args.out, args.base_url or BASE_URL, pins=pins_with(args.pins))
+def run_lists(spec: ManyshotListsSpec, options: Options) -> None:
+    """`peftstudy run` of a manyshot-lists spec."""
+    fetch_lists(spec.kind, spec.subset, spec.lists, spec.base_url or BASE_URL, pins=pins_with(spec.pins))

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from peftstudy.plan.specs import GenerateSpec, Options
+
 # Eight shapes, some stroke-like (ring, bar, ell, crescent), so that pretraining on them yields features
 # that also serve handwritten digits.
 SHAPES = ("square", "circle", "triangle", "plus", "ring", "bar", "ell", "crescent")
@@ -282,6 +284,6 @@ def generate(name: str, spec: dict, seed: int, out_dir: str, manifest: str) -> N
     write_source(out_dir, pool, n_train, n_val, test, info, manifest)
 
 
-def run(args) -> None:
-    """`peftstudy generate`."""
-    generate(args.dataset, args.spec, args.seed, args.out, args.manifest)
+def run(spec: GenerateSpec, options: Options) -> None:
+    """`peftstudy run` of a generate spec."""
+    generate(spec.dataset, spec.rendering, spec.seed, spec.source, spec.manifest)

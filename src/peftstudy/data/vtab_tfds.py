@@ -20,6 +20,7 @@ from tqdm import tqdm
 from peftstudy.data.layout import write_lists, write_pool
 from peftstudy.data.vtab_tasks import RECIPES, TASKS, Example, Slice, Task
 from peftstudy.io import atomic_dir, write_json
+from peftstudy.plan.specs import Options, VtabTfdsSpec
 
 
 def to_rgb(image: np.ndarray, scale: int = 1) -> np.ndarray:
@@ -104,9 +105,9 @@ def open_builder(builder: str, data_dir: str | Path) -> tuple[Any, Callable[[Any
     return prepared, tfds.as_numpy
 
 
-def run(args) -> None:
-    """`peftstudy vtab-tfds`."""
-    if args.task not in TASKS:
-        raise SystemExit(f"unknown task {args.task!r}; known: {', '.join(TASKS)}")
-    builder, as_numpy = open_builder(TASKS[args.task].builder, args.data_dir)
-    build(args.task, builder, args.out, args.manifest, as_numpy, dataset=args.dataset)
+def run(spec: VtabTfdsSpec, options: Options) -> None:
+    """`peftstudy run` of a vtab-tfds spec."""
+    if spec.task not in TASKS:
+        raise SystemExit(f"unknown task {spec.task!r}; known: {', '.join(TASKS)}")
+    builder, as_numpy = open_builder(TASKS[spec.task].builder, spec.data_dir)
+    build(spec.task, builder, spec.source, spec.manifest, as_numpy, dataset=spec.dataset)

@@ -12,7 +12,6 @@ the text tower. :func:`create_clip` puts it at ``model.head``: the method regist
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 
 from peftstudy.io import sha256_file
 from peftstudy.models import _read_weights, check_fits, create_backbone, pick_device, save_safetensors
+from peftstudy.plan.specs import Options, ZeroShotHeadSpec
 
 # The open_clip config of OpenAI's ViT-B/16: both towers use QuickGELU, as OpenAI trained them.
 CLIP_MODEL = "ViT-B-16-quickgelu"
@@ -131,18 +131,18 @@ def create_clip(
     return model
 
 
-def run_zero_shot_head(args: argparse.Namespace) -> None:
-    """`peftstudy zero-shot-head`: build the head from the text tower once, save it as safetensors."""
-    names = class_names(args.classnames)
+def run_zero_shot_head(spec: ZeroShotHeadSpec, options: Options) -> None:
+    """`peftstudy run` of a zero-shot-head spec: build the head from the text tower once, save it as safetensors."""
+    names = class_names(spec.classnames)
     tensors = zero_shot_head(
-        args.clip_weights, names, clip_model=args.clip_model, device=pick_device(args.device, args.threads)
+        spec.clip, names, clip_model=spec.clip_model, device=pick_device(spec.device, options.threads)
     )
     about = {
-        "clip_model": args.clip_model,
-        "clip_weights_sha256": sha256_file(args.clip_weights),
-        "classnames": args.classnames,
+        "clip_model": spec.clip_model,
+        "clip_weights_sha256": sha256_file(spec.clip),
+        "classnames": spec.classnames,
         "num_classes": len(names),
         "logit_scale": LOGIT_SCALE,
     }
-    save_safetensors(args.out, tensors, about)
-    print(f"{args.out}: zero-shot head for {len(names)} classes, sha256 {sha256_file(args.out)}", flush=True)
+    save_safetensors(spec.head, tensors, about)
+    print(f"{spec.head}: zero-shot head for {len(names)} classes, sha256 {sha256_file(spec.head)}", flush=True)

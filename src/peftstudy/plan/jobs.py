@@ -1,4 +1,5 @@
-"""What each job of a study is given: its inputs, its arguments and its resources, as pure functions of the config.
+"""What each job of a study is given: its spec (plan.specs: settings, input and output files), its inputs and its
+resources, as pure functions of the config.
 
 common.smk builds one :class:`Plan` and its input functions are one-liners over it, so what the DAG computes is
 testable without Snakemake (and without torch: the method registry's settings modules import none).
@@ -6,19 +7,21 @@ testable without Snakemake (and without torch: the method registry's settings mo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 from peftstudy import methods
-from peftstudy.plan import depends, study
+from peftstudy.plan import depends, specs, study
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.layout import Layout
+from peftstudy.plan.specs import FINAL
 
 # A job's resources when neither `resources.<kind>` nor the experiment's own set them.
 JOB_DEFAULTS = {"mem_mb": 4000, "runtime": 60, "gpu": 0}
@@ -48,14 +51,6 @@ AUTHORS = ("vtab1k", "vtab1k_selection", "reruns", "manyshot", "clip_ood", "wise
 SPLITS = ("train", "val", "trainval", "test")
 
 
-def as_json(obj: Any) -> str:
-    """A JSON argument for the shell: single-quoted, so JSON never needs escaping."""
-    text = json.dumps(obj, sort_keys=True)
-    if "'" in text:
-        raise ValueError(f"a quote in a config value cannot be passed to the shell: {text}")
-    return f"'{text}'"
-
-
 def only(names: Iterable[str]) -> str:
     """A wildcard constraint matching exactly these names (none: matches nothing)."""
     return "|".join(re.escape(n) for n in names) or "(?!)"
@@ -66,12 +61,13 @@ class Plan:
     """A checked study config and everything its jobs are given."""
 
     config: Mapping[str, Any]
+    # (experiment, method) -> {gp id: hp}, in grid order: expanded once, by the check (study.check).
+    grids: study.Grids
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Plan:
         """The plan of a config that passed the JSON schema: cross-checked here (ConfigError names the key)."""
-        study.check(config)
-        return cls(config)
+        return cls(config, study.check(config))
 
     @cached_property
     def _code_digests(self) -> dict[str, str]:
@@ -79,12 +75,14 @@ class Plan:
         return {}
 
     @cached_property
-    def layout(self) -> Layout:
-        return Layout(self.config)
+    def _specs(self) -> dict[tuple[str, ...], specs.Spec]:
+        """(stage, wildcards...) -> the job's spec, filled as asked: a rule asks for a job's inputs and its
+        params separately, and the DAG asks for every job."""
+        return {}
 
     @cached_property
-    def grids(self) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
-        return study.grids(self.config)
+    def layout(self) -> Layout:
+        return Layout(self.config, self.grids)
 
     @property
     def experiments(self) -> Mapping[str, Any]:
@@ -107,9 +105,6 @@ class Plan:
     def config_hash(self) -> str:
         return study.config_hash(self.config)
 
-    def default(self, key: str) -> Any:
-        return DEFAULTS[key]
-
     # Wildcard constraints.
 
     def constraints(self) -> dict[str, str]:
@@ -121,6 +116,7 @@ class Plan:
             "pack": r"[0-9a-f]{8}|pack\d+-\d+",
             "seed": r"\d+",
             "split": only(SPLITS),
+            "stage": only(self.file_specs),
         }
 
     def datasets_from(self, *sources: str) -> list[str]:
@@ -160,27 +156,21 @@ class Plan:
         spec = self.backbone_spec(experiment)
         return self.layout.pretrain_file("backbone.safetensors") if spec["pretrain"] else spec["weights"]
 
-    def backbone_arg(self, experiment: str) -> str:
-        """The --backbone argument: what to build and which weights to load (checked against sha256)."""
+    def backbone(self, experiment: str) -> specs.Backbone:
+        """What an experiment's jobs build and which weights they load (checked against sha256)."""
         spec = self.backbone_spec(experiment)
         head = spec.get("zero_shot_head")
-        return as_json(
-            {
-                "arch": spec["arch"],
-                "weights": self.backbone_weights(experiment),
-                "sha256": None if spec["pretrain"] else spec["sha256"],
-                "keep_head": self.experiments[experiment]["head"] == "pretrained",
-                **({"head": head["file"], "head_sha256": None} if head else {}),
-            }
+        return specs.Backbone(
+            arch=spec["arch"],
+            weights=self.backbone_weights(experiment),
+            sha256=None if spec["pretrain"] else spec["sha256"],
+            keep_head=self.experiments[experiment]["head"] == "pretrained",
+            head=head["file"] if head else None,
         )
 
     def backbone_files(self, experiment: str) -> dict[str, str]:
-        """The files a training job of `experiment` reads besides data: weights, and CLIP's zero-shot head."""
-        spec = self.backbone_spec(experiment)
-        files = {"weights": self.backbone_weights(experiment)}
-        if "zero_shot_head" in spec:
-            files["head"] = spec["zero_shot_head"]["file"]
-        return files
+        """The files a job of `experiment` reads besides data: weights, and CLIP's zero-shot head."""
+        return specs.input_files(self.backbone(experiment))
 
     @cached_property
     def fetched_backbones(self) -> dict[str, str]:
@@ -216,15 +206,16 @@ class Plan:
             f" --config-key {key} --format {source['format']} --arch {spec['arch']}"
         )
 
-    def zero_shot_head_inputs(self, head: str) -> dict[str, str]:
-        """The full CLIP checkpoint (its text tower) and the code that builds the head from it."""
+    def zero_shot_head_spec(self, head: str) -> specs.ZeroShotHeadSpec:
+        """A zero-shot-head job: the full CLIP checkpoint (its text tower), the class names, the open_clip config."""
         spec = self.all_backbones[self.zero_shot_heads[head]]["zero_shot_head"]
-        return {"clip": study.archive_path(spec["clip_archive"]), "code": "src/peftstudy/models/clip.py"}
-
-    def zero_shot_head_args(self, head: str) -> str:
-        spec = self.all_backbones[self.zero_shot_heads[head]]["zero_shot_head"]
-        clip_model = spec.get("clip_model", DEFAULTS["clip_model"])
-        return f"--classnames {shlex.quote(spec['classnames'])} --clip-model {clip_model}"
+        return specs.ZeroShotHeadSpec(
+            clip=study.archive_path(spec["clip_archive"]),
+            classnames=spec["classnames"],
+            clip_model=spec.get("clip_model", DEFAULTS["clip_model"]),
+            device=self.config["device"],
+            head=head,
+        )
 
     # Methods and grids.
 
@@ -240,8 +231,8 @@ class Plan:
             self._code_digests[method] = depends.code_digest(method)
         return self._code_digests[method]
 
-    def pack_points(self, experiment: str, method: str, pack: str) -> list[dict[str, Any]]:
-        """The grid points a tune job trains, in order: [{"gp": id, "hp": {...}}, ...]."""
+    def pack_points(self, experiment: str, method: str, pack: str) -> list[specs.GridPoint]:
+        """The grid points a tune job trains, in order."""
         try:
             gps = self.layout.tune_jobs[experiment, method][pack]
         except KeyError:
@@ -250,7 +241,7 @@ class Plan:
                 "request only jobs of the current config"
             ) from None
         grid = self.grids[experiment, method]
-        return [{"gp": gp, "hp": grid[gp]} for gp in gps]
+        return [specs.GridPoint(gp=gp, hp=grid[gp]) for gp in gps]
 
     def final_hp(self, experiment: str, dataset: str, method: str, gp: str) -> dict[str, Any]:
         """A final's grid point settings; where the point left the grid, what to do about it: a point the
@@ -281,18 +272,37 @@ class Plan:
         chosen = self.experiments[experiment]["selection"]
         return {"tie_break": chosen["tie_break"], "metric": chosen.get("metric", DEFAULTS["selection_metric"])}
 
-    def select_args(self, experiment: str) -> str:
-        """A select job's arguments: each method's grid (its points' settings, in grid order: ties), each dataset's
-        tuning sets, the points per tune job (which job holds which point), the tie-break and the metric."""
-        exp, rule = self.experiments[experiment], self.selection(experiment)
-        grids = as_json(
-            {m: [{"gp": gp, "hp": hp} for gp, hp in self.grids[experiment, m].items()] for m in exp["methods"]}
-        )
-        datasets = as_json({d: self.tuning_sets(d) for d in exp["datasets"]})
-        return (
-            f"--grids {grids} --datasets {datasets} --runs-per-job {study.runs_per_job(exp, 'tune')}"
-            f" --tie-break {rule['tie_break']} --metric {rule['metric']}"
-        )
+    def select_spec(self, experiment: str) -> specs.SelectSpec:
+        """A select job: each method's grid (its points' settings, in grid order: ties), each dataset's tuning
+        sets, the points per tune job (which job holds which point), the tie-break and the metric, and every tune
+        job's file in the plan's order."""
+        key = ("select", experiment)
+        if key not in self._specs:
+            exp, rule = self.experiments[experiment], self.selection(experiment)
+            grids = self.grids
+            self._specs[key] = specs.SelectSpec(
+                grids={
+                    m: tuple(specs.GridPoint(gp=gp, hp=hp) for gp, hp in grids[experiment, m].items())
+                    for m in exp["methods"]
+                },
+                datasets={d: tuple(self.tuning_sets(d)) for d in exp["datasets"]},
+                runs_per_job=study.runs_per_job(exp, "tune"),
+                tie_break=rule["tie_break"],
+                metric=rule["metric"],
+                metrics=tuple(self.tune_metrics(experiment)),
+                selected=self.layout.selected(experiment),
+                summary=self.layout.selection_file(experiment, "tune.csv"),
+            )
+        return self._specs[key]
+
+    @property
+    def file_specs(self) -> dict[str, Callable[[str], specs.Spec]]:
+        """The specs handed over as files (`as_file`) that the plan alone makes, by stage: select's, by experiment
+        (rule spec_file). The tables' needs every selection made: common.smk makes it (rule tables_spec)."""
+        return {"select": self.select_spec}
+
+    def file_spec(self, stage: str, name: str) -> specs.Spec:
+        return self.file_specs[stage](name)
 
     # Data sources.
 
@@ -313,14 +323,53 @@ class Plan:
             return {"source": f"resources/data/{spec['archive']}", "checksum": archive_checksum(spec["archive"])}
         return {"source": self.source_dir(dataset)}
 
-    def manyshot_inputs(self, dataset: str) -> dict[str, str]:
+    def index_spec(self, dataset: str) -> specs.IndexSpec:
+        """An index job: the manifest of a folder already in the layout (an archive's or a local one)."""
+        return specs.IndexSpec(
+            dataset=dataset,
+            source=self.source_dir(dataset),
+            classes=self.datasets[dataset]["classes"],
+            about=self.source_record(dataset),
+            checksum=self.source_inputs(dataset).get("checksum"),
+            manifest=self.layout.manifest(dataset),
+        )
+
+    def manyshot_lists_spec(self, kind: str, subset: str) -> specs.ManyshotListsSpec:
+        """A manyshot-lists job: the authors' lists of a subset, from `manyshot_lists.url` (default: theirs)."""
+        lists = self.config.get("manyshot_lists", {})
+        return specs.ManyshotListsSpec(
+            kind=kind,
+            subset=subset,
+            base_url=lists.get("url", ""),
+            pins=lists.get("sha256", {}),
+            lists=manyshot_lists_dir(kind, subset),
+        )
+
+    def manyshot_spec(self, dataset: str) -> specs.ManyshotSpec:
+        """A manyshot job: the subset's (and fold's) lists over the extracted archive's images."""
         spec = self.datasets[dataset]
-        return {
-            "archive": f"resources/data/{spec['archive']}",
-            "checksum": archive_checksum(spec["archive"]),
-            "lists": manyshot_lists_dir(spec["kind"], spec["subset"]),
-            "code": "src/peftstudy/data/manyshot.py",
-        }
+        return specs.ManyshotSpec(
+            kind=spec["kind"],
+            subset=spec["subset"],
+            fold=spec.get("fold", DEFAULTS["manyshot_fold"]),
+            name=dataset,
+            pins=self.config.get("manyshot_lists", {}).get("sha256", {}),
+            archive=f"resources/data/{spec['archive']}",
+            checksum=archive_checksum(spec["archive"]),
+            lists=manyshot_lists_dir(spec["kind"], spec["subset"]),
+            source=self.layout.data_file(dataset, "source"),
+            manifest=self.layout.manifest(dataset),
+        )
+
+    def vtab_tfds_spec(self, dataset: str) -> specs.VtabTfdsSpec:
+        """A vtab-tfds job: the dataset's VTAB task built from TFDS in `tfds_data_dir`."""
+        return specs.VtabTfdsSpec(
+            task=self.datasets[dataset]["vtab_task"],
+            data_dir=self.config.get("tfds_data_dir", DEFAULTS["tfds_data_dir"]),
+            dataset=dataset,
+            source=self.layout.data_file(dataset, "source"),
+            manifest=self.layout.manifest(dataset),
+        )
 
     def source_record(self, dataset: str) -> dict[str, Any]:
         """Where a dataset came from, for its manifest (and so every result's provenance)."""
@@ -330,60 +379,113 @@ class Plan:
             return {"source": "archive", "archive": spec["archive"], "url": archive["url"], "folder": spec["folder"]}
         return {"source": "local", "path": spec["path"]}
 
-    def generate_spec(self, dataset: str) -> dict[str, Any]:
-        """What a synthetic dataset is rendered from: its entry without the report's keys, at the input size."""
-        return dict(study.data_spec(self.datasets[dataset]), image_size=self.config["backbone"]["image_size"])
+    def generate_spec(self, dataset: str) -> specs.GenerateSpec:
+        """A generate job: what a synthetic dataset is rendered from (its entry without the report's keys, at the
+        input size) and the study's seed."""
+        return specs.GenerateSpec(
+            dataset=dataset,
+            rendering=dict(study.data_spec(self.datasets[dataset]), image_size=self.config["backbone"]["image_size"]),
+            seed=self.config["seed"],
+            source=self.layout.data_file(dataset, "source"),
+            manifest=self.layout.manifest(dataset),
+        )
+
+    def prepare_spec(self, dataset: str, split: str) -> specs.PrepareSpec:
+        """A prepare job: one split of the dataset's layout folder decoded at the cache's size."""
+        return specs.PrepareSpec(
+            source=self.source_dir(dataset),
+            manifest=self.layout.manifest(dataset),
+            split=split,
+            image_size=self.cache_size(dataset),
+            cache=self.layout.data(dataset, split),
+        )
 
     def cache_size(self, dataset: str) -> int:
         """The prepared cache's image size: the backbone's, or 0 (native) where the dataset asks for it."""
         return 0 if self.datasets[dataset].get("cache") == "native" else self.config["backbone"]["image_size"]
 
-    def imagenet_args(self, dataset: str) -> dict[str, Any]:
+    def imagenet_spec(self, dataset: str) -> specs.ImagenetSpec:
+        """An imagenet job: the set the user downloaded (`path`), checked; ImageNet-1K's few-shot draw."""
         spec = self.datasets[dataset]
-        return {
-            "set": spec["set"],
-            "root": spec["path"],
-            "shots": spec.get("shots", DEFAULTS["imagenet_shots"]),
-            "val_per_class": spec.get("val_per_class", DEFAULTS["imagenet_val_per_class"]),
-            "seed": spec.get("sample_seed", DEFAULTS["imagenet_sample_seed"]),
-        }
+        return specs.ImagenetSpec(
+            imagenet_set=spec["set"],
+            root=spec["path"],
+            dataset=dataset,
+            shots=spec.get("shots", DEFAULTS["imagenet_shots"]),
+            val_per_class=spec.get("val_per_class", DEFAULTS["imagenet_val_per_class"]),
+            seed=spec.get("sample_seed", DEFAULTS["imagenet_sample_seed"]),
+            source=self.layout.data_file(dataset, "source"),
+            manifest=self.layout.manifest(dataset),
+            checked=self.layout.data_file(dataset, "checked.json"),
+        )
 
     # Training jobs.
 
-    def run_args(self, experiment: str, dataset: str, method: str) -> str:
-        """The arguments a tune or final job of a (experiment, dataset, method) shares: recipe, backbone, device,
-        resume folder (its inputs and outputs come from the rule)."""
-        return (
-            f"--recipe {as_json(self.experiments[experiment]['recipe'])} --backbone {self.backbone_arg(experiment)}"
-            f" --device {self.config['device']} --resume-dir {self.layout.resume_dir(experiment, dataset, method)}"
+    def pretrain_spec(self) -> specs.PretrainSpec:
+        """The pretrain job (backbone.pretrain true): the study backbone's architecture trained from scratch on
+        pretrain.dataset with pretrain's recipe, lr and wd, the study's seed."""
+        pretrain = self.config["pretrain"]
+        return specs.PretrainSpec(
+            arch=self.config["backbone"]["arch"],
+            recipe=pretrain["recipe"],
+            lr=pretrain["lr"],
+            wd=pretrain["wd"],
+            seed=self.config["seed"],
+            device=self.config["device"],
+            train=self.layout.data(pretrain["dataset"], "train"),
+            val=self.layout.data(pretrain["dataset"], "val"),
+            weights=self.layout.pretrain_file("backbone.safetensors"),
+            metrics=self.layout.pretrain_file("metrics.json"),
         )
 
-    def tune_args(self, experiment: str, dataset: str, method: str, pack: str) -> str:
-        """A tune job's arguments: its grid points in order, the study's seed, and run_args."""
-        points = as_json(self.pack_points(experiment, method, pack))
-        return f"--points {points} --seed {self.config['seed']} {self.run_args(experiment, dataset, method)}"
+    def run_settings(self, experiment: str, dataset: str, method: str) -> specs.RunSettings:
+        """What the tune and final jobs of a (experiment, dataset, method) share: recipe, backbone, device, resume
+        folder."""
+        return specs.RunSettings(
+            experiment=experiment,
+            dataset=dataset,
+            method=method,
+            recipe=self.experiments[experiment]["recipe"],
+            backbone=self.backbone(experiment),
+            device=self.config["device"],
+            resume_dir=self.layout.resume_dir(experiment, dataset, method),
+        )
 
-    def final_args(self, experiment: str, dataset: str, method: str, gp: str, seed: str) -> str:
-        """A final job's arguments: the grid point, its seed, and run_args."""
-        hp = as_json(self.final_hp(experiment, dataset, method, gp))
-        return f"--hp {hp} --seed {seed} {self.run_args(experiment, dataset, method)}"
+    def tune_spec(self, experiment: str, dataset: str, method: str, pack: str) -> specs.TuneSpec:
+        """A tune job: its grid points in order, the study's seed; train and val only (no tune job can see the
+        test split)."""
+        key = ("tune", experiment, dataset, method, pack)
+        if key not in self._specs:
+            self._specs[key] = specs.TuneSpec(
+                run=self.run_settings(experiment, dataset, method),
+                points=tuple(self.pack_points(experiment, method, pack)),
+                seed=self.config["seed"],
+                train=self.layout.data(dataset, "train"),
+                val=self.layout.data(dataset, "val"),
+                manifest=self.layout.manifest(dataset),
+                metrics=self.layout.tune_file(experiment, dataset, method, pack, "metrics.json"),
+            )
+        return self._specs[key]
 
-    def tune_inputs(self, experiment: str, dataset: str, method: str) -> dict[str, Any]:
-        """Train and val only: no tune job can see the test split."""
-        return {
-            "train": self.layout.data(dataset, "train"),
-            "val": self.layout.data(dataset, "val"),
-            "manifest": self.layout.manifest(dataset),
-            **self.backbone_files(experiment),
-        }
-
-    def final_inputs(self, experiment: str, dataset: str, method: str) -> dict[str, Any]:
-        return {
-            "train": self.layout.data(dataset, "trainval"),
-            "test": self.layout.data(dataset, "test"),
-            "manifest": self.layout.manifest(dataset),
-            **self.backbone_files(experiment),
-        }
+    def final_spec(self, experiment: str, dataset: str, method: str, gp: str, seed: str) -> specs.FinalSpec:
+        """A final job: the grid point and one seed, trained on train+val, scored on test."""
+        key = ("final", experiment, dataset, method, gp, seed)
+        if key not in self._specs:
+            point = specs.GridPoint(gp=gp, hp=self.final_hp(experiment, dataset, method, gp))
+            out = {
+                role: self.layout.final_file(experiment, dataset, method, gp, seed, name)
+                for role, name in dataclasses.asdict(FINAL).items()
+            }
+            self._specs[key] = specs.FinalSpec(
+                run=self.run_settings(experiment, dataset, method),
+                point=point,
+                seed=int(seed),
+                train=self.layout.data(dataset, "trainval"),
+                test=self.layout.data(dataset, "test"),
+                manifest=self.layout.manifest(dataset),
+                **out,
+            )
+        return self._specs[key]
 
     def tuning_sets(self, dataset: str) -> list[str]:
         return study.tuning_sets(self.config, dataset)
@@ -400,8 +502,28 @@ class Plan:
 
     # Analysis, robustness, tables.
 
-    def ensemble_inputs(self, experiment: str, dataset: str) -> list[str]:
-        return [self.layout.final_record(experiment, dataset, m) for m in self.experiments[experiment]["methods"]]
+    def collect_spec(
+        self, experiment: str, dataset: str, method: str, choice: Mapping[str, Any], finals: Iterable[str]
+    ) -> specs.CollectSpec:
+        """A collect job: its own entry of the experiment's selected.json and the selected finals' files (known once
+        the selection checkpoint ran, so common.smk resolves them); its spec names their metrics."""
+        metrics = tuple(path for path in finals if os.path.basename(path) == FINAL.metrics)
+        record = self.layout.final_record(experiment, dataset, method)
+        return specs.CollectSpec(
+            experiment=experiment, dataset=dataset, method=method, choice=choice, metrics=metrics, record=record
+        )
+
+    def ensemble_spec(self, experiment: str, dataset: str) -> specs.EnsembleSpec:
+        """An ensemble job: every method's final record on the dataset, the methods ensembled, K."""
+        return specs.EnsembleSpec(
+            finals=tuple(
+                self.layout.final_record(experiment, dataset, m) for m in self.experiments[experiment]["methods"]
+            ),
+            methods=tuple(self.analysis_methods(experiment)),
+            confident_k=self.confident_k(),
+            ensembles=self.layout.analysis_file(experiment, dataset, "ensembles.json"),
+            agreement=self.layout.analysis_file(experiment, dataset, "agreement.json"),
+        )
 
     def analysis_methods(self, experiment: str) -> list[str]:
         """The methods whose pairs and triples are ensembled: analysis.methods, else all."""
@@ -419,18 +541,25 @@ class Plan:
     def robustness_experiment(self) -> str | None:
         return self.robustness["experiment"] if self.robustness else None
 
-    def robustness_inputs(self, method: str) -> dict[str, Any]:
+    def robustness_spec(self, method: str) -> specs.RobustnessSpec:
+        """A robustness job: the method's final record on the in-distribution dataset, the backbone, each test set
+        (the in-distribution one, the shifted ones), the WiSE mixing coefficients."""
         rob = self.robustness
-        return {
-            "final": self.layout.final_record(rob["experiment"], rob["dataset"], method),
-            **self.backbone_files(rob["experiment"]),
-            "code": self.method_sources(method),
-            **{name: self.layout.data(name, "test") for name in self.robustness_sets()},
-        }
-
-    def robustness_eval(self) -> str:
-        """The --eval argument: NAME=path of each test set, the in-distribution one first."""
-        return " ".join(f"{name}={self.layout.data(name, 'test')}" for name in self.robustness_sets())
+        in_distribution, *shifted = (
+            specs.EvalSet(name=name, test=self.layout.data(name, "test")) for name in self.robustness_sets()
+        )
+        return specs.RobustnessSpec(
+            method=method,
+            backbone=self.backbone(rob["experiment"]),
+            final=self.layout.final_record(rob["experiment"], rob["dataset"], method),
+            in_distribution=in_distribution,
+            shifted=tuple(shifted),
+            alphas=tuple(rob["alphas"]),
+            class_subsets=self.class_subsets(),
+            device=self.config["device"],
+            ood=self.layout.robustness_file(method, "ood.json"),
+            wise=self.layout.robustness_file(method, "wise.json"),
+        )
 
     def class_subsets(self) -> dict[str, Any]:
         """The robustness test sets that cover part of the label space, with their classes (or mask's name)."""
@@ -457,12 +586,44 @@ class Plan:
             "benchmarks": [job["path"] for job in self.benchmarks()],
         }
 
+    def tables_spec(
+        self, context: Mapping[str, Any], final_benchmarks: Iterable[Mapping[str, str]]
+    ) -> specs.TablesSpec:
+        """The tables job: `context`, the report's (report_context and the cost estimate, plan.cost's); and the
+        selected finals' benchmarks besides every other training job's (known once the selections are made)."""
+        files = self.table_inputs()
+        return specs.TablesSpec(
+            study=self.config["study"],
+            config_hash=self.config_hash,
+            context=context,
+            tune=tuple(files["tune"]),
+            tune_metrics=tuple(files["tune_metrics"]),
+            finals=tuple(files["finals"]),
+            analysis=tuple(self.layout.analysis_outputs()),
+            robustness=tuple(files["robustness"]),
+            manifests=tuple(files["manifests"]),
+            benchmarks=(*self.benchmarks(), *final_benchmarks),
+            authors=tuple(files["authors"]),
+            out_dir=os.path.dirname(self.layout.table(TABLES[0])),
+        )
+
     def benchmarks(self) -> list[dict[str, str]]:
         """The benchmarks of every training job known before selection (the finals' depend on it)."""
         return [*self.layout.tune_benchmarks(), *self.layout.other_benchmarks()]
 
     def report_context(self) -> dict[str, Any]:
-        return study.report_context(self.config)
+        return study.report_context(self.config, self.grids)
+
+    def report_spec(self) -> specs.ReportSpec:
+        """The report job: the figures notebook and the page's template over the tables' folder."""
+        return specs.ReportSpec(
+            tables=os.path.dirname(self.layout.table(TABLES[0])),
+            notebook="report/notebooks/figures.ipynb",
+            template="report/templates/index.html.j2",
+            tolerance=self.report_tolerance(),
+            html=self.layout.report(),
+            executed=self.layout.report_file("figures.ipynb"),
+        )
 
     def report_tolerance(self) -> float:
         return self.config.get("report", {}).get("tolerance", DEFAULTS["report_tolerance"])

@@ -10,23 +10,24 @@ per point, but one rule's outputs cannot vary in number with a wildcard).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from peftstudy.plan import study
-
-FINAL_FILES = ("metrics.json", "logits.npz", "peft.safetensors")
+from peftstudy.plan.specs import FINAL_FILES
 
 
 @dataclass(frozen=True)
 class Layout:
     config: Mapping[str, Any]
+    # The config's expanded grids (study.grids) where the caller has them (the plan), else expanded here.
+    grids: study.Grids | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def tune_jobs(self) -> dict[tuple[str, str], dict[str, list[str]]]:
         """(experiment, method) -> {pack name: grid-point ids}: study.tune_jobs, computed once."""
-        return study.tune_jobs(self.config)
+        return study.tune_jobs(self.config, self.grids)
 
     @property
     def root(self) -> str:
@@ -49,7 +50,7 @@ class Layout:
                     yield name, dataset, method
 
     def tune_file(self, experiment: str, dataset: str, method: str, pack: str, name: str) -> str:
-        """A file of one tune job: `pack` is its grid point's id, or pack-<id> for a pack of points."""
+        """A file of one tune job: `pack` is its grid point's id, or pack<n>-<i> for a pack of points."""
         return f"{self.method_dir(experiment, dataset, method)}/tune/{pack}/{name}"
 
     def final_file(self, experiment: str, dataset: str, method: str, gp: str, seed: str, name: str) -> str:
@@ -65,6 +66,10 @@ class Layout:
     def method_file(self, experiment: str, dataset: str, method: str, name: str) -> str:
         """collect's files (final.json, its log)."""
         return f"{self.method_dir(experiment, dataset, method)}/{name}"
+
+    def spec_file(self, stage: str, name: str) -> str:
+        """A job's spec handed over as a file (plan.specs.Spec.as_file), written by rule spec_file."""
+        return f"{self.root}/specs/{stage}/{name}.json"
 
     def analysis_file(self, experiment: str, dataset: str, name: str) -> str:
         return f"{self.root}/{experiment}/{dataset}/analysis/{name}"

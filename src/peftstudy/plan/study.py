@@ -124,17 +124,26 @@ def method_grid(experiment: Mapping[str, Any], method: str) -> list[dict[str, An
     return expand_grid(grid, methods.authors_keys(method))
 
 
-def grids(config: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+# (experiment, method) -> {gp id: hp}, in grid order.
+Grids = dict[tuple[str, str], dict[str, dict[str, Any]]]
+
+
+def grids(config: Mapping[str, Any]) -> Grids:
     """(experiment, method) -> {gp id: hp}, in grid order."""
-    out = {}
-    for exp_name, exp in config["experiments"].items():
-        for method in exp["methods"]:
-            points = method_grid(exp, method)
-            ids = {gp_id(hp): hp for hp in points}
-            if len(ids) != len(points):
-                raise ConfigError(f"experiments.{exp_name}: the grid of {method} repeats a grid point")
-            out[exp_name, method] = ids
-    return out
+    return {
+        (exp_name, method): _method_points(exp_name, exp, method)
+        for exp_name, exp in config["experiments"].items()
+        for method in exp["methods"]
+    }
+
+
+def _method_points(exp_name: str, exp: Mapping[str, Any], method: str) -> dict[str, dict[str, Any]]:
+    """{gp id: hp} of one method's grid in an experiment, in grid order."""
+    points = method_grid(exp, method)
+    ids = {gp_id(hp): hp for hp in points}
+    if len(ids) != len(points):
+        raise ConfigError(f"experiments.{exp_name}: the grid of {method} repeats a grid point")
+    return ids
 
 
 # Where the fetch rule puts each of `archives`; a backbone's `source.url` there names one of them.
@@ -173,11 +182,12 @@ def packs(points: list[str], size: int) -> dict[str, list[str]]:
     return {f"pack{count}-{index}": members[index] for index in sorted(members)}
 
 
-def tune_jobs(config: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, list[str]]]:
-    """(experiment, method) -> {job name: its grid-point ids}: every tune job of the study (see :func:`packs`)."""
+def tune_jobs(config: Mapping[str, Any], expanded: Grids | None = None) -> dict[tuple[str, str], dict[str, list[str]]]:
+    """(experiment, method) -> {job name: its grid-point ids}: every tune job of the study (see :func:`packs`);
+    `expanded`: the config's :func:`grids`, where the caller has them."""
     return {
         (exp_name, method): packs(list(points), runs_per_job(config["experiments"][exp_name], "tune"))
-        for (exp_name, method), points in grids(config).items()
+        for (exp_name, method), points in (expanded or grids(config)).items()
     }
 
 
@@ -198,8 +208,8 @@ def selection_jobs(
 
 
 def runs_per_job(experiment: Mapping[str, Any], phase: str) -> int:
-    """How many tune grid points (on average, packs: :func:`packs`) / final seeds one job of `experiment` trains
-    in one process."""
+    """How many tune grid points (on average, packs: :func:`packs`) one job of `experiment` trains in one process
+    (a final job trains one seed)."""
     return int(experiment.get("runs_per_job", {}).get(phase, 1))
 
 
@@ -310,8 +320,10 @@ def _check_weights_pinned(config: Mapping[str, Any]) -> None:
             )
 
 
-def check(config: Mapping[str, Any]) -> None:
-    """Cross-references: every dataset and method an experiment names exists; every grid key is taken."""
+def check(config: Mapping[str, Any]) -> Grids:
+    """Cross-references: every dataset and method an experiment names exists; every grid key is taken, every grid
+    point's values too. Returns the expanded :func:`grids` (expanded here once, for the plan to keep)."""
+    expanded: Grids = {}
     known_methods = methods.names()
     datasets = config["datasets"]
     _check_sources(config)
@@ -355,8 +367,10 @@ def check(config: Mapping[str, Any]) -> None:
                     f"experiments.{exp_name}: method {method!r} takes no grid key {', '.join(map(repr, unknown))}; "
                     f"allowed: {', '.join(sorted(allowed))}"
                 )
-            # Values too (a misspelt variant, a rank of 0), before any job starts.
-            for hp in method_grid(exp, method):
+        # Values too (a misspelt variant, a rank of 0), before any job starts.
+        for method in exp["methods"]:
+            expanded[exp_name, method] = _method_points(exp_name, exp, method)
+            for hp in expanded[exp_name, method].values():
                 try:
                     methods.split_hp(method, hp)
                 except (TypeError, ValueError) as err:
@@ -435,17 +449,18 @@ def check(config: Mapping[str, Any]) -> None:
     backbone = config["backbone"]
     if backbone.get("pretrain") and config.get("pretrain", {}).get("dataset") not in datasets:
         raise ConfigError("backbone.pretrain is true, so pretrain.dataset must name a dataset under datasets")
+    return expanded
 
 
 # The recipe keys the report's captions name: the switches between the authors' quirks and the clean protocol.
 REPORT_RECIPE_KEYS = ("epochs", "lr_step", "normalize", "augment", "drop_path", "peft_init", "precision")
 
 
-def report_context(config: Mapping[str, Any]) -> dict[str, Any]:
+def report_context(config: Mapping[str, Any], expanded: Grids | None = None) -> dict[str, Any]:
     """What the report needs from the config beyond the results: dataset groups and sizes-of, each experiment's
     recipe switches, selection rule, planned seeds and grid sizes (so that what is missing can be said), and the
-    VTAB task each dataset is (beside the authors' choices)."""
-    sizes = grids(config)
+    VTAB task each dataset is (beside the authors' choices). `expanded`: the config's :func:`grids`, if known."""
+    sizes = expanded or grids(config)
     return {
         "datasets": {
             name: {key: spec[key] for key in REPORT_DATASET_KEYS if key in spec}

@@ -6,7 +6,6 @@ missing or empty (a study still running): its section then says so instead of fa
 
 from __future__ import annotations
 
-import argparse
 import base64
 import math
 import shutil
@@ -17,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from peftstudy.io import atomic_path
+from peftstudy.plan.specs import Options, ReportSpec
 from peftstudy.report.tables import RERUN_COLUMNS, rerun_ranges
 from peftstudy.select import METRIC_WORDS
 
@@ -430,14 +430,14 @@ def html(frame: pd.DataFrame, **kwargs: Any) -> str:
     return frame.to_html(classes="grid", border=0, index=False, float_format="%.1f", na_rep="–", **kwargs)
 
 
-def run(args: argparse.Namespace) -> None:
+def run(spec: ReportSpec, options: Options) -> None:
     import jinja2
 
-    tables = Path(args.tables)
+    tables = Path(spec.tables)
     frames = load_tables(tables)
     with tempfile.TemporaryDirectory() as tmp:
         figures_dir = Path(tmp)
-        execute_notebook(args.notebook, args.out_notebook, args.tables, figures_dir)
+        execute_notebook(spec.notebook, spec.executed, spec.tables, figures_dir)
         pngs = sorted(figures_dir.glob("*.png"))
         experiments = table(frames, "experiments", ("experiment",))
         figures = {
@@ -477,25 +477,25 @@ def run(args: argparse.Namespace) -> None:
         if len(frames.get("selection_vs_authors", ()))
         else "",
     }
-    template_path = Path(args.template)
+    template_path = Path(spec.template)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(template_path.parent), autoescape=jinja2.select_autoescape(["html", "j2"])
     )
     env.filters["plural"] = plural
     page = env.get_template(template_path.name).render(
         summary=summary(frames),
-        accuracy=accuracy_tables(vtab, means, args.tolerance) if vtab["test_top1"].notna().any() else [],
-        tolerance=args.tolerance,
+        accuracy=accuracy_tables(vtab, means, spec.tolerance) if vtab["test_top1"].notna().any() else [],
+        tolerance=spec.tolerance,
         tables=html_tables,
         authors_agreement=authors_agreement(frames),
         figures=figures,
         not_computed=NOT_COMPUTED,
         csvs=sorted(p.name for p in tables.glob("*.csv")) if tables.is_dir() else [],
     )
-    with atomic_path(args.out) as tmp:
+    with atomic_path(spec.html) as tmp:
         tmp.write_text(page)
     # The tables travel with the page, so a reader can take the numbers as CSV.
-    csv_dir = Path(args.out).parent / "tables"
+    csv_dir = Path(spec.html).parent / "tables"
     csv_dir.mkdir(exist_ok=True)
     for p in tables.glob("*.csv") if tables.is_dir() else []:
         with atomic_path(csv_dir / p.name) as tmp:

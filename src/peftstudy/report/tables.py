@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -13,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from peftstudy.io import atomic_path, read_json
+from peftstudy.plan.specs import FINAL, Options, TablesSpec
 from peftstudy.plan.tasks import vtab_groups
 from peftstudy.select import ALL_DIVERGED, SUMMARY_COLUMNS
 
@@ -57,7 +57,7 @@ def all_diverged(records: list[str]) -> list[tuple[str, str, str]]:
 
 def final_table(records: list[str]) -> pd.DataFrame:
     rows = []
-    paths = [f"{r['dir']}/metrics.json" for record in records for r in read_json(record, schema="final")["runs"]]
+    paths = [f"{r['dir']}/{FINAL.metrics}" for record in records for r in read_json(record, schema="final")["runs"]]
     for path in paths:
         m = read_json(path, schema="metrics")
         rows.append(
@@ -142,7 +142,7 @@ def mixed_table(metrics: list[Mapping[str, Any]]) -> pd.DataFrame:
 
 def final_metrics(records: list[str]) -> list[dict[str, Any]]:
     """The metrics.json of every final run the records list."""
-    paths = [f"{r['dir']}/metrics.json" for record in records for r in read_json(record, schema="final")["runs"]]
+    paths = [f"{r['dir']}/{FINAL.metrics}" for record in records for r in read_json(record, schema="final")["runs"]]
     return [read_json(path) for path in paths]
 
 
@@ -489,19 +489,20 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def run(args: argparse.Namespace) -> None:
-    out = Path(args.out_dir)
-    context = json.loads(args.context)
-    finals = final_table(args.finals)
-    results = results_table(finals, all_diverged(args.finals)).assign(study=args.study, config_hash=args.config_hash)
-    authors = {Path(p).stem: p for p in args.authors}
+def run(spec: TablesSpec, options: Options) -> None:
+    out = Path(spec.out_dir)
+    context = dict(spec.context)
+    records = list(spec.finals)
+    finals = final_table(records)
+    results = results_table(finals, all_diverged(records)).assign(study=spec.study, config_hash=spec.config_hash)
+    authors = {Path(p).stem: p for p in spec.authors}
     vtab1k = read_authors(authors["authors_vtab1k"]) if "authors_vtab1k" in authors else None
     reruns = read_authors(authors["authors_reruns"]) if "authors_reruns" in authors else None
     vtab = vtab_table(results, context, vtab1k, reruns)
     choices = read_authors(authors["authors_vtab1k_selection"]) if "authors_vtab1k_selection" in authors else None
-    tune = tune_table(args.tune)
-    mixed = mixed_table([*tune_metrics(args.tune_metrics), *final_metrics(args.finals)])
-    ood, wise = robustness_tables(args.robustness)
+    tune = tune_table(list(spec.tune))
+    mixed = mixed_table([*tune_metrics(list(spec.tune_metrics)), *final_metrics(records)])
+    ood, wise = robustness_tables(list(spec.robustness))
     tables = {
         "tune": tune,
         "selection_vs_authors": selection_table(tune, context, choices),
@@ -509,10 +510,10 @@ def run(args: argparse.Namespace) -> None:
         "results": results,
         "vtab": vtab,
         "group_means": group_means(vtab),
-        "datasets": datasets_table(context, args.manifests),
+        "datasets": datasets_table(context, list(spec.manifests)),
         "experiments": with_estimate(experiments_table(context), context.get("cost")),
-        "compute": with_gpu_hours(compute_table(args.benchmarks), context.get("cost")),
-        **analysis_tables(args.analysis),
+        "compute": with_gpu_hours(compute_table(list(spec.benchmarks)), context.get("cost")),
+        **analysis_tables(list(spec.analysis)),
         "ood": ood,
         "wise": wise,
         "mixed": mixed,

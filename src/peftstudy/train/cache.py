@@ -22,6 +22,7 @@ from typing import Any
 
 from peftstudy.io import set_aside, write_json
 from peftstudy.plan.depends import Dependencies
+from peftstudy.plan.specs import GridPoint
 
 FORMAT = "peftstudy-tune-point/2"
 
@@ -32,18 +33,18 @@ def _digest(dependencies: dict[str, Any], metrics: dict[str, Any]) -> str:
 
 
 class TuneResults:
-    """The kept points of one resume folder; `dependencies` gives a point's ({"gp", "hp"}) record."""
+    """The kept points of one resume folder; `dependencies` gives a grid point's record."""
 
-    def __init__(self, folder: str | Path, dependencies: Callable[[dict[str, Any]], Dependencies]) -> None:
+    def __init__(self, folder: str | Path, dependencies: Callable[[GridPoint], Dependencies]) -> None:
         self.folder = Path(folder)
         self.dependencies = dependencies
 
     def _path(self, gp: str) -> Path:
         return self.folder / f"tune-{gp}.json"
 
-    def get(self, point: dict[str, Any]) -> dict[str, Any] | None:
+    def get(self, point: GridPoint) -> dict[str, Any] | None:
         """The point's metrics from an earlier job with equal dependencies, else None (the reason logged)."""
-        path = self._path(point["gp"])
+        path = self._path(point.gp)
         if not path.exists():
             return None
         try:
@@ -62,7 +63,7 @@ class TuneResults:
             return None
         return kept["metrics"]
 
-    def put(self, point: dict[str, Any], metrics: dict[str, Any]) -> None:
+    def put(self, point: GridPoint, metrics: dict[str, Any]) -> None:
         dependencies = self.dependencies(point).as_dict()
         entry = {"format": FORMAT, "dependencies": dependencies, "metrics": metrics}
-        write_json(self._path(point["gp"]), dict(entry, sha256=_digest(dependencies, metrics)))
+        write_json(self._path(point.gp), dict(entry, sha256=_digest(dependencies, metrics)))

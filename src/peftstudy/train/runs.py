@@ -7,11 +7,10 @@ logits and the trained (PEFT-only) tensors.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from peftstudy import methods, provenance
 from peftstudy.io import load_npz, save_npz, write_json
 from peftstudy.models import create_backbone, pick_device, save_safetensors
 from peftstudy.plan import depends
+from peftstudy.plan.specs import Backbone, FinalSpec, GridPoint, Options, TuneSpec
 from peftstudy.train.cache import TuneResults
 from peftstudy.train.engine import (
     Images,
@@ -45,29 +45,29 @@ from peftstudy.train.resume import Checkpoint
 
 
 def build(
-    method: str, hp: dict[str, Any], backbone: dict[str, Any], num_classes: int, recipe: Recipe, device: torch.device
+    method: str, hp: Mapping[str, Any], backbone: Backbone, num_classes: int, recipe: Recipe, device: torch.device
 ) -> tuple[nn.Module, list[str], dict[str, Any], Any]:
     """Backbone with its weights, the method injected, everything but the method's tensors and the head frozen."""
-    recipe_hp, cfg = methods.split_hp(method, hp)
+    recipe_hp, cfg = methods.split_hp(method, dict(hp))
     drop_path = recipe_hp.get("drop_path", recipe.drop_path)
-    weights = {"weights": backbone.get("weights"), "sha256": backbone.get("sha256")}
-    if backbone.get("head"):  # CLIP: the zero-shot head built from its text tower (docs/protocol.md §A.1)
+    weights = {"weights": backbone.weights, "sha256": backbone.sha256}
+    if backbone.head:  # CLIP: the zero-shot head built from its text tower (docs/protocol.md §A.1)
         from peftstudy.models.clip import create_clip
 
         model = create_clip(
-            backbone["arch"],
+            backbone.arch,
             num_classes,
-            head=backbone["head"],
-            head_sha256=backbone.get("head_sha256"),
+            head=backbone.head,
+            head_sha256=backbone.head_sha256,
             drop_path=drop_path,
             device=device,
             **weights,
         )
     else:
         model = create_backbone(
-            backbone["arch"],
+            backbone.arch,
             num_classes,
-            keep_head=backbone.get("keep_head", False),
+            keep_head=backbone.keep_head,
             drop_path=drop_path,
             device=device,
             **weights,
@@ -89,33 +89,32 @@ def _digest(path: str | None, pinned: str | None, what: str, config_key: str) ->
 
 
 class JobDependencies:
-    """The :class:`~peftstudy.plan.depends.Dependencies` of a job's runs: its files hashed once (and checked against
-    the config's pinned sums, so a swapped weights file fails every job that would use it, even one that reuses
-    all its points), the device and precision resolved as they will run."""
+    """The :class:`~peftstudy.plan.depends.Dependencies` of a job's runs: its spec's settings, its input files
+    hashed once by role (the spec's field names: train, val or test, manifest; the backbone's weights and head,
+    checked against the config's pinned sums, so a swapped weights file fails every job that would use it, even
+    one that reuses all its points), the device and precision resolved as they will run."""
 
-    def __init__(self, args: argparse.Namespace, phase: str, held_out: str) -> None:
-        self.args, self.phase = args, phase
-        self.device = pick_device(args.device, args.threads)
-        self.bf16 = bf16_on(Recipe(**args.recipe), self.device)
-        backbone = args.backbone
-        held_out_split = "val" if phase == "tune" else "test"
-        self.data = {
-            "train": depends.file_sha256(args.train),
-            held_out_split: depends.file_sha256(held_out),
-            "manifest": depends.file_sha256(args.manifest),
-        }
-        self.weights = _digest(backbone.get("weights"), backbone.get("sha256"), "backbone weights", "backbone.sha256")
-        self.head = _digest(backbone.get("head"), backbone.get("head_sha256"), "zero-shot head", "zero_shot_head")
-        self.code = depends.code_digest(args.method)
+    def __init__(self, spec: TuneSpec | FinalSpec, options: Options) -> None:
+        self.spec, self.phase = spec, spec.stage
+        run = spec.run
+        self.device = pick_device(run.device, options.threads)
+        self.bf16 = bf16_on(Recipe(**run.recipe), self.device)
+        backbone = run.backbone
+        files = spec.inputs()
+        self.data = {role: depends.file_sha256(files[role]) for role in ("train", held_out_split(spec), "manifest")}
+        self.weights = _digest(backbone.weights, backbone.sha256, "backbone weights", "backbone.sha256")
+        self.head = _digest(backbone.head, backbone.head_sha256, "zero-shot head", "zero_shot_head")
+        self.code = depends.code_digest(run.method)
 
     @property
     def precision(self) -> str:
         return "bf16" if self.bf16 else "fp32"
 
-    def of(self, gp: str, hp: dict[str, Any], seed: int) -> depends.Dependencies:
-        args = self.args
+    def of(self, point: GridPoint, seed: int) -> depends.Dependencies:
+        run = self.spec.run
+        backbone = dataclasses.asdict(run.backbone)
         return depends.Dependencies(
-            settings=depends.settings(args.method, self.phase, gp, hp, args.recipe, args.backbone, seed),
+            settings=depends.settings(run.method, self.phase, point.gp, point.hp, run.recipe, backbone, seed),
             data=self.data,
             backbone_weights=self.weights,
             zero_shot_head=self.head,
@@ -137,23 +136,24 @@ class Session:
     whichever runs share its process.
     """
 
-    def __init__(self, args: argparse.Namespace, held_out: str, runs: int, job: JobDependencies) -> None:
-        self.args = args
+    def __init__(self, spec: TuneSpec | FinalSpec, options: Options, runs: int, job: JobDependencies) -> None:
+        self.spec = spec
+        self.run = spec.run
         self.job = job
         self.device = job.device
-        self.recipe = Recipe(**args.recipe)
+        self.recipe = Recipe(**spec.run.recipe)
         self.bf16 = job.bf16
         # Runs trained at once, interleaved: `--concurrent`, or by default on a GPU (which one run leaves idle at
         # the protocol's batch size) as many of the job's as fit in its memory (None: measured as training starts,
         # _runs_that_fit), and one at a time on the CPU (no idle units to fill).
-        self.concurrent: int | None = args.concurrent or (None if self.device.type == "cuda" and runs > 1 else 1)
-        self.train = load_npz(args.train)
+        self.concurrent: int | None = options.concurrent or (None if self.device.type == "cuda" and runs > 1 else 1)
+        self.train = load_npz(spec.train)
         if len(self.train["labels"]) < self.recipe.batch_size:  # before any model is built
             raise ValueError(
-                f"{args.train}: {len(self.train['labels'])} training images of {args.dataset} are fewer than one "
-                f"batch: lower experiments.{args.experiment}.recipe.batch_size ({self.recipe.batch_size})"
+                f"{spec.train}: {len(self.train['labels'])} training images of {self.run.dataset} are fewer than one "
+                f"batch: lower experiments.{self.run.experiment}.recipe.batch_size ({self.recipe.batch_size})"
             )
-        self._held_out_path = held_out
+        self._held_out_path = spec.inputs()[held_out_split(spec)]
         self._held_out: dict[str, Any] | None = None
         self._inputs: dict[str, Images] = {}
         self._features: dict[str, torch.Tensor] = {}
@@ -200,8 +200,7 @@ class Session:
 class _Pending:
     """A run set up and ready to train (its model built, its RNG captured), and how to score it after."""
 
-    gp: str
-    hp: dict[str, Any]
+    point: GridPoint
     seed: int
     model: nn.Module
     trainable: list[str]
@@ -212,19 +211,22 @@ class _Pending:
     latest: list[tuple[torch.Tensor, dict[str, float]]]
 
 
-def _set_up(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str) -> _Pending:
+def _set_up(session: Session, point: GridPoint, seed: int, phase: str) -> _Pending:
     """Build one grid point's model for one seed and the :class:`Run` that trains it."""
-    args, recipe, device = session.args, session.recipe, session.device
+    run_settings, recipe, device = session.run, session.recipe, session.device
     train = session.train
     seed_everything(seed)
-    model, trainable, recipe_hp, cfg = build(args.method, hp, args.backbone, int(train["num_classes"]), recipe, device)
+    model, trainable, recipe_hp, cfg = build(
+        run_settings.method, point.hp, run_settings.backbone, int(train["num_classes"]), recipe, device
+    )
     y = torch.from_numpy(train["labels"]).to(device)
-    cached = session.uses_features(args.method, recipe_hp.get("drop_path", recipe.drop_path))
+    cached = session.uses_features(run_settings.method, recipe_hp.get("drop_path", recipe.drop_path))
     # The cached probe trains the head alone on features; the same seed gives the same head init and batch order.
     net, x_train = (model.head, session.features("train", model)) if cached else (model, session.inputs("train", model))
     checkpoint = None
-    if args.resume_dir:
-        checkpoint = Checkpoint(Path(args.resume_dir) / f"{phase}-{gp}-seed{seed}.pt", session.job.of(gp, hp, seed))
+    if run_settings.resume_dir:
+        path = Path(run_settings.resume_dir) / f"{phase}-{point.gp}-seed{seed}.pt"
+        checkpoint = Checkpoint(path, session.job.of(point, seed))
 
     def held_out_scores() -> tuple[torch.Tensor, dict[str, float]]:
         x_held = session.features("held_out", model) if cached else session.inputs("held_out", model)
@@ -252,26 +254,26 @@ def _set_up(session: Session, gp: str, hp: dict[str, Any], seed: int, phase: str
         # best-test checkpoint (keep: best, labelled as a test-set oracle), never to stop early otherwise.
         evaluate=evaluate if phase == "tune" or recipe.keep == "best" else None,
     )
-    return _Pending(gp, hp, seed, model, trainable, cfg, cached, run, held_out_scores, latest)
+    return _Pending(point, seed, model, trainable, cfg, cached, run, held_out_scores, latest)
 
 
-def _train(session: Session, specs: list[tuple[str, dict[str, Any], int]], phase: str, split: str):
-    """Train (gp, hp, seed) runs, `session.concurrent` at a time (or as many as fit), interleaved; yield each
-    one's position in `specs` and its (model, trainable names, metrics, logits, labels) as its group ends.
+def _train(session: Session, runs: list[tuple[GridPoint, int]], phase: str, split: str):
+    """Train (grid point, seed) runs, `session.concurrent` at a time (or as many as fit), interleaved; yield each
+    one's position in `runs` and its (model, trainable names, metrics, logits, labels) as its group ends.
 
     Out of GPU memory with several runs together, the runs that had finished are kept, the number at a time is
     lowered (_fewer) and the others train again from their last epoch-boundary checkpoints (with --resume-dir;
     else from the start): each run's result is the same bytes as if nothing had happened, since a resumed run
     ends as one never interrupted and no run depends on its neighbours."""
-    together = session.concurrent or _runs_that_fit(session, specs, phase)
-    todo = list(range(len(specs)))
-    wall = [0.0] * len(specs)  # runs trained together share their wall time equally, over every attempt
+    together = session.concurrent or _runs_that_fit(session, runs, phase)
+    todo = list(range(len(runs)))
+    wall = [0.0] * len(runs)  # runs trained together share their wall time equally, over every attempt
     while todo:
         ids, todo = todo[:together], todo[together:]
         group: list[_Pending] = []
         start = time.time()
         try:
-            group.extend(_set_up(session, *specs[i], phase) for i in ids)
+            group.extend(_set_up(session, *runs[i], phase) for i in ids)
             start = time.time()  # the wall time of training, not of building the models
             finished = dict(enumerate(train_together([pending.run for pending in group])))
             out_of_memory = ""
@@ -291,9 +293,9 @@ def _train(session: Session, specs: list[tuple[str, dict[str, Any], int]], phase
             _free_device_memory(session.device)
             together = _fewer(len(ids))
             where = (
-                f"their last epoch checkpoints in {session.args.resume_dir} (their start before the first)"
-                if session.args.resume_dir
-                else "their start (no --resume-dir, so no checkpoints)"
+                f"their last epoch checkpoints in {session.run.resume_dir} (their start before the first)"
+                if session.run.resume_dir
+                else "their start (no resume_dir, so no checkpoints)"
             )
             print(
                 f"{out_of_memory}. {len(done)} had finished; {together} at a time from now on: the other "
@@ -307,8 +309,8 @@ def _train(session: Session, specs: list[tuple[str, dict[str, Any], int]], phase
 
 def _note_alone_does_not_fit(session: Session, error: torch.OutOfMemoryError) -> None:
     error.add_note(
-        f"one {session.args.method} run alone does not fit in the memory free on {session.device}: free the GPU, "
-        f"or lower experiments.{session.args.experiment}.recipe.batch_size (a change of protocol)"
+        f"one {session.run.method} run alone does not fit in the memory free on {session.device}: free the GPU, "
+        f"or lower experiments.{session.run.experiment}.recipe.batch_size (a change of protocol)"
     )
 
 
@@ -324,7 +326,7 @@ MEMORY_MARGIN = 0.9
 PROBE_STEPS = 2  # the first step creates the optimizer state; the second is a step in the steady state
 
 
-def _runs_that_fit(session: Session, specs: list[tuple[str, dict[str, Any], int]], phase: str) -> int:
+def _runs_that_fit(session: Session, runs: list[tuple[GridPoint, int]], phase: str) -> int:
     """How many of the job's runs fit in the GPU's free memory at once.
 
     One run's footprint is measured: its first run set up and trained for PROBE_STEPS steps alone (eager, no
@@ -336,7 +338,7 @@ def _runs_that_fit(session: Session, specs: list[tuple[str, dict[str, Any], int]
     device = session.device
     shared = session.device_bytes()
     before = torch.cuda.memory_allocated(device)
-    probe = _set_up(session, *specs[0], phase)
+    probe = _set_up(session, *runs[0], phase)
     shared_added = session.device_bytes() - shared
     torch.cuda.reset_peak_memory_stats(device)
     try:
@@ -350,11 +352,11 @@ def _runs_that_fit(session: Session, specs: list[tuple[str, dict[str, Any], int]
     free, _ = torch.cuda.mem_get_info(device)
     available = free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     to_come = session.held_out_bytes_to_come()
-    together = runs_that_fit(footprint, available - to_come, len(specs))
+    together = runs_that_fit(footprint, available - to_come, len(runs))
     print(
-        f"GPU memory: one {session.args.method} run takes {footprint / 2**30:.2f} GiB at its peak (measured over "
+        f"GPU memory: one {session.run.method} run takes {footprint / 2**30:.2f} GiB at its peak (measured over "
         f"its first {PROBE_STEPS} steps), {available / 2**30:.1f} GiB free ({to_come / 2**30:.2f} GiB of it for the "
-        f"held-out split to come), {MEMORY_MARGIN:.0%} of the rest usable: {together} of the job's {len(specs)} "
+        f"held-out split to come), {MEMORY_MARGIN:.0%} of the rest usable: {together} of the job's {len(runs)} "
         "runs at a time",
         flush=True,
     )
@@ -377,7 +379,7 @@ def _free_device_memory(device: torch.device) -> None:
 
 def _finish(session: Session, pending: _Pending, result: TrainResult, wall: float, phase: str, split: str):
     """Score a trained run's held-out split (once) and write up its metrics."""
-    args, recipe = session.args, session.recipe
+    run_settings, recipe, point = session.run, session.recipe, pending.point
     latest = pending.latest
     logits, score = latest[0] if latest and recipe.keep == "last" else pending.held_out_scores()
     trainable_params, head_params = count(pending.model, pending.trainable)
@@ -386,11 +388,11 @@ def _finish(session: Session, pending: _Pending, result: TrainResult, wall: floa
         "status": "diverged" if reason else "ok",
         "divergence": {"rule": recipe.divergence, "reason": reason},
         "phase": phase,
-        "experiment": args.experiment,
-        "dataset": args.dataset,
-        "method": args.method,
-        "gp": pending.gp,
-        "hp": pending.hp,
+        "experiment": run_settings.experiment,
+        "dataset": run_settings.dataset,
+        "method": run_settings.method,
+        "gp": point.gp,
+        "hp": dict(point.hp),
         "method_config": dataclasses.asdict(pending.cfg),
         "recipe": dataclasses.asdict(recipe),
         "seed": pending.seed,
@@ -415,13 +417,13 @@ def _finish(session: Session, pending: _Pending, result: TrainResult, wall: floa
         "precision": session.job.precision,
         "cached_features": pending.cached,
         "provenance": provenance.record(
-            dependencies=session.job.of(pending.gp, pending.hp, pending.seed),
-            data_manifest=args.manifest,
-            backbone_weights=args.backbone.get("weights"),
+            dependencies=session.job.of(point, pending.seed),
+            data_manifest=session.spec.manifest,
+            backbone_weights=run_settings.backbone.weights,
         ),
     }
-    line = f"{args.method} {pending.hp} seed {pending.seed}: {split} top1 {score['top1']:.2f} ({metrics['status']})"
-    print(line, flush=True)
+    line = f"{run_settings.method} {dict(point.hp)} seed {pending.seed}: {split} top1 {score['top1']:.2f}"
+    print(f"{line} ({metrics['status']})", flush=True)
     return pending.model, pending.trainable, metrics, logits, session.held_out["labels"]
 
 
@@ -438,51 +440,51 @@ def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def tune(args: argparse.Namespace) -> None:
-    """Every grid point of `--points`, `concurrent` at a time, but those an earlier job already trained with the
+def held_out_split(spec: TuneSpec | FinalSpec) -> str:
+    """The split a job scores: a tune job's val, a final job's test (its spec's field of that name)."""
+    return "val" if isinstance(spec, TuneSpec) else "test"
+
+
+def tune(spec: TuneSpec, options: Options) -> None:
+    """Every grid point of the spec, `concurrent` at a time, but those an earlier job already trained with the
     same dependencies (train.cache: a pack that gained or lost a point retrains nothing else). The
     job's file is rewritten (atomically) as each group is done, so a killed job shows what it finished (and
     Snakemake names it incomplete)."""
-    job = JobDependencies(args, "tune", args.val)
-    kept = TuneResults(args.resume_dir, lambda p: job.of(p["gp"], p["hp"], args.seed)) if args.resume_dir else None
-    results = {p["gp"]: kept.get(p) for p in args.points} if kept else {}
-    todo = [p for p in args.points if not results.get(p["gp"])]
-    if len(todo) < len(args.points):
-        print(f"{len(args.points) - len(todo)} of {len(args.points)} grid points reused from {kept.folder}", flush=True)
+    job = JobDependencies(spec, options)
+    folder = spec.run.resume_dir
+    kept = TuneResults(folder, lambda point: job.of(point, spec.seed)) if folder else None
+    results = {p.gp: kept.get(p) for p in spec.points} if kept else {}
+    todo = [p for p in spec.points if not results.get(p.gp)]
+    if len(todo) < len(spec.points):
+        print(f"{len(spec.points) - len(todo)} of {len(spec.points)} grid points reused from {folder}", flush=True)
 
     def write() -> None:
-        write_json(args.out, {"points": [results[p["gp"]] for p in args.points if results.get(p["gp"])]}, "tune")
+        write_json(spec.metrics, {"points": [results[p.gp] for p in spec.points if results.get(p.gp)]}, "tune")
 
     if todo:
-        session = Session(args, args.val, len(todo), job)
-        specs = [(point["gp"], point["hp"], args.seed) for point in todo]
-        for i, (_, _, metrics, _, _) in _train(session, specs, "tune", "val"):
+        session = Session(spec, options, len(todo), job)
+        for i, (_, _, metrics, _, _) in _train(session, [(point, spec.seed) for point in todo], "tune", "val"):
             point = todo[i]
             if kept:
                 kept.put(point, metrics)
-            results[point["gp"]] = metrics
+            results[point.gp] = metrics
             write()
     else:  # every point reused: the job's file still lists them
         write()
 
 
-def final(args: argparse.Namespace) -> None:
-    """The selected grid point with every seed of `--seed`; each seed's files written as soon as it is done."""
-    outs = (args.out_metrics, args.out_logits, args.out_weights)
-    if any(len(o) != len(args.seed) for o in outs):
-        raise ValueError(f"{len(args.seed)} seeds: give as many --out-metrics, --out-logits and --out-weights")
-    session = Session(args, args.test, len(args.seed), JobDependencies(args, "final", args.test))
-    specs = [(args.gp, args.hp, seed) for seed in args.seed]
-    for i, (model, trainable, metrics, logits, labels) in _train(session, specs, "final", "test"):
-        out_metrics, out_logits, out_weights = (o[i] for o in outs)
+def final(spec: FinalSpec, options: Options) -> None:
+    """The selected grid point with the spec's seed: its metrics, test logits and trained tensors."""
+    session = Session(spec, options, 1, JobDependencies(spec, options))
+    for _, (model, trainable, metrics, logits, labels) in _train(session, [(spec.point, spec.seed)], "final", "test"):
         params = dict(model.named_parameters())
-        save_safetensors(out_weights, {n: params[n] for n in trainable}, {"method": args.method, "gp": args.gp})
-        save_npz(out_logits, logits=logits.numpy().astype(np.float32), labels=labels)
-        write_json(out_metrics, metrics, schema="metrics")
+        save_safetensors(spec.peft, {n: params[n] for n in trainable}, {"method": spec.run.method, "gp": spec.point.gp})
+        save_npz(spec.logits, logits=logits.numpy().astype(np.float32), labels=labels)
+        write_json(spec.metrics, metrics, schema="metrics")
 
 
 def load_trained(
-    method: str, hp: dict[str, Any], backbone: dict[str, Any], weights: str, num_classes: int, device: torch.device
+    method: str, hp: Mapping[str, Any], backbone: Backbone, weights: str, num_classes: int, device: torch.device
 ) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """A final run's model in eval mode, with its trained tensors before training and after (from `weights`)."""
     from safetensors.torch import load_file

@@ -1,0 +1,131 @@
+"""A job is a spec (plan.specs): what the plan hands a stage reads back as itself, checked against the same
+dataclasses, with errors naming the key path; the files a spec names are its rule's inputs and outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from conftest import tiny_config
+
+from peftstudy.plan import specs
+from peftstudy.plan.jobs import Plan
+
+
+def tune_spec() -> specs.TuneSpec:
+    backbone = specs.Backbone(arch="vit", weights="w.safetensors", sha256=None, keep_head=False, head="head.st")
+    run = specs.RunSettings(
+        experiment="vtab", dataset="count", method="lora", recipe={"epochs": 1}, backbone=backbone, device="cpu"
+    )
+    points = (specs.GridPoint(gp="0000000a", hp={"r": 2, "lr": 0.001}), specs.GridPoint(gp="0000000b", hp={}))
+    return specs.TuneSpec(
+        run=run, points=points, seed=0, train="t.npz", val="v.npz", manifest="m.json", metrics="out/metrics.json"
+    )
+
+
+def test_a_spec_reads_back_as_itself_from_canonical_json():
+    spec = tune_spec()
+    text = spec.to_json()
+    assert specs.from_json(text) == spec
+    # Canonical: keys sorted at every level, no spaces; equal specs, equal text (the rule's params value).
+    assert text == json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
+    assert '"hp":{"lr":0.001,"r":2}' in text and json.loads(text)["stage"] == "tune"
+
+
+def test_the_files_a_spec_names_are_its_inputs_and_outputs_by_role():
+    spec = tune_spec()
+    assert spec.inputs() == {
+        "train": "t.npz",
+        "val": "v.npz",
+        "manifest": "m.json",
+        "weights": "w.safetensors",
+        "head": "head.st",
+    }
+    assert spec.outputs() == {"metrics": "out/metrics.json"}
+    no_head = dataclasses.replace(spec.run.backbone, head=None)
+    assert "head" not in dataclasses.replace(spec, run=dataclasses.replace(spec.run, backbone=no_head)).inputs()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda d: d["run"]["backbone"].update(sha256=3),
+            r"tune\.run\.backbone\.sha256: expected str or null, got int 3",
+        ),
+        (lambda d: d["run"].pop("method"), r"tune\.run: missing key 'method' \(str\)"),
+        (
+            lambda d: d["points"][1].update(lr=0.1),
+            r"tune\.points\[1\]: unknown key\(s\) \['lr'\]; GridPoint has \['gp', 'hp'\]",
+        ),
+        (lambda d: d.update(seed=True), r"tune\.seed: expected int, got bool"),
+        (lambda d: d.update(points={"gp": "x"}), r"tune\.points: expected a list, got dict"),
+        (lambda d: d["run"].update(recipe=[1]), r"tune\.run\.recipe: expected an object, got list"),
+        (lambda d: d.update(stage="train"), r"no stage 'train': the spec's stage is one of \[.*'final'.*'tune'"),
+    ],
+)
+def test_a_spec_that_does_not_fit_its_dataclass_is_refused_naming_the_key(change, message):
+    data = json.loads(tune_spec().to_json())
+    change(data)
+    with pytest.raises(specs.SpecError, match=message):
+        specs.from_json(json.dumps(data))
+
+
+def test_a_spec_too_long_for_one_argument_is_refused_at_plan_time():
+    points = tuple(specs.GridPoint(gp=f"{i:08x}", hp={"lr": 0.001 * i}) for i in range(5000))
+    with pytest.raises(specs.SpecError, match=r"the tune job's spec is \d+ bytes, over the 100000"):
+        dataclasses.replace(tune_spec(), points=points).to_json()
+
+
+def test_the_plan_s_training_specs_name_the_files_of_their_rules():
+    """The tune and final rules' outputs are their layout patterns; the specs name the same files, and the
+    backbone's weights are an input of every training job."""
+    plan = Plan.of(tiny_config())
+    layout = plan.layout
+    experiment, dataset, method = next(iter(layout.runs()))
+    pack, gps = next(iter(layout.tune_jobs[experiment, method].items()))
+    tune = plan.tune_spec(experiment, dataset, method, pack)
+    assert tune.outputs() == {"metrics": layout.tune_file(experiment, dataset, method, pack, "metrics.json")}
+    assert [p.gp for p in tune.points] == gps and tune.seed == plan.config["seed"]
+    assert tune.inputs()["val"] == layout.data(dataset, "val") and "test" not in tune.inputs()
+    final = plan.final_spec(experiment, dataset, method, gps[0], "7")
+    name = dict(metrics="metrics.json", logits="logits.npz", peft="peft.safetensors")
+    assert final.outputs() == {
+        k: layout.final_file(experiment, dataset, method, gps[0], "7", v) for k, v in name.items()
+    }
+    assert (
+        final.seed == 7
+        and final.point == tune.points[0]
+        and final.inputs()["train"] == layout.data(dataset, "trainval")
+    )
+    assert tune.inputs()["weights"] == final.inputs()["weights"] == plan.backbone_weights(experiment)
+
+
+def test_a_robustness_spec_names_each_test_set_in_order_and_reads_its_split():
+    """The in-distribution set first, then the shifted ones, each by name (no order-dependent NAME=path list); each
+    set's test split is an input under its name, besides the final record and the backbone's files."""
+    config = tiny_config()
+    plan = Plan.of(config)
+    rob = config["robustness"]
+    spec = plan.robustness_spec("bitfit")
+    assert spec.in_distribution.name == rob["dataset"] and [s.name for s in spec.shifted] == list(rob["ood"])
+    names = [rob["dataset"], *rob["ood"]]
+    assert {name: spec.inputs()[name] for name in names} == {name: plan.layout.data(name, "test") for name in names}
+    assert spec.inputs()["final"] == plan.layout.final_record(rob["experiment"], rob["dataset"], "bitfit")
+    assert spec.outputs() == {k: plan.layout.robustness_file("bitfit", f"{k}.json") for k in ("ood", "wise")}
+
+
+def test_a_select_spec_goes_as_a_file_whose_digest_follows_the_grid(tmp_path):
+    """select's spec is written by rule spec_file (`as_file`): the file reads back as the plan's spec, and its digest
+    (the rule's param) changes with a grid point, so the file is rewritten and select reruns."""
+    config = tiny_config()
+    plan = Plan.of(config)
+    spec = plan.file_spec("select", "vtab")
+    assert spec == plan.select_spec("vtab") and type(spec).as_file and not specs.TuneSpec.as_file
+    path = tmp_path / "select.json"
+    specs.write(path, spec)
+    assert specs.from_json(path.read_text()) == spec
+    assert spec.inputs() == {"metrics": plan.tune_metrics("vtab")}
+    config["experiments"]["vtab"]["grid"]["lr"] = [*config["experiments"]["vtab"]["grid"]["lr"], 0.123]
+    assert Plan.of(config).file_spec("select", "vtab").digest() != spec.digest()
