@@ -47,13 +47,13 @@ def fp32_file(plan: Plan, dataset: str, method: str, gp: str, seed: str, name: s
 def fp32_command(fast: Plan, exact: Plan, dataset: str, method: str, gp: str, seed: str, threads: int) -> list[str]:
     """`peftstudy run` of a selected final with the authors' numerics (the exact plan's spec), on the fast study's
     data, its outputs beside the study's results."""
-    data = fast.final_spec(EXPERIMENT, dataset, method, gp, seed)
+    data = fast.train.final_spec(EXPERIMENT, dataset, method, gp, seed)
     outs = {
         role: fp32_file(fast, dataset, method, gp, seed, name)
         for role, name in (("metrics", "metrics.json"), ("logits", "logits.npz"), ("peft", "peft.safetensors"))
     }
     spec = dataclasses.replace(
-        exact.final_spec(EXPERIMENT, dataset, method, gp, seed),
+        exact.train.final_spec(EXPERIMENT, dataset, method, gp, seed),
         train=data.train,
         test=data.test,
         manifest=data.manifest,

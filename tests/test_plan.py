@@ -26,14 +26,15 @@ for path in sys.argv[1:]:
     for experiment, dataset, method in layout.runs():
         plan.code_digest(method)
         # Every job's spec reads back as itself: what the stage gets is what the plan made.
-        jobs = [plan.tune_spec(experiment, dataset, method, pack) for pack in layout.tune_jobs[experiment, method]]
+        packs = layout.tune_jobs[experiment, method]
+        jobs = [plan.train.tune_spec(experiment, dataset, method, pack) for pack in packs]
         gp = next(iter(plan.grids[experiment, method]))
         seeds = plan.experiments[experiment]["seeds"]
-        jobs += [plan.final_spec(experiment, dataset, method, gp, str(seed)) for seed in seeds]
+        jobs += [plan.train.final_spec(experiment, dataset, method, gp, str(seed)) for seed in seeds]
         for job in jobs:
             assert specs.from_json(job.to_json()) == job, job
     for experiment in plan.experiments:
-        spec = plan.select_spec(experiment)
+        spec = plan.selection.select_spec(experiment)
         assert specs.from_json(spec.canonical()) == spec
         for dataset in plan.experiments[experiment]["datasets"]:
             spec = plan.ensemble_spec(experiment, dataset)
@@ -41,7 +42,7 @@ for path in sys.argv[1:]:
         n += len(plan.tune_metrics(experiment))
     sources = {"synthetic": plan.generate_spec, "archive": plan.index_spec, "local": plan.index_spec}
     sources |= {"manual": plan.imagenet_spec, "manyshot": plan.manyshot_spec, "tfds": plan.vtab_tfds_spec}
-    jobs = [plan.zero_shot_head_spec(head) for head in plan.zero_shot_heads]
+    jobs = [plan.train.zero_shot_head_spec(head) for head in plan.train.zero_shot_heads]
     for name, entry in plan.datasets.items():
         jobs += [plan.prepare_spec(name, split) for split in ("train", "val", "trainval", "test")]
         jobs += [sources[entry["source"]](name)]
@@ -54,7 +55,7 @@ for path in sys.argv[1:]:
             spec = plan.robustness_spec(method)
             assert specs.from_json(spec.to_json()) == spec
     if "pretrain" in plan.config:
-        spec = plan.pretrain_spec()
+        spec = plan.train.pretrain_spec()
         assert specs.from_json(spec.to_json()) == spec
     # The tables' spec (a file: the paper's is ~600 KB), here without the finals' benchmarks (selections to come).
     spec = plan.tables_spec(plan.report_context(), [])
@@ -98,8 +99,21 @@ def test_snakemake_builds_the_dag_with_torch_unimportable(workflow: Workflow):
     assert "tune" in proc.stdout + proc.stderr
 
 
+def runtime_nodes(node: ast.AST):
+    """Every node under `node` but those of `if TYPE_CHECKING:` blocks: an import only the type checker runs is no
+    import at run time (the plan's stage modules name `Plan` so; jobs.py imports them)."""
+    for child in ast.iter_child_nodes(node):
+        test = child.test if isinstance(child, ast.If) else None
+        if test is not None and ast.unparse(test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            yield from (n for branch in child.orelse for n in (branch, *runtime_nodes(branch)))
+            continue
+        yield child
+        yield from runtime_nodes(child)
+
+
 def package_imports() -> dict[str, set[str]]:
-    """peftstudy module -> the peftstudy modules it imports anywhere in its file (function-level imports too)."""
+    """peftstudy module -> the peftstudy modules it imports anywhere in its file at run time (function-level imports
+    too; not those under `if TYPE_CHECKING:`)."""
     src = REPO / "src"
     modules = {
         ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): path
@@ -108,7 +122,7 @@ def package_imports() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         found = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in runtime_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
@@ -158,9 +172,9 @@ def test_a_tune_job_is_a_grid_point_or_a_named_pack_and_its_file_comes_from_the_
     ((pack, gps),) = jobs["robustness", "bitfit"].items()
     assert pack == "pack1-0" and gps == list(plan.grids["robustness", "bitfit"])
     assert f"results/tiny/robustness/shapes/bitfit/tune/{pack}/metrics.json" in plan.tune_metrics("robustness")
-    assert [p.gp for p in plan.pack_points("robustness", "bitfit", pack)] == gps
+    assert [p.gp for p in plan.train.pack_points("robustness", "bitfit", pack)] == gps
     with pytest.raises(ValueError, match="not a grid point or pack of bitfit"):
-        plan.pack_points("robustness", "bitfit", "pack2-1")
+        plan.train.pack_points("robustness", "bitfit", "pack2-1")
 
 
 def test_a_backbone_fetched_as_an_archive_is_pinned_by_its_own_sum_else_the_archives():
@@ -172,7 +186,7 @@ def test_a_backbone_fetched_as_an_archive_is_pinned_by_its_own_sum_else_the_arch
     archive = clip["source"]["url"].removeprefix("resources/archives/")
     config["archives"][archive]["sha256"] = "a" * 64
     plan = Plan.of(config)
-    assert plan.fetch_backbone_inputs(clip["weights"]) == [clip["source"]["url"]]
-    assert f"--sha256 {'a' * 64} " in plan.fetch_backbone_args(clip["weights"])
+    assert plan.train.fetch_backbone_inputs(clip["weights"]) == [clip["source"]["url"]]
+    assert f"--sha256 {'a' * 64} " in plan.train.fetch_backbone_args(clip["weights"])
     clip["source"]["sha256"] = "b" * 64
-    assert f"--sha256 {'b' * 64} " in Plan.of(config).fetch_backbone_args(clip["weights"])
+    assert f"--sha256 {'b' * 64} " in Plan.of(config).train.fetch_backbone_args(clip["weights"])

@@ -32,7 +32,7 @@ def write_tune_results(plan: Plan) -> dict[str, list[dict]]:
     """Every tune job's metrics.json of the experiment, each holding exactly its job's points (the last one best)."""
     exp = plan.experiments[EXPERIMENT]
     jobs = {m: plan.layout.tune_jobs[EXPERIMENT, m] for m in exp["methods"]}
-    sets = {d: plan.tuning_sets(d) for d in exp["datasets"]}
+    sets = {d: plan.train.tuning_sets(d) for d in exp["datasets"]}
     written = {}
     for path, (tuning_set, method, _, points) in zip(
         plan.tune_metrics(EXPERIMENT), study.selection_jobs(sets, jobs), strict=True
@@ -48,7 +48,7 @@ def write_tune_results(plan: Plan) -> dict[str, list[dict]]:
 
 def run_select(plan: Plan) -> dict:
     """The select job as the rules run it: the plan's spec (its tune files in the plan's order) in a file."""
-    spec = dataclasses.replace(plan.select_spec(EXPERIMENT), selected="selected.json", summary="tune.csv")
+    spec = dataclasses.replace(plan.selection.select_spec(EXPERIMENT), selected="selected.json", summary="tune.csv")
     specs.write("select.spec.json", spec)
     cli.main(["run", "@select.spec.json"])
     return read_json("selected.json", schema="selected")["datasets"]
@@ -116,10 +116,10 @@ def test_a_selection_made_before_the_grid_changed_asks_to_select_again(plan):
     Path(plan.layout.selected(EXPERIMENT)).parent.mkdir(parents=True)
     write_json(plan.layout.selected(EXPERIMENT), {"datasets": {"shapes": {"bitfit": entry}}}, schema="selected")
     with pytest.raises(ValueError) as raised:
-        plan.final_spec(EXPERIMENT, "shapes", "bitfit", old_gp, "0")
+        plan.train.final_spec(EXPERIMENT, "shapes", "bitfit", old_gp, "0")
     message = str(raised.value)
     assert message.startswith(f"{plan.layout.selected(EXPERIMENT)} chose grid point {old_gp} for bitfit on shapes")
     assert "add --forcerun select (or run without --rerun-triggers mtime)" in message
     # A final asked for by path, of a point no selection chose: the point itself is the mistake.
     with pytest.raises(ValueError, match=r"grid point 0123abcd is not in the grid of bitfit .*points of the current"):
-        plan.final_spec(EXPERIMENT, "shapes", "bitfit", "0123abcd", "0")
+        plan.train.final_spec(EXPERIMENT, "shapes", "bitfit", "0123abcd", "0")

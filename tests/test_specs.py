@@ -85,11 +85,11 @@ def test_the_plan_s_training_specs_name_the_files_of_their_rules():
     layout = plan.layout
     experiment, dataset, method = next(iter(layout.runs()))
     pack, gps = next(iter(layout.tune_jobs[experiment, method].items()))
-    tune = plan.tune_spec(experiment, dataset, method, pack)
+    tune = plan.train.tune_spec(experiment, dataset, method, pack)
     assert tune.outputs() == {"metrics": layout.tune_file(experiment, dataset, method, pack, "metrics.json")}
     assert [p.gp for p in tune.points] == gps and tune.seed == plan.config["seed"]
     assert tune.inputs()["val"] == layout.data(dataset, "val") and "test" not in tune.inputs()
-    final = plan.final_spec(experiment, dataset, method, gps[0], "7")
+    final = plan.train.final_spec(experiment, dataset, method, gps[0], "7")
     name = dict(metrics="metrics.json", logits="logits.npz", peft="peft.safetensors")
     assert final.outputs() == {
         k: layout.final_file(experiment, dataset, method, gps[0], "7", v) for k, v in name.items()
@@ -99,7 +99,7 @@ def test_the_plan_s_training_specs_name_the_files_of_their_rules():
         and final.point == tune.points[0]
         and final.inputs()["train"] == layout.data(dataset, "trainval")
     )
-    assert tune.inputs()["weights"] == final.inputs()["weights"] == plan.backbone_weights(experiment)
+    assert tune.inputs()["weights"] == final.inputs()["weights"] == plan.train.backbone_weights(experiment)
 
 
 def test_a_robustness_spec_names_each_test_set_in_order_and_reads_its_split():
@@ -121,11 +121,11 @@ def test_a_select_spec_goes_as_a_file_whose_digest_follows_the_grid(tmp_path):
     (the rule's param) changes with a grid point, so the file is rewritten and select reruns."""
     config = tiny_config()
     plan = Plan.of(config)
-    spec = plan.file_spec("select", "vtab")
-    assert spec == plan.select_spec("vtab") and type(spec).as_file and not specs.TuneSpec.as_file
+    spec = plan.selection.file_spec("select", "vtab")
+    assert spec == plan.selection.select_spec("vtab") and type(spec).as_file and not specs.TuneSpec.as_file
     path = tmp_path / "select.json"
     specs.write(path, spec)
     assert specs.from_json(path.read_text()) == spec
     assert spec.inputs() == {"metrics": plan.tune_metrics("vtab")}
     config["experiments"]["vtab"]["grid"]["lr"] = [*config["experiments"]["vtab"]["grid"]["lr"], 0.123]
-    assert Plan.of(config).file_spec("select", "vtab").digest() != spec.digest()
+    assert Plan.of(config).selection.file_spec("select", "vtab").digest() != spec.digest()

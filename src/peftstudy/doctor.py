@@ -404,7 +404,7 @@ def _archive_sum(plan: Any, url: str) -> str | None:
 
 def used_datasets(plan: Any) -> list[str]:
     """Every dataset a job of the study reads: trained, tuned (folds), tested, or pretrained on."""
-    names = [f for d in plan.report_datasets() for f in plan.tuning_sets(d)]
+    names = [f for d in plan.report_datasets() for f in plan.train.tuning_sets(d)]
     if plan.config["backbone"]["pretrain"]:
         names.append(plan.config["pretrain"]["dataset"])
     return list(dict.fromkeys(names))
@@ -506,9 +506,9 @@ def check_disk(plan: Any, profile: Profile, probes: Probes) -> list[Check]:
     from peftstudy.plan.cost import disk_need, summarise
 
     sizes = {
-        name: probes.size(plan.backbone_weights(name))
+        name: probes.size(plan.train.backbone_weights(name))
         for name in plan.experiments
-        if probes.exists(plan.backbone_weights(name))
+        if probes.exists(plan.train.backbone_weights(name))
     }
     at_once = int(profile.settings.get("jobs") or profile.settings.get("cores") or 1)
     need = disk_need(plan, sizes, at_once)

@@ -54,7 +54,9 @@ def job_resources(kind, experiment=None):
 def job_runs(kind, wildcards):
     """The runs a job of the tune (or final) rule trains, its pack's grid points (or its one seed)."""
     if kind == "tune":
-        return PLAN.tune_runs(wildcards.experiment, wildcards.method, wildcards.pack)
+        return PLAN.train.tune_runs(
+            wildcards.experiment, wildcards.method, wildcards.pack
+        )
     return 1
 
 
@@ -67,11 +69,11 @@ def run_of(wildcards):
 
 
 def tune_spec(wildcards):
-    return PLAN.tune_spec(*run_of(wildcards), wildcards.pack)
+    return PLAN.train.tune_spec(*run_of(wildcards), wildcards.pack)
 
 
 def final_spec(wildcards):
-    return PLAN.final_spec(*run_of(wildcards), wildcards.gp, wildcards.seed)
+    return PLAN.train.final_spec(*run_of(wildcards), wildcards.gp, wildcards.seed)
 
 
 def get_tune_inputs(wildcards):

@@ -200,21 +200,21 @@ rule zero_shot_head:
     """CLIP's zero-shot head (proj + 80-template text classifier, docs/protocol.md §A.1), built once from the full
     checkpoint's text tower; then only the file is read."""
     input:
-        unpack(lambda wc: PLAN.zero_shot_head_spec(wc.head).inputs()),
+        unpack(lambda wc: PLAN.train.zero_shot_head_spec(wc.head).inputs()),
         code="src/peftstudy/models/clip.py",
     output:
         head="{head}",
     log:
         "{head}.log",
     wildcard_constraints:
-        head=only(PLAN.zero_shot_heads),
+        head=only(PLAN.train.zero_shot_heads),
     conda:
         "../../envs/train.yaml"
-    threads: config["threads"]
+    threads: PLAN.train.threads
     resources:
         **job_resources("robustness"),
     params:
-        spec=lambda wc: PLAN.zero_shot_head_spec(wc.head).to_json(),
+        spec=lambda wc: PLAN.train.zero_shot_head_spec(wc.head).to_json(),
     shell:
         RUN_SPEC_SHELL
 
@@ -223,17 +223,17 @@ rule fetch_backbone:
     """Download a backbone's weights once (each backbone with a `source`), check them, save them as timm
     safetensors."""
     input:
-        lambda wc: PLAN.fetch_backbone_inputs(wc.weights),
+        lambda wc: PLAN.train.fetch_backbone_inputs(wc.weights),
     output:
         weights="{weights}",
     log:
         "{weights}.log",
     wildcard_constraints:
-        weights=only(PLAN.fetched_backbones),
+        weights=only(PLAN.train.fetched_backbones),
     localrule: True
     conda:
         "../../envs/train.yaml"
     params:
-        args=lambda wc: PLAN.fetch_backbone_args(wc.weights),
+        args=lambda wc: PLAN.train.fetch_backbone_args(wc.weights),
     shell:
         "peftstudy fetch-backbone {params.args} --out {output.weights} > {log} 2>&1"

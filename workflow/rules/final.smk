@@ -15,7 +15,7 @@ rule final:
         LAYOUT.final_file(*RUN, "{gp}", "{seed}", "benchmark.tsv")
     conda:
         "../../envs/train.yaml"
-    threads: config["threads"]
+    threads: PLAN.train.threads
     resources:
         **job_resources("final"),
     params:

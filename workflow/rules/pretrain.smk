@@ -1,7 +1,7 @@
 rule pretrain:
     """Pretrain the backbone from scratch; runs only when backbone.pretrain is true."""
     input:
-        unpack(lambda wc: PLAN.pretrain_spec().inputs()),
+        unpack(lambda wc: PLAN.train.pretrain_spec().inputs()),
     output:
         weights=LAYOUT.pretrain_file("backbone.safetensors"),
         metrics=LAYOUT.pretrain_file("metrics.json"),
@@ -11,10 +11,10 @@ rule pretrain:
         LAYOUT.pretrain_file("benchmark.tsv")
     conda:
         "../../envs/train.yaml"
-    threads: config["threads"]
+    threads: PLAN.train.threads
     resources:
         **job_resources("pretrain"),
     params:
-        spec=lambda wc: PLAN.pretrain_spec().to_json(),
+        spec=lambda wc: PLAN.train.pretrain_spec().to_json(),
     shell:
         RUN_SPEC_SHELL

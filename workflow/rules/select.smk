@@ -7,7 +7,7 @@
 checkpoint select:
     """Choose each (dataset, method)'s grid point on val; the finals of the chosen points follow."""
     input:
-        unpack(lambda wc: PLAN.select_spec(wc.experiment).inputs()),
+        unpack(lambda wc: PLAN.selection.select_spec(wc.experiment).inputs()),
         spec=LAYOUT.spec_file("select", "{experiment}"),
     output:
         selected=LAYOUT.selected("{experiment}"),
@@ -29,8 +29,10 @@ rule spec_file:
     log:
         LAYOUT.spec_file("{stage}", "{name}") + ".log",
     params:
-        digest=lambda wc: PLAN.file_spec(wc.stage, wc.name).digest(),
+        digest=lambda wc: PLAN.selection.file_spec(wc.stage, wc.name).digest(),
     run:
         write_spec_file(
-            output.spec, PLAN.file_spec(wildcards.stage, wildcards.name), log[0]
+            output.spec,
+            PLAN.selection.file_spec(wildcards.stage, wildcards.name),
+            log[0],
         )

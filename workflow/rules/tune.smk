@@ -15,7 +15,7 @@ rule tune:
         LAYOUT.tune_file(*RUN, "{pack}", "benchmark.tsv")
     conda:
         "../../envs/train.yaml"
-    threads: config["threads"]
+    threads: PLAN.train.threads
     resources:
         **job_resources("tune"),
     params:

@@ -3,7 +3,7 @@ runs, images trained and GPU-hours, from throughput the project measured (``tabl
 
 The config is composed and checked as the workflow does it (workflow/rules/common.smk), and the jobs are counted
 with the plan's own functions: the tune jobs and their grid points (``Layout.tune_jobs``), on a dataset and on
-each of its tuning folds (``Plan.tuning_sets``), the final jobs (one per seed),
+each of its tuning folds (``Plan.train.tuning_sets``), the final jobs (one per seed),
 the robustness and pretraining jobs (``Layout.other_benchmarks``). So the estimate counts the jobs the DAG has.
 
 Images trained = runs x epochs x the images of the split a run trains on (tune: the tuning train split; final:
@@ -179,7 +179,7 @@ def estimate(plan: Plan, gpu: str, rates: Sequence[Rate]) -> Estimate:
     for name, exp in plan.experiments.items():
         cost = ExperimentCost(name)
         epochs = exp["recipe"]["epochs"]
-        model = plan.backbone_spec(name)["arch"]
+        model = plan.train.backbone_spec(name)["arch"]
         gpus = {phase: plan.resource_spec(phase, name)["gpu"] for phase in ("tune", "final")}
         sizes = {dataset: train_sizes(plan.config, dataset) for dataset in exp["datasets"]}
         cost.unsized = [dataset for dataset, size in sizes.items() if size is None]
@@ -189,7 +189,7 @@ def estimate(plan: Plan, gpu: str, rates: Sequence[Rate]) -> Estimate:
             for dataset, size in sizes.items():
                 # The method's tune jobs (each training its pack's grid points) on the dataset and on each of its
                 # tuning folds.
-                tuned_sets = len(plan.tuning_sets(dataset))
+                tuned_sets = len(plan.train.tuning_sets(dataset))
                 tune_runs = tuned_sets * sum(len(gps) for gps in packs.values())
                 final_runs = len(exp["seeds"])  # one final job per seed
                 cost.tune_jobs += tuned_sets * len(packs)
@@ -324,7 +324,7 @@ def disk_need(plan: Plan, backbone_bytes: Mapping[str, int] | None = None, jobs_
     unsized: list[str] = []
     splits: dict[str, tuple[int, ...]] = {}
     for dataset in dict.fromkeys(
-        [*plan.report_datasets(), *(f for d in plan.report_datasets() for f in plan.tuning_sets(d))]
+        [*plan.report_datasets(), *(f for d in plan.report_datasets() for f in plan.train.tuning_sets(d))]
     ):
         spec, side = plan.datasets[dataset], plan.cache_size(dataset)
         if spec["source"] == "synthetic":  # a shifted test set has no train or val
@@ -352,7 +352,7 @@ def disk_need(plan: Plan, backbone_bytes: Mapping[str, int] | None = None, jobs_
                 runs = len(exp["seeds"])  # one final job per seed
                 checkpoints += [CHECKPOINT_COPIES * trained] * runs
                 checkpoints += [CHECKPOINT_COPIES * trained * len(gps) for gps in packs] * len(
-                    plan.tuning_sets(dataset)
+                    plan.train.tuning_sets(dataset)
                 )
                 if dataset in splits:
                     items["final logits"] += runs * splits[dataset][3] * plan.datasets[dataset]["classes"] * 4

@@ -7,12 +7,9 @@ testable without Snakemake (and without torch: the method registry's settings mo
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import re
-import shlex
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -22,6 +19,8 @@ from peftstudy.plan import depends, specs, study
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.layout import Layout
 from peftstudy.plan.specs import FINAL
+from peftstudy.plan.stages.selection import SelectionJobs
+from peftstudy.plan.stages.train import TrainJobs
 
 # A job's resources when neither `resources.<kind>` nor the experiment's own set them.
 JOB_DEFAULTS = {"mem_mb": 4000, "runtime": 60, "gpu": 0}
@@ -75,14 +74,16 @@ class Plan:
         return {}
 
     @cached_property
-    def _specs(self) -> dict[tuple[str, ...], specs.Spec]:
-        """(stage, wildcards...) -> the job's spec, filled as asked: a rule asks for a job's inputs and its
-        params separately, and the DAG asks for every job."""
-        return {}
-
-    @cached_property
     def layout(self) -> Layout:
         return Layout(self.config, self.grids)
+
+    @cached_property
+    def train(self) -> TrainJobs:
+        return TrainJobs(self)
+
+    @cached_property
+    def selection(self) -> SelectionJobs:
+        return SelectionJobs(self)
 
     @property
     def experiments(self) -> Mapping[str, Any]:
@@ -116,7 +117,7 @@ class Plan:
             "pack": r"[0-9a-f]{8}|pack\d+-\d+",
             "seed": r"\d+",
             "split": only(SPLITS),
-            "stage": only(self.file_specs),
+            "stage": only(self.selection.file_specs),
         }
 
     def datasets_from(self, *sources: str) -> list[str]:
@@ -137,85 +138,16 @@ class Plan:
         spec["runtime"] *= runs
         return {k: v for k, v in spec.items() if k != "gpu" or v}
 
-    def tune_runs(self, experiment: str, method: str, pack: str) -> int:
-        """The grid points one tune job trains."""
-        return len(self.layout.tune_jobs[experiment, method][pack])
-
     def max_gpu(self, kind: str) -> int:
         """The most GPUs any experiment's `kind` jobs ask for (one rule serves every experiment)."""
         return max(self.resource_spec(kind, name)["gpu"] for name in self.experiments)
 
-    # Backbones.
-
-    def backbone_spec(self, experiment: str) -> Mapping[str, Any]:
-        """The backbone an experiment fine-tunes: its own (`backbone: <name>` under `backbones`) or the study's."""
-        name = self.experiments[experiment].get("backbone")
-        return self.config["backbones"][name] if name else self.config["backbone"]
-
-    def backbone_weights(self, experiment: str) -> str:
-        spec = self.backbone_spec(experiment)
-        return self.layout.pretrain_file("backbone.safetensors") if spec["pretrain"] else spec["weights"]
-
-    def backbone(self, experiment: str) -> specs.Backbone:
-        """What an experiment's jobs build and which weights they load (checked against sha256)."""
-        spec = self.backbone_spec(experiment)
-        head = spec.get("zero_shot_head")
-        return specs.Backbone(
-            arch=spec["arch"],
-            weights=self.backbone_weights(experiment),
-            sha256=None if spec["pretrain"] else spec["sha256"],
-            keep_head=self.experiments[experiment]["head"] == "pretrained",
-            head=head["file"] if head else None,
-        )
-
-    def backbone_files(self, experiment: str) -> dict[str, str]:
-        """The files a job of `experiment` reads besides data: weights, and CLIP's zero-shot head."""
-        return specs.input_files(self.backbone(experiment))
-
-    @cached_property
-    def fetched_backbones(self) -> dict[str, str]:
-        """weights file -> backbone name, for each backbone downloaded from its `source` (the fetch_backbone rule)."""
-        return {spec["weights"]: name for name, spec in self.all_backbones.items() if "source" in spec}
-
-    @cached_property
-    def zero_shot_heads(self) -> dict[str, str]:
-        """head file -> backbone name, for each backbone with CLIP's zero-shot head (the zero_shot_head rule)."""
-        heads = {name: spec["zero_shot_head"] for name, spec in self.all_backbones.items() if "zero_shot_head" in spec}
-        return {head["file"]: name for name, head in heads.items()}
+    # Downloads.
 
     @property
     def allow_unpinned_arg(self) -> str:
+        """`--allow-unpinned` where the config allows it: an option of every download (fetch, fetch_backbone)."""
         return "--allow-unpinned" if self.config.get("allow_unpinned", DEFAULTS["allow_unpinned"]) else ""
-
-    def fetch_backbone_inputs(self, weights: str) -> list[str]:
-        """A checkpoint fetched as one of `archives` first (CLIP: its text tower also makes the zero-shot head)."""
-        url = self.all_backbones[self.fetched_backbones[weights]]["source"]["url"]
-        return [url] if study.fetched_archive(url) else []
-
-    def fetch_backbone_args(self, weights: str) -> str:
-        """Where the backbone's weights come from, their pinned sum, and the config key that says so."""
-        name = self.fetched_backbones[weights]
-        spec = self.all_backbones[name]
-        source = spec["source"]
-        archive = study.fetched_archive(source["url"])
-        # Its own sum, else (a checkpoint fetched as an archive) the archive's.
-        sha256 = source["sha256"] or (archive and self.config["archives"][archive]["sha256"])
-        key = "backbone.source" if name == "backbone" else f"backbones.{name}.source"
-        return (
-            f"--url {shlex.quote(source['url'])} --sha256 {sha256 or 'none'} {self.allow_unpinned_arg}"
-            f" --config-key {key} --format {source['format']} --arch {spec['arch']}"
-        )
-
-    def zero_shot_head_spec(self, head: str) -> specs.ZeroShotHeadSpec:
-        """A zero-shot-head job: the full CLIP checkpoint (its text tower), the class names, the open_clip config."""
-        spec = self.all_backbones[self.zero_shot_heads[head]]["zero_shot_head"]
-        return specs.ZeroShotHeadSpec(
-            clip=study.archive_path(spec["clip_archive"]),
-            classnames=spec["classnames"],
-            clip_model=spec.get("clip_model", DEFAULTS["clip_model"]),
-            device=self.config["device"],
-            head=head,
-        )
 
     # Methods and grids.
 
@@ -230,79 +162,6 @@ class Plan:
         if method not in self._code_digests:  # once per method: the DAG asks for every tune and final job
             self._code_digests[method] = depends.code_digest(method)
         return self._code_digests[method]
-
-    def pack_points(self, experiment: str, method: str, pack: str) -> list[specs.GridPoint]:
-        """The grid points a tune job trains, in order."""
-        try:
-            gps = self.layout.tune_jobs[experiment, method][pack]
-        except KeyError:
-            raise ValueError(
-                f"tune job {pack} is not a grid point or pack of {method} in experiment {experiment}; "
-                "request only jobs of the current config"
-            ) from None
-        grid = self.grids[experiment, method]
-        return [specs.GridPoint(gp=gp, hp=grid[gp]) for gp in gps]
-
-    def final_hp(self, experiment: str, dataset: str, method: str, gp: str) -> dict[str, Any]:
-        """A final's grid point settings; where the point left the grid, what to do about it: a point the
-        experiment's selected.json chose is a selection made before the grid was edited."""
-        try:
-            return self.grids[experiment, method][gp]
-        except KeyError:
-            pass
-        selected = self.layout.selected(experiment)
-        try:
-            with open(selected) as handle:
-                chose = json.load(handle)["datasets"][dataset][method].get("gp")
-        except (OSError, ValueError, KeyError):
-            chose = None
-        if chose == gp:
-            raise ValueError(
-                f"{selected} chose grid point {gp} for {method} on {dataset}, which is no longer in the grid of "
-                f"experiment {experiment}: that selection predates an edit of the grid, which --rerun-triggers mtime "
-                "does not see (it reruns no job whose params alone changed). Select again on the current grid: add "
-                "--forcerun select (or run without --rerun-triggers mtime)"
-            )
-        raise ValueError(
-            f"grid point {gp} is not in the grid of {method} in experiment {experiment}: ask only for the finals of "
-            "points of the current grid"
-        )
-
-    def selection(self, experiment: str) -> dict[str, str]:
-        chosen = self.experiments[experiment]["selection"]
-        return {"tie_break": chosen["tie_break"], "metric": chosen.get("metric", DEFAULTS["selection_metric"])}
-
-    def select_spec(self, experiment: str) -> specs.SelectSpec:
-        """A select job: each method's grid (its points' settings, in grid order: ties), each dataset's tuning
-        sets, the points per tune job (which job holds which point), the tie-break and the metric, and every tune
-        job's file in the plan's order."""
-        key = ("select", experiment)
-        if key not in self._specs:
-            exp, rule = self.experiments[experiment], self.selection(experiment)
-            grids = self.grids
-            self._specs[key] = specs.SelectSpec(
-                grids={
-                    m: tuple(specs.GridPoint(gp=gp, hp=hp) for gp, hp in grids[experiment, m].items())
-                    for m in exp["methods"]
-                },
-                datasets={d: tuple(self.tuning_sets(d)) for d in exp["datasets"]},
-                runs_per_job=study.runs_per_job(exp, "tune"),
-                tie_break=rule["tie_break"],
-                metric=rule["metric"],
-                metrics=tuple(self.tune_metrics(experiment)),
-                selected=self.layout.selected(experiment),
-                summary=self.layout.selection_file(experiment, "tune.csv"),
-            )
-        return self._specs[key]
-
-    @property
-    def file_specs(self) -> dict[str, Callable[[str], specs.Spec]]:
-        """The specs handed over as files (`as_file`) that the plan alone makes, by stage: select's, by experiment
-        (rule spec_file). The tables' needs every selection made: common.smk makes it (rule tables_spec)."""
-        return {"select": self.select_spec}
-
-    def file_spec(self, stage: str, name: str) -> specs.Spec:
-        return self.file_specs[stage](name)
 
     # Data sources.
 
@@ -421,79 +280,10 @@ class Plan:
 
     # Training jobs.
 
-    def pretrain_spec(self) -> specs.PretrainSpec:
-        """The pretrain job (backbone.pretrain true): the study backbone's architecture trained from scratch on
-        pretrain.dataset with pretrain's recipe, lr and wd, the study's seed."""
-        pretrain = self.config["pretrain"]
-        return specs.PretrainSpec(
-            arch=self.config["backbone"]["arch"],
-            recipe=pretrain["recipe"],
-            lr=pretrain["lr"],
-            wd=pretrain["wd"],
-            seed=self.config["seed"],
-            device=self.config["device"],
-            train=self.layout.data(pretrain["dataset"], "train"),
-            val=self.layout.data(pretrain["dataset"], "val"),
-            weights=self.layout.pretrain_file("backbone.safetensors"),
-            metrics=self.layout.pretrain_file("metrics.json"),
-        )
-
-    def run_settings(self, experiment: str, dataset: str, method: str) -> specs.RunSettings:
-        """What the tune and final jobs of a (experiment, dataset, method) share: recipe, backbone, device, resume
-        folder."""
-        return specs.RunSettings(
-            experiment=experiment,
-            dataset=dataset,
-            method=method,
-            recipe=self.experiments[experiment]["recipe"],
-            backbone=self.backbone(experiment),
-            device=self.config["device"],
-            resume_dir=self.layout.resume_dir(experiment, dataset, method),
-        )
-
-    def tune_spec(self, experiment: str, dataset: str, method: str, pack: str) -> specs.TuneSpec:
-        """A tune job: its grid points in order, the study's seed; train and val only (no tune job can see the
-        test split)."""
-        key = ("tune", experiment, dataset, method, pack)
-        if key not in self._specs:
-            self._specs[key] = specs.TuneSpec(
-                run=self.run_settings(experiment, dataset, method),
-                points=tuple(self.pack_points(experiment, method, pack)),
-                seed=self.config["seed"],
-                train=self.layout.data(dataset, "train"),
-                val=self.layout.data(dataset, "val"),
-                manifest=self.layout.manifest(dataset),
-                metrics=self.layout.tune_file(experiment, dataset, method, pack, "metrics.json"),
-            )
-        return self._specs[key]
-
-    def final_spec(self, experiment: str, dataset: str, method: str, gp: str, seed: str) -> specs.FinalSpec:
-        """A final job: the grid point and one seed, trained on train+val, scored on test."""
-        key = ("final", experiment, dataset, method, gp, seed)
-        if key not in self._specs:
-            point = specs.GridPoint(gp=gp, hp=self.final_hp(experiment, dataset, method, gp))
-            out = {
-                role: self.layout.final_file(experiment, dataset, method, gp, seed, name)
-                for role, name in dataclasses.asdict(FINAL).items()
-            }
-            self._specs[key] = specs.FinalSpec(
-                run=self.run_settings(experiment, dataset, method),
-                point=point,
-                seed=int(seed),
-                train=self.layout.data(dataset, "trainval"),
-                test=self.layout.data(dataset, "test"),
-                manifest=self.layout.manifest(dataset),
-                **out,
-            )
-        return self._specs[key]
-
-    def tuning_sets(self, dataset: str) -> list[str]:
-        return study.tuning_sets(self.config, dataset)
-
     def tune_metrics(self, experiment: str) -> list[str]:
         """Every tune result of the experiment: each method on each dataset and on each of its tuning folds."""
         exp = self.experiments[experiment]
-        tuning_sets = {dataset: self.tuning_sets(dataset) for dataset in exp["datasets"]}
+        tuning_sets = {dataset: self.train.tuning_sets(dataset) for dataset in exp["datasets"]}
         jobs = {method: self.layout.tune_jobs[experiment, method] for method in exp["methods"]}
         return [
             self.layout.tune_file(experiment, tuning_set, method, name, "metrics.json")
@@ -550,7 +340,7 @@ class Plan:
         )
         return specs.RobustnessSpec(
             method=method,
-            backbone=self.backbone(rob["experiment"]),
+            backbone=self.train.backbone(rob["experiment"]),
             final=self.layout.final_record(rob["experiment"], rob["dataset"], method),
             in_distribution=in_distribution,
             shifted=tuple(shifted),
