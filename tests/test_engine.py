@@ -3,15 +3,18 @@ authors' reference loop reaching the same accuracy (issue 7)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, mini_backbone, prepare_mini_task, training_spec
+from conftest import REPO, mini_backbone, prepare_mini_task, tiny_config, training_spec
 
 from peftstudy.data import layout
 from peftstudy.io import load_npz, read_json
 from peftstudy.plan import specs
+from peftstudy.plan.jobs import Plan
 from peftstudy.train import engine, reference, runs
 from peftstudy.train.engine import Recipe, Run, fit, predict, scores, seed_everything, to_input, train_together
 
@@ -48,6 +51,41 @@ def test_grid_points_sharing_a_process_give_what_each_gives_alone(task, tmp_path
         assert p == a
 
 
+def test_a_grid_points_lr_is_the_one_its_tune_spec_carries_and_adamw_gets(task, tmp_path, monkeypatch):
+    """docs/architecture.md, "Following one setting": the lr of a grid point in the study config reaches the
+    optimizer unchanged, through the plan's tune spec and the spec's JSON as the rule hands it over."""
+    config = tiny_config()
+    vtab = config["experiments"]["vtab"]
+    vtab["grid"]["lr"], vtab["runs_per_job"] = [0.0123, 0.0456], {"tune": 2}  # one tune job, both points
+    plan = Plan.of(config)
+    [pack] = plan.layout.tune_jobs["vtab", "linear"]
+    planned = plan.train.tune_spec("vtab", "count", "linear", pack)
+    assert [p.hp["lr"] for p in planned.points] == [plan.grids["vtab", "linear"][p.gp]["lr"] for p in planned.points]
+    handed_over = specs.from_json(planned.to_json())
+    assert handed_over == planned
+    # The job on the task prepared here, its resume folder and outputs in tmp_path (the plan's are under results/).
+    backbone = dataclasses.replace(planned.run.backbone, weights=str(REPO / planned.run.backbone.weights))
+    job = dataclasses.replace(
+        handed_over,
+        run=dataclasses.replace(handed_over.run, backbone=backbone, resume_dir=""),
+        train=str(task / "train.npz"),
+        val=str(task / "val.npz"),
+        manifest=str(task / "manifest.json"),
+        metrics=str(tmp_path / "metrics.json"),
+    )
+    built = []
+
+    class RecordedAdamW(torch.optim.AdamW):
+        def __init__(self, params, **kwargs) -> None:
+            built.append(kwargs["lr"])
+            super().__init__(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordedAdamW)
+    runs.tune(job, specs.Options(threads=1, concurrent=1))
+    assert built == [p.hp["lr"] for p in planned.points]
+    assert sorted(built) == sorted(vtab["grid"]["lr"])
+
+
 def test_linear_probe_on_cached_features_is_the_live_probe_without_drop_path(task, tmp_path):
     hp = [{"lr": 0.005, "wd": 0.0001}]
     no_drop = dict(RECIPE, drop_path=0.0)
@@ -70,7 +108,7 @@ def _trained(task, method, device="cpu", seed=0, **recipe):
     cfg = model.pretrained_cfg
     x = to_input(train["images"], cfg["mean"], cfg["std"], device)
     y = torch.from_numpy(train["labels"]).to(device)
-    result = fit(model, x, y, lr=hp["lr"], wd=hp["wd"], recipe=recipe, seed=seed, log_every=0)
+    result = fit(model, x, y, lr=hp.lr, wd=hp.wd, recipe=recipe, seed=seed, log_every=0)
     bf16 = recipe.precision == "bf16"
     logits = predict(model, to_input(val["images"], cfg["mean"], cfg["std"], device), 256, bf16=bf16)
     return result, logits, torch.from_numpy(val["labels"])
@@ -123,11 +161,11 @@ def test_engine_and_the_authors_loop_fed_the_same_batches_train_the_same_model(t
         model, names, hp, _ = runs.build("lora", {"lr": 0.005, "wd": 0.0001, "r": 4}, BACKBONE, 6, recipe, "cpu")
         if loop == "engine":
             x = to_input(train["images"], (0.0,) * 3, (1.0,) * 3, "cpu", recipe)
-            result = fit(model, x, torch.from_numpy(train["labels"]), lr=hp["lr"], wd=hp["wd"], recipe=recipe, seed=0)
+            result = fit(model, x, torch.from_numpy(train["labels"]), lr=hp.lr, wd=hp.wd, recipe=recipe, seed=0)
         else:
             data = reference.ImageFiles(task / "source", rows, CONFIG["backbone"]["image_size"])
             result, _ = reference.fit(
-                model, data, lr=hp["lr"], wd=hp["wd"], recipe=recipe, seed=0, workers=0, device="cpu", engine_order=True
+                model, data, lr=hp.lr, wd=hp.wd, recipe=recipe, seed=0, workers=0, device="cpu", engine_order=True
             )
         params = dict(model.named_parameters())
         logits = predict(model, to_input(val["images"], (0.0,) * 3, (1.0,) * 3, "cpu", recipe), 256)

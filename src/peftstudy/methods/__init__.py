@@ -84,8 +84,22 @@ def get(name: str) -> Method:
     return _REGISTRY[name]
 
 
-def split_hp(name: str, hp: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
-    """Split a grid point into recipe settings and the method's Config; unknown keys name what is allowed."""
+@dataclass(frozen=True)
+class PointRecipe:
+    """A grid point's recipe keys (RECIPE_KEYS), typed: what the optimizer is given (lr, wd) and the stochastic
+    depth where the grid sets it (None: the recipe's). The config schema requires lr and wd in every grid."""
+
+    lr: float
+    wd: float
+    drop_path: float | None = None
+
+    def drop_path_or(self, recipe_drop_path: float) -> float:
+        """The point's stochastic depth: its own, else the recipe's."""
+        return recipe_drop_path if self.drop_path is None else self.drop_path
+
+
+def split_hp(name: str, hp: Mapping[str, Any]) -> tuple[PointRecipe, Any]:
+    """Split a grid point into its recipe settings and the method's Config; unknown keys name what is allowed."""
     method = get(name)
     unknown = sorted(set(hp) - set(RECIPE_KEYS) - set(method.keys()))
     if unknown:
@@ -93,8 +107,11 @@ def split_hp(name: str, hp: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
             f"method {name!r} takes no grid key {', '.join(map(repr, unknown))}; "
             f"its keys: {', '.join(method.keys()) or '(none)'}; recipe keys: {', '.join(RECIPE_KEYS)}"
         )
-    recipe = {k: v for k, v in hp.items() if k in RECIPE_KEYS}
-    return recipe, method.config(**{k: v for k, v in hp.items() if k not in RECIPE_KEYS})
+    cfg = method.config(**{k: v for k, v in hp.items() if k not in RECIPE_KEYS})
+    missing = [key for key in ("lr", "wd") if key not in hp]
+    if missing:
+        raise ValueError(f"method {name!r}: grid point {dict(hp)} has no {' or '.join(missing)}: every grid needs both")
+    return PointRecipe(**{k: v for k, v in hp.items() if k in RECIPE_KEYS}), cfg
 
 
 def authors_keys(name: str) -> dict[str, str]:

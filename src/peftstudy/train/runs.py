@@ -46,10 +46,11 @@ from peftstudy.train.resume import Checkpoint
 
 def build(
     method: str, hp: Mapping[str, Any], backbone: Backbone, num_classes: int, recipe: Recipe, device: torch.device
-) -> tuple[nn.Module, list[str], dict[str, Any], Any]:
-    """Backbone with its weights, the method injected, everything but the method's tensors and the head frozen."""
-    recipe_hp, cfg = methods.split_hp(method, dict(hp))
-    drop_path = recipe_hp.get("drop_path", recipe.drop_path)
+) -> tuple[nn.Module, list[str], methods.PointRecipe, Any]:
+    """Backbone with its weights, the method injected, everything but the method's tensors and the head frozen; the
+    point's recipe settings (lr, wd, drop_path) and the method's Config, typed (methods.split_hp)."""
+    point_recipe, cfg = methods.split_hp(method, hp)
+    drop_path = point_recipe.drop_path_or(recipe.drop_path)
     weights = {"weights": backbone.weights, "sha256": backbone.sha256}
     if backbone.head:  # CLIP: the zero-shot head built from its text tower (docs/protocol.md §A.1)
         from peftstudy.models.clip import create_clip
@@ -73,7 +74,7 @@ def build(
             **weights,
         )
     trainable = methods.apply(model, method, cfg, linear_init=recipe.peft_init)
-    return model, trainable, recipe_hp, cfg
+    return model, trainable, point_recipe, cfg
 
 
 def count(model: nn.Module, names: list[str]) -> tuple[int, int]:
@@ -216,11 +217,11 @@ def _set_up(session: Session, point: GridPoint, seed: int, phase: str) -> _Pendi
     run_settings, recipe, device = session.run, session.recipe, session.device
     train = session.train
     seed_everything(seed)
-    model, trainable, recipe_hp, cfg = build(
+    model, trainable, point_recipe, cfg = build(
         run_settings.method, point.hp, run_settings.backbone, int(train["num_classes"]), recipe, device
     )
     y = torch.from_numpy(train["labels"]).to(device)
-    cached = session.uses_features(run_settings.method, recipe_hp.get("drop_path", recipe.drop_path))
+    cached = session.uses_features(run_settings.method, point_recipe.drop_path_or(recipe.drop_path))
     # The cached probe trains the head alone on features; the same seed gives the same head init and batch order.
     net, x_train = (model.head, session.features("train", model)) if cached else (model, session.inputs("train", model))
     checkpoint = None
@@ -245,8 +246,8 @@ def _set_up(session: Session, point: GridPoint, seed: int, phase: str) -> _Pendi
         net,
         x_train,
         y,
-        lr=recipe_hp["lr"],
-        wd=recipe_hp["wd"],
+        lr=point_recipe.lr,
+        wd=point_recipe.wd,
         recipe=recipe,
         seed=seed,
         checkpoint=checkpoint,
