@@ -20,7 +20,8 @@ class SelectionJobs:
         # experiment -> its select spec: the spec_file rule asks for it twice (params and run), the DAG once more.
         self._specs: dict[str, specs.SelectSpec] = {}
 
-    def selection(self, experiment: str) -> dict[str, str]:
+    def rule(self, experiment: str) -> dict[str, str]:
+        """The experiment's selection rule: its tie-break and its metric (default: DEFAULTS's)."""
         chosen = self.plan.experiments[experiment]["selection"]
         return {"tie_break": chosen["tie_break"], "metric": chosen.get("metric", DEFAULTS["selection_metric"])}
 
@@ -30,7 +31,7 @@ class SelectionJobs:
         job's file in the plan's order."""
         if experiment not in self._specs:
             plan = self.plan
-            exp, rule = plan.experiments[experiment], self.selection(experiment)
+            exp, rule = plan.experiments[experiment], self.rule(experiment)
             self._specs[experiment] = specs.SelectSpec(
                 grids={
                     m: tuple(specs.GridPoint(gp=gp, hp=hp) for gp, hp in plan.grids[experiment, m].items())
