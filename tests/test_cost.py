@@ -171,7 +171,7 @@ def test_the_report_sets_the_gpu_hours_spent_beside_the_estimate(tmp_path):
     config = tiny_config()
     config["resources"] = {"tune": {"gpu": 1}, "final": {"gpu": 2}, "robustness": {"gpu": 1}}
     plan = Plan.of(config)
-    context = {**plan.report_context(), "cost": cost.report_context(plan, "X1", rates(lora=200.0, linear=100.0))}
+    context = {**plan.report.report_context(), "cost": cost.report_context(plan, "X1", rates(lora=200.0, linear=100.0))}
     layout = plan.layout
     jobs = [layout.tune_benchmarks()[0], layout.final_benchmarks("vtab", "count", "lora", "abcd1234")[0]]
     jobs += layout.other_benchmarks()  # the two robustness jobs

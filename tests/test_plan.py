@@ -23,6 +23,10 @@ for path in sys.argv[1:]:
         plan = Plan.of(study.compose(yaml.safe_load(handle)))
     layout = plan.layout
     n = 0
+
+    def first_gp(experiment, dataset, method):  # each run's first grid point, as if selected
+        return next(iter(plan.grids[experiment, method]))
+
     for experiment, dataset, method in layout.runs():
         plan.code_digest(method)
         # Every job's spec reads back as itself: what the stage gets is what the plan made.
@@ -36,7 +40,7 @@ for path in sys.argv[1:]:
         spec = plan.select_spec(experiment)
         assert specs.from_json(spec.canonical()) == spec
         for dataset in plan.experiments[experiment]["datasets"]:
-            spec = plan.ensemble_spec(experiment, dataset)
+            spec = plan.analysis.ensemble_spec(experiment, dataset, first_gp)
             assert specs.from_json(spec.to_json()) == spec
         n += len(plan.tune_metrics(experiment))
     sources = {"synthetic": plan.generate_spec, "archive": plan.index_spec, "local": plan.index_spec}
@@ -51,15 +55,16 @@ for path in sys.argv[1:]:
         assert specs.from_json(job.to_json()) == job, job
     if plan.robustness:
         for method in plan.experiments[plan.robustness["experiment"]]["methods"]:
-            spec = plan.robustness_spec(method)
+            spec = plan.analysis.robustness_spec(method, first_gp)
             assert specs.from_json(spec.to_json()) == spec
     if "pretrain" in plan.config:
         spec = plan.pretrain_spec()
         assert specs.from_json(spec.to_json()) == spec
     # The tables' spec (a file: the paper's is ~600 KB), here without the finals' benchmarks (selections to come).
-    spec = plan.tables_spec(plan.report_context(), [])
+    spec = plan.report.tables_spec(plan.report.report_context(), [], first_gp)
     assert specs.from_json(spec.canonical()) == spec
-    plan.report_context()
+    spec = plan.report.report_spec()
+    assert specs.from_json(spec.to_json()) == spec
     counts[path] = n
 heavy = sorted(m for m in ("torch", "numpy", "pandas", "timm", "snakemake") if m in sys.modules)
 print(json.dumps({"tune_files": counts, "heavy": heavy}))
@@ -99,7 +104,8 @@ def test_snakemake_builds_the_dag_with_torch_unimportable(workflow: Workflow):
 
 
 def package_imports() -> dict[str, set[str]]:
-    """peftstudy module -> the peftstudy modules it imports anywhere in its file (function-level imports too)."""
+    """peftstudy module -> the peftstudy modules it imports anywhere in its file (function-level imports too), but
+    for those under `if TYPE_CHECKING:` (type hints only: a stage's planner names the Plan it is given)."""
     src = REPO / "src"
     modules = {
         ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): path
@@ -108,7 +114,11 @@ def package_imports() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         found = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        hints = [n for n in ast.walk(tree) if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"]
+        for hint in hints:
+            hint.body = []
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
