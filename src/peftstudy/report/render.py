@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from peftstudy.io import atomic_path
+from peftstudy.plan import specs
 from peftstudy.plan.specs import Options, ReportSpec
 from peftstudy.report.tables import RERUN_COLUMNS, rerun_ranges
 from peftstudy.select import METRIC_WORDS
@@ -490,6 +491,11 @@ def run(spec: ReportSpec, options: Options) -> None:
         authors_agreement=authors_agreement(frames),
         figures=figures,
         not_computed=NOT_COMPUTED,
+        titled=[
+            {"name": name, "title": title, "html": html(frames[name]) if len(frames.get(name, ())) else ""}
+            for name, title in specs.TABLES.items()
+            if title
+        ],
         csvs=sorted(Path(spec.copies[name]).name for name in spec.csvs if Path(spec.csvs[name]).is_file()),
     )
     with atomic_path(spec.html) as tmp:

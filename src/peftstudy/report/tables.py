@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 
 from peftstudy.io import atomic_path, read_json
-from peftstudy.plan.specs import TABLES, Options, TablesSpec, final_runs
+from peftstudy.plan import specs
+from peftstudy.plan.specs import Options, TablesSpec, final_runs
 from peftstudy.plan.tasks import vtab_groups
 from peftstudy.select import ALL_DIVERGED, SUMMARY_COLUMNS
 
@@ -433,8 +434,8 @@ ANALYSIS_COLUMNS = {
 
 def analysis_tables(outputs: list[Mapping[str, str]]) -> dict[str, pd.DataFrame]:
     """The analysis JSONs as tidy tables (ANALYSIS_COLUMNS); method sets are joined with '+', as Venn regions.
-    Each output as the plan names it (peftstudy.plan.layout.Layout.analysis_outputs: experiment, dataset, kind
-    and path)."""
+    Each output as the plan names it (plan.stages.analysis.AnalysisJobs.analysis_outputs: experiment, dataset,
+    kind and path)."""
     rows: dict[str, list[dict]] = {name: [] for name in ANALYSIS_COLUMNS}
     for output in outputs:
         key = {"experiment": output["experiment"], "dataset": output["dataset"]}
@@ -549,7 +550,7 @@ def builds(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     name, in order."""
 
     def register(builder: Callable[..., Any]) -> Callable[..., Any]:
-        unknown = [name for name in names if name not in TABLES]
+        unknown = [name for name in names if name not in specs.TABLES]
         if unknown:
             raise ValueError(f"tables {unknown} are not in peftstudy.plan.specs.TABLES: add them there")
         for i, name in enumerate(names):
@@ -620,11 +621,11 @@ def _mixed(s: Sources) -> pd.DataFrame:
 
 
 def run(spec: TablesSpec, options: Options) -> None:
-    missing = [name for name in TABLES if name not in BUILDERS]
+    missing = [name for name in specs.TABLES if name not in BUILDERS]
     if missing:
         raise ValueError(f"tables {missing} of peftstudy.plan.specs.TABLES have no builder (@builds) here")
     sources = Sources(spec)
-    for name in TABLES:
+    for name in specs.TABLES:
         frame = BUILDERS[name](sources)
         write_csv(frame, Path(spec.tables[name]))
         print(f"{name}.csv: {len(frame)} rows", flush=True)

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 # (experiment, dataset, method) -> the grid point its selection chose, None when every point diverged.
 SelectedGp = Callable[[str, str, str], str | None]
+# The analyses run per (experiment, dataset) that compare its methods (none where an experiment has one method): each
+# output role of their spec is a file <role>.json of Layout.analysis_file, read by the tables as that kind.
+PER_DATASET: tuple[type[specs.Spec], ...] = (specs.EnsembleSpec,)
 
 
 class AnalysisJobs:
@@ -110,6 +113,23 @@ class AnalysisJobs:
         """The robustness test sets that cover part of the label space, with their classes (or mask's name)."""
         datasets = self.plan.datasets
         return {n: datasets[n]["class_subset"] for n in self.robustness_sets() if "class_subset" in datasets[n]}
+
+    def analysis_outputs(self) -> list[dict[str, str]]:
+        """Every per-dataset analysis file (PER_DATASET) with what it is ({experiment, dataset, kind, path}: the
+        tables read it as given, never from its path)."""
+        return [
+            {
+                "experiment": name,
+                "dataset": dataset,
+                "kind": kind,
+                "path": self.plan.layout.analysis_file(name, dataset, f"{kind}.json"),
+            }
+            for name, exp in self.plan.experiments.items()
+            if len(exp["methods"]) > 1
+            for dataset in exp["datasets"]
+            for analysis in PER_DATASET
+            for kind in specs.output_roles(analysis)
+        ]
 
     def robustness_outputs(self) -> list[dict[str, str]]:
         """Each robustness job's files with what they are ({method, kind, path}; the kind is the spec's output

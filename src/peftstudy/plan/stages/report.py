@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from peftstudy.plan import specs, study
 from peftstudy.plan.defaults import DEFAULTS
-from peftstudy.plan.specs import AUTHORS, TABLES
 
 if TYPE_CHECKING:
     from peftstudy.plan.jobs import Plan
@@ -29,12 +28,12 @@ class ReportJobs:
 
     def tables(self) -> dict[str, str]:
         """Each table the tables job writes (specs.TABLES, then the authors' copies): name -> its CSV."""
-        names = [*TABLES, *(f"authors_{name}" for name in AUTHORS)]
+        names = [*specs.TABLES, *(f"authors_{name}" for name in specs.AUTHORS)]
         return {name: self.plan.layout.table(name) for name in names}
 
     def authors(self) -> list[str]:
         """The authors' numbers, as transcribed in the repository."""
-        return [f"report/data/authors_{name}.csv" for name in AUTHORS]
+        return [f"report/data/authors_{name}.csv" for name in specs.AUTHORS]
 
     def tables_spec(
         self, context: Mapping[str, Any], final_benchmarks: Iterable[Mapping[str, str]], selected_gp: SelectedGp
@@ -52,7 +51,7 @@ class ReportJobs:
             final_metrics=tuple(
                 path for run in layout.runs() for path in plan.analysis.selected_files(*run, "metrics", selected_gp)
             ),
-            analysis=tuple(layout.analysis_outputs()),
+            analysis=tuple(plan.analysis.analysis_outputs()),
             robustness=tuple(plan.analysis.robustness_outputs()),
             manifests=tuple(layout.manifest(d) for d in self.report_datasets()),
             benchmarks=(*self.benchmarks(), *final_benchmarks),
