@@ -102,21 +102,11 @@ def selection(experiment):
 
 
 def selected_gp(experiment, dataset, method):
-    """The grid point `select` chose for the method on the dataset; None when every one diverged."""
-    return chosen_gp(selection(experiment), dataset, method)
-
-
-def ensemble_spec(wildcards):
-    """An ensemble job's spec names its finals' logits: resolving the experiment's selection, its inputs are
-    planned again when the checkpoint completes, and only a change of this dataset's choices reruns it.
+    """The grid point `select` chose for the method on the dataset; None when every one diverged. The analysis
+    and tables specs take it to name the selected finals' files: the input function of each such job resolves
+    the selection, so the job is planned again when the checkpoint completes.
     """
-    return PLAN.analysis.ensemble_spec(
-        wildcards.experiment, wildcards.dataset, selected_gp
-    )
-
-
-def robustness_spec(wildcards):
-    return PLAN.analysis.robustness_spec(wildcards.method, selected_gp)
+    return chosen_gp(selection(experiment), dataset, method)
 
 
 def get_collect_spec(wildcards):

@@ -1,7 +1,9 @@
 rule robustness:
     """One method's finals on the in-distribution and shifted test sets, and its WiSE curve."""
     input:
-        unpack(lambda wc: robustness_spec(wc).inputs()),
+        unpack(
+            lambda wc: PLAN.analysis.robustness_spec(wc.method, selected_gp).inputs()
+        ),
         code=lambda wc: PLAN.method_sources(wc.method),
     output:
         ood=report(
@@ -24,6 +26,6 @@ rule robustness:
     resources:
         **job_resources("robustness", PLAN.analysis.robustness_experiment()),
     params:
-        spec=lambda wc: robustness_spec(wc).to_json(),
+        spec=lambda wc: PLAN.analysis.robustness_spec(wc.method, selected_gp).to_json(),
     shell:
         RUN_SPEC_SHELL

@@ -437,7 +437,7 @@ def analysis_tables(outputs: list[Mapping[str, str]]) -> dict[str, pd.DataFrame]
     Each output as the plan names it (plan.stages.analysis.AnalysisJobs.analysis_outputs: experiment, dataset,
     kind and path)."""
     rows: dict[str, list[dict]] = {name: [] for name in ANALYSIS_COLUMNS}
-    for output in outputs:
+    for output in (o for o in outputs if o["kind"] in ("ensembles", "agreement")):  # the ensemble job's files
         key = {"experiment": output["experiment"], "dataset": output["dataset"]}
         data = read_json(output["path"], schema=output["kind"])
         if output["kind"] == "ensembles":
