@@ -580,7 +580,7 @@ class RobustnessSpec(Spec):
     in_distribution: EvalSet
     shifted: tuple[EvalSet, ...]
     alphas: tuple[float, ...]
-    # The sets covering part of the classes: name -> its classes (or the name of a mask), plan.Plan.class_subsets.
+    # The sets covering part of the classes: name -> its classes (or the name of a mask), AnalysisJobs.class_subsets.
     class_subsets: Mapping[str, Any]
     device: str
     ood: str = output_file()
