@@ -225,12 +225,10 @@ def set_up(scratch: Path, configfiles: Sequence[Path], size: Size, slurm: str | 
     sized = root / "sweep_size.yaml"
     sized.write_text(yaml.safe_dump(restricted(load_config(root, configfiles), size), sort_keys=False))
     configs = [sized]
-    tables = root / "tables_outputs.txt"
     env = dict(
         os.environ,
         PYTHONPATH=str(root / "src"),  # the copy's package (the real select and collect), not the checkout's
         PATH=f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}",
-        SWEEP_TABLES_OUTPUTS=str(tables),
     )
 
     sources = time.time() - 24 * 3600  # in the past: Snakemake warns about mtimes in the future
@@ -238,7 +236,6 @@ def set_up(scratch: Path, configfiles: Sequence[Path], size: Size, slurm: str | 
         os.utime(path, (sources, sources), follow_symlinks=False)
     jobs = plan(root, configs, env)
     fake_outputs(root, [job for job in jobs if is_faked(job)], sources)
-    tables.write_text("\n".join(out for job in jobs if job.rule == "tables" for out in job.outputs))
     return Prepared(size, root, configs, env, jobs)
 
 

@@ -112,6 +112,24 @@ def prepare_mini_task(out: Path, name: str, splits: tuple[str, ...]) -> Path:
     return out
 
 
+def report_spec(tables_dir: Path, out: Path) -> Any:
+    """The report job's spec over a folder of tables (each of specs.TABLES and the authors' copies; those absent
+    read as not computed yet), its page and copies in `out`."""
+    from peftstudy.plan import specs
+
+    names = [*specs.TABLES, *(f"authors_{name}" for name in specs.AUTHORS)]
+    return specs.ReportSpec(
+        tables=str(tables_dir),
+        csvs={name: str(tables_dir / f"{name}.csv") for name in names},
+        notebook=str(REPO / "report/notebooks/figures.ipynb"),
+        template=str(REPO / "report/templates/index.html.j2"),
+        tolerance=1.0,
+        html=str(out / "index.html"),
+        executed=str(out / "figures.ipynb"),
+        copies={name: str(out / "tables" / f"{name}.csv") for name in names},
+    )
+
+
 def mini_backbone(**changes: Any) -> dict[str, Any]:
     """The mini study's backbone as a training job's spec holds it (plan.specs.Backbone, as JSON)."""
     backbone = yaml.safe_load((REPO / "config.yaml").read_text())["backbone"]

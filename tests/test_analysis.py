@@ -384,7 +384,10 @@ def test_the_mini_studys_analysis_files_are_valid_and_take_every_path(tmp_path):
         chosen = DEFAULT["analysis"]["methods"].get(experiment, exp["methods"])
         out = {kind: str(analysis / f"{kind}.json") for kind in ("ensembles", "agreement")}
         finals = tuple(fake_finals(tmp_path, experiment, dataset))
-        spec = specs.EnsembleSpec(finals=finals, methods=tuple(chosen), confident_k=DEFAULTS["confident_k"], **out)
+        logits = tuple(f"{run['dir']}/logits.npz" for final in finals for run in read_json(final)["runs"])
+        spec = specs.EnsembleSpec(
+            finals=finals, logits=logits, methods=tuple(chosen), confident_k=DEFAULTS["confident_k"], **out
+        )
         cli.main(["run", spec.to_json()])
         paths += [{"experiment": experiment, "dataset": dataset, "kind": k, "path": p} for k, p in out.items()]
         ens = read_json(analysis / "ensembles.json", schema="ensembles")

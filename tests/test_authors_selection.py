@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, report_spec
 from test_report import render_page
 
 from peftstudy import methods, select
@@ -266,7 +266,8 @@ def test_the_selection_table_puts_our_choice_beside_theirs(tmp_path: Path):
     assert linear["gp"] == "" and math.isnan(linear["val_top1"]) and linear["agree"] is None  # not selected yet
     # Through the CSV, as the report reads it: 1 of the 2 choices made agrees, of 3 planned.
     tables.write_csv(frame, tmp_path / "tables" / "selection_vs_authors.csv")
-    assert render.authors_agreement(render.load_tables(tmp_path / "tables")) == {"rows": 3, "compared": 2, "agree": 1}
+    frames = render.load_tables(report_spec(tmp_path / "tables", tmp_path).csvs)
+    assert render.authors_agreement(frames) == {"rows": 3, "compared": 2, "agree": 1}
     page = render_page(tmp_path / "tables", tmp_path / "report")
     assert "<b>1 of the 2</b> choices made so far" in page and "aaaa0001" in page and "Does not apply" not in page
 
@@ -277,5 +278,6 @@ def test_the_selection_table_is_empty_without_the_authors_tasks(tmp_path: Path):
         frame = tables.selection_table(tune, ctx, theirs)
         assert frame.empty and list(frame.columns) == tables.SELECTION_COLUMNS
     tables.write_csv(frame, tmp_path / "selection_vs_authors.csv")
-    assert render.authors_agreement(render.load_tables(tmp_path)) == {"rows": 0, "compared": 0, "agree": 0}
+    frames = render.load_tables(report_spec(tmp_path, tmp_path).csvs)
+    assert render.authors_agreement(frames) == {"rows": 0, "compared": 0, "agree": 0}
     assert render.authors_agreement({}) is None

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO, tiny_config
+from conftest import REPO, report_spec, tiny_config
 
 from peftstudy.plan import cost, study
 from peftstudy.plan.jobs import Plan
@@ -171,7 +171,7 @@ def test_the_report_sets_the_gpu_hours_spent_beside_the_estimate(tmp_path):
     config = tiny_config()
     config["resources"] = {"tune": {"gpu": 1}, "final": {"gpu": 2}, "robustness": {"gpu": 1}}
     plan = Plan.of(config)
-    context = {**plan.report_context(), "cost": cost.report_context(plan, "X1", rates(lora=200.0, linear=100.0))}
+    context = {**plan.report.report_context(), "cost": cost.report_context(plan, "X1", rates(lora=200.0, linear=100.0))}
     layout = plan.layout
     jobs = [layout.tune_benchmarks()[0], layout.final_benchmarks("vtab", "count", "lora", "abcd1234")[0]]
     jobs += layout.other_benchmarks()  # the two robustness jobs
@@ -191,7 +191,7 @@ def test_the_report_sets_the_gpu_hours_spent_beside_the_estimate(tmp_path):
     tables_dir.mkdir()
     compute.to_csv(tables_dir / "compute.csv", index=False)
     experiments.to_csv(tables_dir / "experiments.csv", index=False)
-    summary = render.summary(render.load_tables(tables_dir))["cost"]
+    summary = render.summary(render.load_tables(report_spec(tables_dir, tmp_path).csvs))["cost"]
     assert summary["gpu"] == "X1" and summary["spent"] == pytest.approx(2.2)
     # One row per experiment; the robustness evaluation jobs, in no experiment and no estimate, apart from them
     # (the tiny study's experiment named robustness has no job here: its tune and finals were not benchmarked).

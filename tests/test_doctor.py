@@ -423,7 +423,7 @@ def test_the_smoke_studys_report_sets_the_authors_dtd_numbers_and_choices_beside
     from peftstudy.report.tables import read_authors, selection_table, vtab_table
 
     plan = smoke()
-    context = plan.report_context()
+    context = plan.report.report_context()
     ours = pd.DataFrame(
         [
             {"experiment": "vtab", "dataset": "dtd", "method": m, "test_top1": top1, "test_top1_std": 0.5, "seeds": 2,

@@ -23,6 +23,10 @@ for path in sys.argv[1:]:
         plan = Plan.of(study.compose(yaml.safe_load(handle)))
     layout = plan.layout
     n = 0
+
+    def first_gp(experiment, dataset, method):  # each run's first grid point, as if selected
+        return next(iter(plan.grids[experiment, method]))
+
     for experiment, dataset, method in layout.runs():
         plan.code_digest(method)
         # Every job's spec reads back as itself: what the stage gets is what the plan made.
@@ -37,7 +41,7 @@ for path in sys.argv[1:]:
         spec = plan.selection.select_spec(experiment)
         assert specs.from_json(spec.canonical()) == spec
         for dataset in plan.experiments[experiment]["datasets"]:
-            spec = plan.ensemble_spec(experiment, dataset)
+            spec = plan.analysis.ensemble_spec(experiment, dataset, first_gp)
             assert specs.from_json(spec.to_json()) == spec
         n += len(plan.tune_metrics(experiment))
     sources = {"synthetic": plan.generate_spec, "archive": plan.index_spec, "local": plan.index_spec}
@@ -52,15 +56,16 @@ for path in sys.argv[1:]:
         assert specs.from_json(job.to_json()) == job, job
     if plan.robustness:
         for method in plan.experiments[plan.robustness["experiment"]]["methods"]:
-            spec = plan.robustness_spec(method)
+            spec = plan.analysis.robustness_spec(method, first_gp)
             assert specs.from_json(spec.to_json()) == spec
     if "pretrain" in plan.config:
         spec = plan.train.pretrain_spec()
         assert specs.from_json(spec.to_json()) == spec
     # The tables' spec (a file: the paper's is ~600 KB), here without the finals' benchmarks (selections to come).
-    spec = plan.tables_spec(plan.report_context(), [])
+    spec = plan.report.tables_spec(plan.report.report_context(), [], first_gp)
     assert specs.from_json(spec.canonical()) == spec
-    plan.report_context()
+    spec = plan.report.report_spec()
+    assert specs.from_json(spec.to_json()) == spec
     counts[path] = n
 heavy = sorted(m for m in ("torch", "numpy", "pandas", "timm", "snakemake") if m in sys.modules)
 print(json.dumps({"tune_files": counts, "heavy": heavy}))
@@ -99,21 +104,9 @@ def test_snakemake_builds_the_dag_with_torch_unimportable(workflow: Workflow):
     assert "tune" in proc.stdout + proc.stderr
 
 
-def runtime_nodes(node: ast.AST):
-    """Every node under `node` but those of `if TYPE_CHECKING:` blocks: an import only the type checker runs is no
-    import at run time (the plan's stage modules name `Plan` so; jobs.py imports them)."""
-    for child in ast.iter_child_nodes(node):
-        test = child.test if isinstance(child, ast.If) else None
-        if test is not None and ast.unparse(test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
-            yield from (n for branch in child.orelse for n in (branch, *runtime_nodes(branch)))
-            continue
-        yield child
-        yield from runtime_nodes(child)
-
-
 def package_imports() -> dict[str, set[str]]:
-    """peftstudy module -> the peftstudy modules it imports anywhere in its file at run time (function-level imports
-    too; not those under `if TYPE_CHECKING:`)."""
+    """peftstudy module -> the peftstudy modules it imports anywhere in its file (function-level imports too), but
+    for those under `if TYPE_CHECKING:` (type hints only: a stage's planner names the Plan it is given)."""
     src = REPO / "src"
     modules = {
         ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): path
@@ -122,7 +115,11 @@ def package_imports() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         found = set()
-        for node in runtime_nodes(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        hints = [n for n in ast.walk(tree) if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"]
+        for hint in hints:
+            hint.body = []
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:

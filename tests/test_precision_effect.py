@@ -10,7 +10,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, report_spec
 
 from peftstudy.io import write_json
 from peftstudy.plan import specs
@@ -117,15 +117,7 @@ def test_the_page_names_the_departures_and_the_switch_back(tmp_path, precision):
     numerics = {"precision": precision, "compile": "reduce-overhead" if fast else "off", "fused_adamw": fast}
     pd.DataFrame([{**final, "code_version": "v", **numerics}]).to_csv(tables_dir / "final.csv", index=False)
     out = tmp_path / "report"
-    spec = specs.ReportSpec(
-        tables=str(tables_dir),
-        notebook=str(REPO / "report/notebooks/figures.ipynb"),
-        template=str(REPO / "report/templates/index.html.j2"),
-        tolerance=1.0,
-        html=str(out / "index.html"),
-        executed=str(out / "figures.ipynb"),
-    )
-    render.run(spec, specs.Options())
+    render.run(report_spec(tables_dir, out), specs.Options())
     page = (out / "index.html").read_text()
     departures = "bf16 autocast in 1 of 1 final runs; fused AdamW in 1 of 1 final runs; torch.compile in 1 of 1"
     assert (departures in page) == fast and ("<code>studies/vtab1k-fp32.yaml</code>" in page) == fast

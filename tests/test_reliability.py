@@ -283,14 +283,18 @@ def test_a_grid_that_all_diverged_is_recorded_as_such_and_the_tables_show_it(cou
     # The dataset's analysis, its only method diverged: empty, valid files (not an error that stops the report).
     analysis = {kind: tmp_path / f"{kind}.json" for kind in ("ensembles", "agreement")}
     ensemble = specs.EnsembleSpec(
-        finals=(str(final),), methods=("linear",), confident_k=0.1, **{k: str(v) for k, v in analysis.items()}
+        finals=(str(final),),
+        logits=(),
+        methods=("linear",),
+        confident_k=0.1,
+        **{k: str(v) for k, v in analysis.items()},
     )
     cli.main(["run", ensemble.to_json()])
     assert read_json(analysis["ensembles"], schema="ensembles")["ensembles"] == []
     assert read_json(analysis["agreement"], schema="agreement")["pairs"] == []
     tune = tables.tune_table([str(experiment / "tune.csv")])
     assert list(tune["status"]) == ["diverged", "diverged"] and not tune["selected"].any()
-    finals = tables.final_table([str(final)])
+    finals = tables.final_table(tables.final_metrics_files([str(final)], ()))
     results = tables.results_table(finals, tables.all_diverged([str(final)]))
     row = results.iloc[0]
     assert tuple(row[["experiment", "dataset", "method", "status"]]) == ("vtab", "count", "linear", "all-diverged")
@@ -314,6 +318,8 @@ def test_robustness_of_an_all_diverged_method_is_recorded_without_scores(tmp_pat
         method="bitfit",
         backbone=specs.load(specs.Backbone, mini_backbone()),
         final=str(final),
+        metrics=(),
+        peft=(),
         in_distribution=specs.EvalSet(name="shapes", test="unused.npz"),
         shifted=(specs.EvalSet(name="shapes_sketch", test="unused.npz"),),
         alphas=(0.0, 1.0),
@@ -324,7 +330,7 @@ def test_robustness_of_an_all_diverged_method_is_recorded_without_scores(tmp_pat
     cli.main(["run", spec.to_json()])
     assert read_json(out["ood"], schema="ood")["status"] == "all-diverged"
     assert read_json(out["wise"], schema="wise")["points"] == []
-    ood, wise = tables.robustness_tables(list(out.values()))
+    ood, wise = tables.robustness_tables([{"method": "bitfit", "kind": k, "path": p} for k, p in out.items()])
     assert len(ood) == 0 and len(wise) == 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, copy_repo, dependencies, tiny_config, tune_point
+from conftest import REPO, copy_repo, dependencies, report_spec, tiny_config, tune_point
 
 from peftstudy import cli
 from peftstudy.io import read_json, write_json
@@ -302,15 +302,7 @@ def test_counts_in_the_report_agree_with_their_nouns():
 
 
 def render_page(tables_dir: Path, out: Path) -> str:
-    spec = specs.ReportSpec(
-        tables=str(tables_dir),
-        notebook=str(REPO / "report/notebooks/figures.ipynb"),
-        template=str(REPO / "report/templates/index.html.j2"),
-        tolerance=1.0,
-        html=str(out / "index.html"),
-        executed=str(out / "figures.ipynb"),
-    )
-    render.run(spec, specs.Options())
+    render.run(report_spec(tables_dir, out), specs.Options())
     return (out / "index.html").read_text()
 
 

@@ -108,12 +108,63 @@ def test_a_robustness_spec_names_each_test_set_in_order_and_reads_its_split():
     config = tiny_config()
     plan = Plan.of(config)
     rob = config["robustness"]
-    spec = plan.robustness_spec("bitfit")
+    spec = plan.analysis.robustness_spec("bitfit", lambda *run: "0123abcd")
     assert spec.in_distribution.name == rob["dataset"] and [s.name for s in spec.shifted] == list(rob["ood"])
     names = [rob["dataset"], *rob["ood"]]
     assert {name: spec.inputs()[name] for name in names} == {name: plan.layout.data(name, "test") for name in names}
     assert spec.inputs()["final"] == plan.layout.final_record(rob["experiment"], rob["dataset"], "bitfit")
     assert spec.outputs() == {k: plan.layout.robustness_file("bitfit", f"{k}.json") for k in ("ood", "wise")}
+
+
+def selected_files(plan: Plan, run: tuple[str, str, str], gp: str, name: str) -> list[str]:
+    seeds = plan.experiments[run[0]]["seeds"]
+    return [plan.layout.final_file(*run, gp, seed, name) for seed in sorted(seeds)]
+
+
+def test_the_analysis_specs_name_each_selected_final_s_files_as_inputs():
+    """Which finals an analysis reads is known once its selection is made: the ensemble spec names each method's
+    finals' logits, the robustness spec its finals' metrics and weights, the tables spec every final's metrics,
+    so Snakemake knows them as inputs (a deleted one is made again); a method whose every point diverged has none."""
+    plan = Plan.of(tiny_config())
+    chosen = {"linear": "0000000a", "lora": None}  # lora: every grid point diverged
+
+    def selected_gp(experiment: str, dataset: str, method: str) -> str | None:
+        return chosen.get(method, "0000000b")
+
+    ensemble = plan.analysis.ensemble_spec("vtab", "count", selected_gp)
+    assert ensemble.inputs()["logits"] == selected_files(plan, ("vtab", "count", "linear"), "0000000a", "logits.npz")
+    assert ensemble.inputs()["finals"] == [plan.layout.final_record("vtab", "count", m) for m in ("linear", "lora")]
+    rob = plan.robustness
+    robustness = plan.analysis.robustness_spec("bitfit", selected_gp)
+    run = (rob["experiment"], rob["dataset"], "bitfit")
+    assert robustness.inputs()["peft"] == selected_files(plan, run, "0000000b", "peft.safetensors")
+    assert robustness.inputs()["metrics"] == selected_files(plan, run, "0000000b", "metrics.json")
+    assert "peft" not in plan.analysis.robustness_spec("bitfit", lambda *run: None).inputs()
+    tables = plan.report.tables_spec({}, [], selected_gp)
+    expected = [
+        p
+        for r in plan.layout.runs()
+        if selected_gp(*r)
+        for p in selected_files(plan, r, selected_gp(*r), "metrics.json")
+    ]
+    assert tables.inputs()["final_metrics"] == expected
+    assert [r["path"] for r in tables.robustness] == tables.inputs()["robustness"]
+    assert {(r["kind"], r["path"].rsplit("/", 1)[1]) for r in tables.robustness} == {
+        ("ood", "ood.json"),
+        ("wise", "wise.json"),
+    }
+
+
+def test_a_stage_reads_only_the_finals_its_spec_names():
+    """A final record listing a run the spec does not name (collected after the spec was made) is refused, naming
+    the file; so is a spec naming a file no record lists."""
+    record = {"runs": [{"seed": 0, "dir": "r/final/gp/seed0"}, {"seed": 1, "dir": "r/final/gp/seed1"}]}
+    named = ("r/final/gp/seed0/logits.npz", "r/final/gp/seed1/logits.npz")
+    assert [path for _, _, path in specs.final_runs([record], "logits", named, "ensemble")] == list(named)
+    with pytest.raises(specs.SpecError, match=r"not named by the spec: \['r/final/gp/seed1/logits.npz'\]"):
+        specs.final_runs([record], "logits", named[:1], "ensemble")
+    with pytest.raises(specs.SpecError, match=r"not in a record: \['x/logits.npz'\]"):
+        specs.final_runs([record], "logits", (*named, "x/logits.npz"), "ensemble")
 
 
 def test_a_select_spec_goes_as_a_file_whose_digest_follows_the_grid(tmp_path):

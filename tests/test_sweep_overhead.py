@@ -123,12 +123,19 @@ def test_the_stand_in_writes_what_the_schemas_accept(tmp_path) -> None:
         run=run, point=point, seed=0, test="t", metrics="final.json", logits="l.npz", peft="p.safetensors", **data
     )
     ensemble = specs.EnsembleSpec(
-        finals=("f.json",), methods=("lora",), confident_k=0.1, ensembles="ensembles.json", agreement="agreement.json"
+        finals=("f.json",),
+        logits=("final/seed0/logits.npz",),
+        methods=("lora",),
+        confident_k=0.1,
+        ensembles="ensembles.json",
+        agreement="agreement.json",
     )
     robustness = specs.RobustnessSpec(
         method="lora",
         backbone=backbone,
         final="f.json",
+        metrics=("final/seed0/metrics.json",),
+        peft=("final/seed0/peft.safetensors",),
         in_distribution=specs.EvalSet(name="id", test="a.npz"),
         shifted=(),
         alphas=(0.0, 1.0),

@@ -188,7 +188,8 @@ def check_config(files: Sequence[str]) -> tuple[list[Check], Any]:
         return [Check("config", name, FAIL, str(err), "correct the key (or the line) the message names")], None
     exps = plan.experiments
     methods = sorted({m for exp in exps.values() for m in exp["methods"]})
-    detail = f"study {plan.config['study']!r}: {len(exps)} experiment(s), {len(plan.report_datasets())} dataset(s), "
+    detail = f"study {plan.config['study']!r}: {len(exps)} experiment(s), "
+    detail += f"{len(plan.report.report_datasets())} dataset(s), "
     detail += f"methods {', '.join(methods)}"
     return [Check("config", name, OK, detail)], plan
 
@@ -199,7 +200,7 @@ def device_needs(plan: Any) -> dict[str, Any]:
     recipes = [exp["recipe"] for exp in plan.experiments.values()]
     gpus = max(
         [plan.resource_spec(kind, name)["gpu"] for name in plan.experiments for kind in ("tune", "final")]
-        + [plan.resource_spec("robustness", plan.robustness_experiment())["gpu"] if plan.robustness else 0]
+        + [plan.resource_spec("robustness", plan.analysis.robustness_experiment())["gpu"] if plan.robustness else 0]
     )
     return {
         "gpus": gpus,
@@ -404,7 +405,7 @@ def _archive_sum(plan: Any, url: str) -> str | None:
 
 def used_datasets(plan: Any) -> list[str]:
     """Every dataset a job of the study reads: trained, tuned (folds), tested, or pretrained on."""
-    names = [f for d in plan.report_datasets() for f in plan.train.tuning_sets(d)]
+    names = [f for d in plan.report.report_datasets() for f in plan.train.tuning_sets(d)]
     if plan.config["backbone"]["pretrain"]:
         names.append(plan.config["pretrain"]["dataset"])
     return list(dict.fromkeys(names))

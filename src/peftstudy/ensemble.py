@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from peftstudy.io import load_npz, read_json, write_json
-from peftstudy.plan.specs import FINAL, EnsembleSpec, Options
+from peftstudy.plan.specs import EnsembleSpec, Options, final_runs
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -219,19 +219,17 @@ def analyse(
 def run(spec: EnsembleSpec, options: Options) -> None:
     logits: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     labels = None
-    all_diverged = []
-    for final in spec.finals:
-        record = read_json(final, schema="final")
+    records = [read_json(final, schema="final") for final in spec.finals]
+    for record in records:
         if record.get("status") == "all-diverged":  # no final to compare: left out, the tables say why
-            all_diverged.append(record["method"])
             print(f"{record['method']}: every grid point diverged, left out of the analysis", flush=True)
-        for run_ in record["runs"]:
-            path = f"{run_['dir']}/{FINAL.logits}"
-            data = load_npz(path)
-            if labels is not None and not np.array_equal(labels, data["labels"]):
-                raise ValueError(f"{path}: its test labels differ from the other methods'; were they one test set?")
-            labels = data["labels"]
-            logits[record["method"]][run_["seed"]] = data["logits"]
+    for record, run_, path in final_runs(records, "logits", spec.logits, spec.stage):
+        data = load_npz(path)
+        if labels is not None and not np.array_equal(labels, data["labels"]):
+            raise ValueError(f"{path}: its test labels differ from the other methods'; were they one test set?")
+        labels = data["labels"]
+        logits[record["method"]][run_["seed"]] = data["logits"]
+    all_diverged = [record["method"] for record in records if record.get("status") == "all-diverged"]
     chosen = [m for m in spec.methods if m not in all_diverged]
     no_test = np.zeros(0, dtype=np.int64)  # every method diverged: no final, so no test set was read
     ensembles, pairs = analyse(logits, labels if labels is not None else no_test, spec.confident_k, chosen)

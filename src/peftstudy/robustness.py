@@ -25,7 +25,6 @@ from peftstudy import methods
 from peftstudy.io import load_npz, read_json, write_json
 from peftstudy.models import pick_device
 from peftstudy.plan import specs
-from peftstudy.plan.specs import FINAL
 from peftstudy.tables import subset_classes
 from peftstudy.train.engine import features, to_input
 from peftstudy.train.runs import load_trained
@@ -213,11 +212,11 @@ def run(spec: specs.RobustnessSpec, options: specs.Options) -> None:
     backbone = spec.backbone
     backbone_names = {n for n, _ in create_backbone(backbone.arch, classes, device="meta").named_parameters()}
     evaluations = None
-    for final_dir in (r["dir"] for r in record["runs"]):
-        meta = read_json(f"{final_dir}/{FINAL.metrics}", schema="metrics")
-        model, zero_shot, fine_tuned = load_trained(
-            spec.method, meta["hp"], backbone, f"{final_dir}/{FINAL.peft}", classes, device
-        )
+    weights = [path for _, _, path in specs.final_runs([record], "peft", spec.peft, spec.stage)]
+    metrics = [path for _, _, path in specs.final_runs([record], "metrics", spec.metrics, spec.stage)]
+    for metrics_file, weights_file in zip(metrics, weights, strict=True):  # the record's runs, in its order
+        meta = read_json(metrics_file, schema="metrics")
+        model, zero_shot, fine_tuned = load_trained(spec.method, meta["hp"], backbone, weights_file, classes, device)
         evaluations = evaluations or Evaluations(_test_sets(raw, subsets, model, device), 256)
         head = set(methods.head_names(model))
         # The head is always interpolated, whatever the backbone's head looked like before (CLIP's adds proj).

@@ -3,8 +3,6 @@ import functools
 from peftstudy import io as study_io
 from peftstudy.plan import study
 from peftstudy.plan.jobs import (
-    AUTHORS,
-    TABLES,
     Plan,
     archive_checksum,
     manyshot_lists_dir,
@@ -106,27 +104,11 @@ def selection(experiment):
 
 
 def selected_gp(experiment, dataset, method):
-    """The grid point `select` chose for the method on the dataset; None when every one diverged."""
-    return chosen_gp(selection(experiment), dataset, method)
-
-
-def selection_made(experiment):
-    """No file, only the experiment's selection resolved: a job whose input function resolves the checkpoint is
-    re-planned when it completes; one that only reads records that collect jobs make is not, and would rerun
-    whenever any (dataset, method) of the experiment is re-selected (Snakemake keeps the reason it planned
-    before the checkpoint ran). A named input of its own keeps the job's other inputs known meanwhile (a dry
-    run formats the shell command).
+    """The grid point `select` chose for the method on the dataset; None when every one diverged. The analysis
+    and tables specs take it to name the selected finals' files: the input function of each such job resolves
+    the selection, so the job is planned again when the checkpoint completes.
     """
-    selection(experiment)
-    return []
-
-
-def get_selection_made(wildcards):
-    return selection_made(wildcards.experiment)
-
-
-def get_robustness_selection_made(wildcards):
-    return selection_made(PLAN.robustness["experiment"])
+    return chosen_gp(selection(experiment), dataset, method)
 
 
 def get_collect_spec(wildcards):
@@ -134,7 +116,7 @@ def get_collect_spec(wildcards):
     the file does."""
     entry = chosen(selection(wildcards.experiment), wildcards.dataset, wildcards.method)
     finals = selected_finals(*run_of(wildcards))
-    return PLAN.collect_spec(*run_of(wildcards), entry, finals).to_json()
+    return PLAN.analysis.collect_spec(*run_of(wildcards), entry, finals).to_json()
 
 
 def selected_finals(experiment, dataset, method):
@@ -161,10 +143,15 @@ def final_benchmarks():
 
 
 def get_final_benchmarks(wildcards):
-    """Apart from the tables' other inputs: the paths depend on the selections, and a named input of its own
-    keeps the rule's other inputs known while a checkpoint is still pending (a dry run formats the shell command).
-    """
+    """The selected finals' benchmarks (each selection resolved): what the tables' spec waits for."""
     return [job["path"] for job in final_benchmarks()]
+
+
+def get_tables_inputs(wildcards):
+    """Every file the tables read: the selected finals' among them, so each selection is resolved first (the
+    rule's spec file stays a named input of its own, known while a checkpoint is pending: a dry run formats the
+    shell command)."""
+    return tables_spec().inputs()
 
 
 def write_spec_file(path, spec, log):
@@ -177,13 +164,13 @@ def write_spec_file(path, spec, log):
 @functools.cache
 def tables_context():
     """The study's facts, and the cost estimate the report sets beside what the run spent (once)."""
-    return PLAN.report_context() | {"cost": estimated_cost(PLAN)}
+    return PLAN.report.report_context() | {"cost": estimated_cost(PLAN)}
 
 
 def tables_spec():
-    """The tables job's spec: every training job's benchmark, the selected finals' included (each selection
+    """The tables job's spec: every training job's benchmark and the selected finals' metrics (each selection
     resolved)."""
-    return PLAN.tables_spec(tables_context(), final_benchmarks())
+    return PLAN.report.tables_spec(tables_context(), final_benchmarks(), selected_gp)
 
 
 def get_final_outputs(wildcards):

@@ -3,8 +3,11 @@ rule ensemble:
     their finals (three combination rules) with the same-method seed ensembles as control.
     """
     input:
-        unpack(lambda wc: PLAN.ensemble_spec(wc.experiment, wc.dataset).inputs()),
-        selection=get_selection_made,
+        unpack(
+            lambda wc: PLAN.analysis.ensemble_spec(
+                wc.experiment, wc.dataset, selected_gp
+            ).inputs()
+        ),
     output:
         ensembles=report(
             LAYOUT.analysis_file("{experiment}", "{dataset}", "ensembles.json"),
@@ -23,6 +26,8 @@ rule ensemble:
     conda:
         "../../envs/train.yaml"
     params:
-        spec=lambda wc: PLAN.ensemble_spec(wc.experiment, wc.dataset).to_json(),
+        spec=lambda wc: PLAN.analysis.ensemble_spec(
+            wc.experiment, wc.dataset, selected_gp
+        ).to_json(),
     shell:
         "peftstudy run {params.spec:q} > {log} 2>&1"

@@ -17,19 +17,13 @@ rule tables_spec:
 rule tables:
     """Tidy CSV tables of everything the study computed (what the report reads), the authors' numbers beside."""
     input:
-        unpack(lambda wc: PLAN.table_inputs()),
-        final_benchmarks=get_final_benchmarks,
+        unpack(get_tables_inputs),
         spec=LAYOUT.spec_file("tables", "tables"),
     output:
         tables=[
-            report(
-                LAYOUT.table(table),
-                caption="../../report/captions/tables.rst",
-                category="Tables",
-            )
-            for table in TABLES
+            report(path, caption="../../report/captions/tables.rst", category="Tables")
+            for path in PLAN.report.tables().values()
         ],
-        authors=[LAYOUT.table(f"authors_{name}") for name in AUTHORS],
     log:
         LAYOUT.tables_file("tables.log"),
     conda:
@@ -41,9 +35,7 @@ rule tables:
 rule report:
     """Figures by a papermill-executed notebook, the page by a Jinja template: one self-contained HTML file."""
     input:
-        unpack(lambda wc: PLAN.report_spec().inputs()),
-        tables=rules.tables.output.tables,
-        authors=rules.tables.output.authors,
+        unpack(lambda wc: PLAN.report.report_spec().inputs()),
     output:
         html=report(
             LAYOUT.report(),
@@ -51,11 +43,12 @@ rule report:
             category="Report",
         ),
         executed=LAYOUT.report_file("figures.ipynb"),
+        copies=PLAN.report.report_spec().outputs()["copies"],
     log:
         LAYOUT.report_file("report.log"),
     conda:
         "../../envs/report.yaml"
     params:
-        spec=lambda wc: PLAN.report_spec().to_json(),
+        spec=lambda wc: PLAN.report.report_spec().to_json(),
     shell:
         "peftstudy run {params.spec:q} > {log} 2>&1"

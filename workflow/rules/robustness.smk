@@ -1,9 +1,10 @@
 rule robustness:
     """One method's finals on the in-distribution and shifted test sets, and its WiSE curve."""
     input:
-        unpack(lambda wc: PLAN.robustness_spec(wc.method).inputs()),
+        unpack(
+            lambda wc: PLAN.analysis.robustness_spec(wc.method, selected_gp).inputs()
+        ),
         code=lambda wc: PLAN.method_sources(wc.method),
-        selection=get_robustness_selection_made,
     output:
         ood=report(
             LAYOUT.robustness_file("{method}", "ood.json"),
@@ -23,8 +24,8 @@ rule robustness:
         "../../envs/train.yaml"
     threads: config["threads"]
     resources:
-        **job_resources("robustness", PLAN.robustness_experiment()),
+        **job_resources("robustness", PLAN.analysis.robustness_experiment()),
     params:
-        spec=lambda wc: PLAN.robustness_spec(wc.method).to_json(),
+        spec=lambda wc: PLAN.analysis.robustness_spec(wc.method, selected_gp).to_json(),
     shell:
         RUN_SPEC_SHELL

@@ -277,7 +277,7 @@ def report_context(plan: Plan, gpu: str = DEFAULT_GPU, rates: Sequence[Rate] | N
             for name in plan.experiments
         },
         "phase_gpus": {
-            "robustness": plan.resource_spec("robustness", plan.robustness_experiment())["gpu"],
+            "robustness": plan.resource_spec("robustness", plan.analysis.robustness_experiment())["gpu"],
             "pretrain": plan.resource_spec("pretrain", None)["gpu"],
         },
         "estimated_gpu_hours": {e.experiment: e.method_hours for e in est.experiments},
@@ -324,7 +324,7 @@ def disk_need(plan: Plan, backbone_bytes: Mapping[str, int] | None = None, jobs_
     unsized: list[str] = []
     splits: dict[str, tuple[int, ...]] = {}
     for dataset in dict.fromkeys(
-        [*plan.report_datasets(), *(f for d in plan.report_datasets() for f in plan.train.tuning_sets(d))]
+        [*plan.report.report_datasets(), *(f for d in plan.report.report_datasets() for f in plan.train.tuning_sets(d))]
     ):
         spec, side = plan.datasets[dataset], plan.cache_size(dataset)
         if spec["source"] == "synthetic":  # a shifted test set has no train or val

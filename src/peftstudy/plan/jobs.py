@@ -18,35 +18,13 @@ from peftstudy import methods
 from peftstudy.plan import depends, specs, study
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.layout import Layout
-from peftstudy.plan.specs import FINAL
+from peftstudy.plan.stages.analysis import AnalysisJobs
+from peftstudy.plan.stages.report import ReportJobs
 from peftstudy.plan.stages.selection import SelectionJobs
 from peftstudy.plan.stages.train import TrainJobs
 
 # A job's resources when neither `resources.<kind>` nor the experiment's own set them.
 JOB_DEFAULTS = {"mem_mb": 4000, "runtime": 60, "gpu": 0}
-# The result tables the tables stage writes and the report reads.
-TABLES = (
-    "tune",
-    "selection_vs_authors",
-    "final",
-    "results",
-    "vtab",
-    "group_means",
-    "datasets",
-    "experiments",
-    "compute",
-    "ensembles",
-    "seed_ensembles",
-    "agreement",
-    "triples",
-    "venn",
-    "confidence",
-    "ood",
-    "wise",
-    "mixed",
-)
-# The authors' numbers (docs/protocol.md §H), transcribed with their sources; copied beside our tables.
-AUTHORS = ("vtab1k", "vtab1k_selection", "reruns", "manyshot", "clip_ood", "wise")
 SPLITS = ("train", "val", "trainval", "test")
 
 
@@ -72,6 +50,14 @@ class Plan:
     def _code_digests(self) -> dict[str, str]:
         """method -> :meth:`code_digest`, filled as asked."""
         return {}
+
+    @cached_property
+    def analysis(self) -> AnalysisJobs:
+        return AnalysisJobs(self)
+
+    @cached_property
+    def report(self) -> ReportJobs:
+        return ReportJobs(self)
 
     @cached_property
     def layout(self) -> Layout:
@@ -289,134 +275,6 @@ class Plan:
             self.layout.tune_file(experiment, tuning_set, method, name, "metrics.json")
             for tuning_set, method, name, _ in study.selection_jobs(tuning_sets, jobs)
         ]
-
-    # Analysis, robustness, tables.
-
-    def collect_spec(
-        self, experiment: str, dataset: str, method: str, choice: Mapping[str, Any], finals: Iterable[str]
-    ) -> specs.CollectSpec:
-        """A collect job: its own entry of the experiment's selected.json and the selected finals' files (known once
-        the selection checkpoint ran, so common.smk resolves them); its spec names their metrics."""
-        metrics = tuple(path for path in finals if os.path.basename(path) == FINAL.metrics)
-        record = self.layout.final_record(experiment, dataset, method)
-        return specs.CollectSpec(
-            experiment=experiment, dataset=dataset, method=method, choice=choice, metrics=metrics, record=record
-        )
-
-    def ensemble_spec(self, experiment: str, dataset: str) -> specs.EnsembleSpec:
-        """An ensemble job: every method's final record on the dataset, the methods ensembled, K."""
-        return specs.EnsembleSpec(
-            finals=tuple(
-                self.layout.final_record(experiment, dataset, m) for m in self.experiments[experiment]["methods"]
-            ),
-            methods=tuple(self.analysis_methods(experiment)),
-            confident_k=self.confident_k(),
-            ensembles=self.layout.analysis_file(experiment, dataset, "ensembles.json"),
-            agreement=self.layout.analysis_file(experiment, dataset, "agreement.json"),
-        )
-
-    def analysis_methods(self, experiment: str) -> list[str]:
-        """The methods whose pairs and triples are ensembled: analysis.methods, else all."""
-        chosen = self.config.get("analysis", {}).get("methods", {})
-        return chosen.get(experiment, self.experiments[experiment]["methods"])
-
-    def confident_k(self) -> float:
-        return self.config.get("analysis", {}).get("confident_k", DEFAULTS["confident_k"])
-
-    def robustness_sets(self) -> list[str]:
-        """The robustness test sets: the in-distribution one first, then the shifted ones."""
-        rob = self.robustness
-        return [rob["dataset"], *rob["ood"]] if rob else []
-
-    def robustness_experiment(self) -> str | None:
-        return self.robustness["experiment"] if self.robustness else None
-
-    def robustness_spec(self, method: str) -> specs.RobustnessSpec:
-        """A robustness job: the method's final record on the in-distribution dataset, the backbone, each test set
-        (the in-distribution one, the shifted ones), the WiSE mixing coefficients."""
-        rob = self.robustness
-        in_distribution, *shifted = (
-            specs.EvalSet(name=name, test=self.layout.data(name, "test")) for name in self.robustness_sets()
-        )
-        return specs.RobustnessSpec(
-            method=method,
-            backbone=self.train.backbone(rob["experiment"]),
-            final=self.layout.final_record(rob["experiment"], rob["dataset"], method),
-            in_distribution=in_distribution,
-            shifted=tuple(shifted),
-            alphas=tuple(rob["alphas"]),
-            class_subsets=self.class_subsets(),
-            device=self.config["device"],
-            ood=self.layout.robustness_file(method, "ood.json"),
-            wise=self.layout.robustness_file(method, "wise.json"),
-        )
-
-    def class_subsets(self) -> dict[str, Any]:
-        """The robustness test sets that cover part of the label space, with their classes (or mask's name)."""
-        return {
-            n: self.datasets[n]["class_subset"] for n in self.robustness_sets() if "class_subset" in self.datasets[n]
-        }
-
-    def report_datasets(self) -> list[str]:
-        """Datasets the study trains or tests on (their manifests give the report the split sizes)."""
-        names = {d for exp in self.experiments.values() for d in exp["datasets"]}
-        names |= set(self.robustness["ood"]) if self.robustness else set()
-        return sorted(names)
-
-    def table_inputs(self) -> dict[str, list[str]]:
-        layout = self.layout
-        return {
-            "tune": layout.tune_summaries(),
-            "tune_metrics": [path for experiment in self.experiments for path in self.tune_metrics(experiment)],
-            "finals": layout.final_records(),
-            "analysis": [output["path"] for output in layout.analysis_outputs()],
-            "robustness": layout.robustness_outputs(),
-            "manifests": [layout.manifest(d) for d in self.report_datasets()],
-            "authors": [f"report/data/authors_{name}.csv" for name in AUTHORS],
-            "benchmarks": [job["path"] for job in self.benchmarks()],
-        }
-
-    def tables_spec(
-        self, context: Mapping[str, Any], final_benchmarks: Iterable[Mapping[str, str]]
-    ) -> specs.TablesSpec:
-        """The tables job: `context`, the report's (report_context and the cost estimate, plan.cost's); and the
-        selected finals' benchmarks besides every other training job's (known once the selections are made)."""
-        files = self.table_inputs()
-        return specs.TablesSpec(
-            study=self.config["study"],
-            config_hash=self.config_hash,
-            context=context,
-            tune=tuple(files["tune"]),
-            tune_metrics=tuple(files["tune_metrics"]),
-            finals=tuple(files["finals"]),
-            analysis=tuple(self.layout.analysis_outputs()),
-            robustness=tuple(files["robustness"]),
-            manifests=tuple(files["manifests"]),
-            benchmarks=(*self.benchmarks(), *final_benchmarks),
-            authors=tuple(files["authors"]),
-            out_dir=os.path.dirname(self.layout.table(TABLES[0])),
-        )
-
-    def benchmarks(self) -> list[dict[str, str]]:
-        """The benchmarks of every training job known before selection (the finals' depend on it)."""
-        return [*self.layout.tune_benchmarks(), *self.layout.other_benchmarks()]
-
-    def report_context(self) -> dict[str, Any]:
-        return study.report_context(self.config, self.grids)
-
-    def report_spec(self) -> specs.ReportSpec:
-        """The report job: the figures notebook and the page's template over the tables' folder."""
-        return specs.ReportSpec(
-            tables=os.path.dirname(self.layout.table(TABLES[0])),
-            notebook="report/notebooks/figures.ipynb",
-            template="report/templates/index.html.j2",
-            tolerance=self.report_tolerance(),
-            html=self.layout.report(),
-            executed=self.layout.report_file("figures.ipynb"),
-        )
-
-    def report_tolerance(self) -> float:
-        return self.config.get("report", {}).get("tolerance", DEFAULTS["report_tolerance"])
 
 
 def archive_checksum(archive: str) -> str:

@@ -111,29 +111,6 @@ class Layout:
     def tune_summaries(self) -> list[str]:
         return [self.selection_file(experiment, "tune.csv") for experiment in self.config["experiments"]]
 
-    def analysis_outputs(self) -> list[dict[str, str]]:
-        """Every ensembles.json and agreement.json, with what it is (the tables read it as given, never from its
-        path). Ensembles need two methods or more."""
-        return [
-            {
-                "experiment": name,
-                "dataset": dataset,
-                "kind": kind,
-                "path": self.analysis_file(name, dataset, f"{kind}.json"),
-            }
-            for name, exp in self.config["experiments"].items()
-            if len(exp["methods"]) > 1
-            for dataset in exp["datasets"]
-            for kind in ("ensembles", "agreement")
-        ]
-
-    def robustness_outputs(self) -> list[str]:
-        rob = self.config.get("robustness")
-        if not rob:
-            return []
-        methods = self.config["experiments"][rob["experiment"]]["methods"]
-        return [self.robustness_file(m, f"{kind}.json") for m in methods for kind in ("ood", "wise")]
-
     # Snakemake's benchmark.tsv of every training job, with what the job was: the tables take both from here, so
     # nothing reads a job's identity back from its path.
 

@@ -117,12 +117,21 @@ def input_files(part: Any) -> dict[str, Any]:
     return _files(part, "in")
 
 
+def output_roles(cls: type[Spec]) -> tuple[str, ...]:
+    """The roles of the files a stage writes (its output fields), in field order."""
+    return tuple(field.name for field in dataclasses.fields(cls) if field.metadata.get(IO) == "out")
+
+
 def _files(spec: Any, io: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for field in dataclasses.fields(spec):
         value = getattr(spec, field.name)
         if field.metadata.get(IO) == io and value:
-            found[field.name] = list(value) if isinstance(value, tuple) else value
+            # A path, a tuple of paths, or a mapping of names to paths (a table's name to its file).
+            if isinstance(value, str):
+                found[field.name] = value
+            else:
+                found[field.name] = list(value.values() if isinstance(value, Mapping) else value)
         elif dataclasses.is_dataclass(value):
             found.update(_files(value, io))
     return found
@@ -434,6 +443,24 @@ FINAL = FinalFiles()
 FINAL_FILES = dataclasses.astuple(FINAL)
 
 
+def final_runs(
+    records: list[Mapping[str, Any]], role: str, given: tuple[str, ...], stage: str
+) -> list[tuple[Mapping[str, Any], Mapping[str, Any], str]]:
+    """(record, run, file) for each run the final records list, its file of `role` (a :class:`FinalFiles` field)
+    as the spec names it: the spec's files must be exactly the records' (SpecError names those that differ: a
+    record collected after the spec was made)."""
+    name = getattr(FINAL, role)
+    listed = [(record, run, f"{run['dir']}/{name}") for record in records for run in record["runs"]]
+    missing = sorted({path for _, _, path in listed} - set(given))
+    extra = sorted(set(given) - {path for _, _, path in listed})
+    if missing or extra:
+        raise SpecError(
+            f"{stage}: the spec's {role} files are not the final records' (not named by the spec: {missing[:3]}; "
+            f"not in a record: {extra[:3]}): the records changed after the spec was made; run the workflow again"
+        )
+    return listed
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FinalSpec(Spec):
     """One seed of the selected grid point: trained on train+val, test scored once at the end."""
@@ -522,6 +549,7 @@ class EnsembleSpec(Spec):
     target: ClassVar[str] = "peftstudy.ensemble:run"
 
     finals: tuple[str, ...] = input_file()  # final.json of each method on the dataset
+    logits: tuple[str, ...] = input_file()  # each of their runs' logits.npz (FINAL.logits), as the records list them
     methods: tuple[str, ...]  # those whose pairs and triples are ensembled
     confident_k: float  # K most confident: a count, or a fraction if < 1
     ensembles: str = output_file()
@@ -546,10 +574,13 @@ class RobustnessSpec(Spec):
     method: str
     backbone: Backbone
     final: str = input_file()  # final.json of the method on the in-distribution dataset
+    # Each of its runs' metrics.json and trained weights (FINAL.metrics, FINAL.peft), as the record lists them.
+    metrics: tuple[str, ...] = input_file()
+    peft: tuple[str, ...] = input_file()
     in_distribution: EvalSet
     shifted: tuple[EvalSet, ...]
     alphas: tuple[float, ...]
-    # The sets covering part of the classes: name -> its classes (or the name of a mask), plan.Plan.class_subsets.
+    # The sets covering part of the classes: name -> its classes (or the name of a mask), AnalysisJobs.class_subsets.
     class_subsets: Mapping[str, Any]
     device: str
     ood: str = output_file()
@@ -562,6 +593,34 @@ class RobustnessSpec(Spec):
 
 
 # The report's specs.
+
+# The tables the tables stage writes and the report reads, the one list of their names: name -> its title on the
+# page, where the page shows it as it is ("": the page draws it its own way, or only links its CSV). Each is built
+# by the function report.tables registers under its name (@builds); the tables rule's outputs and the report's
+# copies come from here.
+TABLES: dict[str, str] = {
+    "tune": "",
+    "selection_vs_authors": "",
+    "final": "",
+    "results": "",
+    "vtab": "",
+    "group_means": "",
+    "datasets": "",
+    "experiments": "",
+    "compute": "",
+    "ensembles": "",
+    "seed_ensembles": "",
+    "agreement": "",
+    "triples": "",
+    "venn": "",
+    "confidence": "",
+    "ood": "",
+    "wise": "",
+    "mixed": "",
+}
+# The authors' numbers (docs/protocol.md §H), transcribed with their sources: report/data/authors_<name>.csv,
+# copied beside our tables under the name authors_<name>.
+AUTHORS = ("vtab1k", "vtab1k_selection", "reruns", "manyshot", "clip_ood", "wise")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -581,19 +640,24 @@ class TablesSpec(Spec):
     tune: tuple[str, ...] = input_file()
     tune_metrics: tuple[str, ...] = input_file()
     finals: tuple[str, ...] = input_file()
-    # Each ensembles.json and agreement.json with what it is ({experiment, dataset, kind, path}): read as given,
-    # never from its path.
+    final_metrics: tuple[str, ...] = input_file()  # each of their runs' metrics.json, as the records list them
+    # Each ensembles.json and agreement.json with what it is ({experiment, dataset, kind, path}); each ood.json and
+    # wise.json ({method, kind, path}): read as given, never from its path. The kind is its spec's output role.
     analysis: tuple[Mapping[str, str], ...]
-    robustness: tuple[str, ...] = input_file()
+    robustness: tuple[Mapping[str, str], ...]
     manifests: tuple[str, ...] = input_file()
     # Every training job's benchmark.tsv with the job it measured ({phase, experiment, dataset, method, job, path}).
     benchmarks: tuple[Mapping[str, str], ...]
     authors: tuple[str, ...] = input_file()
-    out_dir: str
+    tables: Mapping[str, str] = output_file()  # each of TABLES and the authors' copies: name -> its CSV
 
     def inputs(self) -> dict[str, Any]:
-        """Besides the files named by field, the analysis files and the benchmarks."""
-        named = {"analysis": [a["path"] for a in self.analysis], "benchmarks": [b["path"] for b in self.benchmarks]}
+        """Besides the files named by field, the analysis and robustness files and the benchmarks."""
+        named = {
+            "analysis": [a["path"] for a in self.analysis],
+            "robustness": [r["path"] for r in self.robustness],
+            "benchmarks": [b["path"] for b in self.benchmarks],
+        }
         return {**super().inputs(), **{role: paths for role, paths in named.items() if paths}}
 
 
@@ -604,10 +668,12 @@ class ReportSpec(Spec):
     stage: ClassVar[str] = "report"
     target: ClassVar[str] = "peftstudy.report.render:run"
 
-    # The tables' folder: a setting (the rule's inputs are the tables job's files).
-    tables: str
+    tables: str  # the tables' folder, where the notebook reads them
+    csvs: Mapping[str, str] = input_file()  # the tables job's files: name -> CSV
     notebook: str = input_file()  # the figures notebook
     template: str = input_file()
     tolerance: float  # points of top-1 above which a difference from the authors' is marked
     html: str = output_file()
     executed: str = output_file()  # the notebook as executed
+    # The tables beside the page (its reader takes the numbers as CSV): name -> the copy of `csvs[name]`.
+    copies: Mapping[str, str] = output_file()

@@ -10,12 +10,14 @@ import base64
 import math
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from peftstudy.io import atomic_path
+from peftstudy.plan import specs
 from peftstudy.plan.specs import Options, ReportSpec
 from peftstudy.report.tables import RERUN_COLUMNS, rerun_ranges
 from peftstudy.select import METRIC_WORDS
@@ -56,13 +58,13 @@ SECTIONS = {
 }
 
 
-def load_tables(tables: Path) -> dict[str, pd.DataFrame]:
-    """Every CSV of the tables folder; a missing folder or an empty file reads as no table."""
+def load_tables(csvs: Mapping[str, str]) -> dict[str, pd.DataFrame]:
+    """Each named table (name -> CSV); a missing or empty file reads as no table."""
     frames = {}
-    for path in sorted(tables.glob("*.csv")) if tables.is_dir() else []:
+    for name, path in sorted(csvs.items()):
         try:
-            frames[path.stem] = pd.read_csv(path, comment="#" if path.stem.startswith("authors_") else None)
-        except pd.errors.EmptyDataError:
+            frames[name] = pd.read_csv(path, comment="#" if name.startswith("authors_") else None)
+        except (FileNotFoundError, pd.errors.EmptyDataError):
             continue
     return frames
 
@@ -433,8 +435,7 @@ def html(frame: pd.DataFrame, **kwargs: Any) -> str:
 def run(spec: ReportSpec, options: Options) -> None:
     import jinja2
 
-    tables = Path(spec.tables)
-    frames = load_tables(tables)
+    frames = load_tables(spec.csvs)
     with tempfile.TemporaryDirectory() as tmp:
         figures_dir = Path(tmp)
         execute_notebook(spec.notebook, spec.executed, spec.tables, figures_dir)
@@ -490,13 +491,17 @@ def run(spec: ReportSpec, options: Options) -> None:
         authors_agreement=authors_agreement(frames),
         figures=figures,
         not_computed=NOT_COMPUTED,
-        csvs=sorted(p.name for p in tables.glob("*.csv")) if tables.is_dir() else [],
+        titled=[
+            {"name": name, "title": title, "html": html(frames[name]) if len(frames.get(name, ())) else ""}
+            for name, title in specs.TABLES.items()
+            if title
+        ],
+        csvs=sorted(Path(spec.copies[name]).name for name in spec.csvs if Path(spec.csvs[name]).is_file()),
     )
     with atomic_path(spec.html) as tmp:
         tmp.write_text(page)
-    # The tables travel with the page, so a reader can take the numbers as CSV.
-    csv_dir = Path(spec.html).parent / "tables"
-    csv_dir.mkdir(exist_ok=True)
-    for p in tables.glob("*.csv") if tables.is_dir() else []:
-        with atomic_path(csv_dir / p.name) as tmp:
-            shutil.copyfile(p, tmp)
+    # The tables travel with the page, so a reader can take the numbers as CSV (those written so far).
+    for name, path in spec.csvs.items():
+        if Path(path).is_file():
+            with atomic_path(spec.copies[name]) as tmp:
+                shutil.copyfile(path, tmp)

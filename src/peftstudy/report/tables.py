@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from peftstudy.io import atomic_path, read_json
-from peftstudy.plan.specs import FINAL, Options, TablesSpec
+from peftstudy.plan import specs
+from peftstudy.plan.specs import Options, TablesSpec, final_runs
 from peftstudy.plan.tasks import vtab_groups
 from peftstudy.select import ALL_DIVERGED, SUMMARY_COLUMNS
 
@@ -55,9 +57,14 @@ def all_diverged(records: list[str]) -> list[tuple[str, str, str]]:
     return found
 
 
-def final_table(records: list[str]) -> pd.DataFrame:
+def final_metrics_files(records: list[str], given: tuple[str, ...]) -> list[str]:
+    """Each final run's metrics.json, as the spec names them (checked against the records, in their order)."""
+    read = [read_json(record, schema="final") for record in records]
+    return [path for _, _, path in final_runs(read, "metrics", given, TablesSpec.stage)]
+
+
+def final_table(paths: list[str]) -> pd.DataFrame:
     rows = []
-    paths = [f"{r['dir']}/{FINAL.metrics}" for record in records for r in read_json(record, schema="final")["runs"]]
     for path in paths:
         m = read_json(path, schema="metrics")
         rows.append(
@@ -140,9 +147,8 @@ def mixed_table(metrics: list[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=MIXED_COLUMNS)
 
 
-def final_metrics(records: list[str]) -> list[dict[str, Any]]:
-    """The metrics.json of every final run the records list."""
-    paths = [f"{r['dir']}/{FINAL.metrics}" for record in records for r in read_json(record, schema="final")["runs"]]
+def final_metrics(paths: list[str]) -> list[dict[str, Any]]:
+    """The metrics.json of every final run."""
     return [read_json(path) for path in paths]
 
 
@@ -428,10 +434,10 @@ ANALYSIS_COLUMNS = {
 
 def analysis_tables(outputs: list[Mapping[str, str]]) -> dict[str, pd.DataFrame]:
     """The analysis JSONs as tidy tables (ANALYSIS_COLUMNS); method sets are joined with '+', as Venn regions.
-    Each output as the plan names it (peftstudy.plan.layout.Layout.analysis_outputs: experiment, dataset, kind
-    and path)."""
+    Each output as the plan names it (plan.stages.analysis.AnalysisJobs.analysis_outputs: experiment, dataset,
+    kind and path)."""
     rows: dict[str, list[dict]] = {name: [] for name in ANALYSIS_COLUMNS}
-    for output in outputs:
+    for output in (o for o in outputs if o["kind"] in ("ensembles", "agreement")):  # the ensemble job's files
         key = {"experiment": output["experiment"], "dataset": output["dataset"]}
         data = read_json(output["path"], schema=output["kind"])
         if output["kind"] == "ensembles":
@@ -451,11 +457,13 @@ def analysis_tables(outputs: list[Mapping[str, str]]) -> dict[str, pd.DataFrame]
     return {name: pd.DataFrame(rows[name], columns=columns) for name, columns in ANALYSIS_COLUMNS.items()}
 
 
-def robustness_tables(paths: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """ID/OOD accuracy and WiSE curves; a method whose every grid point diverged has neither (results says so)."""
+def robustness_tables(outputs: list[Mapping[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ID/OOD accuracy and WiSE curves; a method whose every grid point diverged has neither (results says so).
+    Each file as the plan names it ({method, kind, path}: kind ood or wise, the robustness spec's output role)."""
     ood, wise = [], []
-    for path in paths:
-        if path.endswith("ood.json"):
+    for output in outputs:
+        path = output["path"]
+        if output["kind"] == "ood":
             d = read_json(path, schema="ood")
             if d.get("status") == ALL_DIVERGED:
                 continue
@@ -489,39 +497,139 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(tmp, index=False)
 
 
+class Sources:
+    """What the table builders read, each loaded once (several tables share one: the tune summaries, the finals,
+    the analysis files)."""
+
+    def __init__(self, spec: TablesSpec) -> None:
+        self.spec = spec
+        self.context = dict(spec.context)
+        self.authors_files = {Path(p).stem: p for p in spec.authors}
+
+    def authors(self, name: str) -> pd.DataFrame | None:
+        """authors_<name>.csv, None when the spec lacks it."""
+        path = self.authors_files.get(f"authors_{name}")
+        return read_authors(path) if path else None
+
+    @cached_property
+    def final_metrics(self) -> list[str]:
+        return final_metrics_files(list(self.spec.finals), self.spec.final_metrics)
+
+    @cached_property
+    def finals(self) -> pd.DataFrame:
+        return final_table(self.final_metrics)
+
+    @cached_property
+    def results(self) -> pd.DataFrame:
+        diverged = all_diverged(list(self.spec.finals))
+        return results_table(self.finals, diverged).assign(study=self.spec.study, config_hash=self.spec.config_hash)
+
+    @cached_property
+    def vtab(self) -> pd.DataFrame:
+        return vtab_table(self.results, self.context, self.authors("vtab1k"), self.authors("reruns"))
+
+    @cached_property
+    def tune(self) -> pd.DataFrame:
+        return tune_table(list(self.spec.tune))
+
+    @cached_property
+    def analysis(self) -> dict[str, pd.DataFrame]:
+        return analysis_tables(list(self.spec.analysis))
+
+    @cached_property
+    def robustness(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return robustness_tables(list(self.spec.robustness))
+
+
+# Each table's builder, by its name in specs.TABLES (the one list of the tables' names): registered with @builds.
+BUILDERS: dict[str, Callable[[Sources], pd.DataFrame]] = {}
+
+
+def builds(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a builder of the named tables (names of specs.TABLES); given several names it returns a table per
+    name, in order."""
+
+    def register(builder: Callable[..., Any]) -> Callable[..., Any]:
+        unknown = [name for name in names if name not in specs.TABLES]
+        if unknown:
+            raise ValueError(f"tables {unknown} are not in peftstudy.plan.specs.TABLES: add them there")
+        for i, name in enumerate(names):
+            BUILDERS[name] = builder if len(names) == 1 else (lambda s, i=i: builder(s)[i])
+        return builder
+
+    return register
+
+
+@builds("tune")
+def _tune(s: Sources) -> pd.DataFrame:
+    return s.tune
+
+
+@builds("selection_vs_authors")
+def _selection_vs_authors(s: Sources) -> pd.DataFrame:
+    return selection_table(s.tune, s.context, s.authors("vtab1k_selection"))
+
+
+@builds("final")
+def _final(s: Sources) -> pd.DataFrame:
+    return s.finals
+
+
+@builds("results")
+def _results(s: Sources) -> pd.DataFrame:
+    return s.results
+
+
+@builds("vtab")
+def _vtab(s: Sources) -> pd.DataFrame:
+    return s.vtab
+
+
+@builds("group_means")
+def _group_means(s: Sources) -> pd.DataFrame:
+    return group_means(s.vtab)
+
+
+@builds("datasets")
+def _datasets(s: Sources) -> pd.DataFrame:
+    return datasets_table(s.context, list(s.spec.manifests))
+
+
+@builds("experiments")
+def _experiments(s: Sources) -> pd.DataFrame:
+    return with_estimate(experiments_table(s.context), s.context.get("cost"))
+
+
+@builds("compute")
+def _compute(s: Sources) -> pd.DataFrame:
+    return with_gpu_hours(compute_table(list(s.spec.benchmarks)), s.context.get("cost"))
+
+
+@builds(*ANALYSIS_COLUMNS)
+def _analysis(s: Sources) -> list[pd.DataFrame]:
+    return [s.analysis[name] for name in ANALYSIS_COLUMNS]
+
+
+@builds("ood", "wise")
+def _robustness(s: Sources) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return s.robustness
+
+
+@builds("mixed")
+def _mixed(s: Sources) -> pd.DataFrame:
+    return mixed_table([*tune_metrics(list(s.spec.tune_metrics)), *final_metrics(s.final_metrics)])
+
+
 def run(spec: TablesSpec, options: Options) -> None:
-    out = Path(spec.out_dir)
-    context = dict(spec.context)
-    records = list(spec.finals)
-    finals = final_table(records)
-    results = results_table(finals, all_diverged(records)).assign(study=spec.study, config_hash=spec.config_hash)
-    authors = {Path(p).stem: p for p in spec.authors}
-    vtab1k = read_authors(authors["authors_vtab1k"]) if "authors_vtab1k" in authors else None
-    reruns = read_authors(authors["authors_reruns"]) if "authors_reruns" in authors else None
-    vtab = vtab_table(results, context, vtab1k, reruns)
-    choices = read_authors(authors["authors_vtab1k_selection"]) if "authors_vtab1k_selection" in authors else None
-    tune = tune_table(list(spec.tune))
-    mixed = mixed_table([*tune_metrics(list(spec.tune_metrics)), *final_metrics(records)])
-    ood, wise = robustness_tables(list(spec.robustness))
-    tables = {
-        "tune": tune,
-        "selection_vs_authors": selection_table(tune, context, choices),
-        "final": finals,
-        "results": results,
-        "vtab": vtab,
-        "group_means": group_means(vtab),
-        "datasets": datasets_table(context, list(spec.manifests)),
-        "experiments": with_estimate(experiments_table(context), context.get("cost")),
-        "compute": with_gpu_hours(compute_table(list(spec.benchmarks)), context.get("cost")),
-        **analysis_tables(list(spec.analysis)),
-        "ood": ood,
-        "wise": wise,
-        "mixed": mixed,
-    }
-    for name, frame in tables.items():
-        write_csv(frame, out / f"{name}.csv")
+    missing = [name for name in specs.TABLES if name not in BUILDERS]
+    if missing:
+        raise ValueError(f"tables {missing} of peftstudy.plan.specs.TABLES have no builder (@builds) here")
+    sources = Sources(spec)
+    for name in specs.TABLES:
+        frame = BUILDERS[name](sources)
+        write_csv(frame, Path(spec.tables[name]))
         print(f"{name}.csv: {len(frame)} rows", flush=True)
     # Byte for byte, so that the copies keep their source lines.
-    for name, path in authors.items():
-        with atomic_path(out / f"{name}.csv") as tmp:
+    for name, path in sources.authors_files.items():
+        with atomic_path(spec.tables[name]) as tmp:
             shutil.copyfile(path, tmp)
