@@ -413,27 +413,19 @@ def used_datasets(plan: Any) -> list[str]:
 def check_data(plan: Any, probes: Probes, net: bool) -> list[Check]:
     """Each dataset's source: archives pinned, reachable and (fetched already) their sums right; local and
     ImageNet folders there; TFDS builds noted (TFDS checks its own downloads)."""
+    from peftstudy.plan import sources
     from peftstudy.plan.cost import summarise
-    from peftstudy.plan.jobs import archive_checksum
+    from peftstudy.plan.sources.archive import archive_checksum
 
     allow = bool(plan.config.get("allow_unpinned", False))
     lines: list[Check] = []
     by_archive: dict[str, list[str]] = {}
     for name in used_datasets(plan):
         spec = plan.datasets[name]
-        source = spec["source"]
-        if source in ("archive", "manyshot"):
-            by_archive.setdefault(spec["archive"], []).append(name)
-        elif source in ("local", "manual"):
-            path = spec["path"]
-            if probes.exists(path):
-                what = "the imagenet rule checks that it is complete" if source == "manual" else "here"
-                lines.append(Check("data", name, OK, f"{path}: {what}"))
-            else:
-                fix = f"put the dataset at {path}, or correct datasets.{name}.path"
-                lines.append(Check("data", name, FAIL, f"{path}: no such folder", fix))
-        elif source == "tfds":
-            lines += check_tfds(plan, name, probes, net)
+        source = sources.of(spec)
+        for archive in source.archives(spec):
+            by_archive.setdefault(archive, []).append(name)
+        lines += source.doctor(plan, name, probes, net)
     archives = plan.config.get("archives", {})
     for archive, names in by_archive.items():
         spec, key = archives[archive], f"archives.{archive}"

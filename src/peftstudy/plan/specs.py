@@ -158,6 +158,9 @@ def from_json(text: str) -> Spec:
         raise SpecError(f'a spec is a JSON object with a "stage" (one of {sorted(STAGES)}): {text[:80]}')
     stage = data.pop("stage")
     if stage not in STAGES:
+        # A data source's spec may live in its own module (plan.sources): importing the registry defines it.
+        import peftstudy.plan.sources  # noqa: F401
+    if stage not in STAGES:
         raise SpecError(f"no stage {stage!r}: the spec's stage is one of {sorted(STAGES)}")
     return load(STAGES[stage], data, stage)
 
@@ -261,9 +264,7 @@ class PrepareSpec(Spec):
     stage: ClassVar[str] = "prepare"
     target: ClassVar[str] = "peftstudy.data.layout:run"
 
-    # The dataset's layout folder: a setting, not an input file, since it may lie inside an extracted archive
-    # (the rule's inputs name what it comes from: plan.Plan.source_inputs).
-    source: str
+    source: str = input_file()  # the dataset's layout folder (its source's job writes it, plan.sources)
     manifest: str = input_file()
     split: Literal["train", "val", "trainval", "test"]
     image_size: int  # 0: keep the native size
@@ -272,16 +273,19 @@ class PrepareSpec(Spec):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class IndexSpec(Spec):
-    """The manifest of a dataset folder already in the layout, from an archive or a local folder (data.layout)."""
+    """A dataset folder already in the layout, from an archive or a local folder: linked into the dataset's
+    `source/` (the one output shape of every data source) and its manifest written (data.layout)."""
 
     stage: ClassVar[str] = "index"
     target: ClassVar[str] = "peftstudy.data.layout:run_index"
 
     dataset: str
-    source: str  # the layout folder (a setting: it may lie inside an extracted archive)
+    folder: str  # the layout folder (a setting: it may lie inside an extracted archive)
     classes: int
-    about: Mapping[str, Any]  # where the folder came from (provenance), plan.Plan.source_record
+    about: Mapping[str, Any]  # where the folder came from (provenance), plan.sources.local.Indexed.record
+    origin: str = input_file()  # what the folder comes from: the extracted archive, or the local folder itself
     checksum: str | None = input_file(default=None)  # the archive's sha256 file, if it came from one
+    source: str = output_file()  # links to the folder's entries
     manifest: str = output_file()
 
 
@@ -298,9 +302,8 @@ class ImagenetSpec(Spec):
     shots: int  # imagenet: training images per class
     val_per_class: int
     seed: int  # the sampling seed
-    source: str = output_file()
+    source: str = output_file()  # holds checked.json, the gate's record, besides the lists and links
     manifest: str = output_file()
-    checked: str = output_file()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
