@@ -39,14 +39,12 @@ for path in sys.argv[1:]:
             spec = plan.ensemble_spec(experiment, dataset)
             assert specs.from_json(spec.to_json()) == spec
         n += len(plan.tune_metrics(experiment))
-    sources = {"synthetic": plan.generate_spec, "archive": plan.index_spec, "local": plan.index_spec}
-    sources |= {"manual": plan.imagenet_spec, "manyshot": plan.manyshot_spec, "tfds": plan.vtab_tfds_spec}
     jobs = [plan.zero_shot_head_spec(head) for head in plan.zero_shot_heads]
     for name, entry in plan.datasets.items():
-        jobs += [plan.prepare_spec(name, split) for split in ("train", "val", "trainval", "test")]
-        jobs += [sources[entry["source"]](name)]
+        jobs += [plan.data.prepare_spec(name, split) for split in ("train", "val", "trainval", "test")]
+        jobs += [plan.data.source_spec(name)]
         if entry["source"] == "manyshot":
-            jobs += [plan.manyshot_lists_spec(entry["kind"], entry["subset"])]
+            jobs += [plan.data.manyshot_lists_spec(entry["kind"], entry["subset"])]
     for job in jobs:
         assert specs.from_json(job.to_json()) == job, job
     if plan.robustness:
@@ -108,7 +106,17 @@ def package_imports() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         found = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        # Imports for type annotations only (`if TYPE_CHECKING:`) never run: no direction of imports at run time.
+        typing_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+            for inner in ast.walk(node)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:

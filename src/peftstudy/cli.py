@@ -55,6 +55,9 @@ def _run(args: argparse.Namespace) -> None:
     if text.startswith("@"):
         with open(text[1:]) as handle:
             text = handle.read()
+    # A data source's spec class may live in its own module (plan.sources): the registry defines them all.
+    import peftstudy.plan.sources  # noqa: F401
+
     spec = specs.from_json(text)
     _stage(spec.target)(spec, specs.Options(threads=args.threads, concurrent=args.concurrent))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import getpass
 import glob
+import importlib
 import importlib.util
 import json
 import os
@@ -425,7 +426,9 @@ def check_data(plan: Any, probes: Probes, net: bool) -> list[Check]:
         source = sources.of(spec)
         for archive in source.archives(spec):
             by_archive.setdefault(archive, []).append(name)
-        lines += source.doctor(plan, name, probes, net)
+        if source.doctor:
+            module, _, function = source.doctor.partition(":")
+            lines += getattr(importlib.import_module(module), function)(plan, name, probes, net)
     archives = plan.config.get("archives", {})
     for archive, names in by_archive.items():
         spec, key = archives[archive], f"archives.{archive}"
@@ -442,6 +445,22 @@ def check_data(plan: Any, probes: Probes, net: bool) -> list[Check]:
             fix = f"pin {key}.sha256: {recorded}"
             lines.append(Check("data", label, WARN if allow else FAIL, f"fetched unpinned, sha256 {recorded}", fix))
     return lines
+
+
+def check_folder(plan: Any, dataset: str, probes: Probes, net: bool) -> list[Check]:
+    """A folder the user provides (`path`: a local dataset, a downloaded ImageNet set): there, or what to fix."""
+    path = plan.datasets[dataset]["path"]
+    if probes.exists(path):
+        return [Check("data", dataset, OK, f"{path}: there")]
+    return [
+        Check(
+            "data",
+            dataset,
+            FAIL,
+            f"{path}: no such folder",
+            f"put the dataset at {path}, or correct datasets.{dataset}.path",
+        )
+    ]
 
 
 def check_tfds(plan: Any, dataset: str, probes: Probes, net: bool) -> list[Check]:

@@ -5,8 +5,8 @@ others are large archives behind pages that change), so the user downloads each 
 folder. :func:`gate` checks that folder cheaply, from directory listings alone (folder names, image counts; no
 image is opened), and on failure raises :class:`GateError` saying what to download and from where, the exact
 folder it must end up in, the layout and counts expected, and how it is checked. On success it returns the
-checked record (`checked.json` in the layout folder): counts and the sha256 of the sorted relative-path list, so provenance pins exactly
-which files were there.
+checked record (`checked.json`, in the layout folder): counts and the sha256 of the sorted relative-path list,
+so provenance pins exactly which files were there.
 
 :func:`build` then writes the processed-VTAB layout of :mod:`peftstudy.data.layout` without copying a single
 image: ``images`` is a symlink to the user's folder and every list line points through it, so ``prepare``

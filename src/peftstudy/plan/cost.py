@@ -26,7 +26,6 @@ from typing import Any
 
 from peftstudy import io
 from peftstudy.plan import sources, study
-from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.jobs import Plan
 from peftstudy.plan.tasks import task_table
 from peftstudy.tables import open_table

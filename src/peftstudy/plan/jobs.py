@@ -514,4 +514,3 @@ class Plan:
 
     def report_tolerance(self) -> float:
         return self.config.get("report", {}).get("tolerance", DEFAULTS["report_tolerance"])
-

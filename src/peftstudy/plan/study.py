@@ -19,9 +19,11 @@ from typing import Any
 from peftstudy import methods
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.recipe import check_choices
+from peftstudy.plan.sources.archive import ARCHIVE_DIR, archive_path
+from peftstudy.plan.sources.base import REPORT_DATASET_KEYS, data_spec
 from peftstudy.plan.sources.base import ConfigError as ConfigError  # where every check raises it
 
-
+__all__ = ["ConfigError", "archive_path", "data_spec"]  # defined with the data sources, asked for here too
 
 
 def normalise(value: Any) -> Any:
@@ -144,14 +146,6 @@ def _method_points(exp_name: str, exp: Mapping[str, Any], method: str) -> dict[s
     return ids
 
 
-# Where the fetch rule puts each of `archives`; a backbone's `source.url` there names one of them.
-ARCHIVE_DIR = "resources/archives/"
-
-
-def archive_path(archive: str) -> str:
-    return f"{ARCHIVE_DIR}{archive}"
-
-
 def fetched_archive(url: str) -> str | None:
     """The one of `archives` that a backbone's source URL names (a checkpoint fetched as an archive), else None."""
     return url.removeprefix(ARCHIVE_DIR) if url.startswith(ARCHIVE_DIR) else None
@@ -217,15 +211,6 @@ def _check_sources(config: Mapping[str, Any]) -> None:
 
     for name, spec in config["datasets"].items():
         sources.check(name, spec, config)
-
-
-# Dataset keys read by the report only: left out of what makes the data, so that grouping reruns no job but tables.
-REPORT_DATASET_KEYS = ("group", "size_of")
-
-
-def data_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """A dataset's config entry without the report's keys: what the generate rule renders from."""
-    return {k: v for k, v in spec.items() if k not in REPORT_DATASET_KEYS}
 
 
 def vtab_task(spec: Mapping[str, Any]) -> str | None:

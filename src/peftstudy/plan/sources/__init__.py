@@ -53,9 +53,7 @@ def check(name: str, entry: Mapping[str, Any], config: Mapping[str, Any]) -> Non
     source's own checks. ConfigError names the key and what is allowed."""
     source = SOURCES.get(entry["source"])
     if source is None:
-        raise ConfigError(
-            f"datasets.{name}.source: unknown source {entry['source']!r}; known: {', '.join(SOURCES)}"
-        )
+        raise ConfigError(f"datasets.{name}.source: unknown source {entry['source']!r}; known: {', '.join(SOURCES)}")
     missing = sorted(source.required - set(entry))
     if missing:
         raise ConfigError(f"datasets.{name}: source {source.name} needs {', '.join(missing)}")

@@ -13,6 +13,14 @@ if TYPE_CHECKING:
     from peftstudy.plan.jobs import Plan
 
 
+# Where the fetch rule puts each of `archives`; a backbone's `source.url` there names one of them.
+ARCHIVE_DIR = "resources/archives/"
+
+
+def archive_path(archive: str) -> str:
+    return f"{ARCHIVE_DIR}{archive}"
+
+
 def extracted(archive: str) -> str:
     """Where the extract rule unpacks an archive."""
     return f"resources/data/{archive}"
@@ -20,8 +28,6 @@ def extracted(archive: str) -> str:
 
 def archive_checksum(archive: str) -> str:
     """The sha256 file the fetch rule writes beside the archive."""
-    from peftstudy.plan.study import archive_path
-
     return f"{archive_path(archive)}.sha256"
 
 

@@ -4,17 +4,25 @@ estimate and what the doctor checks. Standard library only, like the whole plann
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from peftstudy.plan import specs
 
 if TYPE_CHECKING:
-    from peftstudy.doctor import Check, Probes
     from peftstudy.plan.jobs import Plan
 
 # (images a tune run trains on, images a final run trains on, where the sizes come from)
 TrainSizes = tuple[int, int, str]
+
+
+# Dataset keys read by the report only: left out of what makes the data, so that grouping reruns no job but tables.
+REPORT_DATASET_KEYS = ("group", "size_of")
+
+
+def data_spec(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A dataset's config entry without the report's keys: what a synthetic dataset is rendered from."""
+    return {k: v for k, v in entry.items() if k not in REPORT_DATASET_KEYS}
 
 
 class ConfigError(ValueError):
@@ -40,6 +48,10 @@ class Source:
     resources: ClassVar[Mapping[str, int]] = {}
     # The code its output is made by, beyond the spec: an edit reruns the job (as any rule's code input does).
     code: ClassVar[tuple[str, ...]] = ()
+    # What `peftstudy doctor` checks of a dataset of this source besides its archives: `module:function`, called
+    # with (plan, dataset, probes, net) and returning its Check lines; imported by the doctor only, so no stage
+    # that reads a spec brings the doctor's imports. "": nothing to check.
+    doctor: ClassVar[str] = ""
 
     def spec(self, plan: Plan, dataset: str) -> specs.Spec:
         """The job that writes the dataset's layout folder and manifest."""
@@ -67,17 +79,3 @@ class Source:
     def split_sizes(self, config: Mapping[str, Any], dataset: str) -> tuple[int, int, int] | None:
         """(tune train, train+val, test) images where the config gives them (None: the estimate's and VTAB's)."""
         return None
-
-    def doctor(self, plan: Plan, dataset: str, probes: Probes, net: bool) -> Sequence[Check]:
-        """What the doctor checks of the dataset besides its archives."""
-        return ()
-
-
-def path_check(dataset: str, entry: Mapping[str, Any], probes: Probes, found: str) -> list[Check]:
-    """The doctor's check of a folder the user provides (`path`): there, or what to fix."""
-    from peftstudy.doctor import FAIL, OK, Check
-
-    path = entry["path"]
-    if probes.exists(path):
-        return [Check("data", dataset, OK, f"{path}: {found}")]
-    return [Check("data", dataset, FAIL, f"{path}: no such folder", f"put the dataset at {path}, or correct datasets.{dataset}.path")]

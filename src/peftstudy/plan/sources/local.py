@@ -3,14 +3,13 @@ what it shares with `source: archive` (a folder indexed where it lies)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from peftstudy.plan import specs
-from peftstudy.plan.sources.base import ConfigError, Source, path_check
+from peftstudy.plan.sources.base import ConfigError, Source
 
 if TYPE_CHECKING:
-    from peftstudy.doctor import Check, Probes
     from peftstudy.plan.jobs import Plan
 
 
@@ -56,6 +55,7 @@ class Indexed(Source):
 class Local(Indexed):
     name = "local"
     required = frozenset({"path"})
+    doctor = "peftstudy.doctor:check_folder"
 
     def folder(self, plan: Plan, dataset: str) -> str:
         return plan.datasets[dataset]["path"]
@@ -68,6 +68,3 @@ class Local(Indexed):
 
     def vtab_task(self, entry: Mapping[str, Any]) -> str | None:
         return str(entry["path"]).rstrip("/").rpartition("/")[2]
-
-    def doctor(self, plan: Plan, dataset: str, probes: Probes, net: bool) -> Sequence[Check]:
-        return path_check(dataset, plan.datasets[dataset], probes, "here")

@@ -3,15 +3,14 @@ what to get and where, then listed (ImageNet-1K: the few-shot draw) with links i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from peftstudy.plan import specs
 from peftstudy.plan.defaults import DEFAULTS
-from peftstudy.plan.sources.base import ConfigError, Source, TrainSizes, path_check
+from peftstudy.plan.sources.base import ConfigError, Source, TrainSizes
 
 if TYPE_CHECKING:
-    from peftstudy.doctor import Check, Probes
     from peftstudy.plan.jobs import Plan
 
 
@@ -21,6 +20,7 @@ class Manual(Source):
     required = frozenset({"set", "path"})
     optional = frozenset({"shots", "val_per_class", "sample_seed"})
     code = ("src/peftstudy/data/imagenet.py",)
+    doctor = "peftstudy.doctor:check_folder"  # the gate, in its job, checks what the folder holds
 
     def spec(self, plan: Plan, dataset: str) -> specs.ImagenetSpec:
         """The set the user downloaded (`path`), checked; ImageNet-1K's few-shot draw."""
@@ -44,6 +44,3 @@ class Manual(Source):
         entry = config["datasets"][dataset]
         shots = entry.get("shots", DEFAULTS["imagenet_shots"])
         return shots * entry["classes"], shots * entry["classes"], f"{shots} shots x {entry['classes']} classes"
-
-    def doctor(self, plan: Plan, dataset: str, probes: Probes, net: bool) -> Sequence[Check]:
-        return path_check(dataset, plan.datasets[dataset], probes, "the imagenet rule checks that it is complete")

@@ -4,7 +4,7 @@ pinned commit by the manyshot_lists rule) over an extracted archive's images (da
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from peftstudy.plan import specs
 from peftstudy.plan.defaults import DEFAULTS
@@ -30,7 +30,11 @@ def lists_spec(config: Mapping[str, Any], kind: str, subset: str) -> specs.Manys
     """A manyshot-lists job: the authors' lists of a subset, from `manyshot_lists.url` (default: theirs)."""
     lists = config.get("manyshot_lists", {})
     return specs.ManyshotListsSpec(
-        kind=kind, subset=subset, base_url=lists.get("url", ""), pins=lists.get("sha256", {}), lists=lists_dir(kind, subset)
+        kind=kind,
+        subset=subset,
+        base_url=lists.get("url", ""),
+        pins=lists.get("sha256", {}),
+        lists=lists_dir(kind, subset),
     )
 
 
@@ -41,7 +45,7 @@ class Manyshot(Source):
     optional = frozenset({"fold"})
     # Reads a whole archive's images: a cluster job.
     local = False
-    resources = {"mem_mb": 8000, "runtime": 60}
+    resources: ClassVar[Mapping[str, int]] = {"mem_mb": 8000, "runtime": 60}
     code = ("src/peftstudy/data/manyshot.py",)
 
     def spec(self, plan: Plan, dataset: str) -> specs.ManyshotSpec:

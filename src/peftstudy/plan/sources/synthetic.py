@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from peftstudy.plan import specs
-from peftstudy.plan.sources.base import ConfigError, Source, TrainSizes
+from peftstudy.plan.sources.base import ConfigError, Source, TrainSizes, data_spec
 
 if TYPE_CHECKING:
     from peftstudy.plan.jobs import Plan
@@ -22,8 +22,6 @@ class Synthetic(Source):
     def spec(self, plan: Plan, dataset: str) -> specs.GenerateSpec:
         """What a synthetic dataset is rendered from (its entry without the report's keys, at the input size) and
         the study's seed."""
-        from peftstudy.plan.study import data_spec
-
         return specs.GenerateSpec(
             dataset=dataset,
             rendering=dict(data_spec(plan.datasets[dataset]), image_size=plan.config["backbone"]["image_size"]),

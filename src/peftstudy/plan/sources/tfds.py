@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from peftstudy.plan import specs
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.sources.base import ConfigError, Source
 
 if TYPE_CHECKING:
-    from peftstudy.doctor import Check, Probes
     from peftstudy.plan.jobs import Plan
 
 
@@ -20,7 +19,8 @@ class Tfds(Source):
     required = frozenset({"vtab_task"})
     # Downloads: runs where Snakemake runs. Tasks sharing a builder (CLEVR, dSprites, smallNORB) never prepare it
     # at once: the profiles allow one tfds_builder at a time.
-    resources = {"tfds_builder": 1}
+    resources: ClassVar[Mapping[str, int]] = {"tfds_builder": 1}
+    doctor = "peftstudy.doctor:check_tfds"
 
     def spec(self, plan: Plan, dataset: str) -> specs.VtabTfdsSpec:
         """The dataset's VTAB task built from TFDS in `tfds_data_dir`."""
@@ -43,8 +43,3 @@ class Tfds(Source):
 
     def vtab_task(self, entry: Mapping[str, Any]) -> str | None:
         return entry["vtab_task"]
-
-    def doctor(self, plan: Plan, dataset: str, probes: Probes, net: bool) -> Sequence[Check]:
-        from peftstudy.doctor import check_tfds
-
-        return check_tfds(plan, dataset, probes, net)

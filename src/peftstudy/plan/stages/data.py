@@ -12,8 +12,6 @@ from peftstudy.plan.sources import manyshot
 from peftstudy.plan.sources.base import Source
 
 if TYPE_CHECKING:
-    from snakemake.io import Wildcards
-
     from peftstudy.plan.jobs import Plan
 
 # A cluster job's resources where its source sets none (as plan.jobs.JOB_DEFAULTS).
@@ -49,14 +47,14 @@ class DataJobs:
         code = self.source(dataset).code
         return {**self.source_spec(dataset).inputs(), **({"code": list(code)} if code else {})}
 
-    def resources(self, local: bool) -> dict[str, Callable[[Wildcards], int]]:
+    def resources(self, local: bool) -> dict[str, Callable[[Any], int]]:
         """The resources a generic source rule asks for, each a function of the job's dataset: every resource any
         of its sources names (a cluster rule: at least memory and runtime), 0 where a source does not."""
         names = {key for name in self.datasets_where(local) for key in self.source(name).resources}
         names |= set() if local else set(CLUSTER_DEFAULTS)
         return {key: self._resource(key, local) for key in sorted(names)}
 
-    def _resource(self, key: str, local: bool) -> Callable[[Wildcards], int]:
+    def _resource(self, key: str, local: bool) -> Callable[[Any], int]:
         defaults = {} if local else CLUSTER_DEFAULTS
         return lambda wildcards: {**defaults, **self.source(wildcards.dataset).resources}.get(key, 0)
 
