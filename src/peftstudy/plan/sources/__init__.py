@@ -9,10 +9,10 @@ module, its test and one line below. Standard library only, like the whole plann
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from peftstudy.plan.sources import archive, local, manual, manyshot, synthetic, tfds
 from peftstudy.plan.sources.base import ConfigError, Source
 
 # Dataset keys of every source (the report's, the cache's, the sizes a synthetic set renders and the estimate
@@ -24,19 +24,21 @@ COMMON_KEYS = frozenset(
 SOURCES: dict[str, Source] = {}
 
 
-def register(source: Source) -> None:
-    if source.name in SOURCES:
-        raise ValueError(f"data source {source.name!r} is registered twice")
+def register(module: str) -> None:
+    """The source `SOURCE` of this package's module `module` (named as the source: `source: <module>`)."""
+    source = importlib.import_module(f"{__name__}.{module}").SOURCE
+    if source.name != module or source.name in SOURCES:
+        raise ValueError(f"data source {source.name!r} of module {module} is misnamed or registered twice")
     SOURCES[source.name] = source
 
 
-# One line per source.
-register(synthetic.Synthetic())
-register(archive.Archive())
-register(local.Local())
-register(manual.Manual())
-register(manyshot.Manyshot())
-register(tfds.Tfds())
+# One line per source, in the order `source` lists them.
+register("synthetic")
+register("archive")
+register("local")
+register("manual")
+register("manyshot")
+register("tfds")
 
 
 def names() -> list[str]:

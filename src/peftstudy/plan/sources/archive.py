@@ -66,3 +66,6 @@ class Archive(Indexed):
 
     def vtab_task(self, entry: Mapping[str, Any]) -> str | None:
         return str(entry["folder"]).rstrip("/").rpartition("/")[2]
+
+
+SOURCE = Archive()

@@ -30,8 +30,9 @@ class ConfigError(ValueError):
 
 
 class Source:
-    """One kind of `datasets.<name>.source`. A subclass sets the class attributes and :meth:`spec`; each
-    method has the behaviour of a source that needs nothing more (no checks, no sizes, nothing for the doctor).
+    """One kind of `datasets.<name>.source`, defined by its module of plan.sources as `SOURCE` (an instance of a
+    subclass that sets the class attributes and :meth:`spec`). Each method here has the behaviour of a source that
+    needs nothing more (no checks, no sizes, nothing for the doctor).
 
     Every source's job writes the same two outputs, the dataset's layout folder `source/` and its manifest (the
     generic data rules declare one output shape for all: Snakemake cannot vary outputs by wildcard value)."""

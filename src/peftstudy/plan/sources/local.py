@@ -68,3 +68,6 @@ class Local(Indexed):
 
     def vtab_task(self, entry: Mapping[str, Any]) -> str | None:
         return str(entry["path"]).rstrip("/").rpartition("/")[2]
+
+
+SOURCE = Local()

@@ -44,3 +44,6 @@ class Manual(Source):
         entry = config["datasets"][dataset]
         shots = entry.get("shots", DEFAULTS["imagenet_shots"])
         return shots * entry["classes"], shots * entry["classes"], f"{shots} shots x {entry['classes']} classes"
+
+
+SOURCE = Manual()

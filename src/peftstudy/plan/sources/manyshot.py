@@ -81,3 +81,6 @@ class Manyshot(Source):
             return (*CIFAR100_SIZES[subset], "the authors' CIFAR-100 lists (docs/protocol.md §D.2)")
         images = RESISC45_FULL if subset == "full" else int(subset)
         return images * (8 if folded else 9) // 10, images, "the authors' RESISC45 lists (docs/protocol.md §D.2)"
+
+
+SOURCE = Manyshot()

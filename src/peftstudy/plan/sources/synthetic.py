@@ -43,3 +43,6 @@ class Synthetic(Source):
     def split_sizes(self, config: Mapping[str, Any], dataset: str) -> tuple[int, int, int]:
         entry = config["datasets"][dataset]  # a shifted test set has no train or val
         return entry.get("train", 0), entry.get("train", 0) + entry.get("val", 0), entry["test"]
+
+
+SOURCE = Synthetic()

@@ -43,3 +43,6 @@ class Tfds(Source):
 
     def vtab_task(self, entry: Mapping[str, Any]) -> str | None:
         return entry["vtab_task"]
+
+
+SOURCE = Tfds()
