@@ -480,7 +480,10 @@ def check_tfds(plan: Any, dataset: str, probes: Probes, net: bool) -> list[Check
     package = probes.module_dir("tensorflow_datasets")
     if package is None:
         detail = f"TFDS {builder}: tensorflow-datasets is not in this environment"
-        fix = "the vtab_tfds rule runs in envs/data.yaml (conda), or pip install tensorflow-datasets==4.9.6"
+        fix = (
+            "the tfds source's job (rule source_local) runs in envs/data.yaml (conda), or pip install "
+            "tensorflow-datasets==4.9.6"
+        )
         return [Check("data", dataset, WARN, detail, fix)]
     downloads = tfds_downloads(package, name, probes)
     if not downloads:
@@ -494,7 +497,7 @@ def check_tfds(plan: Any, dataset: str, probes: Probes, net: bool) -> list[Check
         fix = (
             ""
             if ok
-            else f"the vtab_tfds rule downloads it where Snakemake runs; or put it in {data_dir}/downloads/manual"
+            else f"the tfds source's job downloads it where Snakemake runs; or put it in {data_dir}/downloads/manual"
         )
         lines.append(Check("data", f"{dataset} reachable", OK if ok else FAIL, f"TFDS {builder}: {url}: {answer}", fix))
     return lines

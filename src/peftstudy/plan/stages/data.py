@@ -14,9 +14,6 @@ from peftstudy.plan.sources.base import Source
 if TYPE_CHECKING:
     from peftstudy.plan.jobs import Plan
 
-# A cluster job's resources where its source sets none (as plan.jobs.JOB_DEFAULTS).
-CLUSTER_DEFAULTS = {"mem_mb": 4000, "runtime": 60}
-
 
 class DataJobs:
     """What each data job of a study is given, asked of each dataset's source."""
@@ -51,11 +48,15 @@ class DataJobs:
         """The resources a generic source rule asks for, each a function of the job's dataset: every resource any
         of its sources names (a cluster rule: at least memory and runtime), 0 where a source does not."""
         names = {key for name in self.datasets_where(local) for key in self.source(name).resources}
-        names |= set() if local else set(CLUSTER_DEFAULTS)
-        return {key: self._resource(key, local) for key in sorted(names)}
+        names |= set() if local else set(self.cluster_defaults)
+        return {key: self._resource(key, {} if local else self.cluster_defaults) for key in sorted(names)}
 
-    def _resource(self, key: str, local: bool) -> Callable[[Any], int]:
-        defaults = {} if local else CLUSTER_DEFAULTS
+    @cached_property
+    def cluster_defaults(self) -> dict[str, int]:
+        """A cluster job's memory and runtime where its source sets none: any job's defaults (plan.jobs)."""
+        return {key: value for key, value in self.plan.resource_spec("data", None).items() if key != "gpu"}
+
+    def _resource(self, key: str, defaults: Mapping[str, int]) -> Callable[[Any], int]:
         return lambda wildcards: {**defaults, **self.source(wildcards.dataset).resources}.get(key, 0)
 
     def prepare_spec(self, dataset: str, split: str) -> specs.PrepareSpec:
