@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from peftstudy.plan import specs
-from peftstudy.plan.sources.base import ConfigError, Source
+from peftstudy.plan.sources.base import ConfigError, Source, register
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,7 +58,7 @@ class Toy(Source):
         return 10, 12, "the toy's own"
 
 
-SOURCE = Toy()
+register(Toy())
 '''
 
 
@@ -71,15 +71,18 @@ def toy_config(**entry: object) -> dict:
 
 @pytest.fixture
 def toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The toy source in a module of its own, registered by one line (here, on the registry's dict); its spec class
-    defined in a copy of the stage table, so no other test sees it."""
+    """The toy source in a module of its own, imported (which registers it) as the registry imports its modules;
+    its spec class defined in a copy of the stage table and the registry restored after, so no other test sees it."""
     (tmp_path / "toy_source.py").write_text(TOY.replace("LOCAL", "True"))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(specs, "STAGES", dict(specs.STAGES))
-    module = importlib.import_module("toy_source")
-    monkeypatch.setitem(sources.SOURCES, "toy", module.SOURCE)
-    yield module
-    sys.modules.pop("toy_source", None)
+    registered = dict(sources.SOURCES)
+    try:
+        yield importlib.import_module("toy_source")
+    finally:
+        sys.modules.pop("toy_source", None)
+        sources.SOURCES.clear()
+        sources.SOURCES.update(registered)
 
 
 def test_a_new_source_is_checked_planned_and_estimated_with_no_other_edit(toy):
@@ -109,7 +112,7 @@ def test_a_new_source_is_checked_planned_and_estimated_with_no_other_edit(toy):
             {"hue": 3},
             "datasets.count: unknown key(s) hue; source toy takes shade besides cache, class_subset, classes,",
         ),
-        ({"source": "toi"}, "datasets.count.source: unknown source 'toi'; known: synthetic, archive, local, manual"),
+        ({"source": "toi"}, "datasets.count.source: unknown source 'toi'; known: archive, local, manual, manyshot,"),
     ],
 )
 def test_a_new_sources_keys_and_checks_name_the_key_and_the_fix(toy, entry, message):
@@ -123,7 +126,7 @@ def test_a_new_sources_keys_and_checks_name_the_key_and_the_fix(toy, entry, mess
 
 @pytest.mark.parametrize("local", [True, False])
 def test_a_new_source_runs_in_the_dag_by_one_registration_line(tmp_path, local):
-    """A copy of the repository with the toy module added under plan/sources and one line added to the registry:
+    """A copy of the repository with the toy module added under plan/sources and imported by the registry:
     Snakemake plans its job (local, or a cluster job asking for the source's resources) and the prepare jobs after
     it, the config schema taking its key."""
     (tmp_path / "repo").mkdir()
@@ -131,7 +134,7 @@ def test_a_new_source_runs_in_the_dag_by_one_registration_line(tmp_path, local):
     package = wf.root / "src/peftstudy/plan/sources"
     (package / "toy.py").write_text(TOY.replace("LOCAL", str(local)))
     with (package / "__init__.py").open("a") as registry:
-        registry.write('register("toy")\n')
+        registry.write("from peftstudy.plan.sources import toy  # noqa: E402, F401\n")
     path = wf.config(toy_config())
     target = "results/tiny/data/count/train.npz"
     out = wf.snakemake("-n", "-p", target, "--configfile", str(path)).stdout

@@ -1,44 +1,27 @@
-"""The data sources (`datasets.<name>.source`), one module per source, registered here by one line each.
+"""The data sources (`datasets.<name>.source`): one module per source, which registers it; all imported here.
 
 A source module defines a :class:`~peftstudy.plan.sources.base.Source` subclass: its dataset keys and checks, its
 job's spec, where that job runs and its resources, its provenance record, its training-set sizes for the estimate
-and its doctor checks. The config's checks (plan.study), the estimate (plan.cost), the doctor, the data jobs
-(plan.stages.data) and the generic data rules (workflow/rules/data.smk) ask this registry, so a new source is its
-module, its test and one line below. Standard library only, like the whole planning package.
+and its doctor checks; and registers an instance (`register(...)`, as a method module does). The config's checks
+(plan.study), the estimate (plan.cost), the doctor, the data jobs (plan.stages.data) and the generic data rules
+(workflow/rules/data.smk) ask this registry, so a new source is its module, its test and its name in the import
+line below (a static import: plan.depends follows it). Standard library only, like the whole planning package.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from peftstudy.plan.sources.base import ConfigError, Source
+# One name per source: importing its module registers it.
+from peftstudy.plan.sources import archive, local, manual, manyshot, synthetic, tfds  # noqa: F401
+from peftstudy.plan.sources.base import SOURCES, ConfigError, Source
 
 # Dataset keys of every source (the report's, the cache's, the sizes a synthetic set renders and the estimate
 # reads, tuning folds, a shifted test set's classes); a source's own keys are its `required` and `optional`.
 COMMON_KEYS = frozenset(
     {"source", "classes", "group", "size_of", "cache", "train", "val", "test", "folds", "class_subset"}
 )
-
-SOURCES: dict[str, Source] = {}
-
-
-def register(module: str) -> None:
-    """The source `SOURCE` of this package's module `module` (named as the source: `source: <module>`)."""
-    source = importlib.import_module(f"{__name__}.{module}").SOURCE
-    if source.name != module or source.name in SOURCES:
-        raise ValueError(f"data source {source.name!r} of module {module} is misnamed or registered twice")
-    SOURCES[source.name] = source
-
-
-# One line per source, in the order `source` lists them.
-register("synthetic")
-register("archive")
-register("local")
-register("manual")
-register("manyshot")
-register("tfds")
 
 
 def names() -> list[str]:
@@ -55,7 +38,9 @@ def check(name: str, entry: Mapping[str, Any], config: Mapping[str, Any]) -> Non
     source's own checks. ConfigError names the key and what is allowed."""
     source = SOURCES.get(entry["source"])
     if source is None:
-        raise ConfigError(f"datasets.{name}.source: unknown source {entry['source']!r}; known: {', '.join(SOURCES)}")
+        raise ConfigError(
+            f"datasets.{name}.source: unknown source {entry['source']!r}; known: {', '.join(sorted(SOURCES))}"
+        )
     missing = sorted(source.required - set(entry))
     if missing:
         raise ConfigError(f"datasets.{name}: source {source.name} needs {', '.join(missing)}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from peftstudy.plan.sources.base import ConfigError
+from peftstudy.plan.sources.base import ConfigError, register
 from peftstudy.plan.sources.local import Indexed
 
 if TYPE_CHECKING:
@@ -68,4 +68,4 @@ class Archive(Indexed):
         return str(entry["folder"]).rstrip("/").rpartition("/")[2]
 
 
-SOURCE = Archive()
+register(Archive())

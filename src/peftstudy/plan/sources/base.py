@@ -30,9 +30,9 @@ class ConfigError(ValueError):
 
 
 class Source:
-    """One kind of `datasets.<name>.source`, defined by its module of plan.sources as `SOURCE` (an instance of a
-    subclass that sets the class attributes and :meth:`spec`). Each method here has the behaviour of a source that
-    needs nothing more (no checks, no sizes, nothing for the doctor).
+    """One kind of `datasets.<name>.source`, defined by its module of plan.sources (a subclass that sets the class
+    attributes and :meth:`spec`, and registers an instance: :func:`register`). Each method here has the behaviour
+    of a source that needs nothing more (no checks, no sizes, nothing for the doctor).
 
     Every source's job writes the same two outputs, the dataset's layout folder `source/` and its manifest (the
     generic data rules declare one output shape for all: Snakemake cannot vary outputs by wildcard value)."""
@@ -80,3 +80,13 @@ class Source:
     def split_sizes(self, config: Mapping[str, Any], dataset: str) -> tuple[int, int, int] | None:
         """(tune train, train+val, test) images where the config gives them (None: the estimate's and VTAB's)."""
         return None
+
+
+# Every source by name: each source module registers its own when imported (plan.sources imports them all).
+SOURCES: dict[str, Source] = {}
+
+
+def register(source: Source) -> None:
+    if source.name in SOURCES:
+        raise ValueError(f"data source {source.name!r} is registered twice")
+    SOURCES[source.name] = source

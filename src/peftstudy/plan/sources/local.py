@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from peftstudy.plan import specs
-from peftstudy.plan.sources.base import ConfigError, Source
+from peftstudy.plan.sources.base import ConfigError, Source, register
 
 if TYPE_CHECKING:
     from peftstudy.plan.jobs import Plan
@@ -70,4 +70,4 @@ class Local(Indexed):
         return str(entry["path"]).rstrip("/").rpartition("/")[2]
 
 
-SOURCE = Local()
+register(Local())

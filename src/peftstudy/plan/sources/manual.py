@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from peftstudy.plan import specs
 from peftstudy.plan.defaults import DEFAULTS
-from peftstudy.plan.sources.base import ConfigError, Source, TrainSizes
+from peftstudy.plan.sources.base import ConfigError, Source, TrainSizes, register
 
 if TYPE_CHECKING:
     from peftstudy.plan.jobs import Plan
@@ -46,4 +46,4 @@ class Manual(Source):
         return shots * entry["classes"], shots * entry["classes"], f"{shots} shots x {entry['classes']} classes"
 
 
-SOURCE = Manual()
+register(Manual())

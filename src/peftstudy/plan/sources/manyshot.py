@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from peftstudy.plan import specs
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.sources.archive import archive_checksum, check_archive, extracted
-from peftstudy.plan.sources.base import ConfigError, Source, TrainSizes
+from peftstudy.plan.sources.base import ConfigError, Source, TrainSizes, register
 from peftstudy.plan.tasks import MANYSHOT_FOLDED, check_subset
 
 if TYPE_CHECKING:
@@ -83,4 +83,4 @@ class Manyshot(Source):
         return images * (8 if folded else 9) // 10, images, "the authors' RESISC45 lists (docs/protocol.md §D.2)"
 
 
-SOURCE = Manyshot()
+register(Manyshot())

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from peftstudy.plan import specs
-from peftstudy.plan.sources.base import ConfigError, Source, TrainSizes, data_spec
+from peftstudy.plan.sources.base import ConfigError, Source, TrainSizes, data_spec, register
 
 if TYPE_CHECKING:
     from peftstudy.plan.jobs import Plan
@@ -45,4 +45,4 @@ class Synthetic(Source):
         return entry.get("train", 0), entry.get("train", 0) + entry.get("val", 0), entry["test"]
 
 
-SOURCE = Synthetic()
+register(Synthetic())

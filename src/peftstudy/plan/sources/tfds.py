@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from peftstudy.plan import specs
 from peftstudy.plan.defaults import DEFAULTS
-from peftstudy.plan.sources.base import ConfigError, Source
+from peftstudy.plan.sources.base import ConfigError, Source, register
 
 if TYPE_CHECKING:
     from peftstudy.plan.jobs import Plan
@@ -45,4 +45,4 @@ class Tfds(Source):
         return entry["vtab_task"]
 
 
-SOURCE = Tfds()
+register(Tfds())
