@@ -412,7 +412,7 @@ def test_the_smoke_study_plans_its_jobs_in_a_dry_run(tmp_path):
     wf = copy_repo(tmp_path)
     planned = [rule for rule, _ in jobs(wf.snakemake("-n", "--configfile", "studies/smoke.yaml").stdout)]
     assert planned.count("tune") == 3  # one job per method: its two grid points together
-    assert {"vtab_tfds", "fetch_backbone", "prepare", "select", "tables", "report"} <= set(planned)
+    assert {"source_local", "fetch_backbone", "prepare", "select", "tables", "report"} <= set(planned)
 
 
 def test_the_smoke_studys_report_sets_the_authors_dtd_numbers_and_choices_beside_ours():

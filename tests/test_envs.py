@@ -117,9 +117,19 @@ def stage_modules() -> dict[str, str]:
     return flags | {name: spec.target.partition(":")[0] for name, spec in specs.STAGES.items()}
 
 
+def source_rule_stages(rule: str) -> list[str]:
+    """The stages a generic data-source rule runs (workflow/rules/data.smk): those of the sources (plan.sources)
+    whose job runs where Snakemake runs (rule source_local), or on the cluster (rule source)."""
+    from peftstudy.plan import sources
+
+    local = {"source": False, "source_local": True}[rule]
+    return sorted({s.spec_class.stage for s in sources.SOURCES.values() if s.local == local})
+
+
 def rule_envs_and_stages() -> list[tuple[str, Path, str]]:
     """(rule file, env file, stage) of every rule that names a conda env and runs a peftstudy stage. A rule that
-    runs `peftstudy run` (a job given as its spec) runs the spec stage of its own name (`_` for `-`)."""
+    runs `peftstudy run` (a job given as its spec) runs the spec stage of its own name (`_` for `-`), or, a
+    generic data-source rule, each of its sources' stages."""
     rules = REPO / "workflow/rules"
     # Shell commands shared by several rules live in common.smk as NAME_SHELL constants.
     shared = dict(re.findall(r'(\w+_SHELL) = \(?\s*"peftstudy ([\w-]+)', (rules / "common.smk").read_text()))
@@ -132,17 +142,20 @@ def rule_envs_and_stages() -> list[tuple[str, Path, str]]:
             constant = re.search(r"shell:\s*\n\s*(\w+_SHELL)", block)
             stage = stage[1] if stage else shared.get(constant[1]) if constant else None
             rule = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            stages = [stage] if stage else []
             if stage == "run" and rule:
-                stage = rule[1].replace("_", "-")  # rule vtab_tfds runs stage vtab-tfds
-            if env and stage:
-                found.append((smk.name, (smk.parent / env[1]).resolve(), stage))
+                in_spec = "PLAN.data.source_spec" in block
+                # rule manyshot_lists runs stage manyshot-lists
+                stages = source_rule_stages(rule[1]) if in_spec else [rule[1].replace("_", "-")]
+            if env:
+                found += [(smk.name, (smk.parent / env[1]).resolve(), name) for name in stages]
     return found
 
 
 def test_every_python_rule_names_an_env_and_a_stage():
     pairs = rule_envs_and_stages()
     stages = stage_modules()
-    assert {"tune", "final", "prepare", "report"} <= {stage for _, _, stage in pairs}
+    assert {"tune", "final", "prepare", "report", "generate", "index", "manyshot"} <= {stage for _, _, stage in pairs}
     assert {stage for _, _, stage in pairs} <= set(stages)
 
 

@@ -288,12 +288,16 @@ def test_archive_and_local_datasets_are_fetched_indexed_and_prepared_by_the_rule
     path = workflow.config(config)
     targets = [f"results/tiny/data/{d}/{s}.npz" for d in ("count", "digits") for s in ("train", "test")]
     plan = jobs(workflow.snakemake(*targets, "-n", "--configfile", str(path)).stdout)
-    assert {rule for rule, _ in plan} == {"fetch", "extract", "index", "prepare"}
+    assert {rule for rule, _ in plan} == {"fetch", "extract", "source_local", "prepare"}
     workflow.snakemake(*targets, "--configfile", str(path))
     root = workflow.root / "results/tiny/data"
     manifest = read_json(root / "count/manifest.json", schema="manifest")
     assert manifest["source"] == "archive" and manifest["spec"]["sha256"] == sha(archive)
     assert read_json(root / "digits/manifest.json", schema="manifest")["source"] == "local"
+    # Each dataset's source/ (what prepare reads) links the folder's entries where they lie: nothing copied.
+    linked = root / "count/source/test.txt"
+    assert linked.is_symlink() and linked.resolve() == (workflow.root / "resources/data/vtab_1k/vtab-1k/count/test.txt")
+    assert (root / "digits/source/images").resolve() == tmp_path / "made/count/images"
     a, b = (np.load(root / f"{d}/test.npz") for d in ("count", "digits"))
     assert np.array_equal(a["images"], b["images"]) and len(a["labels"]) == 24
     # A second run fetches nothing.
@@ -359,10 +363,12 @@ def test_unpinned_data_and_weights_are_refused_unless_allowed_and_then_in_every_
     about = {"source": "archive", "archive": "vtab_1k", "url": "u", "folder": "vtab-1k/count"}
     index = specs.IndexSpec(
         dataset="count",
-        source=f"{res}/data/vtab-1k/count",
+        folder=f"{res}/data/vtab-1k/count",
         classes=6,
         about=about,
+        origin=f"{res}/data",
         checksum=f"{res}/v.sha256",
+        source=f"{res}/source",
         manifest=f"{res}/manifest.json",
     ).to_json()
     main(["run", index])

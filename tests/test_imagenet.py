@@ -54,8 +54,7 @@ def tiny_imagenet(tmp_path: Path, train: int = 15, val: int = 2) -> tuple[Path, 
 def build_tiny(tmp_path: Path, root: Path, spec: inet.ImageNetSet, tag: str, **kw) -> tuple[Path, dict]:
     out = tmp_path / tag / "source"
     where = tmp_path / tag
-    checked = where / "imagenet.checked.json"
-    manifest = inet.build("imagenet", root, out, where / "manifest.json", checked, spec=spec, **kw)
+    manifest = inet.build("imagenet", root, out, where / "manifest.json", spec=spec, **kw)
     return out, manifest
 
 
@@ -213,7 +212,7 @@ def test_build_imagenet_writes_the_layout_deterministically(tmp_path):
     assert (out / "images").is_symlink() and (out / "images").resolve() == root.resolve()
     assert manifest["classes"] == 1000 and manifest["source"] == "manual"
     assert manifest["spec"]["seed"] == 1992 and "default_rng([seed, c])" in manifest["spec"]["sampling"]
-    checked = read_json(tmp_path / "a" / "imagenet.checked.json")
+    checked = read_json(out / "checked.json")  # the gate's record, in the layout folder
     assert checked == manifest["spec"]["checked"] and checked["images"] == 51
     # layout.prepare reads the user's JPEGs through the link: no copies.
     prepare(out, tmp_path / "a" / "manifest.json", "val", tmp_path / "val.npz", 8)
@@ -255,13 +254,12 @@ def test_cli_stage_on_imagenet_a(tmp_path):
         seed=DEFAULTS["imagenet_sample_seed"],
         source=str(out),
         manifest=str(manifest),
-        checked=str(tmp_path / "data" / "imagenet_a.checked.json"),
     )
     cli.main(["run", spec.to_json()])
     meta = read_json(manifest, schema="manifest")
     assert meta["sizes"] == {"train800.txt": 0, "val200.txt": 0, "train800val200.txt": 0, "test.txt": 7500}
     assert meta["dataset"] == "imagenet_a" and meta["classes"] == 1000
-    checked = read_json(tmp_path / "data" / "imagenet_a.checked.json")
+    checked = read_json(out / "checked.json")
     assert checked["images"] == 7500 and checked["splits"]["test"]["classes"] == 200
     rows = read_list(out / "test.txt")
     mask = inet.eval_mask("imagenet_a")
@@ -275,7 +273,7 @@ def test_cli_stage_on_imagenet_a(tmp_path):
     next((root / IMAGENET_A_WNIDS[7]).iterdir()).unlink()
     before = (out / "test.txt").read_bytes()
     with pytest.raises(inet.GateError, match="7,499 images"):
-        cli.main(["run", dataclasses.replace(spec, checked=str(tmp_path / "elsewhere.json")).to_json()])
+        cli.main(["run", dataclasses.replace(spec, manifest=str(tmp_path / "elsewhere.json")).to_json()])
     assert (out / "test.txt").read_bytes() == before and not (tmp_path / "elsewhere.json").exists()
 
 
@@ -292,12 +290,12 @@ def test_the_imagenet_rule_gates_the_users_folder_through_snakemake(tmp_path):
     target = "results/tiny/data/imagenet_a/manifest.json"
     failed = wf.snakemake("-c1", target, "--configfile", str(path), check=False)
     assert failed.returncode != 0, failed.stderr
-    assert "rule imagenet" in failed.stderr, failed.stderr[-3000:]
-    log = (wf.root / "results/tiny/data/imagenet_a/imagenet.log").read_text()
+    assert "rule source_local" in failed.stderr, failed.stderr[-3000:]
+    log = (wf.root / "results/tiny/data/imagenet_a/source.log").read_text()
     assert str(root) in log and "natural-adv-examples" in log and "7,500" in log
     assert not (wf.root / "results/tiny/data/imagenet_a/source").exists()
     imagenet_a_tree(root)
     wf.snakemake("-c1", target, "--configfile", str(path))
     meta = read_json(wf.root / target, schema="manifest")
     assert meta["source"] == "manual" and meta["sizes"]["test.txt"] == 7500
-    assert read_json(wf.root / "results/tiny/data/imagenet_a/checked.json")["images"] == 7500
+    assert read_json(wf.root / "results/tiny/data/imagenet_a/source/checked.json")["images"] == 7500

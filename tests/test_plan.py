@@ -44,14 +44,12 @@ for path in sys.argv[1:]:
             spec = plan.analysis.ensemble_spec(experiment, dataset, first_gp)
             assert specs.from_json(spec.to_json()) == spec
         n += len(plan.tune_metrics(experiment))
-    sources = {"synthetic": plan.generate_spec, "archive": plan.index_spec, "local": plan.index_spec}
-    sources |= {"manual": plan.imagenet_spec, "manyshot": plan.manyshot_spec, "tfds": plan.vtab_tfds_spec}
     jobs = [plan.train.zero_shot_head_spec(head) for head in plan.train.zero_shot_heads]
     for name, entry in plan.datasets.items():
-        jobs += [plan.prepare_spec(name, split) for split in ("train", "val", "trainval", "test")]
-        jobs += [sources[entry["source"]](name)]
+        jobs += [plan.data.prepare_spec(name, split) for split in ("train", "val", "trainval", "test")]
+        jobs += [plan.data.source_spec(name)]
         if entry["source"] == "manyshot":
-            jobs += [plan.manyshot_lists_spec(entry["kind"], entry["subset"])]
+            jobs += [plan.data.manyshot_lists_spec(entry["kind"], entry["subset"])]
     for job in jobs:
         assert specs.from_json(job.to_json()) == job, job
     if plan.robustness:

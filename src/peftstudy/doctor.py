@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import getpass
 import glob
+import importlib
 import importlib.util
 import json
 import os
@@ -414,27 +415,21 @@ def used_datasets(plan: Any) -> list[str]:
 def check_data(plan: Any, probes: Probes, net: bool) -> list[Check]:
     """Each dataset's source: archives pinned, reachable and (fetched already) their sums right; local and
     ImageNet folders there; TFDS builds noted (TFDS checks its own downloads)."""
+    from peftstudy.plan import sources
     from peftstudy.plan.cost import summarise
-    from peftstudy.plan.jobs import archive_checksum
+    from peftstudy.plan.sources.archive import archive_checksum
 
     allow = bool(plan.config.get("allow_unpinned", False))
     lines: list[Check] = []
     by_archive: dict[str, list[str]] = {}
     for name in used_datasets(plan):
         spec = plan.datasets[name]
-        source = spec["source"]
-        if source in ("archive", "manyshot"):
-            by_archive.setdefault(spec["archive"], []).append(name)
-        elif source in ("local", "manual"):
-            path = spec["path"]
-            if probes.exists(path):
-                what = "the imagenet rule checks that it is complete" if source == "manual" else "here"
-                lines.append(Check("data", name, OK, f"{path}: {what}"))
-            else:
-                fix = f"put the dataset at {path}, or correct datasets.{name}.path"
-                lines.append(Check("data", name, FAIL, f"{path}: no such folder", fix))
-        elif source == "tfds":
-            lines += check_tfds(plan, name, probes, net)
+        source = sources.of(spec)
+        for archive in source.archives(spec):
+            by_archive.setdefault(archive, []).append(name)
+        if source.doctor:
+            module, _, function = source.doctor.partition(":")
+            lines += getattr(importlib.import_module(module), function)(plan, name, probes, net)
     archives = plan.config.get("archives", {})
     for archive, names in by_archive.items():
         spec, key = archives[archive], f"archives.{archive}"
@@ -451,6 +446,22 @@ def check_data(plan: Any, probes: Probes, net: bool) -> list[Check]:
             fix = f"pin {key}.sha256: {recorded}"
             lines.append(Check("data", label, WARN if allow else FAIL, f"fetched unpinned, sha256 {recorded}", fix))
     return lines
+
+
+def check_folder(plan: Any, dataset: str, probes: Probes, net: bool) -> list[Check]:
+    """A folder the user provides (`path`: a local dataset, a downloaded ImageNet set): there, or what to fix."""
+    path = plan.datasets[dataset]["path"]
+    if probes.exists(path):
+        return [Check("data", dataset, OK, f"{path}: there")]
+    return [
+        Check(
+            "data",
+            dataset,
+            FAIL,
+            f"{path}: no such folder",
+            f"put the dataset at {path}, or correct datasets.{dataset}.path",
+        )
+    ]
 
 
 def check_tfds(plan: Any, dataset: str, probes: Probes, net: bool) -> list[Check]:
@@ -470,7 +481,10 @@ def check_tfds(plan: Any, dataset: str, probes: Probes, net: bool) -> list[Check
     package = probes.module_dir("tensorflow_datasets")
     if package is None:
         detail = f"TFDS {builder}: tensorflow-datasets is not in this environment"
-        fix = "the vtab_tfds rule runs in envs/data.yaml (conda), or pip install tensorflow-datasets==4.9.6"
+        fix = (
+            "the tfds source's job (rule source_local) runs in envs/data.yaml (conda), or pip install "
+            "tensorflow-datasets==4.9.6"
+        )
         return [Check("data", dataset, WARN, detail, fix)]
     downloads = tfds_downloads(package, name, probes)
     if not downloads:
@@ -484,7 +498,7 @@ def check_tfds(plan: Any, dataset: str, probes: Probes, net: bool) -> list[Check
         fix = (
             ""
             if ok
-            else f"the vtab_tfds rule downloads it where Snakemake runs; or put it in {data_dir}/downloads/manual"
+            else f"the tfds source's job downloads it where Snakemake runs; or put it in {data_dir}/downloads/manual"
         )
         lines.append(Check("data", f"{dataset} reachable", OK if ok else FAIL, f"TFDS {builder}: {url}: {answer}", fix))
     return lines

@@ -4,11 +4,11 @@ from peftstudy import io as study_io
 from peftstudy.plan import study
 from peftstudy.plan.jobs import (
     Plan,
-    archive_checksum,
-    manyshot_lists_dir,
     only,
 )
 from peftstudy.plan.cost import report_context as estimated_cost
+from peftstudy.plan.sources.archive import archive_checksum, extracted
+from peftstudy.plan.sources.manyshot import lists_dir as manyshot_lists_dir
 from peftstudy.plan.specs import FINAL, write as write_spec
 from peftstudy.plan.tasks import MANYSHOT_SUBSETS
 from peftstudy.select import chosen, chosen_gp
@@ -23,7 +23,6 @@ study_io.validate_config(config)  # the key path first, not the whole schema
 # Everything the DAG computes comes from the plan (src/peftstudy/plan); the functions below only unpack wildcards.
 PLAN = Plan.of(config)
 LAYOUT = PLAN.layout
-ARCHIVES = config.get("archives", {})
 # Output patterns: layout methods called with the wildcards for arguments.
 RUN = ("{experiment}", "{dataset}", "{method}")
 

@@ -4,27 +4,59 @@
 
 
 localrules:
-    generate,
     fetch,
     extract,
-    index,
+    source_local,
 
 
-rule generate:
-    """Render a synthetic dataset in the processed-VTAB layout (images, four lists, manifest.json)."""
+# Each dataset's source job (plan.sources: one module per source) writes the same two outputs, whatever the
+# source: the dataset's layout folder `source/` (images and the four lists; an archive's or a local folder as links
+# to its entries, ImageNet's as links into the user's folder with the gate's checked.json) and its manifest. One
+# shape, since Snakemake cannot vary a rule's outputs by wildcard value; so two generic rules serve every source,
+# split only by where the job runs, and a new source needs no rule.
+
+
+rule source:
+    """A dataset's layout folder and manifest, written by its source's job on the cluster (many-shot: reads a
+    whole archive)."""
     input:
-        code="src/peftstudy/data/synthetic.py",
+        unpack(lambda wc: PLAN.data.source_inputs(wc.dataset)),
     output:
         source=directory(LAYOUT.data_file("{dataset}", "source")),
         manifest=LAYOUT.manifest("{dataset}"),
     log:
-        LAYOUT.data_file("{dataset}", "generate.log"),
+        LAYOUT.data_file("{dataset}", "source.log"),
     wildcard_constraints:
-        dataset=only(PLAN.datasets_from("synthetic")),
+        dataset=only(PLAN.data.datasets_where(local=False)),
     conda:
         "../../envs/data.yaml"
+    resources:
+        **PLAN.data.resources(local=False),
     params:
-        spec=lambda wc: PLAN.generate_spec(wc.dataset).to_json(),
+        spec=lambda wc: PLAN.data.source_spec(wc.dataset).to_json(),
+    shell:
+        "peftstudy run {params.spec:q} > {log} 2>&1"
+
+
+rule source_local:
+    """A dataset's layout folder and manifest, written where Snakemake runs: a source that downloads (TFDS), gates
+    on the user's files (ImageNet) or is quick (generated, indexed). Tasks sharing a TFDS builder never prepare it
+    at once: the profiles allow one tfds_builder at a time."""
+    input:
+        unpack(lambda wc: PLAN.data.source_inputs(wc.dataset)),
+    output:
+        source=directory(LAYOUT.data_file("{dataset}", "source")),
+        manifest=LAYOUT.manifest("{dataset}"),
+    log:
+        LAYOUT.data_file("{dataset}", "source.log"),
+    wildcard_constraints:
+        dataset=only(PLAN.data.datasets_where(local=True)),
+    conda:
+        "../../envs/data.yaml"
+    resources:
+        **PLAN.data.resources(local=True),
+    params:
+        spec=lambda wc: PLAN.data.source_spec(wc.dataset).to_json(),
     shell:
         "peftstudy run {params.spec:q} > {log} 2>&1"
 
@@ -37,12 +69,12 @@ rule fetch:
     log:
         study.archive_path("{archive}.log"),
     wildcard_constraints:
-        archive=only(ARCHIVES),
+        archive=only(PLAN.data.archives),
     conda:
         "../../envs/data.yaml"
     params:
-        url=lambda wc: ARCHIVES[wc.archive]["url"],
-        sha256=lambda wc: ARCHIVES[wc.archive]["sha256"] or "none",
+        url=lambda wc: PLAN.data.archives[wc.archive]["url"],
+        sha256=lambda wc: PLAN.data.archives[wc.archive]["sha256"] or "none",
         allow=PLAN.allow_unpinned_arg,
     shell:
         "peftstudy fetch --url {params.url:q} --sha256 {params.sha256} {params.allow}"
@@ -55,61 +87,16 @@ rule extract:
     input:
         archive=study.archive_path("{archive}"),
     output:
-        folder=directory("resources/data/{archive}"),
+        folder=directory(extracted("{archive}")),
     log:
         "resources/data/{archive}.log",
     conda:
         "../../envs/data.yaml"
     params:
-        limit=lambda wc: (
-            f"--max-unpacked-gb {ARCHIVES[wc.archive]['max_unpacked_gb']}"
-            if "max_unpacked_gb" in ARCHIVES.get(wc.archive, {})
-            else ""
-        ),
+        limit=lambda wc: PLAN.data.extract_limit(wc.archive),
     shell:
         "peftstudy extract --archive {input.archive} --out {output.folder} {params.limit}"
         " --config-key archives.{wildcards.archive} > {log} 2>&1"
-
-
-rule index:
-    """The manifest of a dataset that is already in the layout (from an archive or a local folder)."""
-    input:
-        unpack(lambda wc: PLAN.source_inputs(wc.dataset)),
-    output:
-        manifest=LAYOUT.manifest("{dataset}"),
-    log:
-        LAYOUT.data_file("{dataset}", "index.log"),
-    wildcard_constraints:
-        dataset=only(PLAN.datasets_from("archive", "local")),
-    conda:
-        "../../envs/data.yaml"
-    params:
-        spec=lambda wc: PLAN.index_spec(wc.dataset).to_json(),
-    shell:
-        "peftstudy run {params.spec:q} > {log} 2>&1"
-
-
-rule imagenet:
-    """Check an ImageNet set the user downloaded (a gate: what to get, where, how it is checked), then write its
-    lists (the few-shot draw for ImageNet-1K) and links into the user's folder, in the layout.
-    """
-    input:
-        code="src/peftstudy/data/imagenet.py",
-    output:
-        source=directory(LAYOUT.data_file("{dataset}", "source")),
-        manifest=LAYOUT.manifest("{dataset}"),
-        checked=LAYOUT.data_file("{dataset}", "checked.json"),
-    log:
-        LAYOUT.data_file("{dataset}", "imagenet.log"),
-    wildcard_constraints:
-        dataset=only(PLAN.datasets_from("manual")),
-    localrule: True
-    conda:
-        "../../envs/data.yaml"
-    params:
-        spec=lambda wc: PLAN.imagenet_spec(wc.dataset).to_json(),
-    shell:
-        "peftstudy run {params.spec:q} > {log} 2>&1"
 
 
 rule manyshot_lists:
@@ -124,53 +111,7 @@ rule manyshot_lists:
     conda:
         "../../envs/data.yaml"
     params:
-        spec=lambda wc: PLAN.manyshot_lists_spec(wc.kind, wc.subset).to_json(),
-    shell:
-        "peftstudy run {params.spec:q} > {log} 2>&1"
-
-
-rule manyshot:
-    """A many-shot subset (and fold) in the layout: the authors' lists over CIFAR-100's or RESISC45's images."""
-    input:
-        unpack(lambda wc: PLAN.manyshot_spec(wc.dataset).inputs()),
-        code="src/peftstudy/data/manyshot.py",
-    output:
-        source=directory(LAYOUT.data_file("{dataset}", "source")),
-        manifest=LAYOUT.manifest("{dataset}"),
-    log:
-        LAYOUT.data_file("{dataset}", "manyshot.log"),
-    wildcard_constraints:
-        dataset=only(PLAN.datasets_from("manyshot")),
-    conda:
-        "../../envs/data.yaml"
-    resources:
-        mem_mb=8000,
-        runtime=60,
-    params:
-        spec=lambda wc: PLAN.manyshot_spec(wc.dataset).to_json(),
-    shell:
-        "peftstudy run {params.spec:q} > {log} 2>&1"
-
-
-rule vtab_tfds:
-    """A VTAB-1K task built from TensorFlow Datasets with VTAB's split recipe and label function (downloads:
-    run where Snakemake runs). Tasks sharing a builder (CLEVR, dSprites, smallNORB) never prepare it at once:
-    the profiles allow one tfds_builder at a time.
-    """
-    output:
-        source=directory(LAYOUT.data_file("{dataset}", "source")),
-        manifest=LAYOUT.manifest("{dataset}"),
-    log:
-        LAYOUT.data_file("{dataset}", "vtab_tfds.log"),
-    wildcard_constraints:
-        dataset=only(PLAN.datasets_from("tfds")),
-    localrule: True
-    conda:
-        "../../envs/data.yaml"
-    resources:
-        tfds_builder=1,
-    params:
-        spec=lambda wc: PLAN.vtab_tfds_spec(wc.dataset).to_json(),
+        spec=lambda wc: PLAN.data.manyshot_lists_spec(wc.kind, wc.subset).to_json(),
     shell:
         "peftstudy run {params.spec:q} > {log} 2>&1"
 
@@ -178,12 +119,7 @@ rule vtab_tfds:
 rule prepare:
     """Decode one split's list once into a uint8 tensor cache (what training reads)."""
     input:
-        unpack(
-            lambda wc: {
-                **PLAN.source_inputs(wc.dataset),
-                **PLAN.prepare_spec(wc.dataset, wc.split).inputs(),
-            }
-        ),
+        unpack(lambda wc: PLAN.data.prepare_spec(wc.dataset, wc.split).inputs()),
     output:
         cache=LAYOUT.data("{dataset}", "{split}"),
     log:
@@ -191,7 +127,7 @@ rule prepare:
     conda:
         "../../envs/data.yaml"
     params:
-        spec=lambda wc: PLAN.prepare_spec(wc.dataset, wc.split).to_json(),
+        spec=lambda wc: PLAN.data.prepare_spec(wc.dataset, wc.split).to_json(),
     shell:
         "peftstudy run {params.spec:q} > {log} 2>&1"
 

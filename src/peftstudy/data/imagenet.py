@@ -5,8 +5,8 @@ others are large archives behind pages that change), so the user downloads each 
 folder. :func:`gate` checks that folder cheaply, from directory listings alone (folder names, image counts; no
 image is opened), and on failure raises :class:`GateError` saying what to download and from where, the exact
 folder it must end up in, the layout and counts expected, and how it is checked. On success it returns the
-`<set>.checked.json` record: counts and the sha256 of the sorted relative-path list, so provenance pins exactly
-which files were there.
+checked record (`checked.json`, in the layout folder): counts and the sha256 of the sorted relative-path list,
+so provenance pins exactly which files were there.
 
 :func:`build` then writes the processed-VTAB layout of :mod:`peftstudy.data.layout` without copying a single
 image: ``images`` is a symlink to the user's folder and every list line points through it, so ``prepare``
@@ -44,6 +44,8 @@ from peftstudy.tables import IMAGENET_A_WNIDS, IMAGENET_R_WNIDS, WNIDS
 from peftstudy.tables import SUBSET_WNIDS as SUBSETS
 
 NUM_CLASSES = 1000
+# The gate's record, in the layout folder (every data source's job writes the folder and the manifest only).
+CHECKED = "checked.json"
 WNID_INDEX: dict[str, int] = {wnid: i for i, wnid in enumerate(WNIDS)}
 # What counts as an image: the suffixes the five sets use (.JPEG, .jpg, .jpeg, .png), in any case.
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
@@ -412,7 +414,6 @@ def build(
     root: str | Path,
     out: str | Path,
     manifest_path: str | Path,
-    checked_path: str | Path,
     *,
     shots: int = 100,
     val_per_class: int = 10,
@@ -420,7 +421,8 @@ def build(
     dataset: str | None = None,
     spec: ImageNetSet | None = None,
 ) -> dict:
-    """Gate `root`, then write the layout folder `out`, its manifest and the checked record; returns the manifest.
+    """Gate `root`, then write the layout folder `out` (the checked record in it, `checked.json`) and its manifest;
+    returns the manifest.
 
     ImageNet-1K: train800.txt = the `shots`-shot train list, val200.txt = `val_per_class` per class (both from
     the train folders, disjoint), train800val200.txt = the same `shots`-shot list again (docs/protocol.md §C.4: the CLIP
@@ -431,7 +433,6 @@ def build(
     """
     spec = spec or SETS[set_name]
     record, scans = gate(set_name, root, spec)
-    write_json(checked_path, record)
     root = Path(root).absolute()
     entries: dict[str, list[tuple[str, int]]] = {
         "test.txt": eval_rows(spec.name, scans[spec.test], spec.splits[spec.test])
@@ -460,6 +461,7 @@ def build(
             link.symlink_to(Path("..", "images", rel))
         for name, data in lists.items():
             (tmp / name).write_bytes(data)
+        write_json(tmp / CHECKED, record)
     manifest = {
         "dataset": dataset or spec.name,
         "source": "manual",
@@ -479,7 +481,6 @@ def run(spec: ImagenetSpec, options: Options) -> None:
         spec.root,
         spec.source,
         spec.manifest,
-        spec.checked,
         shots=spec.shots,
         val_per_class=spec.val_per_class,
         seed=spec.seed,

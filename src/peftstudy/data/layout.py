@@ -161,7 +161,18 @@ def run_index(spec: IndexSpec, options: Options) -> None:
     about = dict(spec.about)
     if spec.checksum:
         about.update(archive_record(spec.checksum))
-    index(spec.source, spec.dataset, spec.classes, about, spec.manifest)
+    index(spec.folder, spec.dataset, spec.classes, about, spec.manifest)
+    link_entries(spec.folder, spec.source)
+
+
+def link_entries(folder: str | Path, out: str | Path) -> None:
+    """`out` as a folder of links, one to each entry of `folder` (its images and lists): every data source's
+    dataset ends as its own `source/` folder, which prepare reads, without copying a folder that already is in
+    the layout. Links, not a link: removing `out` (Snakemake does before a rerun) never reaches into `folder`."""
+    folder = Path(folder).absolute()
+    with atomic_dir(out) as tmp:
+        for entry in sorted(folder.iterdir()):
+            (tmp / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
 
 
 def run(spec: PrepareSpec, options: Options) -> None:

@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peftstudy import io
-from peftstudy.plan import study
-from peftstudy.plan.defaults import DEFAULTS
+from peftstudy.plan import sources, study
 from peftstudy.plan.jobs import Plan
-from peftstudy.plan.tasks import MANYSHOT_FOLDED, task_table
+from peftstudy.plan.tasks import task_table
 from peftstudy.tables import open_table
 
 THROUGHPUT_TABLE = "throughput.csv"
@@ -37,10 +36,6 @@ THROUGHPUT_COLUMNS = ("gpu", "model", "method", "precision", "images_per_second"
 
 # A VTAB-1K task: tuned on train800, its final run on train800val200 (docs/protocol.md §C.1, §C.4).
 VTAB_1K_SIZES = (800, 1_000)
-# The many-shot lists (docs/protocol.md §D.2): (tuning train, combined) images. CIFAR-100 500 is one of its five folds.
-CIFAR100_SIZES = {"500": (400, 500), "1k": (800, 1_000), "5k": (4_500, 5_000), "10k": (9_000, 10_000)}
-CIFAR100_SIZES["full"] = (49_000, 50_000)
-RESISC45_FULL = 25_200  # the authors' pool train.txt; each subset tunes on 90 % (the folded ones on 80 %)
 # Clevr-distance many-shot: TFDS clevr train (70,000), tuned on its first 90 % (data/vtab_tasks.clevr_many_shot).
 CLEVR_MANYSHOT_SIZES = (63_000, 70_000)
 
@@ -100,21 +95,14 @@ def rate_for(rates: Sequence[Rate], gpu: str, model: str, method: str, precision
 
 
 def train_sizes(config: Mapping[str, Any], dataset: str) -> tuple[int, int, str] | None:
-    """(images a tune run trains on, images a final run trains on, where the sizes come from), or None."""
+    """(images a tune run trains on, images a final run trains on, where the sizes come from), or None: the
+    dataset's source's (plan.sources), else its VTAB task's."""
     spec = config["datasets"][dataset]
-    source = spec["source"]
-    if source == "synthetic" and "train" in spec and "val" in spec:
-        return spec["train"], spec["train"] + spec["val"], "the config's train and val"
-    if source == "manual":
-        shots = spec.get("shots", DEFAULTS["imagenet_shots"])
-        return shots * spec["classes"], shots * spec["classes"], f"{shots} shots x {spec['classes']} classes"
-    if source == "manyshot":
-        subset, folded = str(spec["subset"]), (spec["kind"], str(spec["subset"])) in MANYSHOT_FOLDED
-        if spec["kind"] == "cifar100":
-            return (*CIFAR100_SIZES[subset], "the authors' CIFAR-100 lists (docs/protocol.md §D.2)")
-        images = RESISC45_FULL if subset == "full" else int(subset)
-        return images * (8 if folded else 9) // 10, images, "the authors' RESISC45 lists (docs/protocol.md §D.2)"
-    task = study.vtab_task(spec)
+    source = sources.of(spec)
+    known = source.train_sizes(config, dataset)
+    if known is not None:
+        return known
+    task = source.vtab_task(spec)
     if task == "clevr_dist_manyshot":
         return (*CLEVR_MANYSHOT_SIZES, "TFDS clevr train, 90 % tuned (docs/protocol.md §D.2)")
     row = task_table().get(task or "")
@@ -326,9 +314,10 @@ def disk_need(plan: Plan, backbone_bytes: Mapping[str, int] | None = None, jobs_
     for dataset in dict.fromkeys(
         [*plan.report.report_datasets(), *(f for d in plan.report.report_datasets() for f in plan.train.tuning_sets(d))]
     ):
-        spec, side = plan.datasets[dataset], plan.cache_size(dataset)
-        if spec["source"] == "synthetic":  # a shifted test set has no train or val
-            tune_train, trainval, test = spec.get("train", 0), spec.get("train", 0) + spec.get("val", 0), spec["test"]
+        spec, side = plan.datasets[dataset], plan.data.cache_size(dataset)
+        given = sources.of(spec).split_sizes(plan.config, dataset)
+        if given is not None:
+            tune_train, trainval, test = given
         else:
             size = train_sizes(plan.config, dataset)
             test = VTAB_1K_TEST_SIZES.get(study.vtab_task(spec) or "")

@@ -15,10 +15,11 @@ from functools import cached_property
 from typing import Any
 
 from peftstudy import methods
-from peftstudy.plan import depends, specs, study
+from peftstudy.plan import depends, study
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.layout import Layout
 from peftstudy.plan.stages.analysis import AnalysisJobs
+from peftstudy.plan.stages.data import DataJobs
 from peftstudy.plan.stages.report import ReportJobs
 from peftstudy.plan.stages.selection import SelectionJobs
 from peftstudy.plan.stages.train import TrainJobs
@@ -58,6 +59,10 @@ class Plan:
     @cached_property
     def report(self) -> ReportJobs:
         return ReportJobs(self)
+
+    @cached_property
+    def data(self) -> DataJobs:
+        return DataJobs(self)
 
     @cached_property
     def layout(self) -> Layout:
@@ -106,9 +111,6 @@ class Plan:
             "stage": only(self.selection.file_specs),
         }
 
-    def datasets_from(self, *sources: str) -> list[str]:
-        return study.datasets_from(self.config, *sources)
-
     # Resources.
 
     def resource_spec(self, kind: str, experiment: str | None) -> dict[str, Any]:
@@ -149,121 +151,6 @@ class Plan:
             self._code_digests[method] = depends.code_digest(method)
         return self._code_digests[method]
 
-    # Data sources.
-
-    def source_dir(self, dataset: str) -> str:
-        """The dataset's folder in the processed-VTAB layout: inside an extracted archive, a local folder, or what
-        the source's own rule writes (generated, sampled, built from TFDS)."""
-        spec = self.datasets[dataset]
-        if spec["source"] == "archive":
-            return f"resources/data/{spec['archive']}/{spec['folder']}"
-        if spec["source"] == "local":
-            return spec["path"]
-        return self.layout.data_file(dataset, "source")
-
-    def source_inputs(self, dataset: str) -> dict[str, str]:
-        """What a dataset's folder comes from: a rule's output (generated, extracted) or a local folder."""
-        spec = self.datasets[dataset]
-        if spec["source"] == "archive":
-            return {"source": f"resources/data/{spec['archive']}", "checksum": archive_checksum(spec["archive"])}
-        return {"source": self.source_dir(dataset)}
-
-    def index_spec(self, dataset: str) -> specs.IndexSpec:
-        """An index job: the manifest of a folder already in the layout (an archive's or a local one)."""
-        return specs.IndexSpec(
-            dataset=dataset,
-            source=self.source_dir(dataset),
-            classes=self.datasets[dataset]["classes"],
-            about=self.source_record(dataset),
-            checksum=self.source_inputs(dataset).get("checksum"),
-            manifest=self.layout.manifest(dataset),
-        )
-
-    def manyshot_lists_spec(self, kind: str, subset: str) -> specs.ManyshotListsSpec:
-        """A manyshot-lists job: the authors' lists of a subset, from `manyshot_lists.url` (default: theirs)."""
-        lists = self.config.get("manyshot_lists", {})
-        return specs.ManyshotListsSpec(
-            kind=kind,
-            subset=subset,
-            base_url=lists.get("url", ""),
-            pins=lists.get("sha256", {}),
-            lists=manyshot_lists_dir(kind, subset),
-        )
-
-    def manyshot_spec(self, dataset: str) -> specs.ManyshotSpec:
-        """A manyshot job: the subset's (and fold's) lists over the extracted archive's images."""
-        spec = self.datasets[dataset]
-        return specs.ManyshotSpec(
-            kind=spec["kind"],
-            subset=spec["subset"],
-            fold=spec.get("fold", DEFAULTS["manyshot_fold"]),
-            name=dataset,
-            pins=self.config.get("manyshot_lists", {}).get("sha256", {}),
-            archive=f"resources/data/{spec['archive']}",
-            checksum=archive_checksum(spec["archive"]),
-            lists=manyshot_lists_dir(spec["kind"], spec["subset"]),
-            source=self.layout.data_file(dataset, "source"),
-            manifest=self.layout.manifest(dataset),
-        )
-
-    def vtab_tfds_spec(self, dataset: str) -> specs.VtabTfdsSpec:
-        """A vtab-tfds job: the dataset's VTAB task built from TFDS in `tfds_data_dir`."""
-        return specs.VtabTfdsSpec(
-            task=self.datasets[dataset]["vtab_task"],
-            data_dir=self.config.get("tfds_data_dir", DEFAULTS["tfds_data_dir"]),
-            dataset=dataset,
-            source=self.layout.data_file(dataset, "source"),
-            manifest=self.layout.manifest(dataset),
-        )
-
-    def source_record(self, dataset: str) -> dict[str, Any]:
-        """Where a dataset came from, for its manifest (and so every result's provenance)."""
-        spec = self.datasets[dataset]
-        if spec["source"] == "archive":
-            archive = self.config.get("archives", {})[spec["archive"]]
-            return {"source": "archive", "archive": spec["archive"], "url": archive["url"], "folder": spec["folder"]}
-        return {"source": "local", "path": spec["path"]}
-
-    def generate_spec(self, dataset: str) -> specs.GenerateSpec:
-        """A generate job: what a synthetic dataset is rendered from (its entry without the report's keys, at the
-        input size) and the study's seed."""
-        return specs.GenerateSpec(
-            dataset=dataset,
-            rendering=dict(study.data_spec(self.datasets[dataset]), image_size=self.config["backbone"]["image_size"]),
-            seed=self.config["seed"],
-            source=self.layout.data_file(dataset, "source"),
-            manifest=self.layout.manifest(dataset),
-        )
-
-    def prepare_spec(self, dataset: str, split: str) -> specs.PrepareSpec:
-        """A prepare job: one split of the dataset's layout folder decoded at the cache's size."""
-        return specs.PrepareSpec(
-            source=self.source_dir(dataset),
-            manifest=self.layout.manifest(dataset),
-            split=split,
-            image_size=self.cache_size(dataset),
-            cache=self.layout.data(dataset, split),
-        )
-
-    def cache_size(self, dataset: str) -> int:
-        """The prepared cache's image size: the backbone's, or 0 (native) where the dataset asks for it."""
-        return 0 if self.datasets[dataset].get("cache") == "native" else self.config["backbone"]["image_size"]
-
-    def imagenet_spec(self, dataset: str) -> specs.ImagenetSpec:
-        """An imagenet job: the set the user downloaded (`path`), checked; ImageNet-1K's few-shot draw."""
-        spec = self.datasets[dataset]
-        return specs.ImagenetSpec(
-            imagenet_set=spec["set"],
-            root=spec["path"],
-            dataset=dataset,
-            shots=spec.get("shots", DEFAULTS["imagenet_shots"]),
-            val_per_class=spec.get("val_per_class", DEFAULTS["imagenet_val_per_class"]),
-            seed=spec.get("sample_seed", DEFAULTS["imagenet_sample_seed"]),
-            source=self.layout.data_file(dataset, "source"),
-            manifest=self.layout.manifest(dataset),
-            checked=self.layout.data_file(dataset, "checked.json"),
-        )
-
     # Training jobs.
 
     def tune_metrics(self, experiment: str) -> list[str]:
@@ -275,11 +162,3 @@ class Plan:
             self.layout.tune_file(experiment, tuning_set, method, name, "metrics.json")
             for tuning_set, method, name, _ in study.selection_jobs(tuning_sets, jobs)
         ]
-
-
-def archive_checksum(archive: str) -> str:
-    return f"{study.archive_path(archive)}.sha256"
-
-
-def manyshot_lists_dir(kind: str, subset: str) -> str:
-    return f"resources/lists/petl_vision/{kind}-{subset}"

@@ -270,9 +270,7 @@ class PrepareSpec(Spec):
     stage: ClassVar[str] = "prepare"
     target: ClassVar[str] = "peftstudy.data.layout:run"
 
-    # The dataset's layout folder: a setting, not an input file, since it may lie inside an extracted archive
-    # (the rule's inputs name what it comes from: plan.Plan.source_inputs).
-    source: str
+    source: str = input_file()  # the dataset's layout folder (its source's job writes it, plan.sources)
     manifest: str = input_file()
     split: Literal["train", "val", "trainval", "test"]
     image_size: int  # 0: keep the native size
@@ -281,16 +279,19 @@ class PrepareSpec(Spec):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class IndexSpec(Spec):
-    """The manifest of a dataset folder already in the layout, from an archive or a local folder (data.layout)."""
+    """A dataset folder already in the layout, from an archive or a local folder: linked into the dataset's
+    `source/` (the one output shape of every data source) and its manifest written (data.layout)."""
 
     stage: ClassVar[str] = "index"
     target: ClassVar[str] = "peftstudy.data.layout:run_index"
 
     dataset: str
-    source: str  # the layout folder (a setting: it may lie inside an extracted archive)
+    folder: str  # the layout folder (a setting: it may lie inside an extracted archive)
     classes: int
-    about: Mapping[str, Any]  # where the folder came from (provenance), plan.Plan.source_record
+    about: Mapping[str, Any]  # where the folder came from (provenance), plan.sources.local.Indexed.record
+    origin: str = input_file()  # what the folder comes from: the extracted archive, or the local folder itself
     checksum: str | None = input_file(default=None)  # the archive's sha256 file, if it came from one
+    source: str = output_file()  # links to the folder's entries
     manifest: str = output_file()
 
 
@@ -307,9 +308,8 @@ class ImagenetSpec(Spec):
     shots: int  # imagenet: training images per class
     val_per_class: int
     seed: int  # the sampling seed
-    source: str = output_file()
+    source: str = output_file()  # holds checked.json, the gate's record, besides the lists and links
     manifest: str = output_file()
-    checked: str = output_file()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

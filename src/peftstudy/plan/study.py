@@ -19,11 +19,11 @@ from typing import Any
 from peftstudy import methods
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.recipe import check_choices
-from peftstudy.plan.tasks import check_subset, task_table
+from peftstudy.plan.sources.archive import ARCHIVE_DIR, archive_path
+from peftstudy.plan.sources.base import REPORT_DATASET_KEYS, data_spec
+from peftstudy.plan.sources.base import ConfigError as ConfigError  # where every check raises it
 
-
-class ConfigError(ValueError):
-    pass
+__all__ = ["ConfigError", "archive_path", "data_spec"]  # defined with the data sources, asked for here too
 
 
 def normalise(value: Any) -> Any:
@@ -146,14 +146,6 @@ def _method_points(exp_name: str, exp: Mapping[str, Any], method: str) -> dict[s
     return ids
 
 
-# Where the fetch rule puts each of `archives`; a backbone's `source.url` there names one of them.
-ARCHIVE_DIR = "resources/archives/"
-
-
-def archive_path(archive: str) -> str:
-    return f"{ARCHIVE_DIR}{archive}"
-
-
 def fetched_archive(url: str) -> str | None:
     """The one of `archives` that a backbone's source URL names (a checkpoint fetched as an archive), else None."""
     return url.removeprefix(ARCHIVE_DIR) if url.startswith(ARCHIVE_DIR) else None
@@ -213,74 +205,21 @@ def runs_per_job(experiment: Mapping[str, Any], phase: str) -> int:
     return int(experiment.get("runs_per_job", {}).get(phase, 1))
 
 
-# The keys each dataset source needs, and the ones it must not have.
-SOURCE_KEYS = {
-    "synthetic": {"task", "test"},
-    "archive": {"archive", "folder"},
-    "local": {"path"},
-    "manual": {"set", "path"},
-    "manyshot": {"kind", "subset", "archive"},
-    "tfds": {"vtab_task"},
-}
-# Keys a source may have besides its required ones.
-SOURCE_OPTIONS = {"manual": {"shots", "val_per_class", "sample_seed"}, "manyshot": {"fold"}}
-
-
 def _check_sources(config: Mapping[str, Any]) -> None:
-    archives = config.get("archives", {})
+    """Each dataset's source, its keys and its own checks (plan.sources)."""
+    from peftstudy.plan import sources
+
     for name, spec in config["datasets"].items():
-        source = spec["source"]
-        missing = sorted(SOURCE_KEYS[source] - set(spec))
-        if missing:
-            raise ConfigError(f"datasets.{name}: source {source} needs {', '.join(missing)}")
-        others = set().union(*(k for s, k in {**SOURCE_KEYS, **SOURCE_OPTIONS}.items() if s != source))
-        own = SOURCE_KEYS[source] | SOURCE_OPTIONS.get(source, set())
-        foreign = sorted(set(spec) & others - own - {"test"})
-        if foreign:
-            raise ConfigError(f"datasets.{name}: {', '.join(foreign)} belongs to another source than {source}")
-        if source == "manual" and spec["classes"] != 1000:
-            raise ConfigError(f"datasets.{name}: the ImageNet sets have classes: 1000 (labels stay 1000-way)")
-        # A VTAB task (by TFDS name, or by the processed archive's folder) has its classes in the task table.
-        task, tasks = vtab_task(spec), task_table()
-        if source == "tfds" and task not in tasks:
-            raise ConfigError(f"datasets.{name}.vtab_task: unknown task {task!r}; known: {', '.join(tasks)}")
-        if task in tasks and tasks[task].classes != spec["classes"]:
-            raise ConfigError(f"datasets.{name}.classes: the VTAB task {task} has {tasks[task].classes} classes")
-        if source == "manyshot":
-            try:
-                check_subset(spec["kind"], str(spec["subset"]), spec.get("fold", 0))
-            except ValueError as err:
-                raise ConfigError(f"datasets.{name}: {err}") from None
-        if source in ("archive", "manyshot") and spec["archive"] not in archives:
-            raise ConfigError(
-                f"datasets.{name}.archive: unknown archive {spec['archive']!r}; defined under archives: "
-                f"{', '.join(archives) or '(none)'}"
-            )
-
-
-# Dataset keys read by the report only: left out of what makes the data, so that grouping reruns no job but tables.
-REPORT_DATASET_KEYS = ("group", "size_of")
-
-
-def data_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """A dataset's config entry without the report's keys: what the generate rule renders from."""
-    return {k: v for k, v in spec.items() if k not in REPORT_DATASET_KEYS}
+        sources.check(name, spec, config)
 
 
 def vtab_task(spec: Mapping[str, Any]) -> str | None:
-    """The VTAB task a dataset's images come from: the processed archive's folder (or a local copy of it) or the
-    TFDS task; None for made-up or other images (synthetic, ImageNet, many-shot), whatever the dataset's name.
-    The report compares our choices with the authors' where this is one of their tasks."""
-    source = spec["source"]
-    if source == "tfds":
-        return spec["vtab_task"]
-    if source in ("archive", "local"):
-        return str(spec["folder" if source == "archive" else "path"]).rstrip("/").rpartition("/")[2]
-    return None
+    """The VTAB task a dataset's images come from (its source's, plan.sources: the processed archive's folder, a
+    local copy of it, the TFDS task); None for made-up or other images (synthetic, ImageNet, many-shot), whatever
+    the dataset's name. The report compares our choices with the authors' where this is one of their tasks."""
+    from peftstudy.plan import sources
 
-
-def datasets_from(config: Mapping[str, Any], *sources: str) -> list[str]:
-    return [name for name, spec in config["datasets"].items() if spec["source"] in sources]
+    return sources.of(spec).vtab_task(spec)
 
 
 def _check_batch_sizes(config: Mapping[str, Any]) -> None:
@@ -323,6 +262,8 @@ def _check_weights_pinned(config: Mapping[str, Any]) -> None:
 def check(config: Mapping[str, Any]) -> Grids:
     """Cross-references: every dataset and method an experiment names exists; every grid key is taken, every grid
     point's values too. Returns the expanded :func:`grids` (expanded here once, for the plan to keep)."""
+    from peftstudy.plan import sources
+
     expanded: Grids = {}
     known_methods = methods.names()
     datasets = config["datasets"]
@@ -336,11 +277,7 @@ def check(config: Mapping[str, Any]) -> Grids:
                     f"experiments.{exp_name}.datasets[{i}]: unknown dataset {name!r}; "
                     f"defined under datasets: {', '.join(datasets)}"
                 )
-            synthetic = datasets[name]["source"] == "synthetic"
-            if synthetic and (datasets[name].get("train", 0) < 1 or datasets[name].get("val", 0) < 1):
-                raise ConfigError(
-                    f"datasets.{name}: experiment {exp_name} trains on it, so it needs train and val sizes"
-                )
+            sources.of(datasets[name]).check_trained(name, datasets[name], exp_name)
             for fold in datasets[name].get("folds", []):
                 if fold not in datasets or datasets[fold]["classes"] != datasets[name]["classes"]:
                     raise ConfigError(
