@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from peftstudy import gpus
+from peftstudy.plan import stage_specs
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -113,12 +114,11 @@ def prepare_mini_task(out: Path, name: str, splits: tuple[str, ...]) -> Path:
 
 
 def report_spec(tables_dir: Path, out: Path) -> Any:
-    """The report job's spec over a folder of tables (each of specs.TABLES and the authors' copies; those absent
+    """The report job's spec over a folder of tables (each of stage_specs.TABLES and the authors' copies; those absent
     read as not computed yet), its page and copies in `out`."""
-    from peftstudy.plan import specs
 
-    names = [*specs.TABLES, *(f"authors_{name}" for name in specs.AUTHORS)]
-    return specs.ReportSpec(
+    names = [*stage_specs.TABLES, *(f"authors_{name}" for name in stage_specs.AUTHORS)]
+    return stage_specs.ReportSpec(
         tables=str(tables_dir),
         csvs={name: str(tables_dir / f"{name}.csv") for name in names},
         notebook=str(REPO / "report/notebooks/figures.ipynb"),
@@ -163,7 +163,7 @@ def training_spec(
         [point] = points
         outputs = {"metrics": "metrics.json", "logits": "logits.npz", "peft": "peft.safetensors"}
         spec = dict(point=point, test=held_out, **{k: str(out / v) for k, v in outputs.items()})
-    return specs.load(specs.STAGES[stage], dict(spec, run=settings, seed=seed, **data), stage)
+    return specs.load(specs.all_stages()[stage], dict(spec, run=settings, seed=seed, **data), stage)
 
 
 def tune_point(gp: str, val_top1: float, val_best_top1: float | None = None, **fields) -> dict:

@@ -12,7 +12,7 @@ from conftest import REPO
 
 from peftstudy import cli, ensemble, methods
 from peftstudy.io import read_json, save_npz, write_json
-from peftstudy.plan import specs, study
+from peftstudy.plan import stage_specs, study
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.report.tables import ANALYSIS_COLUMNS, analysis_tables
 from peftstudy.robustness import check_mergeable, class_subset, procedure, top1, wise
@@ -385,7 +385,7 @@ def test_the_mini_studys_analysis_files_are_valid_and_take_every_path(tmp_path):
         out = {kind: str(analysis / f"{kind}.json") for kind in ("ensembles", "agreement")}
         finals = tuple(fake_finals(tmp_path, experiment, dataset))
         logits = tuple(f"{run['dir']}/logits.npz" for final in finals for run in read_json(final)["runs"])
-        spec = specs.EnsembleSpec(
+        spec = stage_specs.EnsembleSpec(
             finals=finals, logits=logits, methods=tuple(chosen), confident_k=DEFAULTS["confident_k"], **out
         )
         cli.main(["run", spec.to_json()])

@@ -24,7 +24,7 @@ from peftstudy.plan import specs
 parser = cli.parser()
 stages = {name: sub.get_default("func") for action in parser._subparsers._group_actions
           for name, sub in action.choices.items() if name != "run"}
-stages |= {name: cli._stage(spec.target) for name, spec in specs.STAGES.items()}
+stages |= {name: cli._stage(spec.target) for name, spec in specs.all_stages().items()}
 with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):
     cli.main(["run", "--help"])
 wanted = json.loads(sys.argv[1])

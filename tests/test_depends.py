@@ -175,6 +175,25 @@ def test_the_code_digest_ignores_comments_docstrings_and_layout_and_sees_every_c
     assert all(code_digests(workflow)[m] != after[m] for m in after)
 
 
+def test_a_new_data_source_analysis_table_or_config_check_leaves_every_training_digest_as_it_was(workflow):
+    """A training run imports plan.specs (its own specs and the machinery), not the plan, the config's checks, the
+    sources or the other stages' specs: editing those reruns no training (plan.specs.OTHER_SPEC_MODULES)."""
+    src = workflow.root / "src/peftstudy"
+    before = code_digests(workflow)
+    new_spec = (
+        "\n\n@dataclasses.dataclass(frozen=True, kw_only=True)\n"
+        "class MarginSpec(Spec):\n    stage: ClassVar[str] = 'margin'\n"
+    )
+    for path in ("plan/stage_specs.py", "plan/sources/synthetic.py", "plan/study.py", "plan/jobs.py"):
+        (src / path).write_text(
+            (src / path).read_text() + (new_spec if path.endswith("stage_specs.py") else "\nX = 1\n")
+        )
+    edit(src / "plan/stage_specs.py", '"tune": "",', '"tune": "",\n    "margins": "Margins",')
+    assert code_digests(workflow) == before
+    edit(src / "plan/specs.py", "MAX_ARGUMENT = 100_000", "MAX_ARGUMENT = 99_000")
+    assert all(digest != before[m] for m, digest in code_digests(workflow).items())
+
+
 # The record.
 
 

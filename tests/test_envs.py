@@ -114,7 +114,7 @@ def stage_modules() -> dict[str, str]:
     # A sub-command's own _stage, never the next one's (`run` has none: it dispatches on the spec).
     parsers = r'add_parser\(\s*"([\w-]+)"(?:(?!add_parser).)*?_stage\("([\w.]+):'
     flags = dict(re.findall(parsers, text, flags=re.S))
-    return flags | {name: spec.target.partition(":")[0] for name, spec in specs.STAGES.items()}
+    return flags | {name: spec.target.partition(":")[0] for name, spec in specs.all_stages().items()}
 
 
 def source_rule_stages(rule: str) -> list[str]:

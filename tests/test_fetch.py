@@ -20,7 +20,7 @@ from conftest import dependencies, jobs, tiny_config
 from peftstudy.data import fetch, layout, synthetic
 from peftstudy.data.fetch import FetchError, download, extract
 from peftstudy.io import read_json, validate
-from peftstudy.plan import specs
+from peftstudy.plan import stage_specs
 
 
 class Server:
@@ -361,7 +361,7 @@ def test_unpinned_data_and_weights_are_refused_unless_allowed_and_then_in_every_
     main([*fetch_weights, "--allow-unpinned"])
     main(["extract", "--archive", f"{res}/vtab_1k", "--out", f"{res}/data"])
     about = {"source": "archive", "archive": "vtab_1k", "url": "u", "folder": "vtab-1k/count"}
-    index = specs.IndexSpec(
+    index = stage_specs.IndexSpec(
         dataset="count",
         folder=f"{res}/data/vtab-1k/count",
         classes=6,

@@ -17,7 +17,7 @@ from peftstudy import cli
 from peftstudy.data import imagenet as inet
 from peftstudy.data.layout import prepare, read_list
 from peftstudy.io import load_npz, read_json
-from peftstudy.plan import specs
+from peftstudy.plan import stage_specs
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.tables import CLASSNAMES, IMAGENET_A_WNIDS, IMAGENET_R_WNIDS, WNIDS
 
@@ -245,7 +245,7 @@ def test_cli_stage_on_imagenet_a(tmp_path):
     root = tmp_path / "imagenet-a"
     imagenet_a_tree(root)
     out, manifest = tmp_path / "data" / "source", tmp_path / "data" / "manifest.json"
-    spec = specs.ImagenetSpec(
+    spec = stage_specs.ImagenetSpec(
         imagenet_set="imagenet_a",
         root=str(root),
         dataset="imagenet_a",

@@ -24,7 +24,7 @@ from peftstudy.data import manyshot
 from peftstudy.data.fetch import FetchError, download, extract
 from peftstudy.data.layout import decode, read_list
 from peftstudy.io import read_json
-from peftstudy.plan import specs
+from peftstudy.plan import stage_specs
 from peftstudy.plan.tasks import MANYSHOT_SUBSETS
 
 RNG = np.random.default_rng(0)
@@ -193,12 +193,14 @@ def test_cifar100_folds_and_subsets_in_the_layout(cifar, tmp_path):
 def test_the_cli_fetches_the_lists_and_builds_a_subset(cifar, tmp_path, monkeypatch):
     monkeypatch.setattr(manyshot, "LISTS", cifar["pins"])
     lists = tmp_path / "cli-lists"
-    fetch = specs.ManyshotListsSpec(kind="cifar100", subset="500", base_url=cifar["url"], pins={}, lists=str(lists))
+    fetch = stage_specs.ManyshotListsSpec(
+        kind="cifar100", subset="500", base_url=cifar["url"], pins={}, lists=str(lists)
+    )
     cli.main(["run", fetch.to_json()])
     assert sorted(str(p.relative_to(lists)) for p in lists.rglob("*.npy")) == manyshot.subset_files("cifar100", "500")
     checksum = tmp_path / "cifar.tar.gz.sha256"
     checksum.write_text(f"{cifar['archive_sha']}  cifar.tar.gz\n")
-    build = specs.ManyshotSpec(
+    build = stage_specs.ManyshotSpec(
         kind="cifar100",
         subset="500",
         fold=4,

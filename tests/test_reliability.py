@@ -20,7 +20,7 @@ from conftest import REPO, dependencies, mini_backbone, prepare_mini_task, tiny_
 from peftstudy import cli, methods, select
 from peftstudy import io as study_io
 from peftstudy.io import read_json, write_json
-from peftstudy.plan import specs, study
+from peftstudy.plan import specs, stage_specs, study
 from peftstudy.report import render, tables
 from peftstudy.select import choose
 from peftstudy.train import resume, runs
@@ -247,7 +247,7 @@ def test_the_workflow_reports_a_misspelt_key_in_a_few_lines(workflow):
 def _select(metrics: list[dict], out: Path) -> Path:
     paths = [out / "tune-pack.json"]  # one tune job's file holding every point
     write_json(paths[0], {"points": metrics}, schema="tune")
-    spec = specs.SelectSpec(
+    spec = stage_specs.SelectSpec(
         metrics=tuple(str(p) for p in paths),
         grids={"linear": tuple(specs.GridPoint(gp=m["gp"], hp=m["hp"]) for m in metrics)},
         datasets={"count": ("count",)},
@@ -275,14 +275,14 @@ def test_a_grid_that_all_diverged_is_recorded_as_such_and_the_tables_show_it(cou
     assert all("train loss" in r["reason"] for r in record["runs"])
     # collect, with no final runs (none was scheduled), writes the record the analysis and tables read.
     final = run / "final.json"
-    collect = specs.CollectSpec(
+    collect = stage_specs.CollectSpec(
         experiment="vtab", dataset="count", method="linear", choice=record, metrics=(), record=str(final)
     )
     cli.main(["run", collect.to_json()])
     assert read_json(final, schema="final")["status"] == "all-diverged"
     # The dataset's analysis, its only method diverged: empty, valid files (not an error that stops the report).
     analysis = {kind: tmp_path / f"{kind}.json" for kind in ("ensembles", "agreement")}
-    ensemble = specs.EnsembleSpec(
+    ensemble = stage_specs.EnsembleSpec(
         finals=(str(final),),
         logits=(),
         methods=("linear",),
@@ -314,14 +314,14 @@ def test_robustness_of_an_all_diverged_method_is_recorded_without_scores(tmp_pat
     record = {"experiment": "robustness", "dataset": "shapes", "method": "bitfit", "status": "all-diverged"}
     write_json(final, record | {"tune_runs": [], "runs": []}, schema="final")
     out = {kind: str(tmp_path / f"{kind}.json") for kind in ("ood", "wise")}
-    spec = specs.RobustnessSpec(
+    spec = stage_specs.RobustnessSpec(
         method="bitfit",
         backbone=specs.load(specs.Backbone, mini_backbone()),
         final=str(final),
         metrics=(),
         peft=(),
-        in_distribution=specs.EvalSet(name="shapes", test="unused.npz"),
-        shifted=(specs.EvalSet(name="shapes_sketch", test="unused.npz"),),
+        in_distribution=stage_specs.EvalSet(name="shapes", test="unused.npz"),
+        shifted=(stage_specs.EvalSet(name="shapes_sketch", test="unused.npz"),),
         alphas=(0.0, 1.0),
         class_subsets={},
         device="cpu",

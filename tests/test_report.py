@@ -16,7 +16,7 @@ from conftest import REPO, copy_repo, dependencies, report_spec, tiny_config, tu
 
 from peftstudy import cli
 from peftstudy.io import read_json, write_json
-from peftstudy.plan import specs, study
+from peftstudy.plan import specs, stage_specs, study
 from peftstudy.report import render, tables
 from peftstudy.select import METRIC_WORDS
 
@@ -206,7 +206,7 @@ def test_collect_refuses_finals_of_two_grid_points(tmp_path: Path):
         paths[-1].parent.mkdir(parents=True)
         write_json(paths[-1], dict(tune_point(gp, 70.0, 70.0), phase="final"), schema="metrics")
     choice = {"gp": "aaaaaaaa", "hp": {}, "metric": "val_top1", "score": 70.0, "rule": "r"}
-    spec = specs.CollectSpec(
+    spec = stage_specs.CollectSpec(
         experiment="vtab",
         dataset="shapes",
         method="lora",
@@ -228,7 +228,7 @@ def test_selected_json_and_the_report_name_the_selection_metric(tmp_path: Path):
         paths[-1].parent.mkdir()
         write_json(paths[-1], {"points": [tune_point(gp, last, best)]}, schema="tune")
     out = tmp_path / "selected.json"
-    spec = specs.SelectSpec(
+    spec = stage_specs.SelectSpec(
         grids={"lora": tuple(specs.GridPoint(gp=gp, hp={"lr": 0.1}) for gp in ("aaaaaaaa", "bbbbbbbb"))},
         datasets={"shapes": ("shapes",)},
         runs_per_job=1,

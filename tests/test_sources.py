@@ -75,7 +75,7 @@ def toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     its spec class defined in a copy of the stage table and the registry restored after, so no other test sees it."""
     (tmp_path / "toy_source.py").write_text(TOY.replace("LOCAL", "True"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(specs, "STAGES", dict(specs.STAGES))
+    monkeypatch.setattr(specs, "STAGES", dict(specs.all_stages()))
     registered = dict(sources.SOURCES)
     try:
         yield importlib.import_module("toy_source")

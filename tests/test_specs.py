@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import tiny_config
 
-from peftstudy.plan import specs
+from peftstudy.plan import specs, stage_specs
 from peftstudy.plan.jobs import Plan
 
 
@@ -160,11 +160,11 @@ def test_a_stage_reads_only_the_finals_its_spec_names():
     the file; so is a spec naming a file no record lists."""
     record = {"runs": [{"seed": 0, "dir": "r/final/gp/seed0"}, {"seed": 1, "dir": "r/final/gp/seed1"}]}
     named = ("r/final/gp/seed0/logits.npz", "r/final/gp/seed1/logits.npz")
-    assert [path for _, _, path in specs.final_runs([record], "logits", named, "ensemble")] == list(named)
+    assert [path for _, _, path in stage_specs.final_runs([record], "logits", named, "ensemble")] == list(named)
     with pytest.raises(specs.SpecError, match=r"not named by the spec: \['r/final/gp/seed1/logits.npz'\]"):
-        specs.final_runs([record], "logits", named[:1], "ensemble")
+        stage_specs.final_runs([record], "logits", named[:1], "ensemble")
     with pytest.raises(specs.SpecError, match=r"not in a record: \['x/logits.npz'\]"):
-        specs.final_runs([record], "logits", (*named, "x/logits.npz"), "ensemble")
+        stage_specs.final_runs([record], "logits", (*named, "x/logits.npz"), "ensemble")
 
 
 def test_a_select_spec_goes_as_a_file_whose_digest_follows_the_grid(tmp_path):

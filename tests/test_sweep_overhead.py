@@ -113,7 +113,7 @@ def test_the_fit_recovers_separable_terms() -> None:
 
 
 def test_the_stand_in_writes_what_the_schemas_accept(tmp_path) -> None:
-    from peftstudy.plan import specs
+    from peftstudy.plan import specs, stage_specs
 
     backbone = specs.Backbone(arch="vit", weights="w", sha256=None, keep_head=False)
     run = specs.RunSettings(experiment="vtab", dataset="count", method="lora", recipe={}, backbone=backbone, device="")
@@ -122,7 +122,7 @@ def test_the_stand_in_writes_what_the_schemas_accept(tmp_path) -> None:
     final = specs.FinalSpec(
         run=run, point=point, seed=0, test="t", metrics="final.json", logits="l.npz", peft="p.safetensors", **data
     )
-    ensemble = specs.EnsembleSpec(
+    ensemble = stage_specs.EnsembleSpec(
         finals=("f.json",),
         logits=("final/seed0/logits.npz",),
         methods=("lora",),
@@ -130,13 +130,13 @@ def test_the_stand_in_writes_what_the_schemas_accept(tmp_path) -> None:
         ensembles="ensembles.json",
         agreement="agreement.json",
     )
-    robustness = specs.RobustnessSpec(
+    robustness = stage_specs.RobustnessSpec(
         method="lora",
         backbone=backbone,
         final="f.json",
         metrics=("final/seed0/metrics.json",),
         peft=("final/seed0/peft.safetensors",),
-        in_distribution=specs.EvalSet(name="id", test="a.npz"),
+        in_distribution=stage_specs.EvalSet(name="id", test="a.npz"),
         shifted=(),
         alphas=(0.0, 1.0),
         class_subsets={},

@@ -1,4 +1,4 @@
-"""A table is one name in plan.specs.TABLES and one builder registered under it (report.tables.builds): the plan
+"""A table is one name in plan.stage_specs.TABLES and one builder registered under it (report.tables.builds): the plan
 declares its file (the tables rule's output, the report's copy), the tables stage writes it, the page shows it
 under its title; and every table the page and the notebook read by name is one of the registry's."""
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, report_spec, tiny_config
 
-from peftstudy.plan import specs
+from peftstudy.plan import specs, stage_specs
 from peftstudy.plan.jobs import Plan
 from peftstudy.report import render, tables
 
@@ -19,8 +19,8 @@ from peftstudy.report import render, tables
 @pytest.fixture
 def toy_table(monkeypatch: pytest.MonkeyPatch) -> None:
     """A study whose only table is `toy` (the authors' copies left out), built from the manifests the spec lists."""
-    monkeypatch.setattr(specs, "TABLES", {"toy": "Toy: one row per dataset"})
-    monkeypatch.setattr(specs, "AUTHORS", ())
+    monkeypatch.setattr(stage_specs, "TABLES", {"toy": "Toy: one row per dataset"})
+    monkeypatch.setattr(stage_specs, "AUTHORS", ())
     monkeypatch.setattr(tables, "BUILDERS", {})
     tables.builds("toy")(lambda sources: pd.DataFrame({"manifest": list(sources.spec.manifests)}))
 
@@ -44,17 +44,17 @@ def test_a_new_table_is_one_name_and_one_builder(tmp_path, monkeypatch):
 
 @pytest.mark.usefixtures("toy_table")
 def test_a_table_without_its_builder_or_a_builder_without_its_name_is_refused(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match=r"tables \['other'\] are not in peftstudy.plan.specs.TABLES"):
+    with pytest.raises(ValueError, match=r"tables \['other'\] are not in peftstudy.plan.stage_specs.TABLES"):
         tables.builds("other")(lambda sources: pd.DataFrame())
-    monkeypatch.setitem(specs.TABLES, "unbuilt", "")
+    monkeypatch.setitem(stage_specs.TABLES, "unbuilt", "")
     monkeypatch.chdir(tmp_path)
     spec = Plan.of(tiny_config()).report.tables_spec({}, [], lambda *run: None)
-    with pytest.raises(ValueError, match=r"tables \['unbuilt'\] of peftstudy.plan.specs.TABLES have no builder"):
+    with pytest.raises(ValueError, match=r"tables \['unbuilt'\] of peftstudy.plan.stage_specs.TABLES have no builder"):
         tables.run(spec, specs.Options())
 
 
 def test_every_table_has_its_builder_and_the_rules_take_their_files_from_the_plan():
-    assert set(tables.BUILDERS) == set(specs.TABLES)
+    assert set(tables.BUILDERS) == set(stage_specs.TABLES)
     rules = (REPO / "workflow/rules/report.smk").read_text()
     assert "for path in PLAN.report.tables().values()" in rules  # the tables rule's outputs
     assert 'copies=PLAN.report.report_spec().outputs()["copies"]' in rules  # the report's
@@ -62,7 +62,7 @@ def test_every_table_has_its_builder_and_the_rules_take_their_files_from_the_pla
 
 def test_the_page_and_the_notebook_read_only_tables_of_the_registry():
     """They name tables by string: each name must be one the tables stage writes."""
-    known = {*specs.TABLES, *(f"authors_{name}" for name in specs.AUTHORS)}
+    known = {*stage_specs.TABLES, *(f"authors_{name}" for name in stage_specs.AUTHORS)}
     page = (REPO / "src/peftstudy/report/render.py").read_text()
     read = re.findall(r'table\(\s*frames,\s*"(\w+)"', page) + re.findall(r'frames(?:\.get\(|\[)"(\w+)"', page)
     authors = re.search(r'f"authors_\{name\}".*? for name in \(([^)]*)\)', page)

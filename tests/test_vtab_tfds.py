@@ -16,7 +16,7 @@ from PIL import Image
 from peftstudy import cli
 from peftstudy.data import layout, vtab_tasks, vtab_tfds
 from peftstudy.io import read_json
-from peftstudy.plan import specs
+from peftstudy.plan import stage_specs
 
 # TFDS split sizes of each task's builder (the versions the processed archive used).
 CIFAR100 = {"train": 50000, "test": 10000}
@@ -258,7 +258,7 @@ def fake_tfds(monkeypatch):
 
 def run_stage(tmp_path: Path, task: str, dataset: str = "") -> tuple[Path, Path]:
     out, manifest = tmp_path / "vtab" / task, tmp_path / "vtab" / f"{task}.json"
-    spec = specs.VtabTfdsSpec(
+    spec = stage_specs.VtabTfdsSpec(
         task=task, data_dir=str(tmp_path / "tfds"), dataset=dataset or task, source=str(out), manifest=str(manifest)
     )
     cli.main(["run", spec.to_json()])

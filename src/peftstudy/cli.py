@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import json
 import os
 import shlex
 import sys
@@ -49,14 +48,6 @@ class _stage:  # lower case: read as a call, `set_defaults(func=_stage("module:f
         getattr(module, self.target.partition(":")[2])(*args)
 
 
-def _stage_defined(text: str) -> bool:
-    """Whether the spec's stage has its class defined (anything unreadable: from_json says what is wrong)."""
-    try:
-        return json.loads(text).get("stage") in specs.STAGES
-    except (ValueError, AttributeError):
-        return True
-
-
 def _run(args: argparse.Namespace) -> None:
     """`peftstudy run`: the spec read (from the argument, or from the file after `@`), checked against its stage's
     dataclass, and handed to the stage with the options."""
@@ -64,9 +55,6 @@ def _run(args: argparse.Namespace) -> None:
     if text.startswith("@"):
         with open(text[1:]) as handle:
             text = handle.read()
-    if not _stage_defined(text):
-        # A data source's spec class may live in its source's module, defined once the registry is imported.
-        from peftstudy.plan import sources  # noqa: F401
     spec = specs.from_json(text)
     _stage(spec.target)(spec, specs.Options(threads=args.threads, concurrent=args.concurrent))
 

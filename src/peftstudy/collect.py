@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftstudy.io import read_json, sha256_file, validate, write_json
-from peftstudy.plan.specs import FINAL_FILES, CollectSpec, Options
+from peftstudy.plan.specs import FINAL_FILES, Options
+from peftstudy.plan.stage_specs import CollectSpec
 from peftstudy.select import ALL_DIVERGED
 
 

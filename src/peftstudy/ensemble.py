@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from peftstudy.io import load_npz, read_json, write_json
-from peftstudy.plan.specs import EnsembleSpec, Options, final_runs
+from peftstudy.plan.specs import Options
+from peftstudy.plan.stage_specs import EnsembleSpec, final_runs
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

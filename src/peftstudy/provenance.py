@@ -13,8 +13,8 @@ from importlib import metadata
 from pathlib import Path
 
 from peftstudy.io import read_json
+from peftstudy.plan.canonical import config_hash
 from peftstudy.plan.depends import Dependencies, run_sources, source_digests
-from peftstudy.plan.study import config_hash
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGES = ("peftstudy", "torch", "timm", "numpy", "safetensors")

@@ -24,7 +24,7 @@ from torch import nn
 from peftstudy import methods
 from peftstudy.io import load_npz, read_json, write_json
 from peftstudy.models import pick_device
-from peftstudy.plan import specs
+from peftstudy.plan import specs, stage_specs
 from peftstudy.tables import subset_classes
 from peftstudy.train.engine import features, to_input
 from peftstudy.train.runs import load_trained
@@ -191,7 +191,7 @@ def _summarise(rows: list[dict], id_name: str, ood_names: list[str]) -> dict:
     return {"id": out[id_name], "ood": ood, "ood_mean": float(np.mean(list(ood.values())))}
 
 
-def run(spec: specs.RobustnessSpec, options: specs.Options) -> None:
+def run(spec: stage_specs.RobustnessSpec, options: specs.Options) -> None:
     from peftstudy.models import create_backbone
 
     device = pick_device(spec.device, options.threads)
@@ -212,8 +212,8 @@ def run(spec: specs.RobustnessSpec, options: specs.Options) -> None:
     backbone = spec.backbone
     backbone_names = {n for n, _ in create_backbone(backbone.arch, classes, device="meta").named_parameters()}
     evaluations = None
-    weights = [path for _, _, path in specs.final_runs([record], "peft", spec.peft, spec.stage)]
-    metrics = [path for _, _, path in specs.final_runs([record], "metrics", spec.metrics, spec.stage)]
+    weights = [path for _, _, path in stage_specs.final_runs([record], "peft", spec.peft, spec.stage)]
+    metrics = [path for _, _, path in stage_specs.final_runs([record], "metrics", spec.metrics, spec.stage)]
     for metrics_file, weights_file in zip(metrics, weights, strict=True):  # the record's runs, in its order
         meta = read_json(metrics_file, schema="metrics")
         model, zero_shot, fine_tuned = load_trained(spec.method, meta["hp"], backbone, weights_file, classes, device)

@@ -27,7 +27,8 @@ from typing import Any
 
 from peftstudy.io import atomic_path, read_json, write_json
 from peftstudy.plan import study
-from peftstudy.plan.specs import Options, SelectSpec
+from peftstudy.plan.specs import Options
+from peftstudy.plan.stage_specs import SelectSpec
 
 SUMMARY_COLUMNS = (
     "experiment",

@@ -36,7 +36,8 @@ import numpy as np
 
 from peftstudy.data.layout import SPLIT_LISTS, sha256_bytes
 from peftstudy.io import atomic_dir, write_json
-from peftstudy.plan.specs import ImagenetSpec, Options
+from peftstudy.plan.specs import Options
+from peftstudy.plan.stage_specs import ImagenetSpec
 
 # CLASSNAMES re-exported: the class order and CLIP's zero-shot names are both found here.
 from peftstudy.tables import CLASSNAMES as CLASSNAMES

@@ -17,7 +17,8 @@ import numpy as np
 
 from peftstudy.data.fetch import archive_record
 from peftstudy.io import atomic_dir, read_json, save_npz, write_json
-from peftstudy.plan.specs import IndexSpec, Options, PrepareSpec
+from peftstudy.plan.specs import Options
+from peftstudy.plan.stage_specs import IndexSpec, PrepareSpec
 
 # Cache split name -> VTAB-1K list file.
 SPLIT_LISTS = {"train": "train800.txt", "val": "val200.txt", "trainval": "train800val200.txt", "test": "test.txt"}

@@ -35,7 +35,8 @@ from numpy._core.multiarray import _reconstruct  # what pickled arrays are rebui
 from peftstudy.data.fetch import archive_record, download, progress
 from peftstudy.data.layout import SPLIT_LISTS, index, read_list, sha256_bytes, write_lists
 from peftstudy.io import atomic_dir
-from peftstudy.plan.specs import ManyshotListsSpec, ManyshotSpec, Options
+from peftstudy.plan.specs import Options
+from peftstudy.plan.stage_specs import ManyshotListsSpec, ManyshotSpec
 from peftstudy.plan.tasks import MANYSHOT_CLASSES as CLASSES
 from peftstudy.plan.tasks import MANYSHOT_FOLDED as FOLDED
 from peftstudy.plan.tasks import MANYSHOT_FOLDS as FOLDS

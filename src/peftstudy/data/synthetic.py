@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from peftstudy.plan.specs import GenerateSpec, Options
+from peftstudy.plan.specs import Options
+from peftstudy.plan.stage_specs import GenerateSpec
 
 # Eight shapes, some stroke-like (ring, bar, ell, crescent), so that pretraining on them yields features
 # that also serve handwritten digits.

@@ -20,7 +20,8 @@ from tqdm import tqdm
 from peftstudy.data.layout import write_lists, write_pool
 from peftstudy.data.vtab_tasks import RECIPES, TASKS, Example, Slice, Task
 from peftstudy.io import atomic_dir, write_json
-from peftstudy.plan.specs import Options, VtabTfdsSpec
+from peftstudy.plan.specs import Options
+from peftstudy.plan.stage_specs import VtabTfdsSpec
 
 
 def to_rgb(image: np.ndarray, scale: int = 1) -> np.ndarray:

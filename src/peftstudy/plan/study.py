@@ -9,46 +9,29 @@ PyYAML only, like the whole planning package: the DAG is built without torch.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from peftstudy import methods
+from peftstudy.plan.canonical import canonical, canonical_value, config_hash, gp_id, normalise
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.recipe import check_choices
 from peftstudy.plan.sources.archive import ARCHIVE_DIR, archive_path
 from peftstudy.plan.sources.base import REPORT_DATASET_KEYS, data_spec
 from peftstudy.plan.sources.base import ConfigError as ConfigError  # where every check raises it
 
-__all__ = ["ConfigError", "archive_path", "data_spec"]  # defined with the data sources, asked for here too
-
-
-def normalise(value: Any) -> Any:
-    """Numbers in one canonical form (an integral float becomes an int), so 1e-3 and 0.001 share an id."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return value
-    return int(value) if float(value).is_integer() else float(value)
-
-
-def canonical(obj: Any) -> str:
-    """JSON with sorted keys, no spaces and normalised numbers: equal settings give equal text."""
-    return json.dumps(canonical_value(obj), sort_keys=True, separators=(",", ":"))
-
-
-def canonical_value(v: Any) -> Any:
-    if isinstance(v, Mapping):
-        return {k: canonical_value(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [canonical_value(x) for x in v]
-    return normalise(v)
-
-
-def gp_id(hp: Mapping[str, Any]) -> str:
-    """Short stable id of a grid point: sha1 of its canonical JSON, 8 hex digits."""
-    return hashlib.sha1(canonical(hp).encode()).hexdigest()[:8]
+__all__ = [  # defined elsewhere, asked for here too
+    "ConfigError",
+    "archive_path",
+    "canonical",
+    "canonical_value",
+    "config_hash",
+    "data_spec",
+    "gp_id",
+    "normalise",
+]
 
 
 def load_yaml(path: str) -> dict[str, Any]:
@@ -96,10 +79,6 @@ def update_config(config: dict[str, Any], overwrite: Mapping[str, Any]) -> None:
             config[key] = sub
         else:
             config[key] = value
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
 
 
 def expand_grid(grid: Mapping[str, list], authors_keys: Mapping[str, str] | None = None) -> list[dict[str, Any]]:

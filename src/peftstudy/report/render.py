@@ -17,8 +17,9 @@ from typing import Any
 import pandas as pd
 
 from peftstudy.io import atomic_path
-from peftstudy.plan import specs
-from peftstudy.plan.specs import Options, ReportSpec
+from peftstudy.plan import stage_specs
+from peftstudy.plan.specs import Options
+from peftstudy.plan.stage_specs import ReportSpec
 from peftstudy.report.tables import RERUN_COLUMNS, rerun_ranges
 from peftstudy.select import METRIC_WORDS
 
@@ -493,7 +494,7 @@ def run(spec: ReportSpec, options: Options) -> None:
         not_computed=NOT_COMPUTED,
         titled=[
             {"name": name, "title": title, "html": html(frames[name]) if len(frames.get(name, ())) else ""}
-            for name, title in specs.TABLES.items()
+            for name, title in stage_specs.TABLES.items()
             if title
         ],
         csvs=sorted(Path(spec.copies[name]).name for name in spec.csvs if Path(spec.csvs[name]).is_file()),

@@ -13,8 +13,9 @@ from typing import Any
 import pandas as pd
 
 from peftstudy.io import atomic_path, read_json
-from peftstudy.plan import specs
-from peftstudy.plan.specs import Options, TablesSpec, final_runs
+from peftstudy.plan import stage_specs
+from peftstudy.plan.specs import Options
+from peftstudy.plan.stage_specs import TablesSpec, final_runs
 from peftstudy.plan.tasks import vtab_groups
 from peftstudy.select import ALL_DIVERGED, SUMMARY_COLUMNS
 
@@ -541,18 +542,18 @@ class Sources:
         return robustness_tables(list(self.spec.robustness))
 
 
-# Each table's builder, by its name in specs.TABLES (the one list of the tables' names): registered with @builds.
+# Each table's builder, by its name in stage_specs.TABLES (the one list of the tables' names): registered with @builds.
 BUILDERS: dict[str, Callable[[Sources], pd.DataFrame]] = {}
 
 
 def builds(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a builder of the named tables (names of specs.TABLES); given several names it returns a table per
+    """Register a builder of the named tables (names of stage_specs.TABLES); given several names it returns a table per
     name, in order."""
 
     def register(builder: Callable[..., Any]) -> Callable[..., Any]:
-        unknown = [name for name in names if name not in specs.TABLES]
+        unknown = [name for name in names if name not in stage_specs.TABLES]
         if unknown:
-            raise ValueError(f"tables {unknown} are not in peftstudy.plan.specs.TABLES: add them there")
+            raise ValueError(f"tables {unknown} are not in peftstudy.plan.stage_specs.TABLES: add them there")
         for i, name in enumerate(names):
             BUILDERS[name] = builder if len(names) == 1 else (lambda s, i=i: builder(s)[i])
         return builder
@@ -621,11 +622,11 @@ def _mixed(s: Sources) -> pd.DataFrame:
 
 
 def run(spec: TablesSpec, options: Options) -> None:
-    missing = [name for name in specs.TABLES if name not in BUILDERS]
+    missing = [name for name in stage_specs.TABLES if name not in BUILDERS]
     if missing:
-        raise ValueError(f"tables {missing} of peftstudy.plan.specs.TABLES have no builder (@builds) here")
+        raise ValueError(f"tables {missing} of peftstudy.plan.stage_specs.TABLES have no builder (@builds) here")
     sources = Sources(spec)
-    for name in specs.TABLES:
+    for name in stage_specs.TABLES:
         frame = BUILDERS[name](sources)
         write_csv(frame, Path(spec.tables[name]))
         print(f"{name}.csv: {len(frame)} rows", flush=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from peftstudy.plan import specs
+from peftstudy.plan import stage_specs
 from peftstudy.plan.sources.base import ConfigError, Source, register
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ class Indexed(Source):
     """A folder in the layout that no job writes: the index job links it into the dataset's `source/` and
     writes its manifest. Its VTAB task (the folder's name, if one) has its classes checked."""
 
-    spec_class = specs.IndexSpec
+    spec_class = stage_specs.IndexSpec
 
     def folder(self, plan: Plan, dataset: str) -> str:
         """The folder in the layout."""
@@ -31,9 +31,9 @@ class Indexed(Source):
         """Where the folder came from, for its manifest (and so every result's provenance)."""
         raise NotImplementedError
 
-    def spec(self, plan: Plan, dataset: str) -> specs.IndexSpec:
+    def spec(self, plan: Plan, dataset: str) -> stage_specs.IndexSpec:
         origin, checksum = self.origin(plan, dataset)
-        return specs.IndexSpec(
+        return stage_specs.IndexSpec(
             dataset=dataset,
             folder=self.folder(plan, dataset),
             classes=plan.datasets[dataset]["classes"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from peftstudy.plan import specs
+from peftstudy.plan import stage_specs
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.sources.base import ConfigError, Source, TrainSizes, register
 
@@ -16,16 +16,16 @@ if TYPE_CHECKING:
 
 class Manual(Source):
     name = "manual"
-    spec_class = specs.ImagenetSpec
+    spec_class = stage_specs.ImagenetSpec
     required = frozenset({"set", "path"})
     optional = frozenset({"shots", "val_per_class", "sample_seed"})
     code = ("src/peftstudy/data/imagenet.py",)
     doctor = "peftstudy.doctor:check_folder"  # the gate, in its job, checks what the folder holds
 
-    def spec(self, plan: Plan, dataset: str) -> specs.ImagenetSpec:
+    def spec(self, plan: Plan, dataset: str) -> stage_specs.ImagenetSpec:
         """The set the user downloaded (`path`), checked; ImageNet-1K's few-shot draw."""
         entry = plan.datasets[dataset]
-        return specs.ImagenetSpec(
+        return stage_specs.ImagenetSpec(
             imagenet_set=entry["set"],
             root=entry["path"],
             dataset=dataset,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from peftstudy.plan import specs
+from peftstudy.plan import stage_specs
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.sources.archive import archive_checksum, check_archive, extracted
 from peftstudy.plan.sources.base import ConfigError, Source, TrainSizes, register
@@ -26,10 +26,10 @@ def lists_dir(kind: str, subset: str) -> str:
     return f"resources/lists/petl_vision/{kind}-{subset}"
 
 
-def lists_spec(config: Mapping[str, Any], kind: str, subset: str) -> specs.ManyshotListsSpec:
+def lists_spec(config: Mapping[str, Any], kind: str, subset: str) -> stage_specs.ManyshotListsSpec:
     """A manyshot-lists job: the authors' lists of a subset, from `manyshot_lists.url` (default: theirs)."""
     lists = config.get("manyshot_lists", {})
-    return specs.ManyshotListsSpec(
+    return stage_specs.ManyshotListsSpec(
         kind=kind,
         subset=subset,
         base_url=lists.get("url", ""),
@@ -40,7 +40,7 @@ def lists_spec(config: Mapping[str, Any], kind: str, subset: str) -> specs.Manys
 
 class Manyshot(Source):
     name = "manyshot"
-    spec_class = specs.ManyshotSpec
+    spec_class = stage_specs.ManyshotSpec
     required = frozenset({"kind", "subset", "archive"})
     optional = frozenset({"fold"})
     # Reads a whole archive's images: a cluster job.
@@ -48,10 +48,10 @@ class Manyshot(Source):
     resources: ClassVar[Mapping[str, int]] = {"mem_mb": 8000, "runtime": 60}
     code = ("src/peftstudy/data/manyshot.py",)
 
-    def spec(self, plan: Plan, dataset: str) -> specs.ManyshotSpec:
+    def spec(self, plan: Plan, dataset: str) -> stage_specs.ManyshotSpec:
         """The subset's (and fold's) lists over the extracted archive's images."""
         entry = plan.datasets[dataset]
-        return specs.ManyshotSpec(
+        return stage_specs.ManyshotSpec(
             kind=entry["kind"],
             subset=entry["subset"],
             fold=entry.get("fold", DEFAULTS["manyshot_fold"]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from peftstudy.plan import specs
+from peftstudy.plan import stage_specs
 from peftstudy.plan.sources.base import ConfigError, Source, TrainSizes, data_spec, register
 
 if TYPE_CHECKING:
@@ -14,15 +14,15 @@ if TYPE_CHECKING:
 
 class Synthetic(Source):
     name = "synthetic"
-    spec_class = specs.GenerateSpec
+    spec_class = stage_specs.GenerateSpec
     required = frozenset({"task", "test"})
     optional = frozenset({"style"})
     code = ("src/peftstudy/data/synthetic.py",)
 
-    def spec(self, plan: Plan, dataset: str) -> specs.GenerateSpec:
+    def spec(self, plan: Plan, dataset: str) -> stage_specs.GenerateSpec:
         """What a synthetic dataset is rendered from (its entry without the report's keys, at the input size) and
         the study's seed."""
-        return specs.GenerateSpec(
+        return stage_specs.GenerateSpec(
             dataset=dataset,
             rendering=dict(data_spec(plan.datasets[dataset]), image_size=plan.config["backbone"]["image_size"]),
             seed=plan.config["seed"],

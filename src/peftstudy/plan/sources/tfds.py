@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from peftstudy.plan import specs
+from peftstudy.plan import stage_specs
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.sources.base import ConfigError, Source, register
 
@@ -15,16 +15,16 @@ if TYPE_CHECKING:
 
 class Tfds(Source):
     name = "tfds"
-    spec_class = specs.VtabTfdsSpec
+    spec_class = stage_specs.VtabTfdsSpec
     required = frozenset({"vtab_task"})
     # Downloads: runs where Snakemake runs. Tasks sharing a builder (CLEVR, dSprites, smallNORB) never prepare it
     # at once: the profiles allow one tfds_builder at a time.
     resources: ClassVar[Mapping[str, int]] = {"tfds_builder": 1}
     doctor = "peftstudy.doctor:check_tfds"
 
-    def spec(self, plan: Plan, dataset: str) -> specs.VtabTfdsSpec:
+    def spec(self, plan: Plan, dataset: str) -> stage_specs.VtabTfdsSpec:
         """The dataset's VTAB task built from TFDS in `tfds_data_dir`."""
-        return specs.VtabTfdsSpec(
+        return stage_specs.VtabTfdsSpec(
             task=plan.datasets[dataset]["vtab_task"],
             data_dir=plan.config.get("tfds_data_dir", DEFAULTS["tfds_data_dir"]),
             dataset=dataset,

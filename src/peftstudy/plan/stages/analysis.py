@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from peftstudy.plan import specs
+from peftstudy.plan import specs, stage_specs
 from peftstudy.plan.defaults import DEFAULTS
 from peftstudy.plan.specs import FINAL
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 SelectedGp = Callable[[str, str, str], str | None]
 # The analyses run per (experiment, dataset) that compare its methods (none where an experiment has one method): each
 # output role of their spec is a file <role>.json of Layout.analysis_file, read by the tables as that kind.
-PER_DATASET: tuple[type[specs.Spec], ...] = (specs.EnsembleSpec,)
+PER_DATASET: tuple[type[specs.Spec], ...] = (stage_specs.EnsembleSpec,)
 
 
 class AnalysisJobs:
@@ -33,12 +33,12 @@ class AnalysisJobs:
 
     def collect_spec(
         self, experiment: str, dataset: str, method: str, choice: Mapping[str, Any], finals: Iterable[str]
-    ) -> specs.CollectSpec:
+    ) -> stage_specs.CollectSpec:
         """A collect job: its own entry of the experiment's selected.json and the selected finals' files (known once
         the selection checkpoint ran, so common.smk resolves them); its spec names their metrics."""
         metrics = tuple(path for path in finals if os.path.basename(path) == FINAL.metrics)
         record = self.plan.layout.final_record(experiment, dataset, method)
-        return specs.CollectSpec(
+        return stage_specs.CollectSpec(
             experiment=experiment, dataset=dataset, method=method, choice=choice, metrics=metrics, record=record
         )
 
@@ -54,11 +54,11 @@ class AnalysisJobs:
         name = getattr(FINAL, role)
         return tuple(self.plan.layout.final_file(experiment, dataset, method, gp, seed, name) for seed in seeds)
 
-    def ensemble_spec(self, experiment: str, dataset: str, selected_gp: SelectedGp) -> specs.EnsembleSpec:
+    def ensemble_spec(self, experiment: str, dataset: str, selected_gp: SelectedGp) -> stage_specs.EnsembleSpec:
         """An ensemble job: every method's final record on the dataset and its finals' logits, the methods
         ensembled, K."""
         methods = self.plan.experiments[experiment]["methods"]
-        return specs.EnsembleSpec(
+        return stage_specs.EnsembleSpec(
             finals=tuple(self.plan.layout.final_record(experiment, dataset, m) for m in methods),
             logits=tuple(
                 path for m in methods for path in self.selected_files(experiment, dataset, m, "logits", selected_gp)
@@ -85,16 +85,16 @@ class AnalysisJobs:
     def robustness_experiment(self) -> str | None:
         return self.plan.robustness["experiment"] if self.plan.robustness else None
 
-    def robustness_spec(self, method: str, selected_gp: SelectedGp) -> specs.RobustnessSpec:
+    def robustness_spec(self, method: str, selected_gp: SelectedGp) -> stage_specs.RobustnessSpec:
         """A robustness job: the method's final record on the in-distribution dataset and its finals' metrics and
         weights, the backbone, each test set (the in-distribution one, the shifted ones), the WiSE mixing
         coefficients."""
         rob, layout = self.plan.robustness, self.plan.layout
         in_distribution, *shifted = (
-            specs.EvalSet(name=name, test=layout.data(name, "test")) for name in self.robustness_sets()
+            stage_specs.EvalSet(name=name, test=layout.data(name, "test")) for name in self.robustness_sets()
         )
         run = (rob["experiment"], rob["dataset"], method)
-        return specs.RobustnessSpec(
+        return stage_specs.RobustnessSpec(
             method=method,
             backbone=self.plan.train.backbone(rob["experiment"]),
             final=layout.final_record(*run),
@@ -139,5 +139,5 @@ class AnalysisJobs:
         return [
             {"method": m, "kind": role, "path": self.plan.layout.robustness_file(m, f"{role}.json")}
             for m in methods
-            for role in specs.output_roles(specs.RobustnessSpec)
+            for role in specs.output_roles(stage_specs.RobustnessSpec)
         ]

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from peftstudy.plan import sources, specs
+from peftstudy.plan import sources, specs, stage_specs
 from peftstudy.plan.sources import manyshot
 from peftstudy.plan.sources.base import Source
 
@@ -59,9 +59,9 @@ class DataJobs:
     def _resource(self, key: str, defaults: Mapping[str, int]) -> Callable[[Any], int]:
         return lambda wildcards: {**defaults, **self.source(wildcards.dataset).resources}.get(key, 0)
 
-    def prepare_spec(self, dataset: str, split: str) -> specs.PrepareSpec:
+    def prepare_spec(self, dataset: str, split: str) -> stage_specs.PrepareSpec:
         """A prepare job: one split of the dataset's layout folder decoded at the cache's size."""
-        return specs.PrepareSpec(
+        return stage_specs.PrepareSpec(
             source=self.plan.layout.data_file(dataset, "source"),
             manifest=self.plan.layout.manifest(dataset),
             split=split,
@@ -73,7 +73,7 @@ class DataJobs:
         """The prepared cache's image size: the backbone's, or 0 (native) where the dataset asks for it."""
         return 0 if self.plan.datasets[dataset].get("cache") == "native" else self.plan.config["backbone"]["image_size"]
 
-    def manyshot_lists_spec(self, kind: str, subset: str) -> specs.ManyshotListsSpec:
+    def manyshot_lists_spec(self, kind: str, subset: str) -> stage_specs.ManyshotListsSpec:
         return manyshot.lists_spec(self.plan.config, kind, subset)
 
     # Archives (rules fetch and extract).

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from peftstudy.plan import specs, study
+from peftstudy.plan import stage_specs, study
 from peftstudy.plan.defaults import DEFAULTS
 
 if TYPE_CHECKING:
@@ -27,21 +27,21 @@ class ReportJobs:
         return sorted(names)
 
     def tables(self) -> dict[str, str]:
-        """Each table the tables job writes (specs.TABLES, then the authors' copies): name -> its CSV."""
-        names = [*specs.TABLES, *(f"authors_{name}" for name in specs.AUTHORS)]
+        """Each table the tables job writes (stage_specs.TABLES, then the authors' copies): name -> its CSV."""
+        names = [*stage_specs.TABLES, *(f"authors_{name}" for name in stage_specs.AUTHORS)]
         return {name: self.plan.layout.table(name) for name in names}
 
     def authors(self) -> list[str]:
         """The authors' numbers, as transcribed in the repository."""
-        return [f"report/data/authors_{name}.csv" for name in specs.AUTHORS]
+        return [f"report/data/authors_{name}.csv" for name in stage_specs.AUTHORS]
 
     def tables_spec(
         self, context: Mapping[str, Any], final_benchmarks: Iterable[Mapping[str, str]], selected_gp: SelectedGp
-    ) -> specs.TablesSpec:
+    ) -> stage_specs.TablesSpec:
         """The tables job: `context`, the report's (report_context and the cost estimate, plan.cost's); the selected
         finals' metrics and benchmarks besides every other training job's (known once the selections are made)."""
         plan, layout = self.plan, self.plan.layout
-        return specs.TablesSpec(
+        return stage_specs.TablesSpec(
             study=plan.config["study"],
             config_hash=plan.config_hash,
             context=context,
@@ -66,10 +66,10 @@ class ReportJobs:
     def report_context(self) -> dict[str, Any]:
         return study.report_context(self.plan.config, self.plan.grids)
 
-    def report_spec(self) -> specs.ReportSpec:
+    def report_spec(self) -> stage_specs.ReportSpec:
         """The report job: the figures notebook and the page's template over the tables, copied beside the page."""
         tables = self.tables()
-        return specs.ReportSpec(
+        return stage_specs.ReportSpec(
             tables=os.path.dirname(next(iter(tables.values()))),
             csvs=tables,
             notebook="report/notebooks/figures.ipynb",

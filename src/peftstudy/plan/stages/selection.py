@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from peftstudy.plan import specs, study
+from peftstudy.plan import specs, stage_specs, study
 from peftstudy.plan.defaults import DEFAULTS
 
 if TYPE_CHECKING:
@@ -18,21 +18,21 @@ class SelectionJobs:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         # experiment -> its select spec: the spec_file rule asks for it twice (params and run), the DAG once more.
-        self._specs: dict[str, specs.SelectSpec] = {}
+        self._specs: dict[str, stage_specs.SelectSpec] = {}
 
     def rule(self, experiment: str) -> dict[str, str]:
         """The experiment's selection rule: its tie-break and its metric (default: DEFAULTS's)."""
         chosen = self.plan.experiments[experiment]["selection"]
         return {"tie_break": chosen["tie_break"], "metric": chosen.get("metric", DEFAULTS["selection_metric"])}
 
-    def select_spec(self, experiment: str) -> specs.SelectSpec:
+    def select_spec(self, experiment: str) -> stage_specs.SelectSpec:
         """A select job: each method's grid (its points' settings, in grid order: ties), each dataset's tuning
         sets, the points per tune job (which job holds which point), the tie-break and the metric, and every tune
         job's file in the plan's order."""
         if experiment not in self._specs:
             plan = self.plan
             exp, rule = plan.experiments[experiment], self.rule(experiment)
-            self._specs[experiment] = specs.SelectSpec(
+            self._specs[experiment] = stage_specs.SelectSpec(
                 grids={
                     m: tuple(specs.GridPoint(gp=gp, hp=hp) for gp, hp in plan.grids[experiment, m].items())
                     for m in exp["methods"]
