@@ -304,3 +304,22 @@ def test_the_vtab1k_study_lists_the_task_table_under_its_group_comments():
         elif line.strip():
             listed.setdefault(group, []).append(line.split(":")[0].strip())
     assert {g: tuple(names) for g, names in listed.items()} == vtab_groups()
+
+
+def _nodes(node):
+    """Every mapping in a parsed schema, depth first."""
+    if isinstance(node, dict):
+        yield node
+        node = list(node.values())
+    if isinstance(node, list):
+        for item in node:
+            yield from _nodes(item)
+
+
+def test_the_schema_allows_exactly_the_weight_formats_the_converter_reads():
+    """A backbone's `source.format` is checked by the schema at DAG time and read by models.convert: one list."""
+    from peftstudy import models
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    enums = [n["properties"]["format"]["enum"] for n in _nodes(schema) if "format" in n.get("properties", {})]
+    assert enums and all(tuple(enum) == models.FORMATS for enum in enums)

@@ -81,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--url", required=True)
     p.add_argument("--sha256", required=True, help="the download's sha256, or none (refused unless --allow-unpinned)")
     _pin_args(p)
-    p.add_argument("--format", required=True, choices=["npz", "safetensors", "torch"])
+    p.add_argument("--format", required=True, help="the download's format (models.FORMATS: checked there)")
     p.add_argument("--arch", required=True, help="timm architecture the weights are for")
     p.add_argument("--out", required=True, help="the safetensors file (backbone.weights)")
     p.set_defaults(func=_stage("peftstudy.models:run_fetch"))

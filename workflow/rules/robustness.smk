@@ -22,7 +22,7 @@ rule robustness:
         LAYOUT.robustness_file("{method}", "benchmark.tsv")
     conda:
         "../../envs/train.yaml"
-    threads: config["threads"]
+    threads: PLAN.train.threads
     resources:
         **job_resources("robustness", PLAN.analysis.robustness_experiment()),
     params:
