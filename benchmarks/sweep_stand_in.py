@@ -4,8 +4,9 @@ Placed first on PATH in the benchmark's scratch copy, it answers each `peftstudy
 milliseconds: every output the spec names, with content that its JSON schema (workflow/schemas/*.schema.yaml)
 accepts. `select` and `collect` run the real code: they are pure, cheap and decide what the DAG does next (the
 chosen grid point names the finals), and they check the stand-in's metrics against the metrics schema as they read
-them. Stages the benchmark fakes before the run (downloads, extraction, indexing, generation) are refused, so a job
-that should not run fails loudly. Standard library only: it starts in ~20 ms.
+them. Stages the benchmark fakes before the run (downloads, extraction) are refused, so a job that should not run
+fails loudly; a data source's job is answered only where the DAG plans it behind a checkpoint. Standard library
+only: it starts in ~20 ms.
 """
 
 from __future__ import annotations
@@ -145,6 +146,14 @@ SPEC_STAGES = {
 }
 
 
+def data_source(spec: dict[str, Any]) -> None:
+    """A data source's job planned behind a checkpoint (a test set only robustness reads, known once its selection
+    is made): its folder and an empty manifest, as the benchmark fakes the data planned before the run. Every
+    source's job writes these two (plan.sources), whatever its stage's name."""
+    Path(spec["source"]).mkdir(parents=True, exist_ok=True)
+    write(spec["manifest"], "")
+
+
 def run(args: argparse.Namespace) -> None:
     """`peftstudy run SPEC`: the spec's JSON (plan.specs), read as plain JSON (no peftstudy import); the real
     stages' specs go to the real command."""
@@ -154,6 +163,9 @@ def run(args: argparse.Namespace) -> None:
         from peftstudy.cli import main as real_main
 
         real_main(["run", args.spec])
+        return
+    if spec["stage"] not in SPEC_STAGES and {"source", "manifest"} <= spec.keys():
+        data_source(spec)
         return
     if spec["stage"] not in SPEC_STAGES:  # a job that should not run fails loudly
         raise SystemExit(f"peftstudy (stand-in): no stand-in for a {spec['stage']} job")

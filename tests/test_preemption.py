@@ -27,10 +27,10 @@ def task(tmp_path_factory):
     return prepare_mini_task(tmp_path_factory.mktemp("count"), "count", ("trainval", "test"))
 
 
-def final_command(task, out, resume_dir):
+def final_command(task, out, resume_dir, recipe=RECIPE):
     point = {"gp": "00000000", "hp": {"lr": 0.005, "wd": 0.0001, "r": 4}}
     splits = ("trainval", "test")
-    spec = training_spec("final", task, out, "lora", [point], RECIPE, splits=splits, resume_dir=str(resume_dir))
+    spec = training_spec("final", task, out, "lora", [point], recipe, splits=splits, resume_dir=str(resume_dir))
     return [str(BIN / "peftstudy"), "run", spec.to_json()]
 
 

@@ -28,9 +28,7 @@ EPOCHS = 10
 
 
 def requeue_command(task: Path, out: Path, resume_dir: Path) -> list[str]:
-    command = final_command(task, out, resume_dir)
-    command[command.index("--recipe") + 1] = json.dumps(dict(RECIPE, epochs=EPOCHS))
-    return command
+    return final_command(task, out, resume_dir, dict(RECIPE, epochs=EPOCHS))
 
 
 def job_state(job: str) -> str:
