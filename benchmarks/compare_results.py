@@ -10,7 +10,7 @@ or of two versions of the code, is left out:
   as files: the jobs' inputs, not results);
 - in a final record, the sha256 of a run's metrics.json (which holds provenance and wall time): the file itself
   is compared, value by value;
-- in the tables, the columns of time and memory spent (and the code hash).
+- in the tables, the columns of time and memory spent (and the code hash and version: provenance).
 
 Everything else is compared exactly: JSON as parsed (floats equal, not close), .npz arrays by dtype, shape and
 bytes, CSV cells as text, any other file byte for byte.
@@ -40,8 +40,17 @@ SKIPPED_SUFFIXES = (".log",)
 VOLATILE_KEYS = {"provenance", "wall_seconds"}
 # Files whose checksum a final record holds but whose bytes carry volatile content (compared value by value).
 VOLATILE_CHECKSUMS = {"metrics.json"}
-# Table columns of time and memory spent.
-VOLATILE_COLUMNS = {"seconds", "cpu_seconds", "max_rss_mb", "gpu_hours", "hours", "code_hash", "wall_seconds"}
+# Table columns of time and memory spent, and the code's hash and version (provenance).
+VOLATILE_COLUMNS = {
+    "seconds",
+    "cpu_seconds",
+    "max_rss_mb",
+    "gpu_hours",
+    "hours",
+    "code_hash",
+    "code_version",
+    "wall_seconds",
+}
 
 
 def compared_files(root: Path) -> set[str]:
